@@ -1,0 +1,365 @@
+//! The per-task X.509 signing CA: holds the signing key (parsed once, redacted
+//! in `Debug`, wiped on drop) and issues X.509-SVIDs in three steps, after
+//! SPIRE's `credtemplate`/`credvalidator`: build a template from what was
+//! decided, sign it, then re-parse and validate what was signed before it
+//! leaves this module.
+//!
+//! Only the CSR's public key is used. Its subject, SANs and extensions are
+//! never read, so a CSR cannot ask for another identity.
+
+use rcgen::{
+    CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SubjectPublicKeyInfo,
+};
+use rustls::pki_types::CertificateDer;
+use spiffe::SpiffeId;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::config::CaConfig;
+use crate::identity::TaskId;
+
+/// Arc of the private extension that binds a certificate to its task:
+/// `2.25.10211986714696846060` (an OID under the UUID arc, see README).
+pub const TASK_EXTENSION_OID: &[u64] = &[2, 25, 10_211_986_714_696_846_060];
+
+/// Why a CSR was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CsrError {
+    /// The bytes are not a DER PKCS#10 request.
+    #[error("CSR is not a DER PKCS#10 certification request: {0}")]
+    Malformed(String),
+    /// The request's signature does not verify with its own key.
+    #[error("CSR signature does not verify with the CSR's public key")]
+    BadSignature,
+    /// The key type is not one this CA certifies.
+    #[error("CSR public key algorithm is not supported (use P-256, P-384, Ed25519 or RSA >= 2048)")]
+    UnsupportedKey,
+}
+
+/// A failure of the CA itself (never the caller's fault).
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// Loading the CA material failed.
+    #[error("cannot load signing CA: {0}")]
+    Load(String),
+    /// Signing failed.
+    #[error("signing failed: {0}")]
+    Sign(String),
+    /// The signed certificate failed post-signing validation.
+    #[error("signed certificate failed validation: {0}")]
+    Validate(String),
+}
+
+/// What a per-task certificate must say; everything here was decided before
+/// the CA is asked.
+#[derive(Debug, Clone)]
+pub struct X509Template<'a> {
+    /// The caller; the only SAN.
+    pub spiffe_id: &'a SpiffeId,
+    /// The task.
+    pub task_id: &'a TaskId,
+    /// The task's owner (SPIFFE ID).
+    pub task_owner: &'a str,
+    /// Serial number bytes (positive, >= 128 random bits).
+    pub serial: &'a [u8],
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds; already clamped to every limit.
+    pub not_after: i64,
+}
+
+/// A verified CSR: only its public key survives.
+#[derive(Debug, Clone)]
+pub struct CsrKey {
+    spki_der: Vec<u8>,
+}
+
+/// Parses a CSR and verifies its signature (proof of possession).
+pub fn parse_csr(der: &[u8]) -> Result<CsrKey, CsrError> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    let (rest, csr) =
+        X509CertificationRequest::from_der(der).map_err(|e| CsrError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CsrError::Malformed(
+            "trailing bytes after the request".into(),
+        ));
+    }
+    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+    let spki_der = csr.certification_request_info.subject_pki.raw.to_vec();
+    SubjectPublicKeyInfo::from_der(&spki_der).map_err(|_| CsrError::UnsupportedKey)?;
+    Ok(CsrKey { spki_der })
+}
+
+/// The signing CA.
+pub struct SigningCa {
+    issuer: Issuer<'static, KeyPair>,
+    /// Signing CA certificate first, then any intermediates.
+    chain: Vec<CertificateDer<'static>>,
+    not_after: i64,
+}
+
+impl std::fmt::Debug for SigningCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningCa")
+            .field("not_after", &self.not_after)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl SigningCa {
+    /// Loads the CA certificate chain and key named by `cfg`.
+    pub fn load(cfg: &CaConfig) -> Result<Self, CaError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| CaError::Load(format!("`{}`: {e}", p.display())))
+        };
+        let chain = crate::pem::certs(&read(&cfg.cert)?)
+            .map_err(|e| CaError::Load(format!("`{}`: {e}", cfg.cert.display())))?;
+        let key_der = crate::pem::pkcs8_key(&read(&cfg.key)?)
+            .map_err(|e| CaError::Load(format!("`{}`: {e}", cfg.key.display())))?;
+        Self::from_der(chain, &key_der)
+    }
+
+    /// Builds the CA from a DER chain (CA certificate first) and PKCS#8 key.
+    pub fn from_der(chain: Vec<CertificateDer<'static>>, pkcs8: &[u8]) -> Result<Self, CaError> {
+        let key = KeyPair::try_from(pkcs8).map_err(|e| CaError::Load(format!("key: {e}")))?;
+        let ca_der = chain
+            .first()
+            .ok_or_else(|| CaError::Load("empty certificate chain".into()))?;
+        let (_, parsed) = X509Certificate::from_der(ca_der.as_ref())
+            .map_err(|e| CaError::Load(format!("certificate: {e}")))?;
+        if !parsed.is_ca() {
+            return Err(CaError::Load(
+                "certificate is not a CA (basicConstraints cA=false)".into(),
+            ));
+        }
+        if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
+            return Err(CaError::Load(
+                "private key does not match the CA certificate".into(),
+            ));
+        }
+        let not_after = parsed.validity().not_after.timestamp();
+        let issuer = Issuer::from_ca_cert_der(ca_der, key)
+            .map_err(|e| CaError::Load(format!("certificate: {e}")))?;
+        Ok(Self {
+            issuer,
+            chain,
+            not_after,
+        })
+    }
+
+    /// Unix seconds: the CA's own notAfter (no leaf may outlive it).
+    pub fn not_after(&self) -> i64 {
+        self.not_after
+    }
+
+    /// The chain sent after each leaf.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// Template, sign, validate. Returns the leaf DER.
+    pub fn issue(&self, t: &X509Template<'_>, key: &CsrKey) -> Result<Vec<u8>, CaError> {
+        let params = build_template(t)?;
+        let spki = SubjectPublicKeyInfo::from_der(&key.spki_der)
+            .map_err(|e| CaError::Sign(format!("public key: {e}")))?;
+        let cert = params
+            .signed_by(&spki, &self.issuer)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let der = cert.der().to_vec();
+        self.validate(&der, t, key)?;
+        Ok(der)
+    }
+
+    fn validate(&self, der: &[u8], t: &X509Template<'_>, key: &CsrKey) -> Result<(), CaError> {
+        let bad = |m: &str| Err(CaError::Validate(m.to_owned()));
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| CaError::Validate(e.to_string()))?;
+        let (_, ca) = X509Certificate::from_der(self.chain[0].as_ref())
+            .map_err(|e| CaError::Validate(e.to_string()))?;
+        if cert.verify_signature(Some(ca.public_key())).is_err() {
+            return bad("signature does not verify with the CA key");
+        }
+        if cert.public_key().raw != key.spki_der.as_slice() {
+            return bad("public key differs from the CSR's");
+        }
+        match crate::identity::spiffe_id_of_leaf(&cert) {
+            Ok(id) if &id == t.spiffe_id => {}
+            _ => return bad("URI SAN is not exactly the caller's SPIFFE ID"),
+        }
+        let other_sans = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|s| {
+                s.value
+                    .general_names
+                    .iter()
+                    .filter(|n| !matches!(n, GeneralName::URI(_)))
+                    .count()
+            })
+            .unwrap_or(0);
+        if other_sans != 0 {
+            return bad("unexpected non-URI SAN");
+        }
+        match cert.basic_constraints() {
+            Ok(Some(bc)) if !bc.value.ca => {}
+            _ => return bad("basicConstraints CA:false missing"),
+        }
+        match cert.key_usage() {
+            Ok(Some(ku))
+                if ku.critical
+                    && ku.value.digital_signature()
+                    && !ku.value.key_cert_sign()
+                    && !ku.value.crl_sign() => {}
+            _ => return bad("key usage must be critical digitalSignature only"),
+        }
+        match cert.extended_key_usage() {
+            Ok(Some(eku)) if eku.value.server_auth && eku.value.client_auth => {}
+            _ => return bad("EKU serverAuth+clientAuth missing"),
+        }
+        let has_ext = |oid: &str| cert.iter_extensions().any(|e| e.oid.to_id_string() == oid);
+        if !has_ext(OID_SKI) || !has_ext(OID_AKI) {
+            return bad("SKI or AKI missing");
+        }
+        if cert.validity().not_after.timestamp() != t.not_after
+            || cert.validity().not_before.timestamp() != t.not_before
+        {
+            return bad("validity differs from the template");
+        }
+        if cert.raw_serial() != t.serial {
+            return bad("serial differs from the template");
+        }
+        Ok(())
+    }
+}
+
+const OID_SKI: &str = "2.5.29.14";
+const OID_AKI: &str = "2.5.29.35";
+
+fn ts(unix: i64) -> Result<time::OffsetDateTime, CaError> {
+    time::OffsetDateTime::from_unix_timestamp(unix).map_err(|e| CaError::Sign(e.to_string()))
+}
+
+fn build_template(t: &X509Template<'_>) -> Result<CertificateParams, CaError> {
+    let mut p = CertificateParams::default();
+    p.not_before = ts(t.not_before)?;
+    p.not_after = ts(t.not_after)?;
+    p.serial_number = Some(SerialNumber::from_slice(t.serial));
+    let uri = t
+        .spiffe_id
+        .to_string()
+        .try_into()
+        .map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?;
+    p.subject_alt_names = vec![SanType::URI(uri)];
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::OrganizationName, "taskmint");
+    p.distinguished_name
+        .push(DnType::CommonName, t.task_id.as_str());
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    p.use_authority_key_identifier_extension = true;
+    let mut ext = CustomExtension::from_oid_content(
+        TASK_EXTENSION_OID,
+        task_extension_der(t.task_id.as_str(), t.task_owner),
+    );
+    ext.set_criticality(false);
+    p.custom_extensions = vec![ext];
+    Ok(p)
+}
+
+/// `TaskBinding ::= SEQUENCE { taskId UTF8String, taskOwner UTF8String }`.
+pub fn task_extension_der(task_id: &str, owner: &str) -> Vec<u8> {
+    let mut body = der_tlv(0x0c, task_id.as_bytes());
+    body.extend(der_tlv(0x0c, owner.as_bytes()));
+    der_tlv(0x30, &body)
+}
+
+/// Reads a `TaskBinding` extension value back: `(task id, owner)`.
+pub fn parse_task_extension(der: &[u8]) -> Option<(String, String)> {
+    let (tag, body, rest) = read_tlv(der)?;
+    if tag != 0x30 || !rest.is_empty() {
+        return None;
+    }
+    let (t1, task, rest) = read_tlv(body)?;
+    let (t2, owner, rest) = read_tlv(rest)?;
+    if t1 != 0x0c || t2 != 0x0c || !rest.is_empty() {
+        return None;
+    }
+    Some((
+        String::from_utf8(task.to_vec()).ok()?,
+        String::from_utf8(owner.to_vec()).ok()?,
+    ))
+}
+
+fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        first as usize
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        rest = &rest[n..];
+        len
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_extension_round_trips() {
+        let long = "t".repeat(128);
+        for (task, owner) in [
+            ("build-42", "spiffe://example.org/workload/agent"),
+            (long.as_str(), "o"),
+        ] {
+            let der = task_extension_der(task, owner);
+            assert_eq!(
+                parse_task_extension(&der),
+                Some((task.to_owned(), owner.to_owned()))
+            );
+        }
+        assert_eq!(parse_task_extension(&[0x30, 0x05, 0x0c]), None);
+    }
+
+    #[test]
+    fn garbage_csr_is_malformed() {
+        assert!(matches!(
+            parse_csr(b"not a csr"),
+            Err(CsrError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,149 @@
+//! `taskmint mint jwt` and `taskmint mint x509`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::{ConnArgs, parse_duration, rfc3339, status_line};
+
+/// `mint` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum MintCommand {
+    /// A JWT-SVID for one audience.
+    Jwt(JwtArgs),
+    /// An X.509-SVID (key generated locally; only a CSR is sent).
+    X509(X509Args),
+}
+
+/// Arguments of `mint jwt`.
+#[derive(Debug, Args)]
+pub struct JwtArgs {
+    /// Task id.
+    #[arg(long)]
+    pub task: String,
+    /// Audience.
+    #[arg(long)]
+    pub aud: String,
+    /// Lifetime, e.g. 90s, 5m, 1h [default: the issuer's].
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// Arguments of `mint x509`.
+#[derive(Debug, Args)]
+pub struct X509Args {
+    /// Task id.
+    #[arg(long)]
+    pub task: String,
+    /// Lifetime, e.g. 90s, 5m, 1h [default: the issuer's].
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Directory for cert.pem (leaf first, then chain) and key.pem (0600).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+pub(super) async fn run(m: MintCommand) -> anyhow::Result<()> {
+    match m {
+        MintCommand::Jwt(a) => jwt(a).await,
+        MintCommand::X509(a) => x509(a).await,
+    }
+}
+
+async fn jwt(a: JwtArgs) -> anyhow::Result<()> {
+    let mut client = a.conn.connect().await?;
+    let r = client
+        .mint_jwt(&a.task, &a.aud, a.ttl)
+        .await
+        .map_err(|s| status_line(&s))?;
+    let c = r.credential.unwrap_or_default();
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "credential_id": c.id,
+                "task_id": c.task_id,
+                "spiffe_id": c.spiffe_id,
+                "expires_at": rfc3339(c.expires_at),
+                "token": r.token,
+            })
+        );
+    } else {
+        println!("{}", r.token);
+    }
+    Ok(())
+}
+
+async fn x509(a: X509Args) -> anyhow::Result<()> {
+    let (csr, key_pem) = crate::client::new_key_and_csr()?;
+    let mut client = a.conn.connect().await?;
+    let r = client
+        .mint_x509(&a.task, csr, a.ttl)
+        .await
+        .map_err(|s| status_line(&s))?;
+    let c = r.credential.unwrap_or_default();
+    std::fs::create_dir_all(&a.out)
+        .map_err(|e| anyhow::anyhow!("cannot create `{}`: {e}", a.out.display()))?;
+    let cert_path = a.out.join("cert.pem");
+    let key_path = a.out.join("key.pem");
+    let chain: String = r
+        .cert_chain
+        .iter()
+        .map(|der| crate::pem::encode("CERTIFICATE", der))
+        .collect();
+    write_file(&key_path, key_pem.as_bytes(), 0o600)?;
+    write_file(&cert_path, chain.as_bytes(), 0o644)?;
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "credential_id": c.id,
+                "task_id": c.task_id,
+                "spiffe_id": c.spiffe_id,
+                "expires_at": rfc3339(c.expires_at),
+                "cert_path": cert_path,
+                "key_path": key_path,
+            })
+        );
+    } else {
+        println!(
+            "minted {} for {} (task {}), expires {}\n  {}\n  {}",
+            c.id,
+            c.spiffe_id,
+            c.task_id,
+            rfc3339(c.expires_at),
+            cert_path.display(),
+            key_path.display()
+        );
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    let err = |e: std::io::Error| anyhow::anyhow!("cannot write `{}`: {e}", path.display());
+    let _ = std::fs::remove_file(path);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = opts.open(path).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    Ok(())
+}

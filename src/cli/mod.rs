@@ -1,0 +1,106 @@
+//! The `taskmint` command line: one file per subcommand, argument structs here.
+
+mod bundle;
+mod dev;
+mod mint;
+mod serve;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{Client, ClientConfig};
+
+/// Per-task credentials for SPIFFE-identified workloads.
+#[derive(Debug, Parser)]
+#[command(name = "taskmint", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Development trust domain.
+    #[command(subcommand)]
+    Dev(DevCommand),
+    /// Run the issuer.
+    Serve(serve::ServeArgs),
+    /// Mint a per-task credential.
+    #[command(subcommand)]
+    Mint(mint::MintCommand),
+    /// Print the issuer's trust bundle.
+    Bundle(bundle::BundleArgs),
+}
+
+/// `dev` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Write a dev trust domain, workload SVIDs and a config.
+    Init(dev::InitArgs),
+}
+
+/// Connection flags shared by every client command.
+#[derive(Debug, Clone, Args)]
+pub struct ConnArgs {
+    /// Issuer address.
+    #[arg(long, default_value = "127.0.0.1:8443", env = "TASKMINT_SERVER")]
+    pub server: String,
+    /// The workload's X.509-SVID (PEM chain, leaf first).
+    #[arg(long, default_value = "certs/dev/agent.pem", env = "TASKMINT_SVID")]
+    pub svid: PathBuf,
+    /// The workload's private key (PEM PKCS#8).
+    #[arg(long, default_value = "certs/dev/agent.key", env = "TASKMINT_SVID_KEY")]
+    pub svid_key: PathBuf,
+    /// Roots that verify the issuer (PEM).
+    #[arg(long, default_value = "certs/dev/bundle.pem", env = "TASKMINT_BUNDLE")]
+    pub bundle: PathBuf,
+    /// Expected SPIFFE ID of the issuer [default: spiffe://<your trust domain>/taskmint].
+    #[arg(long)]
+    pub server_id: Option<String>,
+}
+
+impl ConnArgs {
+    async fn connect(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&ClientConfig {
+            server: self.server.clone(),
+            svid: self.svid.clone(),
+            svid_key: self.svid_key.clone(),
+            bundle: self.bundle.clone(),
+            server_id: self.server_id.clone(),
+        })
+        .await?)
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(s)
+}
+
+/// Formats a gRPC status as one line.
+fn status_line(s: &tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+fn rfc3339(ts: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ts)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ts.to_string())
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(DevCommand::Init(a)) => dev::init(a),
+        Command::Serve(a) => serve::run(a).await,
+        Command::Mint(m) => mint::run(m).await,
+        Command::Bundle(a) => bundle::run(a).await,
+    }
+}

@@ -1,0 +1,84 @@
+//! `taskmint serve`: run the issuer until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::config::Config;
+use crate::server::Server;
+
+/// The config used when none is given; created by `dev init` if missing.
+pub const DEFAULT_CONFIG: &str = "certs/dev/taskmint.toml";
+
+/// Arguments of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file [default: certs/dev/taskmint.toml, created on first run].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Listen address (overrides the config).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+}
+
+pub(super) async fn run(a: ServeArgs) -> anyhow::Result<()> {
+    let path = match a.config {
+        Some(p) => p,
+        None => {
+            let p = PathBuf::from(DEFAULT_CONFIG);
+            if !p.exists() {
+                let dir = p.parent().expect("has a parent").to_owned();
+                tracing::info!(dir = %dir.display(), "no config: writing a dev trust domain");
+                super::dev::write(&super::dev::InitArgs {
+                    dir,
+                    trust_domain: "example.org".into(),
+                    workloads: vec![],
+                    listen: "127.0.0.1:8443".into(),
+                    force: false,
+                })?;
+            }
+            p
+        }
+    };
+    let mut cfg = Config::load(&path)?;
+    if let Some(addr) = a.listen {
+        cfg.listen.addr = addr;
+    }
+    let started = std::time::Instant::now();
+    let listener = tokio::net::TcpListener::bind(cfg.listen.addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen.addr))?;
+    let addr = listener.local_addr()?;
+    let td = cfg.trust_domain.clone();
+    let server = Server::build(cfg).await?;
+    tracing::info!(%addr, trust_domain = %td, config = %path.display(), startup_ms = started.elapsed().as_millis() as u64, "taskmint is serving");
+    let server_flag = if addr.to_string() == "127.0.0.1:8443" {
+        String::new()
+    } else {
+        format!(" --server {addr}")
+    };
+    eprintln!(
+        "\nMint a credential from another terminal (as the dev `agent` workload):\n  \
+         taskmint mint jwt --task demo-1 --aud db{server_flag}\n  \
+         taskmint mint x509 --task demo-1 --out /tmp/demo-1{server_flag}\n\
+         (from a checkout, `cargo run --release --` in place of `taskmint`)\n"
+    );
+    server.run(listener, shutdown_signal()).await?;
+    tracing::info!("taskmint stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,305 @@
+//! A Rust client for workloads: connects with the workload's X.509-SVID,
+//! verifies the issuer by its SPIFFE ID (not a DNS name) against the bundle,
+//! and exposes the RPCs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{
+    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, TrustAnchor, UnixTime,
+};
+use spiffe::SpiffeId;
+use tonic::transport::{Channel, Endpoint, Uri};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::grpc::pb;
+use crate::grpc::pb::issuer_client::IssuerClient;
+
+/// Why a client could not be set up or connect.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A file could not be read or parsed.
+    #[error("`{path}`: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The configuration is inconsistent.
+    #[error("{0}")]
+    Config(String),
+    /// The connection failed.
+    #[error("cannot connect to `{server}`: {reason}")]
+    Connect {
+        /// The address.
+        server: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where to connect and with which identity (the CLI's connection flags).
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` of the issuer.
+    pub server: String,
+    /// The workload's SVID chain, PEM, leaf first.
+    pub svid: PathBuf,
+    /// The workload's PKCS#8 key, PEM.
+    pub svid_key: PathBuf,
+    /// PEM roots that verify the issuer.
+    pub bundle: PathBuf,
+    /// Expected SPIFFE ID of the issuer; defaults to
+    /// `spiffe://<the workload's trust domain>/taskmint`.
+    pub server_id: Option<String>,
+}
+
+/// A workload identity for the mTLS handshake (or none, for tests of refusal).
+pub struct Identity {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("chain_len", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|e| ClientError::File {
+        path: path.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// The client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: IssuerClient<Channel>,
+}
+
+impl Client {
+    /// Connects using files named by `cfg`.
+    pub async fn connect(cfg: &ClientConfig) -> Result<Self, ClientError> {
+        let file_err = |path: &PathBuf| {
+            let path = path.clone();
+            move |reason: String| ClientError::File { path, reason }
+        };
+        let chain = crate::pem::certs(&read(&cfg.svid)?).map_err(file_err(&cfg.svid))?;
+        let key = crate::pem::pkcs8_key(&read(&cfg.svid_key)?).map_err(file_err(&cfg.svid_key))?;
+        let roots = crate::pem::certs(&read(&cfg.bundle)?).map_err(file_err(&cfg.bundle))?;
+        let server_id = match &cfg.server_id {
+            Some(id) => SpiffeId::new(id)
+                .map_err(|e| ClientError::Config(format!("--server-id `{id}`: {e}")))?,
+            None => {
+                let (_, leaf) = X509Certificate::from_der(chain[0].as_ref())
+                    .map_err(|e| file_err(&cfg.svid)(e.to_string()))?;
+                let own = crate::identity::spiffe_id_of_leaf(&leaf)
+                    .map_err(|e| file_err(&cfg.svid)(e.to_string()))?;
+                SpiffeId::new(format!("spiffe://{}/taskmint", own.trust_domain()))
+                    .map_err(|e| ClientError::Config(e.to_string()))?
+            }
+        };
+        let identity = Identity {
+            chain,
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
+        };
+        Self::connect_with(&cfg.server, Some(identity), roots, server_id).await
+    }
+
+    /// Connects to `server` presenting `identity` (or no certificate).
+    pub async fn connect_with(
+        server: &str,
+        identity: Option<Identity>,
+        roots: Vec<CertificateDer<'static>>,
+        server_id: SpiffeId,
+    ) -> Result<Self, ClientError> {
+        let provider = crate::tls::provider();
+        let anchors = roots
+            .iter()
+            .map(|r| webpki::anchor_from_trusted_cert(r).map(|a| a.to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::Config(format!("bundle: {e}")))?;
+        let verifier = Arc::new(SpiffeServerVerifier {
+            anchors,
+            server_id,
+            algs: provider.signature_verification_algorithms,
+        });
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Config(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut tls = match identity {
+            Some(id) => builder
+                .with_client_auth_cert(id.chain, id.key)
+                .map_err(|e| ClientError::Config(format!("SVID: {e}")))?,
+            None => builder.with_no_client_auth(),
+        };
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let addr = server.to_owned();
+        let endpoint = Endpoint::from_shared(format!("http://{server}"))
+            .map_err(|e| ClientError::Config(format!("--server `{server}`: {e}")))?
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true);
+        let channel = endpoint
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let connector = connector.clone();
+                let addr = addr.clone();
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                    tcp.set_nodelay(true)?;
+                    // The name is not used for verification (the SPIFFE ID
+                    // is); it only has to be syntactically valid for SNI.
+                    let name = ServerName::try_from("taskmint").expect("static name");
+                    let tls = connector.connect(name, tcp).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(tls))
+                }
+            }))
+            .await
+            .map_err(|e| ClientError::Connect {
+                server: server.to_owned(),
+                reason: error_chain(&e),
+            })?;
+        Ok(Self {
+            inner: IssuerClient::new(channel),
+        })
+    }
+
+    /// `MintJwt`.
+    pub async fn mint_jwt(
+        &mut self,
+        task_id: &str,
+        audience: &str,
+        ttl: Option<Duration>,
+    ) -> Result<pb::MintJwtResponse, tonic::Status> {
+        let req = pb::MintJwtRequest {
+            task_id: task_id.into(),
+            audience: audience.into(),
+            ttl_seconds: ttl.map(|d| d.as_secs()).unwrap_or(0),
+        };
+        Ok(self.inner.mint_jwt(req).await?.into_inner())
+    }
+
+    /// `MintX509` with a CSR the caller built.
+    pub async fn mint_x509(
+        &mut self,
+        task_id: &str,
+        csr_der: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<pb::MintX509Response, tonic::Status> {
+        let req = pb::MintX509Request {
+            task_id: task_id.into(),
+            csr: csr_der,
+            ttl_seconds: ttl.map(|d| d.as_secs()).unwrap_or(0),
+        };
+        Ok(self.inner.mint_x509(req).await?.into_inner())
+    }
+
+    /// `GetTrustBundle`.
+    pub async fn trust_bundle(&mut self) -> Result<pb::GetTrustBundleResponse, tonic::Status> {
+        Ok(self
+            .inner
+            .get_trust_bundle(pb::GetTrustBundleRequest {})
+            .await?
+            .into_inner())
+    }
+}
+
+/// A new P-256 key and a CSR for it (the CSR names nothing: the issuer
+/// ignores names anyway). Returns `(csr_der, key_pkcs8_pem)`.
+pub fn new_key_and_csr() -> Result<(Vec<u8>, zeroize::Zeroizing<String>), rcgen::Error> {
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
+    Ok((
+        csr.der().to_vec(),
+        zeroize::Zeroizing::new(key.serialize_pem()),
+    ))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Verifies the issuer's certificate chain against the bundle and its URI
+/// SAN against the expected SPIFFE ID. DNS names play no part.
+#[derive(Debug)]
+struct SpiffeServerVerifier {
+    anchors: Vec<TrustAnchor<'static>>,
+    server_id: SpiffeId,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let bad = |m: String| rustls::Error::General(m);
+        let ee = webpki::EndEntityCert::try_from(end_entity).map_err(|e| bad(e.to_string()))?;
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &self.anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| bad(format!("issuer certificate: {e}")))?;
+        let (_, leaf) =
+            X509Certificate::from_der(end_entity.as_ref()).map_err(|e| bad(e.to_string()))?;
+        let id = crate::identity::spiffe_id_of_leaf(&leaf).map_err(|e| bad(e.to_string()))?;
+        if id != self.server_id {
+            return Err(bad(format!(
+                "issuer presented SPIFFE ID `{id}`, expected `{}`",
+                self.server_id
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}

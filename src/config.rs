@@ -1,0 +1,382 @@
+//! The configuration tree (`taskmint.toml`): what to listen on, whom to trust,
+//! which keys sign, where state lives, and the minting limits.
+//!
+//! Relative paths in the file are resolved against the directory that holds
+//! the file, so a config and the material next to it can move together.
+//! [`Config::validate`] is the only gate: a config that passes it starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use spiffe::TrustDomain;
+
+/// A configuration problem, found while reading or validating the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("cannot parse config `{path}`: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The issuer's own trust domain: its SVID, signing CA and JWT keys belong to it.
+    pub trust_domain: String,
+    /// Network settings.
+    #[serde(default)]
+    pub listen: ListenConfig,
+    /// Trust bundles of every trust domain whose workloads may call.
+    pub trust: TrustConfig,
+    /// The issuer's own serving SVID.
+    pub server: ServerConfig,
+    /// The CA that signs per-task X.509-SVIDs.
+    pub ca: CaConfig,
+    /// The key that signs per-task JWT-SVIDs.
+    pub jwt: JwtConfig,
+    /// Durable state.
+    pub store: StoreConfig,
+    /// Minting limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The directory relative paths were resolved against (not in the file).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Where and how the gRPC endpoint listens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Socket address, e.g. `127.0.0.1:8443`.
+    #[serde(default = "default_listen")]
+    pub addr: SocketAddr,
+    /// How long a TLS handshake may take before the connection is dropped.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde_compat")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            addr: default_listen(),
+            handshake_timeout: default_handshake_timeout(),
+        }
+    }
+}
+
+/// Trust bundles, one per trust domain (bundles are never merged).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Explicit trust domains and the PEM file holding each one's roots.
+    #[serde(default)]
+    pub domains: Vec<TrustDomainConfig>,
+    /// Optional directory of federated bundles: every `<trust-domain>.pem`
+    /// file in it is the bundle of that trust domain. Files appearing later
+    /// are picked up by the reloader, so a federation can be added live.
+    #[serde(default)]
+    pub bundle_dir: Option<PathBuf>,
+    /// How often bundle files and the serving SVID are checked for changes.
+    #[serde(default = "default_reload_interval", with = "humantime_serde_compat")]
+    pub reload_interval: Duration,
+}
+
+/// One trust domain and its bundle file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustDomainConfig {
+    /// Trust domain name, e.g. `example.org`.
+    pub name: String,
+    /// PEM file with the trust domain's root certificates.
+    pub bundle: PathBuf,
+}
+
+/// The issuer's serving X.509-SVID.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM PKCS#8 private key.
+    pub key: PathBuf,
+}
+
+/// The per-task X.509 signing CA.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// PEM chain of the signing CA, its own certificate first, up to (not
+    /// including) the trust domain root. Sent after each minted leaf.
+    pub cert: PathBuf,
+    /// PEM PKCS#8 private key of the signing CA.
+    pub key: PathBuf,
+}
+
+/// The JWT-SVID signing key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// PEM PKCS#8 P-256 private key (ES256).
+    pub key: PathBuf,
+    /// Value of the `iss` claim; defaults to `spiffe://<trust_domain>/taskmint`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+}
+
+/// Durable state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite database file; created with its directory if missing.
+    pub path: PathBuf,
+}
+
+/// Minting limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Lifetime given when a request names none.
+    #[serde(default = "default_ttl", with = "humantime_serde_compat")]
+    pub default_ttl: Duration,
+    /// Longest lifetime a request may ask for.
+    #[serde(default = "default_max_ttl", with = "humantime_serde_compat")]
+    pub max_ttl: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl: default_ttl(),
+            max_ttl: default_max_ttl(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_ttl() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(60 * 60)
+}
+
+/// Parses a duration such as `90s`, `5m` or `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration `{text}`: {e} (use e.g. `90s`, `5m`, `1h`)"))?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!("invalid duration `{text}`: whole seconds only"));
+    }
+    Ok(d)
+}
+
+/// Durations in the file are written as text (`5m`), like on the command line.
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Config {
+    /// Reads, resolves and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Self::from_toml(&text, base).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text, resolving relative paths against `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        cfg.base_dir = base_dir.to_owned();
+        cfg.resolve_paths();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self) {
+        let base = self.base_dir.clone();
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for d in &mut self.trust.domains {
+            fix(&mut d.bundle);
+        }
+        if let Some(dir) = &mut self.trust.bundle_dir {
+            fix(dir);
+        }
+        fix(&mut self.server.cert);
+        fix(&mut self.server.key);
+        fix(&mut self.ca.cert);
+        fix(&mut self.ca.key);
+        fix(&mut self.jwt.key);
+        fix(&mut self.store.path);
+    }
+
+    /// Checks every value and the relations between them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let td = TrustDomain::new(&self.trust_domain).map_err(|e| {
+            ConfigError::Invalid(format!("trust_domain `{}`: {e}", self.trust_domain))
+        })?;
+        let mut seen = std::collections::HashSet::new();
+        for d in &self.trust.domains {
+            let name = TrustDomain::new(&d.name).map_err(|e| {
+                ConfigError::Invalid(format!("trust.domains name `{}`: {e}", d.name))
+            })?;
+            if !seen.insert(name) {
+                return invalid(format!("trust domain `{}` is listed twice", d.name));
+            }
+        }
+        if !seen.contains(&td) && self.trust.bundle_dir.is_none() {
+            return invalid(format!(
+                "the issuer's own trust domain `{}` has no bundle in trust.domains",
+                self.trust_domain
+            ));
+        }
+        if self.trust.reload_interval < Duration::from_millis(100) {
+            return invalid("trust.reload_interval must be at least 100ms".into());
+        }
+        let l = &self.limits;
+        if l.max_ttl.is_zero() || l.default_ttl.is_zero() {
+            return invalid("limits.default_ttl and limits.max_ttl must be positive".into());
+        }
+        if l.default_ttl > l.max_ttl {
+            return invalid(format!(
+                "limits.default_ttl ({}) exceeds limits.max_ttl ({})",
+                humantime::format_duration(l.default_ttl),
+                humantime::format_duration(l.max_ttl)
+            ));
+        }
+        if let Some(iss) = &self.jwt.issuer
+            && iss.trim().is_empty()
+        {
+            return invalid("jwt.issuer must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// The `iss` claim for JWT-SVIDs.
+    pub fn jwt_issuer(&self) -> String {
+        self.jwt
+            .issuer
+            .clone()
+            .unwrap_or_else(|| format!("spiffe://{}/taskmint", self.trust_domain))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        trust_domain = "example.org"
+        [[trust.domains]]
+        name = "example.org"
+        bundle = "bundle.pem"
+        [server]
+        cert = "server.pem"
+        key = "server.key"
+        [ca]
+        cert = "ca.pem"
+        key = "ca.key"
+        [jwt]
+        key = "jwt.key"
+        [store]
+        path = "data/taskmint.db"
+    "#;
+
+    #[test]
+    fn paths_resolve_against_the_config_directory() {
+        let cfg = Config::from_toml(MINIMAL, Path::new("/etc/tm")).unwrap();
+        assert_eq!(cfg.store.path, Path::new("/etc/tm/data/taskmint.db"));
+        assert_eq!(cfg.trust.domains[0].bundle, Path::new("/etc/tm/bundle.pem"));
+        assert_eq!(cfg.limits.default_ttl, Duration::from_secs(300));
+        assert_eq!(cfg.jwt_issuer(), "spiffe://example.org/taskmint");
+    }
+
+    #[test]
+    fn default_ttl_above_max_is_refused() {
+        let text = format!("{MINIMAL}\n[limits]\ndefault_ttl = \"2h\"\nmax_ttl = \"1h\"\n");
+        let err = Config::from_toml(&text, Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("exceeds limits.max_ttl"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_refused() {
+        let err = Config::from_toml(
+            &format!("{MINIMAL}\n[limits]\nmax_tl = \"1h\"\n"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("max_tl"), "{err}");
+        let err = Config::from_toml(
+            &format!("{MINIMAL}\n[limits]\nmax_ttl = \"soon\"\n"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("invalid duration `soon`"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

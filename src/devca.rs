@@ -1,0 +1,318 @@
+//! A development trust domain: a root, the issuer's serving SVID, the
+//! per-task signing CA, a JWT key, workload SVIDs and a complete config, all
+//! made with rcgen. `taskmint dev init` writes it; the tests build their
+//! fixtures (including the broken ones) from the same [`DevRoot`].
+//!
+//! Nothing here is for production: the root key is written next to the
+//! bundle so more workloads can be added later.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+/// Why the dev trust domain could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// The directory already holds one and `--force` was not given.
+    #[error("`{0}` already holds a dev trust domain; pass --force to overwrite it")]
+    Exists(PathBuf),
+    /// A name is not valid.
+    #[error("{0}")]
+    Invalid(String),
+    /// Writing failed.
+    #[error("cannot write `{path}`: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Generating a key or certificate failed.
+    #[error("certificate generation failed: {0}")]
+    Gen(#[from] rcgen::Error),
+}
+
+/// A dev root CA that can sign leaves and intermediates.
+pub struct DevRoot {
+    trust_domain: String,
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl std::fmt::Debug for DevRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevRoot")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A generated certificate with its key, PEM.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// Certificate PEM.
+    pub cert_pem: String,
+    /// PKCS#8 key PEM.
+    pub key_pem: String,
+    /// Certificate DER.
+    pub cert_der: Vec<u8>,
+    /// PKCS#8 key DER.
+    pub key_der: Vec<u8>,
+}
+
+fn validity(p: &mut CertificateParams, days: i64) {
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - Duration::minutes(5);
+    p.not_after = now + Duration::days(days);
+}
+
+impl DevRoot {
+    /// A new self-signed root for `trust_domain`, valid for ten years.
+    pub fn new(trust_domain: &str) -> Result<Self, DevError> {
+        spiffe::TrustDomain::new(trust_domain)
+            .map_err(|e| DevError::Invalid(format!("trust domain `{trust_domain}`: {e}")))?;
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name
+            .push(DnType::OrganizationName, "taskmint dev");
+        p.distinguished_name
+            .push(DnType::CommonName, format!("{trust_domain} dev root"));
+        p.subject_alt_names = vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        validity(&mut p, 3650);
+        let cert = p.self_signed(&key)?;
+        let key_pem = key.serialize_pem();
+        Ok(Self {
+            trust_domain: trust_domain.to_owned(),
+            cert_pem: cert.pem(),
+            key_pem,
+            issuer: Issuer::new(p, key),
+        })
+    }
+
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The root certificate, PEM (the trust bundle).
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Parameters of a well-formed workload X.509-SVID for `spiffe_id`, valid
+    /// for `days`. Tests break one property at a time from here.
+    pub fn svid_params(spiffe_id: &str, days: i64) -> Result<CertificateParams, DevError> {
+        let mut p = CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name
+            .push(DnType::OrganizationName, "taskmint dev");
+        p.subject_alt_names = vec![SanType::URI(spiffe_id.try_into()?)];
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.use_authority_key_identifier_extension = true;
+        validity(&mut p, days);
+        Ok(p)
+    }
+
+    /// Signs `params` for a fresh P-256 key.
+    pub fn sign(&self, params: &CertificateParams) -> Result<Issued, DevError> {
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
+        })
+    }
+
+    /// A workload SVID for `spiffe://<td>/workload/<name>`, valid 90 days.
+    pub fn workload(&self, name: &str) -> Result<Issued, DevError> {
+        let id = format!("spiffe://{}/workload/{name}", self.trust_domain);
+        spiffe::SpiffeId::new(&id)
+            .map_err(|e| DevError::Invalid(format!("workload name `{name}`: {e}")))?;
+        self.sign(&Self::svid_params(&id, 90)?)
+    }
+
+    /// The issuer's serving SVID: `spiffe://<td>/taskmint`, also valid for
+    /// `localhost` and `127.0.0.1` so generic TLS tools can talk to it.
+    pub fn server_svid(&self) -> Result<Issued, DevError> {
+        let mut p = Self::svid_params(&format!("spiffe://{}/taskmint", self.trust_domain), 90)?;
+        p.subject_alt_names
+            .push(SanType::DnsName("localhost".try_into()?));
+        p.subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        self.sign(&p)
+    }
+
+    /// The intermediate that signs per-task certificates (path length 0).
+    pub fn signing_ca(&self) -> Result<Issued, DevError> {
+        let mut p = CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name
+            .push(DnType::OrganizationName, "taskmint dev");
+        p.distinguished_name.push(
+            DnType::CommonName,
+            format!("{} taskmint signing CA", self.trust_domain),
+        );
+        p.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://{}", self.trust_domain).try_into()?,
+        )];
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        p.use_authority_key_identifier_extension = true;
+        validity(&mut p, 365);
+        self.sign(&p)
+    }
+}
+
+/// What `dev init` wrote.
+#[derive(Debug, Clone)]
+pub struct DevInit {
+    /// The config file.
+    pub config: PathBuf,
+    /// Workload names with their SVID and key paths.
+    pub workloads: Vec<(String, PathBuf, PathBuf)>,
+}
+
+fn write(path: &Path, content: &str, secret: bool) -> Result<(), DevError> {
+    let io = |source| DevError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    #[cfg(unix)]
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mode = if secret { 0o600 } else { 0o644 };
+        // Remove first: `mode` only applies when the file is created.
+        let _ = std::fs::remove_file(path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .map_err(io)?;
+        f.write_all(content.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = secret;
+        std::fs::write(path, content).map_err(io)
+    }
+}
+
+/// The default workloads.
+pub const DEFAULT_WORKLOADS: &[&str] = &["agent", "sidecar", "admin"];
+
+/// Writes a dev trust domain and config into `dir`.
+pub fn init(
+    dir: &Path,
+    trust_domain: &str,
+    workloads: &[String],
+    listen: &str,
+    force: bool,
+) -> Result<DevInit, DevError> {
+    let config = dir.join("taskmint.toml");
+    if config.exists() && !force {
+        return Err(DevError::Exists(dir.to_owned()));
+    }
+    std::fs::create_dir_all(dir).map_err(|source| DevError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let root = DevRoot::new(trust_domain)?;
+    write(&dir.join("bundle.pem"), root.cert_pem(), false)?;
+    write(&dir.join("root.key"), &root.key_pem, true)?;
+
+    let server = root.server_svid()?;
+    write(&dir.join("taskmint.pem"), &server.cert_pem, false)?;
+    write(&dir.join("taskmint.key"), &server.key_pem, true)?;
+
+    let ca = root.signing_ca()?;
+    write(&dir.join("signing-ca.pem"), &ca.cert_pem, false)?;
+    write(&dir.join("signing-ca.key"), &ca.key_pem, true)?;
+
+    let jwt = KeyPair::generate()?;
+    write(&dir.join("jwt.key"), &jwt.serialize_pem(), true)?;
+
+    let mut written = Vec::new();
+    for name in workloads {
+        let w = root.workload(name)?;
+        let (cert, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        write(&cert, &w.cert_pem, false)?;
+        write(&key, &w.key_pem, true)?;
+        written.push((name.clone(), cert, key));
+    }
+    write(&config, &config_text(trust_domain, listen), false)?;
+    Ok(DevInit {
+        config,
+        workloads: written,
+    })
+}
+
+/// A complete config for a dev trust domain laid out by [`init`]; paths are
+/// relative to the config's own directory.
+pub fn config_text(trust_domain: &str, listen: &str) -> String {
+    format!(
+        r#"# taskmint configuration, written by `taskmint dev init`.
+# Relative paths are resolved against this file's directory.
+
+# The issuer's own trust domain (its SVID, signing CA and JWT key belong to it).
+trust_domain = "{trust_domain}"
+
+[listen]
+addr = "{listen}"
+handshake_timeout = "10s"
+
+[trust]
+# Bundle files and the serving SVID are re-read when their content changes.
+reload_interval = "5s"
+# Federation: every <trust-domain>.pem dropped here is trusted for that domain.
+bundle_dir = "federation"
+
+[[trust.domains]]
+name = "{trust_domain}"
+bundle = "bundle.pem"
+
+[server]
+cert = "taskmint.pem"
+key = "taskmint.key"
+
+[ca]
+cert = "signing-ca.pem"
+key = "signing-ca.key"
+
+[jwt]
+key = "jwt.key"
+# issuer = "spiffe://{trust_domain}/taskmint"
+
+[store]
+path = "data/taskmint.db"
+
+[limits]
+default_ttl = "5m"
+max_ttl = "1h"
+"#
+    )
+}

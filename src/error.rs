@@ -1,0 +1,36 @@
+//! The crate error: what a request can fail with, in domain terms. It names
+//! no transport; `grpc::status` maps it to a `tonic::Status` in one place.
+
+use crate::ca::{CaError, CsrError};
+use crate::identity::{AuthError, TaskIdError};
+use crate::jwt::JwtError;
+use crate::store::StoreError;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller is not (or no longer) authenticated.
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthError),
+    /// A request field is invalid; the message names the field and value.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The task id is invalid.
+    #[error(transparent)]
+    TaskId(#[from] TaskIdError),
+    /// The CSR is invalid.
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    /// The request is valid but cannot be served in the current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Storage failed; the detail is logged, never sent.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// X.509 signing failed; the detail is logged, never sent.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// JWT signing failed; the detail is logged, never sent.
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
+}

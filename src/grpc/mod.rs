@@ -1,0 +1,110 @@
+//! The gRPC edge: the only part of the crate that knows protobuf types and
+//! `tonic::Status`. [`serve`] takes a bound listener and a shutdown future, so
+//! `main` and the tests drive the same entry point.
+//!
+//! Connections are accepted here, TLS handshakes run in their own tasks under
+//! a timeout (a slow or silent peer holds only its own task), and each
+//! finished handshake is judged once before tonic sees the connection.
+
+pub mod auth;
+mod issuer;
+mod status;
+
+pub use issuer::{IssuerService, credential_pb};
+
+/// Generated protobuf and gRPC types for `taskmint.v1`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("taskmint.v1");
+}
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::tls::TlsMaterial;
+
+/// Largest request accepted, in bytes (a CSR is a few hundred).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Serves `service` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    service: IssuerService,
+    material: Arc<TlsMaterial>,
+    listener: TcpListener,
+    handshake_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), crate::tls::TlsError> {
+    let acceptor = TlsAcceptor::from(material.server_config()?);
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        acceptor,
+        material,
+        handshake_timeout,
+        tx,
+    ));
+
+    let svc =
+        pb::issuer_server::IssuerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let result = tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
+        .await;
+    accept.abort();
+    if let Err(e) = result {
+        tracing::error!(error = %e, "gRPC server stopped with an error");
+    }
+    Ok(())
+}
+
+type Conn = auth::AuthedConn<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    material: Arc<TlsMaterial>,
+    handshake_timeout: Duration,
+    tx: tokio::sync::mpsc::Sender<Result<Conn, std::io::Error>>,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, don't spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let material = material.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let chain = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
+            let info = auth::ConnInfo::judge(peer, chain, &material);
+            let _ = tx.send(Ok(auth::AuthedConn { io: tls, info })).await;
+        });
+    }
+}

@@ -1,0 +1,195 @@
+//! JWT-SVIDs: the claim set, ES256 signing with a `kid` (RFC 7638 thumbprint),
+//! post-signing validation, and the public JWK that the trust bundle serves.
+//!
+//! JOSE is the `jsonwebtoken` crate's; this module decides what is signed.
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Why the JWT key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JwtError {
+    /// The key file or key is unusable.
+    #[error("cannot load JWT signing key: {0}")]
+    Load(String),
+    /// Signing failed.
+    #[error("JWT signing failed: {0}")]
+    Sign(String),
+    /// The signed token failed post-signing validation.
+    #[error("signed JWT failed validation: {0}")]
+    Validate(String),
+}
+
+/// RFC 8705 confirmation claim: binds the token to the caller's mTLS certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// base64url-nopad(SHA-256(leaf certificate DER)).
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
+}
+
+/// The claim set of a per-task JWT-SVID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The caller's SPIFFE ID.
+    pub sub: String,
+    /// The single audience that was requested and allowed.
+    pub aud: String,
+    /// Issued at, Unix seconds.
+    pub iat: i64,
+    /// Not before, Unix seconds.
+    pub nbf: i64,
+    /// Expiry, Unix seconds.
+    pub exp: i64,
+    /// 128-bit random id, hex; the credential id.
+    pub jti: String,
+    /// The issuer.
+    pub iss: String,
+    /// The task the token is for.
+    pub task_id: String,
+    /// SPIFFE ID of the task's owner.
+    pub task_owner: String,
+    /// Proof-of-possession binding to the caller's mTLS leaf.
+    pub cnf: Confirmation,
+}
+
+/// The ES256 signer.
+pub struct JwtSigner {
+    key: EncodingKey,
+    verify: DecodingKey,
+    kid: String,
+    x: String,
+    y: String,
+}
+
+impl std::fmt::Debug for JwtSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtSigner")
+            .field("kid", &self.kid)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl JwtSigner {
+    /// Loads a PEM PKCS#8 P-256 key.
+    pub fn load(path: &std::path::Path) -> Result<Self, JwtError> {
+        let pem = std::fs::read(path)
+            .map_err(|e| JwtError::Load(format!("`{}`: {e}", path.display())))?;
+        let der = crate::pem::pkcs8_key(&pem)
+            .map_err(|e| JwtError::Load(format!("`{}`: {e}", path.display())))?;
+        Self::from_pkcs8(&der)
+    }
+
+    /// Builds the signer from PKCS#8 DER.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, JwtError> {
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
+            .map_err(|_| JwtError::Load("not a PKCS#8 P-256 (ES256) key".into()))?;
+        let point = pair.public_key().as_ref();
+        // Uncompressed SEC1 point: 0x04 || X (32) || Y (32).
+        if point.len() != 65 || point[0] != 4 {
+            return Err(JwtError::Load(
+                "unexpected P-256 public key encoding".into(),
+            ));
+        }
+        let x = B64URL.encode(&point[1..33]);
+        let y = B64URL.encode(&point[33..]);
+        // RFC 7638 thumbprint: members in lexicographic order, no whitespace.
+        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+        let kid = B64URL.encode(Sha256::digest(canonical.as_bytes()));
+        let verify = DecodingKey::from_ec_components(&x, &y)
+            .map_err(|e| JwtError::Load(format!("public key: {e}")))?;
+        Ok(Self {
+            key: EncodingKey::from_ec_der(der),
+            verify,
+            kid,
+            x,
+            y,
+        })
+    }
+
+    /// The key id carried in every token header and in the JWKS.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public key as a SPIFFE bundle JWK (`use: jwt-svid`).
+    pub fn jwk(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kty": "EC",
+            "crv": "P-256",
+            "x": self.x,
+            "y": self.y,
+            "kid": self.kid,
+            "use": "jwt-svid",
+            "alg": "ES256",
+        })
+    }
+
+    /// Signs `claims`, then verifies the signature and re-reads the claims.
+    pub fn sign(&self, claims: &Claims) -> Result<String, JwtError> {
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = Some("JWT".into());
+        header.kid = Some(self.kid.clone());
+        let token = jsonwebtoken::encode(&header, claims, &self.key)
+            .map_err(|e| JwtError::Sign(e.to_string()))?;
+        let mut v = Validation::new(Algorithm::ES256);
+        v.set_audience(&[&claims.aud]);
+        v.set_issuer(&[&claims.iss]);
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.required_spec_claims.clear();
+        let back = jsonwebtoken::decode::<Claims>(&token, &self.verify, &v)
+            .map_err(|e| JwtError::Validate(e.to_string()))?;
+        if &back.claims != claims {
+            return Err(JwtError::Validate("claims changed in signing".into()));
+        }
+        Ok(token)
+    }
+}
+
+/// `cnf.x5t#S256` for a certificate digest.
+pub fn x5t_s256(cert_sha256: &[u8; 32]) -> String {
+    B64URL.encode(cert_sha256)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signs_and_binds() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let signer = JwtSigner::from_pkcs8(&key.serialize_der()).unwrap();
+        let claims = Claims {
+            sub: "spiffe://example.org/workload/agent".into(),
+            aud: "db".into(),
+            iat: 1_700_000_000,
+            nbf: 1_700_000_000,
+            exp: 1_700_000_300,
+            jti: "00".repeat(16),
+            iss: "spiffe://example.org/taskmint".into(),
+            task_id: "build-42".into(),
+            task_owner: "spiffe://example.org/workload/agent".into(),
+            cnf: Confirmation {
+                x5t_s256: x5t_s256(&[7; 32]),
+            },
+        };
+        let token = signer.sign(&claims).unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.kid.as_deref(), Some(signer.kid()));
+        assert_eq!(header.typ.as_deref(), Some("JWT"));
+        assert_eq!(signer.kid().len(), 43);
+        assert!(!format!("{signer:?}").contains(&signer.x));
+    }
+
+    #[test]
+    fn refuses_non_p256_keys() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        assert!(JwtSigner::from_pkcs8(&key.serialize_der()).is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! Assembly: a [`Server`] builds every component from its [`Config`] and runs
+//! until the shutdown future resolves. `taskmint serve` and the integration
+//! tests use this same entry point.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::ca::{CaError, SigningCa};
+use crate::config::Config;
+use crate::grpc::{self, IssuerService};
+use crate::issuer::Issuer;
+use crate::jwt::{JwtError, JwtSigner};
+use crate::store::{SqliteStore, Store, StoreError};
+use crate::tls::{MaterialSources, TlsError, TlsMaterial};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// TLS material.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Signing CA.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// JWT key.
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
+    /// Store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The signing CA does not chain to the issuer's own trust domain.
+    #[error("signing CA does not chain to a root of trust domain `{td}`: {reason}")]
+    CaChain {
+        /// The issuer's trust domain.
+        td: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A built, not yet running, issuer.
+#[derive(Debug)]
+pub struct Server {
+    cfg: Config,
+    issuer: Arc<Issuer>,
+    material: Arc<TlsMaterial>,
+    store: Arc<SqliteStore>,
+}
+
+impl Server {
+    /// Loads keys, bundles and the store (running migrations).
+    pub async fn build(cfg: Config) -> Result<Self, StartError> {
+        let material = TlsMaterial::load(MaterialSources::from_config(&cfg)?)?;
+        let ca = SigningCa::load(&cfg.ca)?;
+        check_ca_chains_to_own_domain(&cfg, &ca, &material)?;
+        let jwt = JwtSigner::load(&cfg.jwt.key)?;
+        let store = Arc::new(SqliteStore::open(&cfg.store.path).await?);
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let issuer = Arc::new(Issuer::new(&cfg, ca, jwt, dyn_store, material.clone()));
+        Ok(Self {
+            cfg,
+            issuer,
+            material,
+            store,
+        })
+    }
+
+    /// The domain issuer.
+    pub fn issuer(&self) -> &Arc<Issuer> {
+        &self.issuer
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, reloading TLS material
+    /// in the background; closes the store on the way out.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), StartError> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let reload = tokio::spawn(crate::tls::reload_loop(
+            self.material.clone(),
+            self.cfg.trust.reload_interval,
+            stop_rx,
+        ));
+        let service = IssuerService::new(self.issuer.clone(), self.material.clone());
+        let result = grpc::serve(
+            service,
+            self.material.clone(),
+            listener,
+            self.cfg.listen.handshake_timeout,
+            shutdown,
+        )
+        .await;
+        let _ = stop_tx.send(true);
+        let _ = reload.await;
+        self.store.close().await;
+        Ok(result?)
+    }
+}
+
+/// A minted leaf must verify against the served bundle: refuse to start with
+/// a signing CA that does not chain to the issuer's own trust domain.
+fn check_ca_chains_to_own_domain(
+    cfg: &Config,
+    ca: &SigningCa,
+    material: &TlsMaterial,
+) -> Result<(), StartError> {
+    let td = spiffe::TrustDomain::new(&cfg.trust_domain).expect("validated at config load");
+    let err = |reason: String| StartError::CaChain {
+        td: cfg.trust_domain.clone(),
+        reason,
+    };
+    let bundles = material.bundles();
+    let bundle = bundles
+        .get(&td)
+        .ok_or_else(|| err("no bundle is configured for it".into()))?;
+    fn parse(der: &[u8]) -> Result<X509Certificate<'_>, String> {
+        X509Certificate::from_der(der)
+            .map(|(_, c)| c)
+            .map_err(|e| e.to_string())
+    }
+    let chain = ca
+        .chain()
+        .iter()
+        .map(|c| parse(c.as_ref()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    for pair in chain.windows(2) {
+        pair[0]
+            .verify_signature(Some(pair[1].public_key()))
+            .map_err(|_| {
+                err(format!(
+                    "`{}` is not signed by the next certificate",
+                    pair[0].subject()
+                ))
+            })?;
+    }
+    let top = chain.last().ok_or_else(|| err("empty chain".into()))?;
+    let roots = bundle
+        .roots()
+        .iter()
+        .map(|r| parse(r.as_ref()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    if roots
+        .iter()
+        .any(|r| r.as_ref() == top.as_ref() || top.verify_signature(Some(r.public_key())).is_ok())
+    {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "`{}` is not signed by any root of the bundle",
+            top.issuer()
+        )))
+    }
+}
