@@ -19,9 +19,10 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::config::CaConfig;
 use crate::identity::TaskId;
 
-/// Arc of the private extension that binds a certificate to its task:
-/// `2.25.10211986714696846060` (an OID under the UUID arc, see README).
-pub const TASK_EXTENSION_OID: &[u64] = &[2, 25, 10_211_986_714_696_846_060];
+/// OID of the private extension that binds a certificate to its task:
+/// `2.25.988614677842070252`, under the UUID arc (X.667) from 63 random bits,
+/// so parsers that cap an arc at 63 bits (asn1-rs, Go) still read it.
+pub const TASK_EXTENSION_OID: &[u64] = &[2, 25, 988_614_677_842_070_252];
 
 /// Why a CSR was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

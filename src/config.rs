@@ -209,7 +209,11 @@ mod humantime_serde_compat {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        super::parse_duration(&text).map_err(serde::de::Error::custom)
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration `{text}`: {e} (use e.g. `90s`, `5m`, `1h`)"
+            ))
+        })
     }
 }
 
@@ -293,6 +297,9 @@ impl Config {
         let l = &self.limits;
         if l.max_ttl.is_zero() || l.default_ttl.is_zero() {
             return invalid("limits.default_ttl and limits.max_ttl must be positive".into());
+        }
+        if l.default_ttl.subsec_nanos() != 0 || l.max_ttl.subsec_nanos() != 0 {
+            return invalid("limits.default_ttl and limits.max_ttl must be whole seconds".into());
         }
         if l.default_ttl > l.max_ttl {
             return invalid(format!(

@@ -1,11 +1,23 @@
 //! The `taskmint` binary: parse the command line, set up logging, dispatch.
 
-use clap::Parser;
+use clap::Parser as _;
 use taskmint::cli::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // One line, like every other error; `--help` has the rest.
+            let text = e.to_string();
+            eprintln!(
+                "{}",
+                text.lines().next().unwrap_or("error: invalid arguments")
+            );
+            return std::process::ExitCode::from(2);
+        }
+    };
     // The server logs each request at info; client commands stay quiet
     // unless RUST_LOG asks for more.
     let default = if matches!(cli.command, Command::Serve(_)) {

@@ -31,6 +31,9 @@ use crate::tls::TlsMaterial;
 /// Largest request accepted, in bytes (a CSR is a few hundred).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// How long shutdown waits for open connections to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves `service` on `listener` until `shutdown` resolves.
 pub async fn serve(
     service: IssuerService,
@@ -51,10 +54,29 @@ pub async fn serve(
 
     let svc =
         pb::issuer_server::IssuerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
-    let result = tonic::transport::Server::builder()
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .add_service(svc)
-        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), async {
+            let _ = drain_rx.await;
+        });
+    tokio::pin!(server);
+    // Graceful shutdown waits for in-flight requests, but a peer that never
+    // closes its connection must not hold the process: drain for a bounded time.
+    let result = tokio::select! {
+        r = &mut server => r,
+        _ = shutdown => {
+            accept.abort();
+            let _ = drain_tx.send(());
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them");
+                    Ok(())
+                }
+            }
+        }
+    };
     accept.abort();
     if let Err(e) = result {
         tracing::error!(error = %e, "gRPC server stopped with an error");
