@@ -98,6 +98,8 @@ pub struct SigningCa {
     /// Signing CA certificate first, then any intermediates.
     chain: Vec<CertificateDer<'static>>,
     not_after: i64,
+    /// The CA's subjectKeyIdentifier, so CRLs carry a matching AKI.
+    key_id: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for SigningCa {
@@ -141,12 +143,21 @@ impl SigningCa {
             ));
         }
         let not_after = parsed.validity().not_after.timestamp();
+        let key_id = parsed
+            .iter_extensions()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => {
+                    Some(k.0.to_vec())
+                }
+                _ => None,
+            });
         let issuer = Issuer::from_ca_cert_der(ca_der, key)
             .map_err(|e| CaError::Load(format!("certificate: {e}")))?;
         Ok(Self {
             issuer,
             chain,
             not_after,
+            key_id,
         })
     }
 
@@ -158,6 +169,45 @@ impl SigningCa {
     /// The chain sent after each leaf.
     pub fn chain(&self) -> &[CertificateDer<'static>] {
         &self.chain
+    }
+
+    /// Signs a CRL v2 listing `revoked` (serial hex, revocation time, reason).
+    pub fn sign_crl(
+        &self,
+        revoked: &[(String, i64, rcgen::RevocationReason)],
+        number: u64,
+        this_update: i64,
+        next_update: i64,
+    ) -> Result<Vec<u8>, CaError> {
+        let revoked_certs = revoked
+            .iter()
+            .map(|(serial, at, reason)| {
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(
+                        &hex::decode(serial)
+                            .map_err(|e| CaError::Sign(format!("serial `{serial}`: {e}")))?,
+                    ),
+                    revocation_time: ts(*at)?,
+                    reason_code: Some(*reason),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, CaError>>()?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: ts(this_update)?,
+            next_update: ts(next_update)?,
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: match &self.key_id {
+                Some(id) => rcgen::KeyIdMethod::PreSpecified(id.clone()),
+                None => rcgen::KeyIdMethod::Sha256,
+            },
+        };
+        let crl = params
+            .signed_by(&self.issuer)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        Ok(crl.der().to_vec())
     }
 
     /// Template, sign, validate. Returns the leaf DER.

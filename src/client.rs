@@ -217,6 +217,251 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `BeginTask`.
+    pub async fn begin_task(
+        &mut self,
+        req: pb::BeginTaskRequest,
+    ) -> Result<pb::Task, tonic::Status> {
+        let r = self.inner.begin_task(req).await?.into_inner();
+        r.task
+            .ok_or_else(|| tonic::Status::internal("response without task"))
+    }
+
+    /// `CompleteTask` of the caller's own task.
+    pub async fn complete_task(
+        &mut self,
+        task_id: &str,
+    ) -> Result<pb::CompleteTaskResponse, tonic::Status> {
+        let task = Some(pb::TaskRef {
+            task_id: task_id.into(),
+            owner: String::new(),
+        });
+        Ok(self
+            .inner
+            .complete_task(pb::CompleteTaskRequest { task })
+            .await?
+            .into_inner())
+    }
+
+    /// `CompleteTask` of any task (another owner's: admins only).
+    pub async fn complete_task_ref(
+        &mut self,
+        task: Option<pb::TaskRef>,
+    ) -> Result<pb::CompleteTaskResponse, tonic::Status> {
+        Ok(self
+            .inner
+            .complete_task(pb::CompleteTaskRequest { task })
+            .await?
+            .into_inner())
+    }
+
+    /// `GetTask`; `owner` empty = the caller.
+    pub async fn get_task(
+        &mut self,
+        task_id: &str,
+        owner: &str,
+    ) -> Result<pb::GetTaskResponse, tonic::Status> {
+        let task = Some(pb::TaskRef {
+            task_id: task_id.into(),
+            owner: owner.into(),
+        });
+        Ok(self
+            .inner
+            .get_task(pb::GetTaskRequest { task })
+            .await?
+            .into_inner())
+    }
+
+    /// `Revoke`.
+    pub async fn revoke(
+        &mut self,
+        target: pb::revoke_request::Target,
+        reason: &str,
+    ) -> Result<pb::RevokeResponse, tonic::Status> {
+        let req = pb::RevokeRequest {
+            target: Some(target),
+            reason: reason.into(),
+        };
+        Ok(self.inner.revoke(req).await?.into_inner())
+    }
+
+    /// `Renew`; `csr` is needed for X.509 credentials.
+    pub async fn renew(
+        &mut self,
+        req: pb::RenewRequest,
+    ) -> Result<pb::RenewResponse, tonic::Status> {
+        Ok(self.inner.renew(req).await?.into_inner())
+    }
+
+    /// `CheckStatus`.
+    pub async fn check_status(
+        &mut self,
+        id: &str,
+    ) -> Result<pb::CheckStatusResponse, tonic::Status> {
+        let req = pb::CheckStatusRequest {
+            credential_id: id.into(),
+        };
+        Ok(self.inner.check_status(req).await?.into_inner())
+    }
+
+    /// `GetCrl`.
+    pub async fn crl(&mut self) -> Result<pb::GetCrlResponse, tonic::Status> {
+        Ok(self.inner.get_crl(pb::GetCrlRequest {}).await?.into_inner())
+    }
+
+    /// `AckRevocations`.
+    pub async fn ack(&mut self, subscriber: &str, up_to_seq: u64) -> Result<u64, tonic::Status> {
+        let req = pb::AckRevocationsRequest {
+            subscriber: subscriber.into(),
+            up_to_seq,
+        };
+        Ok(self
+            .inner
+            .ack_revocations(req)
+            .await?
+            .into_inner()
+            .acked_seq)
+    }
+
+    /// `GetDeliveryStatus`.
+    pub async fn delivery_status(
+        &mut self,
+    ) -> Result<pb::GetDeliveryStatusResponse, tonic::Status> {
+        Ok(self
+            .inner
+            .get_delivery_status(pb::GetDeliveryStatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// One `WatchRevocations` stream, no reconnection (see [`Watcher`]).
+    pub async fn watch_once(
+        &mut self,
+        req: pb::WatchRevocationsRequest,
+    ) -> Result<tonic::Streaming<pb::WatchRevocationsResponse>, tonic::Status> {
+        Ok(self.inner.watch_revocations(req).await?.into_inner())
+    }
+
+    /// A revocation watcher that reconnects and resumes by itself.
+    pub fn watcher(&self, req: pb::WatchRevocationsRequest) -> Watcher {
+        Watcher {
+            client: self.clone(),
+            cursor: req.after_seq,
+            req,
+            stream: None,
+            backoff: Watcher::MIN_BACKOFF,
+        }
+    }
+}
+
+/// What a [`Watcher`] yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchItem {
+    /// A revocation event.
+    Event(pb::RevocationEvent),
+    /// Caught up (after snapshot or replay) to this sequence.
+    Synced(u64),
+    /// Heartbeat with the current sequence.
+    Heartbeat(u64),
+    /// The stream broke; the watcher will resume after this sequence.
+    Reconnecting {
+        /// Cursor it resumes from (`None`: a fresh snapshot).
+        after_seq: Option<u64>,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A `WatchRevocations` subscription that survives disconnects: on any
+/// retryable failure (server restart, network, "fell behind") it waits with
+/// exponential backoff and resumes from the last sequence it delivered, so
+/// the caller sees every event exactly once, in order. A cursor older than
+/// the retained log (OUT_OF_RANGE) and authentication or permission failures
+/// are returned to the caller.
+#[derive(Debug)]
+pub struct Watcher {
+    client: Client,
+    req: pb::WatchRevocationsRequest,
+    cursor: Option<u64>,
+    stream: Option<tonic::Streaming<pb::WatchRevocationsResponse>>,
+    backoff: Duration,
+}
+
+impl Watcher {
+    const MIN_BACKOFF: Duration = Duration::from_millis(100);
+    const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+    /// The sequence everything up to which has been delivered.
+    pub fn cursor(&self) -> Option<u64> {
+        self.cursor
+    }
+
+    fn fatal(code: tonic::Code) -> bool {
+        use tonic::Code::*;
+        matches!(
+            code,
+            OutOfRange | Unauthenticated | PermissionDenied | InvalidArgument | Unimplemented
+        )
+    }
+
+    /// The next item; reconnects as needed.
+    pub async fn next(&mut self) -> Result<WatchItem, tonic::Status> {
+        use pb::watch_revocations_response::Msg;
+        loop {
+            let stream = match self.stream.as_mut() {
+                Some(s) => s,
+                None => {
+                    let mut req = self.req.clone();
+                    req.after_seq = self.cursor;
+                    match self.client.watch_once(req).await {
+                        Ok(s) => self.stream.insert(s),
+                        Err(e) if Self::fatal(e.code()) => return Err(e),
+                        Err(e) => return Ok(self.broke(e.message().to_owned()).await),
+                    }
+                }
+            };
+            match stream.message().await {
+                Ok(Some(m)) => match m.msg {
+                    Some(Msg::Event(e)) => {
+                        // Snapshot events are not contiguous: the cursor moves
+                        // only once the stream is synced (`cursor` is set).
+                        if self.cursor.is_some() {
+                            self.cursor = Some(e.seq);
+                        }
+                        return Ok(WatchItem::Event(e));
+                    }
+                    Some(Msg::Synced(s)) => {
+                        self.cursor = Some(s.seq);
+                        self.backoff = Self::MIN_BACKOFF;
+                        return Ok(WatchItem::Synced(s.seq));
+                    }
+                    Some(Msg::Heartbeat(h)) => {
+                        if self.cursor.is_some() {
+                            self.cursor = Some(h.seq);
+                        }
+                        return Ok(WatchItem::Heartbeat(h.seq));
+                    }
+                    None => continue,
+                },
+                Ok(None) => return Ok(self.broke("stream ended".into()).await),
+                Err(e) if Self::fatal(e.code()) => return Err(e),
+                Err(e) => return Ok(self.broke(e.message().to_owned()).await),
+            }
+        }
+    }
+
+    async fn broke(&mut self, reason: String) -> WatchItem {
+        self.stream = None;
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Self::MAX_BACKOFF);
+        WatchItem::Reconnecting {
+            after_seq: self.cursor,
+            reason,
+        }
+    }
+}
+
 /// A new P-256 key and a CSR for it (the CSR names nothing: the issuer
 /// ignores names anyway). Returns `(csr_der, key_pkcs8_pem)`.
 pub fn new_key_and_csr() -> Result<(Vec<u8>, zeroize::Zeroizing<String>), rcgen::Error> {

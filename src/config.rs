@@ -58,6 +58,12 @@ pub struct Config {
     /// Minting limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// SPIFFE IDs that may revoke, complete or inspect anything.
+    #[serde(default)]
+    pub admins: Vec<String>,
+    /// The revocation feed.
+    #[serde(default)]
+    pub feed: FeedConfig,
     /// The directory relative paths were resolved against (not in the file).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -130,6 +136,9 @@ pub struct CaConfig {
     pub cert: PathBuf,
     /// PEM PKCS#8 private key of the signing CA.
     pub key: PathBuf,
+    /// How long a CRL is valid (its nextUpdate).
+    #[serde(default = "default_crl_validity", with = "humantime_serde_compat")]
+    pub crl_validity: Duration,
 }
 
 /// The JWT-SVID signing key.
@@ -161,6 +170,15 @@ pub struct LimitsConfig {
     /// Longest lifetime a request may ask for.
     #[serde(default = "default_max_ttl", with = "humantime_serde_compat")]
     pub max_ttl: Duration,
+    /// Lifetime of a task begun implicitly by a mint, or without one.
+    #[serde(default = "default_task_lifetime", with = "humantime_serde_compat")]
+    pub default_task_lifetime: Duration,
+    /// Longest lifetime `BeginTask` may ask for.
+    #[serde(default = "default_max_task_lifetime", with = "humantime_serde_compat")]
+    pub max_task_lifetime: Duration,
+    /// Renewals allowed per lineage (a credential and its successors).
+    #[serde(default = "default_max_renewals")]
+    pub max_renewals: u32,
 }
 
 impl Default for LimitsConfig {
@@ -168,8 +186,59 @@ impl Default for LimitsConfig {
         Self {
             default_ttl: default_ttl(),
             max_ttl: default_max_ttl(),
+            default_task_lifetime: default_task_lifetime(),
+            max_task_lifetime: default_max_task_lifetime(),
+            max_renewals: default_max_renewals(),
         }
     }
+}
+
+/// The revocation feed and delivery evidence.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Interval of heartbeats on every watch stream.
+    #[serde(default = "default_heartbeat", with = "humantime_serde_compat")]
+    pub heartbeat_interval: Duration,
+    /// Messages buffered per subscriber; a subscriber that falls this far
+    /// behind is cut off and told to resume from its cursor.
+    #[serde(default = "default_subscriber_buffer")]
+    pub subscriber_buffer: usize,
+    /// How long an event stays in the log after its credentials expired.
+    #[serde(default = "default_retention", with = "humantime_serde_compat")]
+    pub retention: Duration,
+    /// How long an expected subscriber has to acknowledge an event.
+    #[serde(default = "default_ack_deadline", with = "humantime_serde_compat")]
+    pub ack_deadline: Duration,
+    /// How often task deadlines, overdue acknowledgements and retention are checked.
+    #[serde(default = "default_reaper_interval", with = "humantime_serde_compat")]
+    pub reaper_interval: Duration,
+    /// Subscribers expected to acknowledge every event.
+    #[serde(default)]
+    pub subscribers: Vec<SubscriberConfig>,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: default_heartbeat(),
+            subscriber_buffer: default_subscriber_buffer(),
+            retention: default_retention(),
+            ack_deadline: default_ack_deadline(),
+            reaper_interval: default_reaper_interval(),
+            subscribers: Vec::new(),
+        }
+    }
+}
+
+/// A subscriber expected to acknowledge revocations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriberConfig {
+    /// Name it acknowledges under.
+    pub name: String,
+    /// The only SPIFFE ID allowed to acknowledge under that name.
+    pub spiffe_id: String,
 }
 
 fn default_listen() -> SocketAddr {
@@ -186,6 +255,33 @@ fn default_ttl() -> Duration {
 }
 fn default_max_ttl() -> Duration {
     Duration::from_secs(60 * 60)
+}
+fn default_task_lifetime() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_max_task_lifetime() -> Duration {
+    Duration::from_secs(8 * 60 * 60)
+}
+fn default_max_renewals() -> u32 {
+    3
+}
+fn default_crl_validity() -> Duration {
+    Duration::from_secs(60 * 60)
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_subscriber_buffer() -> usize {
+    1024
+}
+fn default_retention() -> Duration {
+    Duration::from_secs(24 * 60 * 60)
+}
+fn default_ack_deadline() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_reaper_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// Parses a duration such as `90s`, `5m` or `1h`.
@@ -307,6 +403,52 @@ impl Config {
                 humantime::format_duration(l.default_ttl),
                 humantime::format_duration(l.max_ttl)
             ));
+        }
+        let whole = |d: Duration| d.subsec_nanos() == 0 && !d.is_zero();
+        if !whole(l.default_task_lifetime) || !whole(l.max_task_lifetime) {
+            return invalid("limits.*_task_lifetime must be positive whole seconds".into());
+        }
+        if l.default_task_lifetime > l.max_task_lifetime {
+            return invalid(format!(
+                "limits.default_task_lifetime ({}) exceeds limits.max_task_lifetime ({})",
+                humantime::format_duration(l.default_task_lifetime),
+                humantime::format_duration(l.max_task_lifetime)
+            ));
+        }
+        for a in &self.admins {
+            spiffe::SpiffeId::new(a)
+                .map_err(|e| ConfigError::Invalid(format!("admins: `{a}`: {e}")))?;
+        }
+        let f = &self.feed;
+        if f.subscriber_buffer < 2 {
+            return invalid("feed.subscriber_buffer must be at least 2".into());
+        }
+        for (name, d) in [
+            ("heartbeat_interval", f.heartbeat_interval),
+            ("ack_deadline", f.ack_deadline),
+            ("reaper_interval", f.reaper_interval),
+        ] {
+            if d < Duration::from_millis(10) {
+                return invalid(format!("feed.{name} must be at least 10ms"));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for s in &f.subscribers {
+            if s.name.is_empty() || !names.insert(&s.name) {
+                return invalid(format!(
+                    "feed.subscribers: name `{}` is empty or repeated",
+                    s.name
+                ));
+            }
+            spiffe::SpiffeId::new(&s.spiffe_id).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "feed.subscribers `{}`: `{}`: {e}",
+                    s.name, s.spiffe_id
+                ))
+            })?;
+        }
+        if self.ca.crl_validity < Duration::from_secs(1) {
+            return invalid("ca.crl_validity must be at least 1s".into());
         }
         if let Some(iss) = &self.jwt.issuer
             && iss.trim().is_empty()

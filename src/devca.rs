@@ -292,6 +292,9 @@ pub fn config_text(trust_domain: &str, listen: &str) -> String {
 # The issuer's own trust domain (its SVID, signing CA and JWT key belong to it).
 trust_domain = "{trust_domain}"
 
+# May revoke, complete or inspect anything.
+admins = ["spiffe://{trust_domain}/workload/admin"]
+
 [listen]
 addr = "{listen}"
 handshake_timeout = "10s"
@@ -313,6 +316,7 @@ key = "taskmint.key"
 [ca]
 cert = "signing-ca.pem"
 key = "signing-ca.key"
+crl_validity = "1h"
 
 [jwt]
 key = "jwt.key"
@@ -324,6 +328,21 @@ path = "data/taskmint.db"
 [limits]
 default_ttl = "5m"
 max_ttl = "1h"
+default_task_lifetime = "15m"
+max_task_lifetime = "8h"
+max_renewals = 3
+
+[feed]
+heartbeat_interval = "10s"
+subscriber_buffer = 1024
+retention = "24h"
+ack_deadline = "30s"
+reaper_interval = "1s"
+
+# Subscribers expected to acknowledge every revocation (delivery evidence).
+[[feed.subscribers]]
+name = "sidecar"
+spiffe_id = "spiffe://{trust_domain}/workload/sidecar"
 "#
     )
 }

@@ -24,6 +24,15 @@ pub enum Error {
     /// The request is valid but cannot be served in the current state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The named thing does not exist (or is not visible to the caller).
+    #[error("{0}")]
+    NotFound(String),
+    /// The thing to create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// Storage failed; the detail is logged, never sent.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -152,6 +152,17 @@ impl JwtSigner {
     }
 }
 
+impl JwtSigner {
+    /// Signs a Security Event Token (RFC 8417): `typ: secevent+jwt`, same key
+    /// and `kid` as JWT-SVIDs, so relays verify it with the served JWKS.
+    pub fn sign_set(&self, claims: &serde_json::Value) -> Result<String, JwtError> {
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = Some("secevent+jwt".into());
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| JwtError::Sign(e.to_string()))
+    }
+}
+
 /// `cnf.x5t#S256` for a certificate digest.
 pub fn x5t_s256(cert_sha256: &[u8; 32]) -> String {
     B64URL.encode(cert_sha256)

@@ -15,7 +15,9 @@
 //! - [`jwt`]: JWT-SVID claims, ES256 signing, the JWK.
 //! - [`trust`]: the trust bundle document served to relying parties.
 //! - [`store`]: the `Store` trait and its SQLite backend; the only SQL.
-//! - [`issuer`]: minting, from validated request to stored credential.
+//! - [`issuer`]: tasks, minting, renewal, revocation, status, CRL.
+//! - [`revocation`]: the ordered revocation log, live hub, watch feed,
+//!   delivery evidence, deadline reaper, SETs.
 //! - [`grpc`]: the only protobuf/`tonic::Status` code; accept loop and auth gate.
 //! - [`server`]: assembly from config; `serve` and the tests start here.
 //! - [`client`]: a Rust client for workloads.
@@ -34,6 +36,7 @@ pub mod identity;
 pub mod issuer;
 pub mod jwt;
 pub mod pem;
+pub mod revocation;
 pub mod server;
 pub mod store;
 pub mod tls;

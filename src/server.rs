@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::grpc::{self, IssuerService};
 use crate::issuer::Issuer;
 use crate::jwt::{JwtError, JwtSigner};
+use crate::revocation::{Revocations, reaper};
 use crate::store::{SqliteStore, Store, StoreError};
 use crate::tls::{MaterialSources, TlsError, TlsMaterial};
 
@@ -56,10 +57,17 @@ impl Server {
         let material = TlsMaterial::load(MaterialSources::from_config(&cfg)?)?;
         let ca = SigningCa::load(&cfg.ca)?;
         check_ca_chains_to_own_domain(&cfg, &ca, &material)?;
-        let jwt = JwtSigner::load(&cfg.jwt.key)?;
+        let jwt = Arc::new(JwtSigner::load(&cfg.jwt.key)?);
         let store = Arc::new(SqliteStore::open(&cfg.store.path).await?);
         let dyn_store: Arc<dyn Store> = store.clone();
-        let issuer = Arc::new(Issuer::new(&cfg, ca, jwt, dyn_store, material.clone()));
+        let revocations = Arc::new(Revocations::new(dyn_store, jwt.clone(), cfg.jwt_issuer()));
+        // Catch up on deadlines that passed while the issuer was down, before
+        // anyone can mint or watch.
+        let expired = reaper::expire_due_tasks(&revocations).await?;
+        if expired > 0 {
+            tracing::info!(expired, "expired tasks whose deadline passed while stopped");
+        }
+        let issuer = Arc::new(Issuer::new(&cfg, ca, jwt, revocations, material.clone()));
         Ok(Self {
             cfg,
             issuer,
@@ -81,10 +89,16 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartError> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop_rx_reaper = stop_rx.clone();
         let reload = tokio::spawn(crate::tls::reload_loop(
             self.material.clone(),
             self.cfg.trust.reload_interval,
             stop_rx,
+        ));
+        let reaper = tokio::spawn(reaper::run(
+            self.issuer.revocations().clone(),
+            self.cfg.feed.clone(),
+            stop_rx_reaper,
         ));
         let service = IssuerService::new(self.issuer.clone(), self.material.clone());
         let result = grpc::serve(
@@ -97,6 +111,7 @@ impl Server {
         .await;
         let _ = stop_tx.send(true);
         let _ = reload.await;
+        let _ = reaper.await;
         self.store.close().await;
         Ok(result?)
     }

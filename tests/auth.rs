@@ -127,11 +127,11 @@ async fn every_caller_svid_rule_is_enforced() {
     s.stop().await;
 }
 
-/// Waits until `who` can mint, i.e. the reloader has picked up its bundle.
+/// Waits until `who` is authenticated, i.e. the reloader has picked up its bundle.
 async fn accepted_eventually(s: &TestServer, who: &Issued) -> bool {
     eventually(Duration::from_secs(10), || async {
         let mut c = s.client_with(Some(identity(who))).await;
-        c.mint_jwt("t", "db", None).await.is_ok()
+        c.trust_bundle().await.is_ok()
     })
     .await
 }
@@ -160,6 +160,16 @@ async fn a_federated_trust_domain_is_picked_up_live_and_kept_apart() {
     );
     agent.mint_jwt("after", "db", None).await.unwrap();
 
+    // A federated workload is authenticated but gets no credentials: this
+    // issuer's CA and JWT key speak for example.org alone.
+    let mut partner_client = s.client_with(Some(identity(&partner_wl))).await;
+    let err = partner_client.mint_jwt("t", "db", None).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message()
+            .contains("only for workloads of trust domain `example.org`")
+    );
+
     // Bundles are not merged: partner.org's root cannot vouch for example.org.
     let forged = partner
         .sign(&params("spiffe://example.org/workload/agent"))
@@ -176,12 +186,12 @@ async fn a_federated_trust_domain_is_picked_up_live_and_kept_apart() {
 
     // Removing the bundle cuts the partner off again, on its live connection too.
     let mut live = s.client_with(Some(identity(&partner_wl))).await;
-    live.mint_jwt("t", "db", None).await.unwrap();
+    live.trust_bundle().await.unwrap();
     std::fs::remove_file(s.path("federation/partner.org.pem")).unwrap();
     let cut = eventually(Duration::from_secs(10), || {
         let mut live = live.clone();
         async move {
-            live.mint_jwt("t", "db", None)
+            live.trust_bundle()
                 .await
                 .is_err_and(|e| e.code() == Code::Unauthenticated)
         }

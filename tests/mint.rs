@@ -102,7 +102,10 @@ async fn jwt_svid_validates_with_the_spiffe_crate_and_every_claim_is_right() {
     assert_eq!(cred.id.len(), 32, "jti is 128 random bits, hex");
     let iat = c["iat"].as_i64().unwrap();
     assert!(iat >= before && iat <= now());
-    assert_eq!(c["nbf"].as_i64().unwrap(), iat);
+    assert_eq!(
+        c["nbf"].as_i64().unwrap(),
+        iat - taskmint::issuer::BACKDATE_SECS
+    );
     assert_eq!(c["exp"].as_i64().unwrap(), iat + 120);
     let leaf = taskmint::pem::certs(&std::fs::read(s.path("agent.pem")).unwrap()).unwrap();
     let x5t = B64URL.encode(Sha256::digest(leaf[0].as_ref()));

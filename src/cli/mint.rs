@@ -96,17 +96,7 @@ async fn x509(a: X509Args) -> anyhow::Result<()> {
         .await
         .map_err(|s| status_line(&s))?;
     let c = r.credential.unwrap_or_default();
-    std::fs::create_dir_all(&a.out)
-        .map_err(|e| anyhow::anyhow!("cannot create `{}`: {e}", a.out.display()))?;
-    let cert_path = a.out.join("cert.pem");
-    let key_path = a.out.join("key.pem");
-    let chain: String = r
-        .cert_chain
-        .iter()
-        .map(|der| crate::pem::encode("CERTIFICATE", der))
-        .collect();
-    write_file(&key_path, key_pem.as_bytes(), 0o600)?;
-    write_file(&cert_path, chain.as_bytes(), 0o644)?;
+    let (cert_path, key_path) = write_x509(&a.out, &r.cert_chain, &key_pem)?;
     if a.json {
         println!(
             "{}",
@@ -131,6 +121,25 @@ async fn x509(a: X509Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Writes `DIR/cert.pem` (leaf first) and `DIR/key.pem` (0600).
+pub(super) fn write_x509(
+    dir: &Path,
+    chain: &[Vec<u8>],
+    key_pem: &str,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create `{}`: {e}", dir.display()))?;
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    let pem: String = chain
+        .iter()
+        .map(|der| crate::pem::encode("CERTIFICATE", der))
+        .collect();
+    write_file(&key_path, key_pem.as_bytes(), 0o600)?;
+    write_file(&cert_path, pem.as_bytes(), 0o644)?;
+    Ok((cert_path, key_path))
 }
 
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {

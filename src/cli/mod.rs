@@ -4,6 +4,9 @@ mod bundle;
 mod dev;
 mod mint;
 mod serve;
+mod status;
+mod task;
+mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,6 +37,19 @@ pub enum Command {
     Mint(mint::MintCommand),
     /// Print the issuer's trust bundle.
     Bundle(bundle::BundleArgs),
+    /// Task lifecycle.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
+    /// Revoke credentials.
+    Revoke(status::RevokeArgs),
+    /// Renew a credential.
+    Renew(status::RenewArgs),
+    /// The state of a credential.
+    Status(status::StatusArgs),
+    /// Follow the revocation feed.
+    Watch(watch::WatchArgs),
+    /// Fetch the CRL.
+    Crl(status::CrlArgs),
 }
 
 /// `dev` subcommands.
@@ -102,5 +118,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a).await,
         Command::Mint(m) => mint::run(m).await,
         Command::Bundle(a) => bundle::run(a).await,
+        Command::Task(t) => task::run(t).await,
+        Command::Revoke(a) => status::revoke(a).await,
+        Command::Renew(a) => status::renew(a).await,
+        Command::Status(a) => status::status(a).await,
+        Command::Watch(a) => watch::run(a).await,
+        Command::Crl(a) => status::crl(a).await,
     }
 }

@@ -12,6 +12,9 @@ impl From<Error> for Status {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::InvalidArgument(_) | Error::TaskId(_) | Error::Csr(_) => Code::InvalidArgument,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Store(_) | Error::Ca(_) | Error::Jwt(_) => {
                 tracing::error!(error = %e, "internal error");
                 return Status::internal("internal error");

@@ -8,6 +8,8 @@
 
 mod sqlite;
 
+use std::collections::BTreeMap;
+
 pub use sqlite::SqliteStore;
 
 /// A storage failure. The message is for logs; callers see only "internal".
@@ -82,6 +84,54 @@ pub struct CredentialRecord {
     pub caller_cert_sha256: String,
     /// Unix seconds.
     pub issued_at: i64,
+    /// The credential this one renews.
+    pub predecessor: Option<String>,
+    /// How many renewals separate this credential from its lineage's first.
+    pub renewal_count: u32,
+    /// Revocation, if any.
+    pub revocation: Option<Revocation>,
+}
+
+/// Why and when a credential was revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Unix seconds.
+    pub revoked_at: i64,
+    /// Reason text, e.g. `task_completed`.
+    pub reason: String,
+    /// The revocation event that revoked it.
+    pub seq: u64,
+}
+
+/// Lifecycle state of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    /// Credentials may be minted until the deadline.
+    Active,
+    /// Completed by its owner or an admin.
+    Completed,
+    /// Its deadline passed.
+    Expired,
+}
+
+impl TaskState {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Completed => "completed",
+            Self::Expired => "expired",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "active" => Ok(Self::Active),
+            "completed" => Ok(Self::Completed),
+            "expired" => Ok(Self::Expired),
+            other => Err(StoreError::Corrupt(format!("task state `{other}`"))),
+        }
+    }
 }
 
 /// A task row.
@@ -91,16 +141,148 @@ pub struct TaskRecord {
     pub owner: String,
     /// The task id.
     pub task_id: String,
-    /// Unix seconds: first use.
+    /// Unix seconds: begun.
     pub created_at: i64,
+    /// What the task is for.
+    pub purpose: String,
+    /// Ticket or change reference.
+    pub ticket: String,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+    /// Begun by a mint rather than by `BeginTask`.
+    pub implicit: bool,
+    /// Unix seconds: no credential of the task outlives this.
+    pub deadline: i64,
+    /// Lifecycle state.
+    pub state: TaskState,
+    /// Unix seconds: completed or expired.
+    pub ended_at: Option<i64>,
 }
 
-/// Durable state. Implementations commit before they return `Ok`.
+/// What a revocation covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeScope {
+    /// One credential.
+    Credential(String),
+    /// Every credential of a task.
+    Task {
+        /// Owner SPIFFE ID.
+        owner: String,
+        /// Task id.
+        task_id: String,
+    },
+    /// Every credential naming a SPIFFE ID.
+    Workload(String),
+    /// Every credential of a trust domain.
+    TrustDomain(String),
+}
+
+impl RevokeScope {
+    /// The event kind this scope produces.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Credential(_) => "credential",
+            Self::Task { .. } => "task",
+            Self::Workload(_) => "workload",
+            Self::TrustDomain(_) => "trust_domain",
+        }
+    }
+}
+
+/// One entry of the revocation log: the credentials of one task revoked at
+/// once. A workload or trust-domain revocation yields one event per task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationEvent {
+    /// Gap-free, in commit order.
+    pub seq: u64,
+    /// `credential`, `task`, `workload` or `trust_domain`: what was asked.
+    pub kind: String,
+    /// Revoked credential ids.
+    pub credential_ids: Vec<String>,
+    /// Task owner.
+    pub task_owner: String,
+    /// Task id.
+    pub task_id: String,
+    /// SPIFFE ID the credentials name.
+    pub spiffe_id: String,
+    /// Trust domain of `spiffe_id`.
+    pub trust_domain: String,
+    /// Why.
+    pub reason: String,
+    /// Unix seconds.
+    pub revoked_at: i64,
+    /// Unix seconds: latest expiry of the revoked credentials; enforcers keep
+    /// a deny entry until then.
+    pub expires_at: i64,
+    /// The event as a signed Security Event Token.
+    pub set_jwt: String,
+}
+
+/// Signs a revocation event as a SET (given everything but `set_jwt`).
+pub type SetSigner<'a> = &'a (dyn Fn(&RevocationEvent) -> Result<String, String> + Send + Sync);
+
+/// A revocation to carry out.
+#[derive(Debug, Clone)]
+pub struct RevokeRequest {
+    /// What to revoke.
+    pub scope: RevokeScope,
+    /// Why.
+    pub reason: String,
+    /// Unix seconds.
+    pub now: i64,
+    /// Also end the task (for `Task` scope): completed or expired.
+    pub end_task: Option<TaskState>,
+}
+
+/// A subscriber's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckRecord {
+    /// Subscriber name.
+    pub subscriber: String,
+    /// Who acknowledged.
+    pub spiffe_id: String,
+    /// Highest acknowledged sequence.
+    pub acked_seq: u64,
+    /// Unix seconds.
+    pub acked_at: i64,
+}
+
+/// A revoked, unexpired X.509 credential for the CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlEntry {
+    /// Serial, hex.
+    pub serial_hex: String,
+    /// Unix seconds.
+    pub revoked_at: i64,
+    /// Reason text.
+    pub reason: String,
+}
+
+/// Why a credential could not be recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordRefusal {
+    /// The task is completed or expired.
+    TaskEnded(TaskState),
+    /// The predecessor already has a successor.
+    AlreadyRenewed(String),
+    /// The predecessor was revoked in the meantime.
+    PredecessorRevoked,
+}
+
+/// Durable state. Implementations commit before they return `Ok`, and
+/// serialise writers so revocation sequence numbers are gap-free in commit
+/// order.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Records a credential, creating its task row on first use, in one
-    /// transaction.
-    async fn record_credential(&self, cred: &CredentialRecord) -> Result<(), StoreError>;
+    /// Creates a task; returns the existing row instead if there is one.
+    async fn begin_task(&self, task: &TaskRecord) -> Result<(TaskRecord, bool), StoreError>;
+
+    /// Records a credential if its task is active (and, for a renewal, its
+    /// predecessor is still active and unrenewed), in one transaction.
+    async fn record_credential(
+        &self,
+        cred: &CredentialRecord,
+    ) -> Result<Result<(), RecordRefusal>, StoreError>;
 
     /// One credential by id.
     async fn credential(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError>;
@@ -117,4 +299,46 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many credentials are stored.
     async fn count_credentials(&self) -> Result<u64, StoreError>;
+
+    /// Revokes every active credential in scope, one event per task, each
+    /// signed by `sign`, and optionally ends the task; all in one transaction.
+    async fn revoke(
+        &self,
+        req: &RevokeRequest,
+        sign: SetSigner<'_>,
+    ) -> Result<Vec<RevocationEvent>, StoreError>;
+
+    /// Active tasks whose deadline is at or before `now`.
+    async fn due_tasks(&self, now: i64) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Events with `seq > after`, in order, at most `limit`.
+    async fn events_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<RevocationEvent>, StoreError>;
+
+    /// Events whose revoked credentials have not all expired at `now`.
+    async fn unexpired_events(&self, now: i64) -> Result<Vec<RevocationEvent>, StoreError>;
+
+    /// The last sequence handed out (0 if none).
+    async fn current_seq(&self) -> Result<u64, StoreError>;
+
+    /// The highest sequence pruned from the log (0 if none).
+    async fn pruned_through(&self) -> Result<u64, StoreError>;
+
+    /// Deletes events that expired before `before`; returns how many.
+    async fn prune_events(&self, before: i64) -> Result<u64, StoreError>;
+
+    /// Raises a subscriber's acknowledged sequence (never lowers it).
+    async fn ack(&self, ack: &AckRecord) -> Result<AckRecord, StoreError>;
+
+    /// Every acknowledgement.
+    async fn acks(&self) -> Result<Vec<AckRecord>, StoreError>;
+
+    /// Revoked X.509 credentials that have not expired at `now`.
+    async fn crl_entries(&self, now: i64) -> Result<Vec<CrlEntry>, StoreError>;
+
+    /// The next CRL number (monotonic).
+    async fn next_crl_number(&self) -> Result<u64, StoreError>;
 }

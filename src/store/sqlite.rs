@@ -1,24 +1,36 @@
 //! SQLite backend: WAL journal, `synchronous=FULL` (a commit is on disk
 //! before it returns), versioned migrations run at open.
+//!
+//! All writes go through one connection (`writer`), so write transactions are
+//! serialised: a revocation's sequence number is taken from the counter
+//! inside its transaction and is therefore gap-free in commit order, and a
+//! mint cannot slip in between a task's completion and its cascade. Reads use
+//! a separate pool and never wait for the writer (WAL).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
+use sqlx::{Row, Sqlite, Transaction};
 
-use super::{CredentialKind, CredentialRecord, Store, StoreError, TaskRecord};
+use super::{
+    AckRecord, CredentialKind, CredentialRecord, CrlEntry, RecordRefusal, Revocation,
+    RevocationEvent, RevokeRequest, RevokeScope, SetSigner, Store, StoreError, TaskRecord,
+    TaskState,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
 
 /// The embedded SQLite store.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    writer: SqlitePool,
+    reader: SqlitePool,
 }
 
 impl SqliteStore {
@@ -39,25 +51,52 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
             .await
             .map_err(|e| open_err(e.to_string()))?;
         MIGRATOR
-            .run(&pool)
+            .run(&writer)
             .await
             .map_err(|e| open_err(format!("migration failed: {e}")))?;
-        Ok(Self { pool })
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.read_only(true))
+            .await
+            .map_err(|e| open_err(e.to_string()))?;
+        Ok(Self { writer, reader })
     }
 
-    /// Closes the pool (waits for connections to be returned).
+    /// Closes both pools (waits for connections to be returned).
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.reader.close().await;
+        self.writer.close().await;
     }
 }
 
+const CREDENTIAL_COLUMNS: &str = "id, kind, spiffe_id, task_owner, task_id, audience, \
+     not_before, not_after, caller_cert_sha256, issued_at, predecessor, renewal_count, \
+     revoked_at, revoke_reason, revocation_seq";
+
+const TASK_COLUMNS: &str =
+    "owner, task_id, created_at, purpose, ticket, labels, implicit, deadline, state, ended_at";
+
+const EVENT_COLUMNS: &str = "seq, kind, credential_ids, task_owner, task_id, spiffe_id, \
+     trust_domain, reason, revoked_at, expires_at, set_jwt";
+
 fn credential_from_row(r: &SqliteRow) -> Result<CredentialRecord, StoreError> {
+    let revoked_at: Option<i64> = r.try_get("revoked_at")?;
+    let revocation = match revoked_at {
+        None => None,
+        Some(revoked_at) => Some(Revocation {
+            revoked_at,
+            reason: r
+                .try_get::<Option<String>, _>("revoke_reason")?
+                .unwrap_or_default(),
+            seq: r.try_get::<Option<i64>, _>("revocation_seq")?.unwrap_or(0) as u64,
+        }),
+    };
     Ok(CredentialRecord {
         id: r.try_get("id")?,
         kind: CredentialKind::parse(r.try_get::<&str, _>("kind")?)?,
@@ -69,27 +108,142 @@ fn credential_from_row(r: &SqliteRow) -> Result<CredentialRecord, StoreError> {
         not_after: r.try_get("not_after")?,
         caller_cert_sha256: r.try_get("caller_cert_sha256")?,
         issued_at: r.try_get("issued_at")?,
+        predecessor: r.try_get("predecessor")?,
+        renewal_count: r.try_get::<i64, _>("renewal_count")? as u32,
+        revocation,
     })
 }
 
-const CREDENTIAL_COLUMNS: &str = "id, kind, spiffe_id, task_owner, task_id, audience, \
-     not_before, not_after, caller_cert_sha256, issued_at";
+fn task_from_row(r: &SqliteRow) -> Result<TaskRecord, StoreError> {
+    let labels: String = r.try_get("labels")?;
+    Ok(TaskRecord {
+        owner: r.try_get("owner")?,
+        task_id: r.try_get("task_id")?,
+        created_at: r.try_get("created_at")?,
+        purpose: r.try_get("purpose")?,
+        ticket: r.try_get("ticket")?,
+        labels: serde_json::from_str(&labels)
+            .map_err(|e| StoreError::Corrupt(format!("task labels: {e}")))?,
+        implicit: r.try_get("implicit")?,
+        deadline: r.try_get("deadline")?,
+        state: TaskState::parse(r.try_get::<&str, _>("state")?)?,
+        ended_at: r.try_get("ended_at")?,
+    })
+}
+
+fn event_from_row(r: &SqliteRow) -> Result<RevocationEvent, StoreError> {
+    let ids: String = r.try_get("credential_ids")?;
+    Ok(RevocationEvent {
+        seq: r.try_get::<i64, _>("seq")? as u64,
+        kind: r.try_get("kind")?,
+        credential_ids: serde_json::from_str(&ids)
+            .map_err(|e| StoreError::Corrupt(format!("credential_ids: {e}")))?,
+        task_owner: r.try_get("task_owner")?,
+        task_id: r.try_get("task_id")?,
+        spiffe_id: r.try_get("spiffe_id")?,
+        trust_domain: r.try_get("trust_domain")?,
+        reason: r.try_get("reason")?,
+        revoked_at: r.try_get("revoked_at")?,
+        expires_at: r.try_get("expires_at")?,
+        set_jwt: r.try_get("set_jwt")?,
+    })
+}
+
+async fn counter(tx: &mut Transaction<'_, Sqlite>, name: &str) -> Result<u64, StoreError> {
+    let v: i64 = sqlx::query_scalar("SELECT value FROM counters WHERE name = ?")
+        .bind(name)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(v as u64)
+}
+
+async fn bump(tx: &mut Transaction<'_, Sqlite>, name: &str) -> Result<u64, StoreError> {
+    let v: i64 =
+        sqlx::query_scalar("UPDATE counters SET value = value + 1 WHERE name = ? RETURNING value")
+            .bind(name)
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(v as u64)
+}
+
+fn trust_domain_of(spiffe_id: &str) -> String {
+    spiffe_id
+        .strip_prefix("spiffe://")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_default()
+        .to_owned()
+}
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
-    async fn record_credential(&self, c: &CredentialRecord) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO tasks (owner, task_id, created_at) VALUES (?, ?, ?) \
-             ON CONFLICT (owner, task_id) DO NOTHING",
-        )
-        .bind(&c.task_owner)
-        .bind(&c.task_id)
-        .bind(c.issued_at)
+    async fn begin_task(&self, t: &TaskRecord) -> Result<(TaskRecord, bool), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let existing = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = ? AND task_id = ?"
+        ))
+        .bind(&t.owner)
+        .bind(&t.task_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = existing {
+            return Ok((task_from_row(&row)?, false));
+        }
+        sqlx::query(&format!(
+            "INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&t.owner)
+        .bind(&t.task_id)
+        .bind(t.created_at)
+        .bind(&t.purpose)
+        .bind(&t.ticket)
+        .bind(serde_json::to_string(&t.labels).expect("labels serialise"))
+        .bind(t.implicit)
+        .bind(t.deadline)
+        .bind(t.state.as_str())
+        .bind(t.ended_at)
         .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        Ok((t.clone(), true))
+    }
+
+    async fn record_credential(
+        &self,
+        c: &CredentialRecord,
+    ) -> Result<Result<(), RecordRefusal>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM tasks WHERE owner = ? AND task_id = ?")
+                .bind(&c.task_owner)
+                .bind(&c.task_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match state.as_deref().map(TaskState::parse).transpose()? {
+            Some(TaskState::Active) => {}
+            Some(ended) => return Ok(Err(RecordRefusal::TaskEnded(ended))),
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "task `{}` has no row",
+                    c.task_id
+                )));
+            }
+        }
+        if let Some(pred) = &c.predecessor {
+            let row = sqlx::query("SELECT revoked_at FROM credentials WHERE id = ?")
+                .bind(pred)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let revoked: Option<i64> = match &row {
+                Some(r) => r.try_get("revoked_at")?,
+                None => return Err(StoreError::Corrupt(format!("predecessor `{pred}` missing"))),
+            };
+            if revoked.is_some() {
+                return Ok(Err(RecordRefusal::PredecessorRevoked));
+            }
+        }
         let res = sqlx::query(&format!(
-            "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL)"
         ))
         .bind(&c.id)
         .bind(c.kind.as_str())
@@ -101,10 +255,17 @@ impl Store for SqliteStore {
         .bind(c.not_after)
         .bind(&c.caller_cert_sha256)
         .bind(c.issued_at)
+        .bind(&c.predecessor)
+        .bind(c.renewal_count as i64)
         .execute(&mut *tx)
         .await;
         match res {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                let msg = e.message().to_owned();
+                if msg.contains("predecessor") {
+                    let pred = c.predecessor.clone().unwrap_or_default();
+                    return Ok(Err(RecordRefusal::AlreadyRenewed(pred)));
+                }
                 return Err(StoreError::Duplicate(c.id.clone()));
             }
             other => {
@@ -112,7 +273,7 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(Ok(()))
     }
 
     async fn credential(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
@@ -120,7 +281,7 @@ impl Store for SqliteStore {
             "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = ?"
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?;
         row.as_ref().map(credential_from_row).transpose()
     }
@@ -136,40 +297,312 @@ impl Store for SqliteStore {
         ))
         .bind(owner)
         .bind(task_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.iter().map(credential_from_row).collect()
     }
 
     async fn task(&self, owner: &str, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT owner, task_id, created_at FROM tasks WHERE owner = ? AND task_id = ?",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = ? AND task_id = ?"
+        ))
         .bind(owner)
         .bind(task_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?;
-        row.map(|r| {
-            Ok(TaskRecord {
-                owner: r.try_get("owner")?,
-                task_id: r.try_get("task_id")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(task_from_row).transpose()
     }
 
     async fn count_credentials(&self) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credentials")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.reader)
             .await?;
         Ok(n as u64)
     }
+
+    async fn revoke(
+        &self,
+        req: &RevokeRequest,
+        sign: SetSigner<'_>,
+    ) -> Result<Vec<RevocationEvent>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let (filter, binds): (&str, Vec<String>) = match &req.scope {
+            RevokeScope::Credential(id) => ("id = ?", vec![id.clone()]),
+            RevokeScope::Task { owner, task_id } => (
+                "task_owner = ? AND task_id = ?",
+                vec![owner.clone(), task_id.clone()],
+            ),
+            RevokeScope::Workload(id) => ("spiffe_id = ?", vec![id.clone()]),
+            RevokeScope::TrustDomain(td) => (
+                "(spiffe_id = ? OR spiffe_id LIKE ? ESCAPE '\\')",
+                vec![
+                    format!("spiffe://{td}"),
+                    format!(
+                        "spiffe://{}/%",
+                        td.replace('\\', "\\\\")
+                            .replace('%', "\\%")
+                            .replace('_', "\\_")
+                    ),
+                ],
+            ),
+        };
+        let sql = format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials \
+             WHERE {filter} AND revoked_at IS NULL AND not_after > ?"
+        );
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = q.bind(b);
+        }
+        let rows = q.bind(req.now).fetch_all(&mut *tx).await?;
+        let creds = rows
+            .iter()
+            .map(credential_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+
+        // One event per task, in a stable order.
+        let mut by_task: BTreeMap<(String, String), Vec<CredentialRecord>> = BTreeMap::new();
+        for c in creds {
+            by_task
+                .entry((c.task_owner.clone(), c.task_id.clone()))
+                .or_default()
+                .push(c);
+        }
+        let mut events = Vec::with_capacity(by_task.len());
+        for ((owner, task_id), creds) in by_task {
+            let seq = bump(&mut tx, "revocation_seq").await?;
+            let spiffe_id = creds[0].spiffe_id.clone();
+            let mut event = RevocationEvent {
+                seq,
+                kind: req.scope.kind().to_owned(),
+                credential_ids: creds.iter().map(|c| c.id.clone()).collect(),
+                task_owner: owner,
+                task_id,
+                trust_domain: trust_domain_of(&spiffe_id),
+                spiffe_id,
+                reason: req.reason.clone(),
+                revoked_at: req.now,
+                expires_at: creds.iter().map(|c| c.not_after).max().unwrap_or(req.now),
+                set_jwt: String::new(),
+            };
+            event.set_jwt = sign(&event).map_err(StoreError::Corrupt)?;
+            sqlx::query(&format!(
+                "INSERT INTO revocations ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .bind(event.seq as i64)
+            .bind(&event.kind)
+            .bind(serde_json::to_string(&event.credential_ids).expect("ids serialise"))
+            .bind(&event.task_owner)
+            .bind(&event.task_id)
+            .bind(&event.spiffe_id)
+            .bind(&event.trust_domain)
+            .bind(&event.reason)
+            .bind(event.revoked_at)
+            .bind(event.expires_at)
+            .bind(&event.set_jwt)
+            .execute(&mut *tx)
+            .await?;
+            for c in &creds {
+                sqlx::query(
+                    "UPDATE credentials SET revoked_at = ?, revoke_reason = ?, revocation_seq = ? \
+                     WHERE id = ?",
+                )
+                .bind(req.now)
+                .bind(&req.reason)
+                .bind(seq as i64)
+                .bind(&c.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            events.push(event);
+        }
+        if let (Some(state), RevokeScope::Task { owner, task_id }) = (req.end_task, &req.scope) {
+            sqlx::query(
+                "UPDATE tasks SET state = ?, ended_at = ? \
+                 WHERE owner = ? AND task_id = ? AND state = 'active'",
+            )
+            .bind(state.as_str())
+            .bind(req.now)
+            .bind(owner)
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(events)
+    }
+
+    async fn due_tasks(&self, now: i64) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT owner, task_id FROM tasks WHERE state = 'active' AND deadline <= ? \
+             ORDER BY deadline",
+        )
+        .bind(now)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("owner")?, r.try_get("task_id")?)))
+            .collect()
+    }
+
+    async fn events_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<RevocationEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?"
+        ))
+        .bind(after as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn unexpired_events(&self, now: i64) -> Result<Vec<RevocationEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM revocations WHERE expires_at > ? ORDER BY seq"
+        ))
+        .bind(now)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn current_seq(&self) -> Result<u64, StoreError> {
+        let v: i64 = sqlx::query_scalar("SELECT value FROM counters WHERE name = 'revocation_seq'")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(v as u64)
+    }
+
+    async fn pruned_through(&self) -> Result<u64, StoreError> {
+        let v: i64 = sqlx::query_scalar("SELECT value FROM counters WHERE name = 'pruned_through'")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(v as u64)
+    }
+
+    async fn prune_events(&self, before: i64) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        // Prune a prefix only: a cursor is valid iff it is >= pruned_through,
+        // so nothing after the first retained event may go.
+        let first_kept: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(seq) FROM revocations WHERE expires_at >= ?")
+                .bind(before)
+                .fetch_one(&mut *tx)
+                .await?;
+        let current = counter(&mut tx, "revocation_seq").await? as i64;
+        let through = first_kept.map(|s| s - 1).unwrap_or(current);
+        let pruned = counter(&mut tx, "pruned_through").await? as i64;
+        if through <= pruned {
+            return Ok(0);
+        }
+        let n = sqlx::query("DELETE FROM revocations WHERE seq <= ?")
+            .bind(through)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("UPDATE counters SET value = ? WHERE name = 'pruned_through'")
+            .bind(through)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn ack(&self, a: &AckRecord) -> Result<AckRecord, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO subscriber_acks (subscriber, spiffe_id, acked_seq, acked_at) \
+             VALUES (?, ?, ?, ?) \
+             ON CONFLICT (subscriber) DO UPDATE SET \
+               spiffe_id = excluded.spiffe_id, \
+               acked_at = excluded.acked_at, \
+               acked_seq = MAX(subscriber_acks.acked_seq, excluded.acked_seq)",
+        )
+        .bind(&a.subscriber)
+        .bind(&a.spiffe_id)
+        .bind(a.acked_seq as i64)
+        .bind(a.acked_at)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT subscriber, spiffe_id, acked_seq, acked_at FROM subscriber_acks WHERE subscriber = ?",
+        )
+        .bind(&a.subscriber)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        ack_from_row(&row)
+    }
+
+    async fn acks(&self) -> Result<Vec<AckRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT subscriber, spiffe_id, acked_seq, acked_at FROM subscriber_acks ORDER BY subscriber",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(ack_from_row).collect()
+    }
+
+    async fn crl_entries(&self, now: i64) -> Result<Vec<CrlEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, revoked_at, revoke_reason FROM credentials \
+             WHERE kind = 'x509' AND revoked_at IS NOT NULL AND not_after > ? ORDER BY revoked_at, id",
+        )
+        .bind(now)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CrlEntry {
+                    serial_hex: r.try_get("id")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                    reason: r
+                        .try_get::<Option<String>, _>("revoke_reason")?
+                        .unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    async fn next_crl_number(&self) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let n = bump(&mut tx, "crl_number").await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+}
+
+fn ack_from_row(r: &SqliteRow) -> Result<AckRecord, StoreError> {
+    Ok(AckRecord {
+        subscriber: r.try_get("subscriber")?,
+        spiffe_id: r.try_get("spiffe_id")?,
+        acked_seq: r.try_get::<i64, _>("acked_seq")? as u64,
+        acked_at: r.try_get("acked_at")?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn task(owner: &str, id: &str, deadline: i64) -> TaskRecord {
+        TaskRecord {
+            owner: owner.into(),
+            task_id: id.into(),
+            created_at: 100,
+            purpose: String::new(),
+            ticket: String::new(),
+            labels: BTreeMap::new(),
+            implicit: true,
+            deadline,
+            state: TaskState::Active,
+            ended_at: None,
+        }
+    }
 
     fn record(id: &str, owner: &str, task: &str) -> CredentialRecord {
         CredentialRecord {
@@ -183,7 +616,14 @@ mod tests {
             not_after: 400,
             caller_cert_sha256: "ab".repeat(32),
             issued_at: 100,
+            predecessor: None,
+            renewal_count: 0,
+            revocation: None,
         }
+    }
+
+    fn sign(e: &RevocationEvent) -> Result<String, String> {
+        Ok(format!("set-{}", e.seq))
     }
 
     #[tokio::test]
@@ -193,20 +633,28 @@ mod tests {
         let store = SqliteStore::open(&path).await.unwrap();
         let a = "spiffe://example.org/workload/a";
         let b = "spiffe://example.org/workload/b";
+        store.begin_task(&task(a, "build-42", 1000)).await.unwrap();
+        store.begin_task(&task(b, "build-42", 1000)).await.unwrap();
+        let (again, created) = store.begin_task(&task(a, "build-42", 5)).await.unwrap();
+        assert!(!created);
+        assert_eq!(again.deadline, 1000);
         store
             .record_credential(&record("1", a, "build-42"))
             .await
+            .unwrap()
             .unwrap();
         store
             .record_credential(&record("2", b, "build-42"))
             .await
+            .unwrap()
             .unwrap();
         store
             .record_credential(&record("3", a, "build-42"))
             .await
+            .unwrap()
             .unwrap();
         assert!(matches!(
-            store.record_credential(&record("3", a, "x")).await,
+            store.record_credential(&record("3", a, "build-42")).await,
             Err(StoreError::Duplicate(_))
         ));
         store.close().await;
@@ -225,10 +673,79 @@ mod tests {
             store.credential("2").await.unwrap(),
             Some(record("2", b, "build-42"))
         );
-        assert!(
-            store.task(a, "x").await.unwrap().is_none(),
-            "failed insert left a task"
+    }
+
+    #[tokio::test]
+    async fn revocation_is_per_task_gap_free_and_ends_the_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        let a = "spiffe://example.org/workload/a";
+        for t in ["t1", "t2"] {
+            store.begin_task(&task(a, t, 1000)).await.unwrap();
+        }
+        for (id, t) in [("1", "t1"), ("2", "t1"), ("3", "t2")] {
+            store
+                .record_credential(&record(id, a, t))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let req = |scope, end_task| RevokeRequest {
+            scope,
+            reason: "r".into(),
+            now: 200,
+            end_task,
+        };
+        let ev = store
+            .revoke(&req(RevokeScope::Credential("1".into()), None), &sign)
+            .await
+            .unwrap();
+        assert_eq!(
+            (ev[0].seq, ev[0].credential_ids.clone()),
+            (1, vec!["1".to_owned()])
         );
-        assert!(store.task(b, "build-42").await.unwrap().is_some());
+        // Revoking again is a no-op: no event.
+        assert!(
+            store
+                .revoke(&req(RevokeScope::Credential("1".into()), None), &sign)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let ev = store
+            .revoke(&req(RevokeScope::Workload(a.into()), None), &sign)
+            .await
+            .unwrap();
+        assert_eq!(ev.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(ev[0].credential_ids, vec!["2".to_owned()]);
+        assert_eq!(ev[1].set_jwt, "set-3");
+        let scope = RevokeScope::Task {
+            owner: a.into(),
+            task_id: "t1".into(),
+        };
+        assert!(
+            store
+                .revoke(&req(scope, Some(TaskState::Completed)), &sign)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.task(a, "t1").await.unwrap().unwrap().state,
+            TaskState::Completed
+        );
+        assert_eq!(
+            store
+                .record_credential(&record("9", a, "t1"))
+                .await
+                .unwrap(),
+            Err(RecordRefusal::TaskEnded(TaskState::Completed))
+        );
+        assert_eq!(store.current_seq().await.unwrap(), 3);
+        assert_eq!(store.events_after(1, 10).await.unwrap().len(), 2);
+        // Pruning takes a prefix and remembers where it stopped.
+        assert_eq!(store.prune_events(500).await.unwrap(), 3);
+        assert_eq!(store.pruned_through().await.unwrap(), 3);
+        assert_eq!(store.current_seq().await.unwrap(), 3);
     }
 }

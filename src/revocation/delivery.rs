@@ -1,0 +1,97 @@
+//! Delivery evidence: which expected subscribers have acknowledged which
+//! revocations. An event not acknowledged by an expected subscriber within
+//! the ack deadline makes that subscriber overdue: the "cleanup failed"
+//! signal, reported in `GetDeliveryStatus` and logged at warn.
+
+use std::collections::HashMap;
+
+use crate::config::FeedConfig;
+use crate::store::{Store, StoreError};
+
+/// One expected subscriber's delivery state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberDelivery {
+    /// Name.
+    pub name: String,
+    /// Expected SPIFFE ID.
+    pub spiffe_id: String,
+    /// Highest acknowledged sequence.
+    pub acked_seq: u64,
+    /// Unix seconds of the last acknowledgement; 0 if never.
+    pub acked_at: i64,
+    /// The oldest event it has not acknowledged: (seq, revoked_at).
+    pub oldest_unacked: Option<(u64, i64)>,
+    /// Unix seconds since when it is overdue.
+    pub overdue_since: Option<i64>,
+}
+
+/// The delivery state of every expected subscriber at `now`.
+pub async fn status(
+    store: &dyn Store,
+    feed: &FeedConfig,
+    now: i64,
+) -> Result<Vec<SubscriberDelivery>, StoreError> {
+    let acks: HashMap<String, _> = store
+        .acks()
+        .await?
+        .into_iter()
+        .map(|a| (a.subscriber.clone(), a))
+        .collect();
+    let deadline = feed.ack_deadline.as_secs() as i64;
+    let mut out = Vec::with_capacity(feed.subscribers.len());
+    for s in &feed.subscribers {
+        let (acked_seq, acked_at) = acks
+            .get(&s.name)
+            .map(|a| (a.acked_seq, a.acked_at))
+            .unwrap_or((0, 0));
+        let oldest = store
+            .events_after(acked_seq, 1)
+            .await?
+            .first()
+            .map(|e| (e.seq, e.revoked_at));
+        let overdue_since = oldest
+            .map(|(_, at)| at + deadline)
+            .filter(|due| *due <= now);
+        out.push(SubscriberDelivery {
+            name: s.name.clone(),
+            spiffe_id: s.spiffe_id.clone(),
+            acked_seq,
+            acked_at,
+            oldest_unacked: oldest,
+            overdue_since,
+        });
+    }
+    Ok(out)
+}
+
+/// Remembers which subscribers were overdue, to log transitions once.
+#[derive(Debug, Default)]
+pub struct OverdueLog {
+    overdue: HashMap<String, u64>,
+}
+
+impl OverdueLog {
+    /// Logs subscribers that became overdue (warn) or caught up (info).
+    pub fn observe(&mut self, state: &[SubscriberDelivery]) {
+        for s in state {
+            match (s.overdue_since, self.overdue.get(&s.name)) {
+                (Some(_), None) => {
+                    let seq = s.oldest_unacked.map(|(q, _)| q).unwrap_or(0);
+                    tracing::warn!(
+                        subscriber = %s.name,
+                        spiffe_id = %s.spiffe_id,
+                        oldest_unacked_seq = seq,
+                        acked_seq = s.acked_seq,
+                        "revocation not acknowledged within the ack deadline: cleanup may have failed"
+                    );
+                    self.overdue.insert(s.name.clone(), seq);
+                }
+                (None, Some(_)) => {
+                    tracing::info!(subscriber = %s.name, acked_seq = s.acked_seq, "subscriber caught up on acknowledgements");
+                    self.overdue.remove(&s.name);
+                }
+                _ => {}
+            }
+        }
+    }
+}

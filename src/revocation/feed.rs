@@ -1,0 +1,272 @@
+//! One subscriber's view of the revocation log: snapshot or replay, then live
+//! events and heartbeats, pushed into a bounded per-subscriber buffer.
+//!
+//! The forwarder subscribes to the hub *before* reading the log and drops
+//! live events it has already sent (by sequence), so the hand-over from log
+//! to live has no gap and no duplicate. If the live stream skips ahead, the
+//! gap is read from the log. A forwarder that lags the hub, or a subscriber
+//! that lets its buffer fill, is ended with [`FeedError::Behind`] naming the
+//! cursor to resume from: an event is never silently skipped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+
+use super::Revocations;
+use crate::store::{RevocationEvent, StoreError};
+
+/// What a subscriber wants to see. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this trust domain.
+    pub trust_domain: Option<String>,
+    /// Only credentials naming this SPIFFE ID.
+    pub spiffe_id: Option<String>,
+    /// Only this task id.
+    pub task_id: Option<String>,
+}
+
+impl Filter {
+    /// Whether `e` passes.
+    pub fn matches(&self, e: &RevocationEvent) -> bool {
+        self.trust_domain
+            .as_ref()
+            .is_none_or(|t| *t == e.trust_domain)
+            && self.spiffe_id.as_ref().is_none_or(|s| *s == e.spiffe_id)
+            && self.task_id.as_ref().is_none_or(|t| *t == e.task_id)
+    }
+}
+
+/// A message of the feed.
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    /// A revocation.
+    Event(Arc<RevocationEvent>),
+    /// Snapshot or replay complete, caught up to this sequence.
+    Synced(u64),
+    /// Heartbeat: caught up to this sequence, at this time.
+    Heartbeat(u64, i64),
+}
+
+/// Why a feed ended.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The cursor is older than the retained log.
+    #[error(
+        "cursor {cursor} is older than the retained log (pruned through {pruned}): resync by watching without a cursor"
+    )]
+    Resync {
+        /// The cursor given.
+        cursor: u64,
+        /// The highest pruned sequence.
+        pruned: u64,
+    },
+    /// The cursor is ahead of the log (e.g. the database was restored).
+    #[error(
+        "cursor {cursor} is ahead of the log (current sequence {current}): resync by watching without a cursor"
+    )]
+    Ahead {
+        /// The cursor given.
+        cursor: u64,
+        /// The current sequence.
+        current: u64,
+    },
+    /// The subscriber fell behind its buffer, or the forwarder lagged the hub.
+    #[error("subscriber fell behind the feed; resume with after_seq={resume_from}")]
+    Behind {
+        /// Everything up to this sequence was delivered.
+        resume_from: u64,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Feed settings.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedOptions {
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Per-subscriber buffer, in messages.
+    pub buffer: usize,
+}
+
+/// Starts a forwarder for one subscriber; the receiver yields the feed and,
+/// at most once and last, the error that ended it.
+pub fn watch(
+    revs: Arc<Revocations>,
+    after: Option<u64>,
+    filter: Filter,
+    opts: FeedOptions,
+) -> mpsc::Receiver<Result<FeedItem, FeedError>> {
+    // One slot more than the buffer: the last one is kept for the error that
+    // tells an overflowing subscriber where to resume.
+    let (tx, rx) = mpsc::channel(opts.buffer + 1);
+    let hub = revs.subscribe();
+    tokio::spawn(async move {
+        let mut fwd = Forwarder {
+            revs,
+            filter,
+            tx,
+            last: 0,
+        };
+        if let Err(e) = fwd.run(hub, after, opts.heartbeat).await {
+            let _ = fwd.tx.try_send(Err(e));
+        }
+    });
+    rx
+}
+
+struct Forwarder {
+    revs: Arc<Revocations>,
+    filter: Filter,
+    tx: mpsc::Sender<Result<FeedItem, FeedError>>,
+    /// Every event up to here has been considered (sent or filtered out).
+    last: u64,
+}
+
+/// Why [`Forwarder::send`] could not send.
+enum Stop {
+    /// The subscriber went away.
+    Gone,
+    /// It must be cut off.
+    Feed(FeedError),
+}
+
+impl From<FeedError> for Stop {
+    fn from(e: FeedError) -> Self {
+        Stop::Feed(e)
+    }
+}
+
+impl From<StoreError> for Stop {
+    fn from(e: StoreError) -> Self {
+        Stop::Feed(e.into())
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Forwarder {
+    async fn run(
+        &mut self,
+        hub: broadcast::Receiver<Arc<RevocationEvent>>,
+        after: Option<u64>,
+        heartbeat: Duration,
+    ) -> Result<(), FeedError> {
+        match self.run_inner(hub, after, heartbeat).await {
+            Ok(()) | Err(Stop::Gone) => Ok(()),
+            Err(Stop::Feed(e)) => Err(e),
+        }
+    }
+
+    /// Queues `item`, keeping the reserved slot free.
+    fn send(&mut self, item: FeedItem) -> Result<(), Stop> {
+        if self.tx.is_closed() {
+            return Err(Stop::Gone);
+        }
+        if self.tx.capacity() <= 1 {
+            return Err(Stop::Feed(FeedError::Behind {
+                resume_from: self.last,
+            }));
+        }
+        self.tx.try_send(Ok(item)).map_err(|_| Stop::Gone)
+    }
+
+    fn consider(&mut self, e: Arc<RevocationEvent>) -> Result<(), Stop> {
+        if self.filter.matches(&e) {
+            // `last` moves only once the event is queued, so a cut-off
+            // subscriber resumes at the first event it did not get.
+            self.send(FeedItem::Event(e.clone()))?;
+        }
+        self.last = e.seq;
+        Ok(())
+    }
+
+    /// Reads the log after `self.last` up to the current end, in pages.
+    async fn replay(&mut self) -> Result<(), Stop> {
+        let store = self.revs.store().clone();
+        loop {
+            let page = store.events_after(self.last, 512).await?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            for e in page {
+                if e.seq != self.last + 1 {
+                    // Pruned under our feet.
+                    return Err(FeedError::Resync {
+                        cursor: self.last,
+                        pruned: e.seq - 1,
+                    }
+                    .into());
+                }
+                self.consider(Arc::new(e))?;
+            }
+        }
+    }
+
+    async fn run_inner(
+        &mut self,
+        mut hub: broadcast::Receiver<Arc<RevocationEvent>>,
+        after: Option<u64>,
+        heartbeat: Duration,
+    ) -> Result<(), Stop> {
+        let store = self.revs.store().clone();
+        match after {
+            None => {
+                let current = store.current_seq().await?;
+                for e in store.unexpired_events(now_unix()).await? {
+                    let seq = e.seq;
+                    if self.filter.matches(&e) {
+                        self.send(FeedItem::Event(Arc::new(e)))?;
+                    }
+                    self.last = self.last.max(seq);
+                }
+                self.last = self.last.max(current);
+            }
+            Some(cursor) => {
+                let pruned = store.pruned_through().await?;
+                if cursor < pruned {
+                    return Err(FeedError::Resync { cursor, pruned }.into());
+                }
+                let current = store.current_seq().await?;
+                if cursor > current {
+                    return Err(FeedError::Ahead { cursor, current }.into());
+                }
+                self.last = cursor;
+                self.replay().await?;
+            }
+        }
+        self.send(FeedItem::Synced(self.last))?;
+
+        let mut tick = tokio::time::interval(heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate
+        loop {
+            tokio::select! {
+                msg = hub.recv() => match msg {
+                    Ok(e) if e.seq <= self.last => {}
+                    Ok(e) if e.seq == self.last + 1 => self.consider(e)?,
+                    Ok(e) => {
+                        // Something between was committed but not seen live:
+                        // read it from the log (which includes `e`).
+                        let _ = e;
+                        self.replay().await?;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return Err(FeedError::Behind { resume_from: self.last }.into());
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+                _ = tick.tick() => self.send(FeedItem::Heartbeat(self.last, now_unix()))?,
+                _ = self.tx.closed() => return Err(Stop::Gone),
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The background duties that make access end by itself: revoke tasks whose
+//! deadline passed (also those that passed while the issuer was down: the
+//! first pass runs before serving), prune the log past retention, and watch
+//! for overdue acknowledgements.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Revocations;
+use super::delivery::{self, OverdueLog};
+use crate::config::FeedConfig;
+use crate::store::{RevokeRequest, RevokeScope, StoreError, TaskState};
+
+/// Reason recorded for credentials of a task whose deadline passed.
+pub const REASON_DEADLINE: &str = "task_deadline";
+
+/// How often the log is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Expires every active task whose deadline is at or before now and revokes
+/// its credentials. Returns how many tasks it expired.
+pub async fn expire_due_tasks(revs: &Revocations) -> Result<usize, StoreError> {
+    let now = now_unix();
+    let due = revs.store().due_tasks(now).await?;
+    for (owner, task_id) in &due {
+        let events = revs
+            .revoke(&RevokeRequest {
+                scope: RevokeScope::Task {
+                    owner: owner.clone(),
+                    task_id: task_id.clone(),
+                },
+                reason: REASON_DEADLINE.into(),
+                now,
+                end_task: Some(TaskState::Expired),
+            })
+            .await?;
+        tracing::info!(%owner, task = %task_id, revoked_events = events.len(), "task deadline reached");
+    }
+    Ok(due.len())
+}
+
+/// Runs until `shutdown` flips: deadlines every `feed.reaper_interval`,
+/// delivery every interval, pruning every minute.
+pub async fn run(
+    revs: Arc<Revocations>,
+    feed: FeedConfig,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(feed.reaper_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut overdue = OverdueLog::default();
+    let mut last_prune = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = expire_due_tasks(&revs).await {
+            tracing::error!(error = %e, "deadline reaper failed");
+        }
+        match delivery::status(revs.store().as_ref(), &feed, now_unix()).await {
+            Ok(state) => overdue.observe(&state),
+            Err(e) => tracing::error!(error = %e, "delivery check failed"),
+        }
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = Instant::now();
+            let before = now_unix() - feed.retention.as_secs() as i64;
+            match revs.store().prune_events(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(pruned = n, "pruned expired revocation events"),
+                Err(e) => tracing::error!(error = %e, "pruning failed"),
+            }
+        }
+    }
+}
