@@ -1,5 +1,6 @@
-//! The per-task X.509 signing CA: holds the signing key (parsed once, redacted
-//! in `Debug`, wiped on drop) and issues X.509-SVIDs in three steps, after
+//! The per-task X.509 signing CA: holds the signing key (parsed once at
+//! start, never re-read, redacted in `Debug`; the key material lives inside
+//! aws-lc, which clears it when freed) and issues X.509-SVIDs in three steps, after
 //! SPIRE's `credtemplate`/`credvalidator`: build a template from what was
 //! decided, sign it, then re-parse and validate what was signed before it
 //! leaves this module.
@@ -19,6 +20,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::config::CaConfig;
 use crate::identity::TaskId;
 
+/// [`TASK_EXTENSION_OID`] in dotted form.
+pub const TASK_EXTENSION_OID_STR: &str = "2.25.988614677842070252";
+
 /// OID of the private extension that binds a certificate to its task:
 /// `2.25.988614677842070252`, under the UUID arc (X.667) from 63 random bits,
 /// so parsers that cap an arc at 63 bits (asn1-rs, Go) still read it.
@@ -33,6 +37,12 @@ pub enum CsrError {
     /// The request's signature does not verify with its own key.
     #[error("CSR signature does not verify with the CSR's public key")]
     BadSignature,
+    /// The CSR is signed with SHA-1.
+    #[error("CSR is signed with `{0}` (SHA-1); use SHA-256 or stronger")]
+    WeakSignature(String),
+    /// The RSA key is too short.
+    #[error("CSR RSA key has {0} bits; at least 2048 are required")]
+    WeakKey(usize),
     /// The key type is not one this CA certifies.
     #[error("CSR public key algorithm is not supported (use P-256, P-384, Ed25519 or RSA >= 2048)")]
     UnsupportedKey,
@@ -70,6 +80,13 @@ pub struct X509Template<'a> {
     pub not_after: i64,
 }
 
+/// sha1WithRSAEncryption, ecdsa-with-SHA1, dsa-with-sha1.
+const WEAK_SIGNATURE_ALGS: &[&str] = &[
+    "1.2.840.113549.1.1.5",
+    "1.2.840.10045.4.1",
+    "1.2.840.10040.4.3",
+];
+
 /// A verified CSR: only its public key survives.
 #[derive(Debug, Clone)]
 pub struct CsrKey {
@@ -86,8 +103,35 @@ pub fn parse_csr(der: &[u8]) -> Result<CsrKey, CsrError> {
             "trailing bytes after the request".into(),
         ));
     }
-    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
-    let spki_der = csr.certification_request_info.subject_pki.raw.to_vec();
+    let sig_alg = csr.signature_algorithm.algorithm.to_id_string();
+    if WEAK_SIGNATURE_ALGS.contains(&sig_alg.as_str()) {
+        return Err(CsrError::WeakSignature(sig_alg));
+    }
+    csr.verify_signature().map_err(|e| match e {
+        x509_parser::error::X509Error::SignatureUnsupportedAlgorithm => CsrError::UnsupportedKey,
+        _ => CsrError::BadSignature,
+    })?;
+    let spki = &csr.certification_request_info.subject_pki;
+    match spki.parsed() {
+        Ok(x509_parser::public_key::PublicKey::RSA(rsa)) if rsa.key_size() < 2048 => {
+            return Err(CsrError::WeakKey(rsa.key_size()));
+        }
+        Ok(x509_parser::public_key::PublicKey::EC(_)) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string())
+                .unwrap_or_default();
+            if !matches!(curve.as_str(), "1.2.840.10045.3.1.7" | "1.3.132.0.34") {
+                return Err(CsrError::UnsupportedKey);
+            }
+        }
+        Ok(_) => {}
+        Err(_) => return Err(CsrError::UnsupportedKey),
+    }
+    let spki_der = spki.raw.to_vec();
     SubjectPublicKeyInfo::from_der(&spki_der).map_err(|_| CsrError::UnsupportedKey)?;
     Ok(CsrKey { spki_der })
 }
@@ -142,7 +186,13 @@ impl SigningCa {
                 "private key does not match the CA certificate".into(),
             ));
         }
-        let not_after = parsed.validity().not_after.timestamp();
+        // No leaf may outlive any certificate of the chain it is sent with.
+        let mut not_after = parsed.validity().not_after.timestamp();
+        for der in &chain[1..] {
+            let (_, c) = X509Certificate::from_der(der.as_ref())
+                .map_err(|e| CaError::Load(format!("chain certificate: {e}")))?;
+            not_after = not_after.min(c.validity().not_after.timestamp());
+        }
         let key_id = parsed
             .iter_extensions()
             .find_map(|e| match e.parsed_extension() {

@@ -101,6 +101,13 @@ impl Server {
             stop_rx_reaper,
         ));
         let service = IssuerService::new(self.issuer.clone(), self.material.clone());
+        let revocations = self.issuer.revocations().clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Watch streams never end by themselves: end them so the drain
+            // finishes and subscribers resume on the next server.
+            revocations.close();
+        };
         let result = grpc::serve(
             service,
             self.material.clone(),

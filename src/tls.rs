@@ -168,22 +168,33 @@ impl TlsMaterial {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Re-reads the files if their content changed. Returns whether new
-    /// material was swapped in. On a load error the old material stays.
-    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+    /// Re-reads the files if their content changed and swaps in what loaded.
+    /// Each source fails alone: a broken bundle file keeps that trust
+    /// domain's previous bundle, a broken serving SVID keeps the previous
+    /// SVID, and everything else still updates. Returns whether anything was
+    /// re-read, and what failed.
+    pub fn reload_if_changed(&self) -> (bool, Vec<TlsError>) {
         let fp = self.sources.fingerprint();
         if *self.fingerprint.read().expect("fingerprint lock") == fp {
-            return Ok(false);
+            return (false, Vec::new());
         }
         // Record the fingerprint first so a broken file is reported once,
         // not on every poll; a fixed file changes the fingerprint again.
         *self.fingerprint.write().expect("fingerprint lock") = fp;
-        let bundles = self.sources.load_bundles()?;
-        let key = self.sources.load_server_key(&self.provider)?;
+        let previous = self.bundles();
+        let (bundles, errors) = TrustBundles::load_lenient(
+            &self.sources.domains,
+            self.sources.bundle_dir.as_deref(),
+            Some(&previous),
+        );
+        let mut errors: Vec<TlsError> = errors.into_iter().map(TlsError::from).collect();
         *self.bundles.write().expect("bundles lock") = Arc::new(bundles);
-        *self.server_key.write().expect("server key lock") = Arc::new(key);
+        match self.sources.load_server_key(&self.provider) {
+            Ok(key) => *self.server_key.write().expect("server key lock") = Arc::new(key),
+            Err(e) => errors.push(e),
+        }
         self.generation.fetch_add(1, Ordering::AcqRel);
-        Ok(true)
+        (true, errors)
     }
 
     /// The rustls server config: dynamic SVID, client certificate requested,
@@ -218,15 +229,15 @@ pub async fn reload_loop(
         }
         let m = material.clone();
         match tokio::task::spawn_blocking(move || m.reload_if_changed()).await {
-            Ok(Ok(true)) => {
+            Ok((true, errors)) => {
+                for e in errors {
+                    tracing::error!(error = %e, "reload: keeping the previous version of this source");
+                }
                 let domains = material.bundles();
                 let names: Vec<String> = domains.domains().iter().map(|d| d.to_string()).collect();
                 tracing::info!(generation = material.generation(), trust_domains = ?names, "reloaded trust bundles and serving SVID");
             }
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "reload failed; keeping the previous material")
-            }
+            Ok((false, _)) => {}
             Err(e) => tracing::error!(error = %e, "reload task failed"),
         }
     }

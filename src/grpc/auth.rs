@@ -35,7 +35,8 @@ impl ConnInfo {
         let generation = material.generation();
         let verdict = identity::authenticate(&chain, &material.bundles(), UnixTime::now());
         if let Err(e) = &verdict {
-            tracing::info!(%peer, reason = %e, "refused client SVID");
+            // Debug formatting escapes control characters a hostile SAN may carry.
+            tracing::info!(%peer, reason = ?e.to_string(), "refused client SVID");
         }
         Self {
             peer,

@@ -455,8 +455,8 @@ impl pb::issuer_server::Issuer for IssuerService {
             let f = self.issuer.feed_config();
             let opts = FeedOptions { heartbeat: f.heartbeat_interval, buffer: f.subscriber_buffer };
             tracing::info!(subscriber = %r.subscriber, caller = %c.spiffe_id, after = ?r.after_seq, "watch started");
-            let rx = feed::watch(self.issuer.revocations().clone(), r.after_seq, filter, opts);
-            let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| {
+            let feed = feed::watch(self.issuer.revocations().clone(), r.after_seq, filter, opts);
+            let stream = feed.map(|item| {
                 use pb::watch_revocations_response::Msg;
                 let msg = match item.map_err(feed_status)? {
                     FeedItem::Event(e) => Msg::Event(event_pb(&e)),

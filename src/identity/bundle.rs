@@ -106,24 +106,53 @@ impl TrustBundles {
 
     /// Loads the configured bundles: the explicit list, then every
     /// `<trust-domain>.pem` in `dir`. A missing `dir` is empty, not an error,
-    /// so a federation directory can be created after start.
+    /// so a federation directory can be created after start. Any failure is
+    /// an error (used at start, where a broken config must not serve).
     pub fn load(
         explicit: &[(TrustDomain, PathBuf)],
         dir: Option<&Path>,
     ) -> Result<Self, BundleError> {
+        let (out, mut errors) = Self::load_lenient(explicit, dir, None);
+        match errors.is_empty() {
+            true => Ok(out),
+            false => Err(errors.remove(0)),
+        }
+    }
+
+    /// Like [`TrustBundles::load`], but each source fails alone: a broken
+    /// file keeps that trust domain's `previous` bundle (or leaves it out)
+    /// and is reported, while every other source still updates. A broken
+    /// partner file must not block removing a compromised root elsewhere.
+    pub fn load_lenient(
+        explicit: &[(TrustDomain, PathBuf)],
+        dir: Option<&Path>,
+        previous: Option<&TrustBundles>,
+    ) -> (Self, Vec<BundleError>) {
         let mut out = Self::default();
+        let mut errors = Vec::new();
+        let keep_previous =
+            |out: &mut Self, errors: &mut Vec<BundleError>, td: &TrustDomain, e: BundleError| {
+                if let Some(b) = previous.and_then(|p| p.get(td)) {
+                    out.insert(td.clone(), b.clone());
+                }
+                errors.push(e);
+            };
         for (td, path) in explicit {
-            out.insert(td.clone(), Bundle::from_pem_file(path)?);
+            match Bundle::from_pem_file(path) {
+                Ok(b) => out.insert(td.clone(), b),
+                Err(e) => keep_previous(&mut out, &mut errors, td, e),
+            }
         }
         if let Some(dir) = dir {
             let entries = match std::fs::read_dir(dir) {
                 Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (out, errors),
                 Err(source) => {
-                    return Err(BundleError::Read {
+                    errors.push(BundleError::Read {
                         path: dir.to_owned(),
                         source,
                     });
+                    return (out, errors);
                 }
             };
             let mut paths: Vec<PathBuf> = entries
@@ -132,17 +161,24 @@ impl TrustBundles {
                 .collect();
             paths.sort();
             for path in paths {
-                let td = path
+                let Some(td) = path
                     .file_stem()
                     .and_then(|s| s.to_str())
                     .and_then(|s| TrustDomain::new(s).ok())
-                    .ok_or_else(|| BundleError::BadName(path.clone()))?;
+                else {
+                    errors.push(BundleError::BadName(path.clone()));
+                    continue;
+                };
                 // An explicit entry wins over a file of the same trust domain.
-                if !explicit.iter().any(|(t, _)| *t == td) {
-                    out.insert(td, Bundle::from_pem_file(&path)?);
+                if explicit.iter().any(|(t, _)| *t == td) {
+                    continue;
+                }
+                match Bundle::from_pem_file(&path) {
+                    Ok(b) => out.insert(td, b),
+                    Err(e) => keep_previous(&mut out, &mut errors, &td, e),
                 }
             }
         }
-        Ok(out)
+        (out, errors)
     }
 }

@@ -59,6 +59,12 @@ pub enum AuthError {
     /// The leaf's notBefore is in the future.
     #[error("client certificate is not valid before {0}")]
     NotYetValid(String),
+    /// The leaf is a per-task credential minted by taskmint: it proves a task
+    /// grant, not a workload identity, and cannot be used to mint more.
+    #[error(
+        "client certificate is a taskmint per-task credential; authenticate with the workload's own SVID"
+    )]
+    TaskCredential,
     /// The chain does not verify against the trust domain's bundle.
     #[error(
         "client certificate chain does not verify against the bundle of trust domain `{td}`: {reason}"
@@ -148,6 +154,13 @@ pub fn authenticate(
         }
     }
 
+    if leaf
+        .iter_extensions()
+        .any(|e| e.oid.to_id_string() == crate::ca::TASK_EXTENSION_OID_STR)
+    {
+        return Err(AuthError::TaskCredential);
+    }
+
     let td = spiffe_id.trust_domain();
     let bundle = bundles
         .get(td)
@@ -182,9 +195,17 @@ pub fn authenticate(
         reason: e.to_string(),
     })?;
 
+    // The chain is only as valid as its shortest-lived certificate.
+    let mut chain_not_after = not_after;
+    for der in &chain[1..] {
+        if let Ok((_, c)) = X509Certificate::from_der(der.as_ref()) {
+            chain_not_after = chain_not_after.min(c.validity().not_after.timestamp());
+        }
+    }
+
     Ok(Caller {
         spiffe_id,
-        svid_not_after: not_after,
+        svid_not_after: chain_not_after,
         cert_sha256: Sha256::digest(leaf_der.as_ref()).into(),
     })
 }

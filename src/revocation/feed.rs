@@ -11,7 +11,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_stream::Stream;
 
 use super::Revocations;
 use crate::store::{RevocationEvent, StoreError};
@@ -92,18 +97,48 @@ pub struct FeedOptions {
     pub buffer: usize,
 }
 
-/// Starts a forwarder for one subscriber; the receiver yields the feed and,
-/// at most once and last, the error that ended it.
+/// The feed of one subscriber: items, then (if the feed was cut) the error
+/// that ended it.
+#[derive(Debug)]
+pub struct FeedStream {
+    rx: mpsc::Receiver<FeedItem>,
+    err: Option<oneshot::Receiver<FeedError>>,
+}
+
+impl Stream for FeedStream {
+    type Item = Result<FeedItem, FeedError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(item)) => Poll::Ready(Some(Ok(item))),
+            Poll::Pending => Poll::Pending,
+            // The forwarder is gone; it sent its error (if any) before that.
+            Poll::Ready(None) => match self.err.take() {
+                None => Poll::Ready(None),
+                Some(mut err) => match Pin::new(&mut err).poll(cx) {
+                    Poll::Ready(Ok(e)) => Poll::Ready(Some(Err(e))),
+                    Poll::Ready(Err(_)) => Poll::Ready(None),
+                    Poll::Pending => {
+                        self.err = Some(err);
+                        Poll::Pending
+                    }
+                },
+            },
+        }
+    }
+}
+
+/// Starts a forwarder for one subscriber.
 pub fn watch(
     revs: Arc<Revocations>,
     after: Option<u64>,
     filter: Filter,
     opts: FeedOptions,
-) -> mpsc::Receiver<Result<FeedItem, FeedError>> {
-    // One slot more than the buffer: the last one is kept for the error that
-    // tells an overflowing subscriber where to resume.
-    let (tx, rx) = mpsc::channel(opts.buffer + 1);
+) -> FeedStream {
+    let (tx, rx) = mpsc::channel(opts.buffer);
+    let (err_tx, err_rx) = oneshot::channel();
     let hub = revs.subscribe();
+    let closing = revs.closing();
     tokio::spawn(async move {
         let mut fwd = Forwarder {
             revs,
@@ -111,17 +146,20 @@ pub fn watch(
             tx,
             last: 0,
         };
-        if let Err(e) = fwd.run(hub, after, opts.heartbeat).await {
-            let _ = fwd.tx.try_send(Err(e));
+        if let Err(e) = fwd.run(hub, closing, after, opts.heartbeat).await {
+            let _ = err_tx.send(e);
         }
     });
-    rx
+    FeedStream {
+        rx,
+        err: Some(err_rx),
+    }
 }
 
 struct Forwarder {
     revs: Arc<Revocations>,
     filter: Filter,
-    tx: mpsc::Sender<Result<FeedItem, FeedError>>,
+    tx: mpsc::Sender<FeedItem>,
     /// Every event up to here has been considered (sent or filtered out).
     last: u64,
 }
@@ -157,33 +195,38 @@ impl Forwarder {
     async fn run(
         &mut self,
         hub: broadcast::Receiver<Arc<RevocationEvent>>,
+        closing: watch::Receiver<bool>,
         after: Option<u64>,
         heartbeat: Duration,
     ) -> Result<(), FeedError> {
-        match self.run_inner(hub, after, heartbeat).await {
+        match self.run_inner(hub, closing, after, heartbeat).await {
             Ok(()) | Err(Stop::Gone) => Ok(()),
             Err(Stop::Feed(e)) => Err(e),
         }
     }
 
-    /// Queues `item`, keeping the reserved slot free.
-    fn send(&mut self, item: FeedItem) -> Result<(), Stop> {
-        if self.tx.is_closed() {
-            return Err(Stop::Gone);
+    /// Queues `item`. From the log (snapshot, replay: `paced`) it waits for
+    /// room, since the subscriber sets the pace of reading the log. Live, it
+    /// must keep up with the hub, so a full buffer cuts the subscriber off
+    /// with the cursor to resume from.
+    async fn send(&mut self, item: FeedItem, paced: bool) -> Result<(), Stop> {
+        if paced {
+            return self.tx.send(item).await.map_err(|_| Stop::Gone);
         }
-        if self.tx.capacity() <= 1 {
-            return Err(Stop::Feed(FeedError::Behind {
+        match self.tx.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Stop::Feed(FeedError::Behind {
                 resume_from: self.last,
-            }));
+            })),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Stop::Gone),
         }
-        self.tx.try_send(Ok(item)).map_err(|_| Stop::Gone)
     }
 
-    fn consider(&mut self, e: Arc<RevocationEvent>) -> Result<(), Stop> {
+    async fn consider(&mut self, e: Arc<RevocationEvent>, paced: bool) -> Result<(), Stop> {
         if self.filter.matches(&e) {
             // `last` moves only once the event is queued, so a cut-off
             // subscriber resumes at the first event it did not get.
-            self.send(FeedItem::Event(e.clone()))?;
+            self.send(FeedItem::Event(e.clone()), paced).await?;
         }
         self.last = e.seq;
         Ok(())
@@ -206,7 +249,7 @@ impl Forwarder {
                     }
                     .into());
                 }
-                self.consider(Arc::new(e))?;
+                self.consider(Arc::new(e), true).await?;
             }
         }
     }
@@ -214,6 +257,7 @@ impl Forwarder {
     async fn run_inner(
         &mut self,
         mut hub: broadcast::Receiver<Arc<RevocationEvent>>,
+        mut closing: watch::Receiver<bool>,
         after: Option<u64>,
         heartbeat: Duration,
     ) -> Result<(), Stop> {
@@ -224,7 +268,7 @@ impl Forwarder {
                 for e in store.unexpired_events(now_unix()).await? {
                     let seq = e.seq;
                     if self.filter.matches(&e) {
-                        self.send(FeedItem::Event(Arc::new(e)))?;
+                        self.send(FeedItem::Event(Arc::new(e)), true).await?;
                     }
                     self.last = self.last.max(seq);
                 }
@@ -243,7 +287,7 @@ impl Forwarder {
                 self.replay().await?;
             }
         }
-        self.send(FeedItem::Synced(self.last))?;
+        self.send(FeedItem::Synced(self.last), true).await?;
 
         let mut tick = tokio::time::interval(heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -252,7 +296,7 @@ impl Forwarder {
             tokio::select! {
                 msg = hub.recv() => match msg {
                     Ok(e) if e.seq <= self.last => {}
-                    Ok(e) if e.seq == self.last + 1 => self.consider(e)?,
+                    Ok(e) if e.seq == self.last + 1 => self.consider(e, false).await?,
                     Ok(e) => {
                         // Something between was committed but not seen live:
                         // read it from the log (which includes `e`).
@@ -264,8 +308,11 @@ impl Forwarder {
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 },
-                _ = tick.tick() => self.send(FeedItem::Heartbeat(self.last, now_unix()))?,
+                _ = tick.tick() => self.send(FeedItem::Heartbeat(self.last, now_unix()), false).await?,
                 _ = self.tx.closed() => return Err(Stop::Gone),
+                // Server shutdown: end the stream so the subscriber resumes
+                // elsewhere from its cursor.
+                _ = closing.changed() => return Ok(()),
             }
         }
     }

@@ -31,6 +31,7 @@ pub struct Revocations {
     iss: String,
     tx: broadcast::Sender<Arc<RevocationEvent>>,
     write: tokio::sync::Mutex<()>,
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Revocations {
@@ -51,6 +52,7 @@ impl Revocations {
             iss,
             tx,
             write: tokio::sync::Mutex::new(()),
+            closing: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -83,6 +85,17 @@ impl Revocations {
             let _ = self.tx.send(Arc::new(e.clone()));
         }
         Ok(events)
+    }
+
+    /// Ends every watch stream (at shutdown), so subscribers reconnect to
+    /// the next server instead of holding a draining one open.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Revocations::close`] was called.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// A live receiver; subscribe before reading the log.

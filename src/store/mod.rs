@@ -230,7 +230,8 @@ pub struct RevokeRequest {
     pub reason: String,
     /// Unix seconds.
     pub now: i64,
-    /// Also end the task (for `Task` scope): completed or expired.
+    /// Also end the task (for `Task` scope): completed or expired. Ending a
+    /// task closes out all its unrevoked credentials, expired ones included.
     pub end_task: Option<TaskState>,
 }
 
@@ -300,8 +301,10 @@ pub trait Store: Send + Sync + 'static {
     /// How many credentials are stored.
     async fn count_credentials(&self) -> Result<u64, StoreError>;
 
-    /// Revokes every active credential in scope, one event per task, each
-    /// signed by `sign`, and optionally ends the task; all in one transaction.
+    /// Revokes every active credential in scope (when ending a task: every
+    /// unrevoked credential of it, expired or not, so each record says how it
+    /// ended), one event per task, each signed by `sign`, and optionally ends
+    /// the task; all in one transaction.
     async fn revoke(
         &self,
         req: &RevokeRequest,

@@ -346,15 +346,26 @@ impl Store for SqliteStore {
                 ],
             ),
         };
+        // Ending a task closes out every credential it ever had, expired or
+        // not, so each one's record says how it ended; a plain revocation
+        // touches only what is still valid.
+        let still_valid = if req.end_task.is_some() {
+            ""
+        } else {
+            "AND not_after > ?"
+        };
         let sql = format!(
             "SELECT {CREDENTIAL_COLUMNS} FROM credentials \
-             WHERE {filter} AND revoked_at IS NULL AND not_after > ?"
+             WHERE {filter} AND revoked_at IS NULL {still_valid}"
         );
         let mut q = sqlx::query(&sql);
         for b in binds {
             q = q.bind(b);
         }
-        let rows = q.bind(req.now).fetch_all(&mut *tx).await?;
+        if req.end_task.is_none() {
+            q = q.bind(req.now);
+        }
+        let rows = q.fetch_all(&mut *tx).await?;
         let creds = rows
             .iter()
             .map(credential_from_row)

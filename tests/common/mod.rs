@@ -27,6 +27,11 @@ pub struct TestServer {
 /// Writes a dev trust domain into a fresh directory, with a fast reload
 /// interval, and starts the server on an ephemeral port.
 pub async fn start() -> TestServer {
+    start_with(|t| t).await
+}
+
+/// Like [`start`], with the generated config text edited by `edit` first.
+pub async fn start_with(edit: impl FnOnce(String) -> String) -> TestServer {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -40,8 +45,9 @@ pub async fn start() -> TestServer {
     let path = dir.path().join("taskmint.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("reload_interval = \"5s\"", "reload_interval = \"200ms\"");
-    std::fs::write(&path, text).unwrap();
+        .replace("reload_interval = \"5s\"", "reload_interval = \"200ms\"")
+        .replace("reaper_interval = \"1s\"", "reaper_interval = \"100ms\"");
+    std::fs::write(&path, edit(text)).unwrap();
     let cfg = Config::load(&path).unwrap();
     let mut s = TestServer {
         addr: "127.0.0.1:0".parse().unwrap(),
@@ -56,7 +62,8 @@ pub async fn start() -> TestServer {
 
 impl TestServer {
     async fn boot(&mut self) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // A restart binds the same port again, so clients can reconnect.
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
         self.addr = listener.local_addr().unwrap();
         let server = Server::build(self.cfg.clone()).await.unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
