@@ -313,3 +313,44 @@ async fn a_broken_bundle_file_keeps_the_previous_bundle() {
     c.mint_jwt("t", "db", None).await.unwrap();
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_per_task_certificate_cannot_authenticate_to_the_issuer() {
+    let mut s = start().await;
+    let mut agent = s.client("agent").await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .der()
+        .to_vec();
+    let minted = agent.mint_x509("t", csr, None).await.unwrap();
+    let task_cert = Issued {
+        cert_pem: String::new(),
+        key_pem: String::new(),
+        cert_der: minted.cert_chain[0].clone(),
+        key_der: key.serialize_der(),
+    };
+    let mut c = s.client_with(Some(identity(&task_cert))).await;
+    let err = c.mint_jwt("other", "db", None).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("per-task credential"), "{}", err.message());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_broken_federation_file_does_not_block_other_updates() {
+    let mut s = start().await;
+    let partner = DevRoot::new("partner.org").unwrap();
+    let wl = partner.workload("builder").unwrap();
+    std::fs::create_dir_all(s.path("federation")).unwrap();
+    std::fs::write(s.path("federation/broken.org.pem"), "garbage").unwrap();
+    std::fs::write(s.path("federation/not a domain.pem"), "garbage").unwrap();
+    std::fs::write(s.path("federation/partner.org.pem"), partner.cert_pem()).unwrap();
+    assert!(
+        accepted_eventually(&s, &wl).await,
+        "a broken neighbour file blocked partner.org"
+    );
+    s.client("agent").await.mint_jwt("t", "db", None).await.unwrap();
+    s.stop().await;
+}

@@ -192,3 +192,121 @@ fn the_cli_mints_both_kinds_and_reports_errors_in_one_line() {
     assert!(!again.status.success());
     assert!(String::from_utf8(again.stderr).unwrap().contains("--force"));
 }
+
+fn json_of(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+}
+
+#[test]
+fn the_cli_drives_tasks_revocation_renewal_watch_and_crl() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = format!("127.0.0.1:{port}");
+    let _serve = Serve(
+        Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["serve", "--listen", &server])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let c = conn(dir.path(), &server);
+    let cli = |args: &[&str]| -> Output {
+        let all: Vec<String> = args.iter().map(|s| s.to_string()).chain(c.iter().cloned()).collect();
+        Command::new(BIN).current_dir(dir.path()).args(&all).output().unwrap()
+    };
+    let started = Instant::now();
+    let task = loop {
+        let out = cli(&["task", "begin", "--task", "T1", "--purpose", "deploy", "--ticket", "CHG-9", "--lifetime", "10m", "--json"]);
+        if out.status.success() {
+            break json_of(&out);
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "server never came up: {out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(task["state"], "active");
+    assert_eq!(task["ticket"], "CHG-9");
+
+    let id = json_of(&cli(&["mint", "jwt", "--task", "T1", "--aud", "db", "--json"]))["credential_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(json_of(&cli(&["status", "--credential", &id]))["state"], "active");
+
+    // A sidecar follows the feed from the start and acknowledges what it prints.
+    let d = dir.path().join("certs/dev");
+    let mut watch = Serve(
+        Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["watch", "--after", "0", "--subscriber", "sidecar", "--json", "--server", &server])
+            .arg("--svid")
+            .arg(d.join("sidecar.pem"))
+            .arg("--svid-key")
+            .arg(d.join("sidecar.key"))
+            .arg("--bundle")
+            .arg(d.join("bundle.pem"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = watch.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+
+    let done = json_of(&cli(&["task", "complete", "--task", "T1", "--json"]));
+    assert_eq!(done["state"], "completed");
+    assert_eq!(done["revoked"], 1);
+
+    let line = rx.recv_timeout(Duration::from_secs(20)).expect("watch printed nothing");
+    let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(ev["seq"], 1);
+    assert_eq!(ev["kind"], "task");
+    assert_eq!(ev["reason"], "task_completed");
+    assert_eq!(ev["credential_ids"], serde_json::json!([id]));
+    assert_eq!(ev["set"].as_str().unwrap().split('.').count(), 3);
+    for key in ["task_id", "spiffe_id", "revoked_at", "expires_at"] {
+        assert!(ev[key].is_string(), "{key} missing: {ev}");
+    }
+
+    let st = json_of(&cli(&["status", "--credential", &id]));
+    assert_eq!(st["state"], "revoked");
+    assert_eq!(st["reason"], "task_completed");
+    assert!(st["revoked_at"].is_string() && st["expires_at"].is_string());
+
+    let shown = json_of(&cli(&["task", "show", "--task", "T1", "--json"]));
+    assert_eq!(shown["credentials"][0]["state"], "revoked");
+
+    let out = dir.path().join("x");
+    let x = json_of(&cli(&["mint", "x509", "--task", "T2", "--out", out.to_str().unwrap(), "--json"]));
+    let serial = x["credential_id"].as_str().unwrap().to_owned();
+    let r = json_of(&cli(&["revoke", "--credential", &serial, "--reason", "rotated", "--json"]));
+    assert_eq!(r["revoked"], 1);
+    let again = json_of(&cli(&["revoke", "--credential", &serial, "--json"]));
+    assert!(again["message"].as_str().unwrap().contains("already revoked"));
+    let crl_path = dir.path().join("crl.der");
+    json_of(&cli(&["crl", "--out", crl_path.to_str().unwrap(), "--json"]));
+    let der = std::fs::read(&crl_path).unwrap();
+    let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
+    let serials: Vec<String> = crl.iter_revoked_certificates().map(|r| hex::encode(r.raw_serial())).collect();
+    assert_eq!(serials, vec![serial]);
+
+    let j = json_of(&cli(&["mint", "jwt", "--task", "T3", "--aud", "db", "--json"]));
+    let renewed = json_of(&cli(&["renew", "--credential", j["credential_id"].as_str().unwrap(), "--revoke-previous", "--json"]));
+    assert_eq!(renewed["renewal_count"], 1);
+    assert!(renewed["token"].is_string());
+    assert_eq!(json_of(&cli(&["status", "--credential", j["credential_id"].as_str().unwrap()]))["reason"], "superseded");
+
+    let err = cli(&["revoke", "--trust-domain", "example.org"]);
+    assert!(!err.status.success());
+    assert!(String::from_utf8(err.stderr).unwrap().contains("PermissionDenied"));
+}
