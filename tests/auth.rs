@@ -334,7 +334,11 @@ async fn a_per_task_certificate_cannot_authenticate_to_the_issuer() {
     let mut c = s.client_with(Some(identity(&task_cert))).await;
     let err = c.mint_jwt("other", "db", None).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    assert!(err.message().contains("per-task credential"), "{}", err.message());
+    assert!(
+        err.message().contains("per-task credential"),
+        "{}",
+        err.message()
+    );
     s.stop().await;
 }
 
@@ -351,6 +355,10 @@ async fn a_broken_federation_file_does_not_block_other_updates() {
         accepted_eventually(&s, &wl).await,
         "a broken neighbour file blocked partner.org"
     );
-    s.client("agent").await.mint_jwt("t", "db", None).await.unwrap();
+    s.client("agent")
+        .await
+        .mint_jwt("t", "db", None)
+        .await
+        .unwrap();
     s.stop().await;
 }

@@ -215,33 +215,70 @@ fn the_cli_drives_tasks_revocation_renewal_watch_and_crl() {
     );
     let c = conn(dir.path(), &server);
     let cli = |args: &[&str]| -> Output {
-        let all: Vec<String> = args.iter().map(|s| s.to_string()).chain(c.iter().cloned()).collect();
-        Command::new(BIN).current_dir(dir.path()).args(&all).output().unwrap()
+        let all: Vec<String> = args
+            .iter()
+            .map(|s| s.to_string())
+            .chain(c.iter().cloned())
+            .collect();
+        Command::new(BIN)
+            .current_dir(dir.path())
+            .args(&all)
+            .output()
+            .unwrap()
     };
     let started = Instant::now();
     let task = loop {
-        let out = cli(&["task", "begin", "--task", "T1", "--purpose", "deploy", "--ticket", "CHG-9", "--lifetime", "10m", "--json"]);
+        let out = cli(&[
+            "task",
+            "begin",
+            "--task",
+            "T1",
+            "--purpose",
+            "deploy",
+            "--ticket",
+            "CHG-9",
+            "--lifetime",
+            "10m",
+            "--json",
+        ]);
         if out.status.success() {
             break json_of(&out);
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "server never came up: {out:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "server never came up: {out:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(task["state"], "active");
     assert_eq!(task["ticket"], "CHG-9");
 
-    let id = json_of(&cli(&["mint", "jwt", "--task", "T1", "--aud", "db", "--json"]))["credential_id"]
+    let id = json_of(&cli(&[
+        "mint", "jwt", "--task", "T1", "--aud", "db", "--json",
+    ]))["credential_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(json_of(&cli(&["status", "--credential", &id]))["state"], "active");
+    assert_eq!(
+        json_of(&cli(&["status", "--credential", &id]))["state"],
+        "active"
+    );
 
     // A sidecar follows the feed from the start and acknowledges what it prints.
     let d = dir.path().join("certs/dev");
     let mut watch = Serve(
         Command::new(BIN)
             .current_dir(dir.path())
-            .args(["watch", "--after", "0", "--subscriber", "sidecar", "--json", "--server", &server])
+            .args([
+                "watch",
+                "--after",
+                "0",
+                "--subscriber",
+                "sidecar",
+                "--json",
+                "--server",
+                &server,
+            ])
             .arg("--svid")
             .arg(d.join("sidecar.pem"))
             .arg("--svid-key")
@@ -267,7 +304,9 @@ fn the_cli_drives_tasks_revocation_renewal_watch_and_crl() {
     assert_eq!(done["state"], "completed");
     assert_eq!(done["revoked"], 1);
 
-    let line = rx.recv_timeout(Duration::from_secs(20)).expect("watch printed nothing");
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("watch printed nothing");
     let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(ev["seq"], 1);
     assert_eq!(ev["kind"], "task");
@@ -287,26 +326,73 @@ fn the_cli_drives_tasks_revocation_renewal_watch_and_crl() {
     assert_eq!(shown["credentials"][0]["state"], "revoked");
 
     let out = dir.path().join("x");
-    let x = json_of(&cli(&["mint", "x509", "--task", "T2", "--out", out.to_str().unwrap(), "--json"]));
+    let x = json_of(&cli(&[
+        "mint",
+        "x509",
+        "--task",
+        "T2",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]));
     let serial = x["credential_id"].as_str().unwrap().to_owned();
-    let r = json_of(&cli(&["revoke", "--credential", &serial, "--reason", "rotated", "--json"]));
+    let r = json_of(&cli(&[
+        "revoke",
+        "--credential",
+        &serial,
+        "--reason",
+        "rotated",
+        "--json",
+    ]));
     assert_eq!(r["revoked"], 1);
     let again = json_of(&cli(&["revoke", "--credential", &serial, "--json"]));
-    assert!(again["message"].as_str().unwrap().contains("already revoked"));
+    assert!(
+        again["message"]
+            .as_str()
+            .unwrap()
+            .contains("already revoked")
+    );
     let crl_path = dir.path().join("crl.der");
-    json_of(&cli(&["crl", "--out", crl_path.to_str().unwrap(), "--json"]));
+    json_of(&cli(&[
+        "crl",
+        "--out",
+        crl_path.to_str().unwrap(),
+        "--json",
+    ]));
     let der = std::fs::read(&crl_path).unwrap();
     let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
-    let serials: Vec<String> = crl.iter_revoked_certificates().map(|r| hex::encode(r.raw_serial())).collect();
+    let serials: Vec<String> = crl
+        .iter_revoked_certificates()
+        .map(|r| hex::encode(r.raw_serial()))
+        .collect();
     assert_eq!(serials, vec![serial]);
 
-    let j = json_of(&cli(&["mint", "jwt", "--task", "T3", "--aud", "db", "--json"]));
-    let renewed = json_of(&cli(&["renew", "--credential", j["credential_id"].as_str().unwrap(), "--revoke-previous", "--json"]));
+    let j = json_of(&cli(&[
+        "mint", "jwt", "--task", "T3", "--aud", "db", "--json",
+    ]));
+    let renewed = json_of(&cli(&[
+        "renew",
+        "--credential",
+        j["credential_id"].as_str().unwrap(),
+        "--revoke-previous",
+        "--json",
+    ]));
     assert_eq!(renewed["renewal_count"], 1);
     assert!(renewed["token"].is_string());
-    assert_eq!(json_of(&cli(&["status", "--credential", j["credential_id"].as_str().unwrap()]))["reason"], "superseded");
+    assert_eq!(
+        json_of(&cli(&[
+            "status",
+            "--credential",
+            j["credential_id"].as_str().unwrap()
+        ]))["reason"],
+        "superseded"
+    );
 
     let err = cli(&["revoke", "--trust-domain", "example.org"]);
     assert!(!err.status.success());
-    assert!(String::from_utf8(err.stderr).unwrap().contains("PermissionDenied"));
+    assert!(
+        String::from_utf8(err.stderr)
+            .unwrap()
+            .contains("PermissionDenied")
+    );
 }

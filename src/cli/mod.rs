@@ -1,5 +1,6 @@
 //! The `taskmint` command line: one file per subcommand, argument structs here.
 
+mod bench;
 mod bundle;
 mod dev;
 mod mint;
@@ -50,6 +51,9 @@ pub enum Command {
     Watch(watch::WatchArgs),
     /// Fetch the CRL.
     Crl(status::CrlArgs),
+    /// Measure this machine.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// `dev` subcommands.
@@ -124,5 +128,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => status::status(a).await,
         Command::Watch(a) => watch::run(a).await,
         Command::Crl(a) => status::crl(a).await,
+        Command::Bench(b) => bench::run(b).await,
     }
 }

@@ -1,0 +1,270 @@
+//! `taskmint bench`: measurements that ship with the product, so users can
+//! measure their own machine. Today: revocation delivery latency, from the
+//! moment a `Revoke` RPC returns to the moment each subscriber receives the
+//! event, for several subscriber counts, against a real in-process issuer
+//! (mTLS, SQLite with `synchronous=FULL`, SET signing) on loopback.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::client::{Client, Identity};
+use crate::config::Config;
+use crate::grpc::pb::{self, revoke_request::Target, watch_revocations_response::Msg};
+use crate::server::Server;
+
+/// Settings of one revocation-latency run.
+#[derive(Debug, Clone)]
+pub struct RevocationBench {
+    /// Subscriber counts to measure, in order.
+    pub subscribers: Vec<usize>,
+    /// Revocations per subscriber count.
+    pub events: usize,
+    /// Pause between revocations (so each is measured alone, not queued).
+    pub gap: Duration,
+    /// At most this many subscribers share one connection (HTTP/2 streams).
+    pub streams_per_connection: usize,
+}
+
+/// The figures of one subscriber count.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyRow {
+    /// Subscribers watching.
+    pub subscribers: usize,
+    /// Connections they used.
+    pub connections: usize,
+    /// Revocations measured.
+    pub events: usize,
+    /// Deliveries measured (subscribers x events).
+    pub deliveries: usize,
+    /// Median, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile, milliseconds.
+    pub p99_ms: f64,
+    /// Worst, milliseconds.
+    pub max_ms: f64,
+    /// Median latency of the Revoke RPC itself (commit + publish), ms.
+    pub revoke_rpc_p50_ms: f64,
+    /// Median from the moment the Revoke RPC was *sent* to receipt, ms.
+    pub from_sent_p50_ms: f64,
+    /// 99th percentile of the same, ms.
+    pub from_sent_p99_ms: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn read_identity(dir: &std::path::Path, name: &str) -> anyhow::Result<Identity> {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let chain = crate::pem::certs(&std::fs::read(dir.join(format!("{name}.pem")))?)
+        .map_err(anyhow::Error::msg)?;
+    let key = crate::pem::pkcs8_key(&std::fs::read(dir.join(format!("{name}.key")))?)
+        .map_err(anyhow::Error::msg)?;
+    Ok(Identity {
+        chain,
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
+    })
+}
+
+/// Runs the revocation-latency benchmark in a temporary dev trust domain.
+pub async fn revocation_latency(b: &RevocationBench) -> anyhow::Result<Vec<LatencyRow>> {
+    let dir = tempfile_dir()?;
+    let workloads: Vec<String> = crate::devca::DEFAULT_WORKLOADS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let init = crate::devca::init(&dir, "example.org", &workloads, "127.0.0.1:0", true)?;
+    // Buffers sized for the largest run, so the figure is delivery latency,
+    // not cut-offs.
+    let text = std::fs::read_to_string(&init.config)?
+        .replace("subscriber_buffer = 1024", "subscriber_buffer = 65536")
+        .replace(
+            "heartbeat_interval = \"10s\"",
+            "heartbeat_interval = \"60s\"",
+        );
+    std::fs::write(&init.config, text)?;
+    let cfg = Config::load(&init.config)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let server = Server::build(cfg).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(listener, async {
+        let _ = stop_rx.await;
+    }));
+
+    let roots =
+        crate::pem::certs(&std::fs::read(dir.join("bundle.pem"))?).map_err(anyhow::Error::msg)?;
+    let server_id = spiffe::SpiffeId::new("spiffe://example.org/taskmint")?;
+    let connect = |name: &'static str| {
+        let (addr, roots, server_id, dir) =
+            (addr.clone(), roots.clone(), server_id.clone(), dir.clone());
+        async move {
+            Client::connect_with(&addr, Some(read_identity(&dir, name)?), roots, server_id)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    };
+    let mut agent = connect("agent").await?;
+
+    let mut rows = Vec::new();
+    for &n in &b.subscribers {
+        // Credentials to revoke, one task each, minted before anyone watches.
+        let mut ids = Vec::with_capacity(b.events);
+        for i in 0..b.events {
+            let r = agent
+                .mint_jwt(&format!("bench-{n}-{i}"), "bench", None)
+                .await
+                .map_err(|s| anyhow::anyhow!("mint: {}", s.message()))?;
+            ids.push(r.credential.map(|c| c.id).unwrap_or_default());
+        }
+        let start_seq = current_seq(&mut agent).await?;
+
+        let connections = n.div_ceil(b.streams_per_connection.max(1));
+        let mut clients = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            clients.push(connect("sidecar").await?);
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant)>();
+        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
+        let mut watchers = Vec::with_capacity(n);
+        for s in 0..n {
+            let mut c = clients[s % connections].clone();
+            let (tx, ready_tx) = (tx.clone(), ready_tx.clone());
+            let last = start_seq + b.events as u64;
+            watchers.push(tokio::spawn(async move {
+                let req = pb::WatchRevocationsRequest {
+                    after_seq: Some(start_seq),
+                    subscriber: format!("bench-{s}"),
+                    ..Default::default()
+                };
+                let mut stream = c.watch_once(req).await?;
+                while let Some(m) = stream.message().await? {
+                    match m.msg {
+                        Some(Msg::Synced(_)) => {
+                            let _ = ready_tx.send(());
+                        }
+                        Some(Msg::Event(e)) => {
+                            let _ = tx.send((e.seq, Instant::now()));
+                            if e.seq >= last {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Ok::<(), tonic::Status>(())
+            }));
+        }
+        drop((tx, ready_tx));
+        for _ in 0..n {
+            ready_rx
+                .recv()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("a subscriber failed before it was live"))?;
+        }
+
+        let mut returned: HashMap<u64, (Instant, Instant)> = HashMap::with_capacity(b.events);
+        let mut rpc = Vec::with_capacity(b.events);
+        for id in &ids {
+            let t0 = Instant::now();
+            let r = agent
+                .revoke(Target::CredentialId(id.clone()), "bench")
+                .await
+                .map_err(|s| anyhow::anyhow!("revoke: {}", s.message()))?;
+            let t1 = Instant::now();
+            rpc.push(t1.duration_since(t0).as_secs_f64() * 1e3);
+            if let Some(seq) = r.seqs.first() {
+                returned.insert(*seq, (t0, t1));
+            }
+            tokio::time::sleep(b.gap).await;
+        }
+        let mut lat = Vec::with_capacity(n * b.events);
+        let mut from_sent = Vec::with_capacity(n * b.events);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while lat.len() < n * b.events {
+            let Ok(Some((seq, at))) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+                anyhow::bail!("only {} of {} deliveries arrived", lat.len(), n * b.events);
+            };
+            if let Some((sent, back)) = returned.get(&seq) {
+                // The event is published before the reply is written, so it
+                // often reaches a subscriber before the reply reaches the
+                // revoker: that counts as zero, not negative.
+                lat.push(at.saturating_duration_since(*back).as_secs_f64() * 1e3);
+                from_sent.push(at.saturating_duration_since(*sent).as_secs_f64() * 1e3);
+            }
+        }
+        for w in watchers {
+            w.await??;
+        }
+        lat.sort_by(f64::total_cmp);
+        from_sent.sort_by(f64::total_cmp);
+        rpc.sort_by(f64::total_cmp);
+        rows.push(LatencyRow {
+            subscribers: n,
+            connections,
+            events: b.events,
+            deliveries: lat.len(),
+            p50_ms: percentile(&lat, 0.50),
+            p99_ms: percentile(&lat, 0.99),
+            max_ms: lat.last().copied().unwrap_or(f64::NAN),
+            revoke_rpc_p50_ms: percentile(&rpc, 0.50),
+            from_sent_p50_ms: percentile(&from_sent, 0.50),
+            from_sent_p99_ms: percentile(&from_sent, 0.99),
+        });
+    }
+    let _ = stop_tx.send(());
+    serving.await??;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(rows)
+}
+
+async fn current_seq(c: &mut Client) -> anyhow::Result<u64> {
+    let mut s = c.watch_once(pb::WatchRevocationsRequest::default()).await?;
+    while let Some(m) = s.message().await? {
+        if let Some(Msg::Synced(x)) = m.msg {
+            return Ok(x.seq);
+        }
+    }
+    anyhow::bail!("feed ended before it synced")
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "taskmint-bench-{}-{}",
+        std::process::id(),
+        crate::issuer::now_unix()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Renders rows as a Markdown table.
+pub fn table(rows: &[LatencyRow]) -> String {
+    let mut out = String::from(
+        "| subscribers | connections | events | deliveries | p50 ms | p99 ms | max ms | Revoke RPC p50 ms | sent->received p50 ms | sent->received p99 ms |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            r.subscribers,
+            r.connections,
+            r.events,
+            r.deliveries,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.revoke_rpc_p50_ms,
+            r.from_sent_p50_ms,
+            r.from_sent_p99_ms
+        ));
+    }
+    out
+}
