@@ -14,6 +14,8 @@ use rand::RngCore;
 
 use crate::Error;
 use crate::ca::{self, SigningCa, X509Template};
+pub use crate::clock::now_unix;
+use crate::clock::rfc3339;
 use crate::config::{Config, FeedConfig, LimitsConfig};
 use crate::identity::{Caller, SpiffeId, TaskId, TrustDomain};
 use crate::jwt::{self, Claims, Confirmation, JwtSigner};
@@ -192,24 +194,6 @@ impl std::fmt::Debug for Issuer {
             .field("trust_domain", &self.trust_domain)
             .finish_non_exhaustive()
     }
-}
-
-/// Unix seconds now.
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn rfc3339(ts: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ts)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ts.to_string())
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {
@@ -399,7 +383,11 @@ impl Issuer {
             state: TaskState::Active,
             ended_at: None,
         };
-        let (t, _) = self.store.begin_task(&record).await?;
+        // Most mints name an existing task: read it without the writer.
+        let t = match self.store.task(&record.owner, &record.task_id).await? {
+            Some(t) => t,
+            None => self.store.begin_task(&record).await?.0,
+        };
         ensure_active(&t, now)?;
         Ok(t)
     }
@@ -446,11 +434,10 @@ impl Issuer {
         &self,
         caller: &Caller,
         task: &TaskRecord,
-        csr: &[u8],
+        key: &ca::CsrKey,
         ttl: i64,
         pred: Option<&CredentialRecord>,
     ) -> Result<Minted, Error> {
-        let key = ca::parse_csr(csr)?;
         let now = now_unix();
         let not_after = self.expiry(caller, task, now, ttl, CredentialKind::X509)?;
         let not_before = now - BACKDATE_SECS;
@@ -467,7 +454,7 @@ impl Issuer {
             not_before,
             not_after,
         };
-        let leaf = self.ca.issue(&template, &key)?;
+        let leaf = self.ca.issue(&template, key)?;
         let record = CredentialRecord {
             id: hex::encode(serial),
             kind: CredentialKind::X509,
@@ -549,9 +536,11 @@ impl Issuer {
         self.check_mintable(caller)?;
         let task = TaskId::parse(&req.task_id)?;
         let ttl = self.ttl(req.ttl)?;
-        ca::parse_csr(&req.csr)?;
+        // The CSR is checked before the task is touched: a bad request
+        // begins nothing.
+        let key = ca::parse_csr(&req.csr)?;
         let t = self.active_task(caller, &task, now_unix()).await?;
-        self.issue_x509(caller, &t, &req.csr, ttl, None).await
+        self.issue_x509(caller, &t, &key, ttl, None).await
     }
 
     /// Mints a per-task JWT-SVID for one audience.
@@ -616,7 +605,8 @@ impl Issuer {
                         "renewing an X.509 credential needs a new CSR".into(),
                     ));
                 }
-                self.issue_x509(caller, &task, &req.csr, ttl, Some(&pred))
+                let key = ca::parse_csr(&req.csr)?;
+                self.issue_x509(caller, &task, &key, ttl, Some(&pred))
                     .await?
             }
             CredentialKind::Jwt => {

@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //!
+//! - [`clock`]: Unix seconds and RFC 3339.
 //! - [`config`]: the `taskmint.toml` tree and its validation.
 //! - [`identity`]: SPIFFE IDs, task ids, trust bundles, the caller-SVID rules.
 //! - [`tls`]: rustls server config, the hot-reloaded bundles and serving SVID.
@@ -30,6 +31,7 @@ pub mod bench;
 pub mod ca;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod devca;
 mod error;

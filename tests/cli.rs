@@ -25,6 +25,20 @@ fn run(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Starts `taskmint serve` in `dir` on a free port. With no --config it
+/// writes certs/dev (dev init) on first run.
+fn serve(dir: &Path) -> (Serve, String) {
+    let server = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(BIN)
+        .current_dir(dir)
+        .args(["serve", "--listen", &server])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (Serve(child), server)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -50,18 +64,7 @@ fn conn(dir: &Path, server: &str) -> Vec<String> {
 #[test]
 fn the_cli_mints_both_kinds_and_reports_errors_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let server = format!("127.0.0.1:{port}");
-    // `serve` with no --config writes certs/dev (dev init) on first run.
-    let _serve = Serve(
-        Command::new(BIN)
-            .current_dir(dir.path())
-            .args(["serve", "--listen", &server])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_serve, server) = serve(dir.path());
     let c = conn(dir.path(), &server);
     let with = |args: &[&str]| -> Vec<String> {
         args.iter()
@@ -202,17 +205,7 @@ fn json_of(out: &Output) -> serde_json::Value {
 fn the_cli_drives_tasks_revocation_renewal_watch_and_crl() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let server = format!("127.0.0.1:{port}");
-    let _serve = Serve(
-        Command::new(BIN)
-            .current_dir(dir.path())
-            .args(["serve", "--listen", &server])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_serve, server) = serve(dir.path());
     let c = conn(dir.path(), &server);
     let cli = |args: &[&str]| -> Output {
         let all: Vec<String> = args

@@ -15,6 +15,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::{Client, ClientConfig};
+use crate::clock::rfc3339;
 
 /// Per-task credentials for SPIFFE-identified workloads.
 #[derive(Debug, Parser)]
@@ -103,16 +104,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Formats a gRPC status as one line.
 fn status_line(s: &tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())
-}
-
-fn rfc3339(ts: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ts)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ts.to_string())
 }
 
 /// Runs a parsed command line.

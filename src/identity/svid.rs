@@ -12,6 +12,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::{Caller, TrustBundles};
+use crate::clock::rfc3339;
 
 /// A rule the presented certificate broke.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -75,16 +76,6 @@ pub enum AuthError {
         /// webpki's reason.
         reason: String,
     },
-}
-
-fn rfc3339(ts: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ts)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ts.to_string())
 }
 
 /// The SPIFFE ID of a leaf certificate, enforcing the SAN rules: exactly one

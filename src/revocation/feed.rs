@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_stream::Stream;
 
 use super::Revocations;
+use crate::clock::now_unix;
 use crate::store::{RevocationEvent, StoreError};
 
 /// What a subscriber wants to see. Empty fields match everything.
@@ -182,13 +183,6 @@ impl From<StoreError> for Stop {
     fn from(e: StoreError) -> Self {
         Stop::Feed(e.into())
     }
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl Forwarder {

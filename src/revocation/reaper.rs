@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::Revocations;
 use super::delivery::{self, OverdueLog};
+use crate::clock::now_unix;
 use crate::config::FeedConfig;
 use crate::store::{RevokeRequest, RevokeScope, StoreError, TaskState};
 
@@ -16,13 +17,6 @@ pub const REASON_DEADLINE: &str = "task_deadline";
 
 /// How often the log is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 /// Expires every active task whose deadline is at or before now and revokes
 /// its credentials. Returns how many tasks it expired.
