@@ -417,3 +417,34 @@ async fn credentials_survive_a_restart() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_bundle_sequence_moves_only_when_the_bundle_changes() {
+    let mut s = start().await;
+    let seq = |mut c: taskmint::client::Client| async move {
+        let b = c.trust_bundle().await.unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&b.spiffe_bundle_jwks).unwrap();
+        assert_eq!(doc["spiffe_sequence"], b.sequence);
+        (b.sequence, b.x509_authorities.len())
+    };
+    assert_eq!(seq(s.client("agent").await).await, (1, 1));
+    assert_eq!(seq(s.client("agent").await).await, (1, 1));
+    s.restart().await;
+    assert_eq!(
+        seq(s.client("agent").await).await,
+        (1, 1),
+        "a restart is not a change"
+    );
+
+    // A second root (e.g. during rotation) is a change.
+    let next_root = taskmint::devca::DevRoot::new(TD).unwrap();
+    let mut pem = std::fs::read_to_string(s.path("bundle.pem")).unwrap();
+    pem.push_str(next_root.cert_pem());
+    std::fs::write(s.path("bundle.pem"), pem).unwrap();
+    let moved = eventually(Duration::from_secs(10), || async {
+        seq(s.client("agent").await).await == (2, 2)
+    })
+    .await;
+    assert!(moved, "sequence did not move with the new root");
+    s.stop().await;
+}

@@ -270,7 +270,7 @@ impl pb::issuer_server::Issuer for IssuerService {
             req,
             |_| String::new(),
             |_, _| async move {
-                let b = self.issuer.trust_bundle();
+                let b = self.issuer.trust_bundle().await?;
                 Ok((
                     pb::GetTrustBundleResponse {
                         trust_domain: b.trust_domain,

@@ -344,4 +344,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// The next CRL number (monotonic).
     async fn next_crl_number(&self) -> Result<u64, StoreError>;
+
+    /// The trust bundle sequence for content with this hash: unchanged if
+    /// the content is the last one seen, otherwise one more.
+    async fn bundle_sequence(&self, content_hash: &str) -> Result<u64, StoreError>;
 }

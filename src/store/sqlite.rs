@@ -579,6 +579,32 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn bundle_sequence(&self, content_hash: &str) -> Result<u64, StoreError> {
+        let current =
+            sqlx::query("SELECT content_hash, sequence FROM bundle_sequence WHERE id = 1")
+                .fetch_optional(&self.reader)
+                .await?;
+        if let Some(r) = &current
+            && r.try_get::<&str, _>("content_hash")? == content_hash
+        {
+            return Ok(r.try_get::<i64, _>("sequence")? as u64);
+        }
+        let mut tx = self.writer.begin().await?;
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO bundle_sequence (id, content_hash, sequence) VALUES (1, ?, 1) \
+             ON CONFLICT (id) DO UPDATE SET \
+               sequence = CASE WHEN bundle_sequence.content_hash = excluded.content_hash \
+                               THEN bundle_sequence.sequence ELSE bundle_sequence.sequence + 1 END, \
+               content_hash = excluded.content_hash \
+             RETURNING sequence",
+        )
+        .bind(content_hash)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(seq as u64)
+    }
+
     async fn next_crl_number(&self) -> Result<u64, StoreError> {
         let mut tx = self.writer.begin().await?;
         let n = bump(&mut tx, "crl_number").await?;
