@@ -145,9 +145,10 @@ pub fn watch(
             revs,
             filter,
             tx,
+            closing,
             last: 0,
         };
-        if let Err(e) = fwd.run(hub, closing, after, opts.heartbeat).await {
+        if let Err(e) = fwd.run(hub, after, opts.heartbeat).await {
             let _ = err_tx.send(e);
         }
     });
@@ -161,6 +162,7 @@ struct Forwarder {
     revs: Arc<Revocations>,
     filter: Filter,
     tx: mpsc::Sender<FeedItem>,
+    closing: watch::Receiver<bool>,
     /// Every event up to here has been considered (sent or filtered out).
     last: u64,
 }
@@ -189,11 +191,10 @@ impl Forwarder {
     async fn run(
         &mut self,
         hub: broadcast::Receiver<Arc<RevocationEvent>>,
-        closing: watch::Receiver<bool>,
         after: Option<u64>,
         heartbeat: Duration,
     ) -> Result<(), FeedError> {
-        match self.run_inner(hub, closing, after, heartbeat).await {
+        match self.run_inner(hub, after, heartbeat).await {
             Ok(()) | Err(Stop::Gone) => Ok(()),
             Err(Stop::Feed(e)) => Err(e),
         }
@@ -205,7 +206,12 @@ impl Forwarder {
     /// with the cursor to resume from.
     async fn send(&mut self, item: FeedItem, paced: bool) -> Result<(), Stop> {
         if paced {
-            return self.tx.send(item).await.map_err(|_| Stop::Gone);
+            // A slow reader must not hold a shutting-down server open.
+            let mut closing = self.closing.clone();
+            return tokio::select! {
+                r = self.tx.send(item) => r.map_err(|_| Stop::Gone),
+                _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => Err(Stop::Gone),
+            };
         }
         match self.tx.try_send(item) {
             Ok(()) => Ok(()),
@@ -232,6 +238,16 @@ impl Forwarder {
         loop {
             let page = store.events_after(self.last, 512).await?;
             if page.is_empty() {
+                // Empty because caught up, or because pruning removed what
+                // follows the cursor since it was checked: tell them apart.
+                let pruned = store.pruned_through().await?;
+                if pruned > self.last {
+                    return Err(FeedError::Resync {
+                        cursor: self.last,
+                        pruned,
+                    }
+                    .into());
+                }
                 return Ok(());
             }
             for e in page {
@@ -251,7 +267,6 @@ impl Forwarder {
     async fn run_inner(
         &mut self,
         mut hub: broadcast::Receiver<Arc<RevocationEvent>>,
-        mut closing: watch::Receiver<bool>,
         after: Option<u64>,
         heartbeat: Duration,
     ) -> Result<(), Stop> {
@@ -283,6 +298,7 @@ impl Forwarder {
         }
         self.send(FeedItem::Synced(self.last), true).await?;
 
+        let mut closing = self.closing.clone();
         let mut tick = tokio::time::interval(heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // the first tick is immediate
@@ -306,7 +322,9 @@ impl Forwarder {
                 _ = self.tx.closed() => return Err(Stop::Gone),
                 // Server shutdown: end the stream so the subscriber resumes
                 // elsewhere from its cursor.
-                _ = closing.changed() => return Ok(()),
+                // `wait_for` also sees a close that happened before this
+                // stream started.
+                _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => return Ok(()),
             }
         }
     }

@@ -63,7 +63,24 @@ impl Revocations {
 
     /// Commits a revocation and publishes its events, in order. Returns the
     /// events written (none when nothing in scope was still active).
-    pub async fn revoke(&self, req: &RevokeRequest) -> Result<Vec<RevocationEvent>, StoreError> {
+    ///
+    /// The work runs in its own task: a caller that goes away mid-call (a
+    /// cancelled RPC) cannot leave an event committed but never published.
+    pub async fn revoke(
+        self: &Arc<Self>,
+        req: &RevokeRequest,
+    ) -> Result<Vec<RevocationEvent>, StoreError> {
+        let this = self.clone();
+        let req = req.clone();
+        tokio::spawn(async move { this.commit_and_publish(&req).await })
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("revocation task failed: {e}")))?
+    }
+
+    async fn commit_and_publish(
+        &self,
+        req: &RevokeRequest,
+    ) -> Result<Vec<RevocationEvent>, StoreError> {
         let _order = self.write.lock().await;
         let sign = |e: &RevocationEvent| {
             self.signer

@@ -20,7 +20,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Expires every active task whose deadline is at or before now and revokes
 /// its credentials. Returns how many tasks it expired.
-pub async fn expire_due_tasks(revs: &Revocations) -> Result<usize, StoreError> {
+pub async fn expire_due_tasks(revs: &Arc<Revocations>) -> Result<usize, StoreError> {
     let now = now_unix();
     let due = revs.store().due_tasks(now).await?;
     for (owner, task_id) in &due {
