@@ -351,6 +351,7 @@ impl Client {
             req,
             stream: None,
             backoff: Watcher::MIN_BACKOFF,
+            snapshot_high: 0,
         }
     }
 }
@@ -386,6 +387,9 @@ pub struct Watcher {
     cursor: Option<u64>,
     stream: Option<tonic::Streaming<pb::WatchRevocationsResponse>>,
     backoff: Duration,
+    /// Highest event delivered from a snapshot that broke before `synced`:
+    /// the next snapshot skips what was already delivered.
+    snapshot_high: u64,
 }
 
 impl Watcher {
@@ -428,6 +432,10 @@ impl Watcher {
                         // only once the stream is synced (`cursor` is set).
                         if self.cursor.is_some() {
                             self.cursor = Some(e.seq);
+                        } else if e.seq <= self.snapshot_high {
+                            continue; // re-sent by a restarted snapshot
+                        } else {
+                            self.snapshot_high = e.seq;
                         }
                         return Ok(WatchItem::Event(e));
                     }

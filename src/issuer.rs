@@ -829,12 +829,23 @@ impl Issuer {
             return Err(Error::InvalidArgument("subscriber name is empty".into()));
         }
         let me = caller.spiffe_id.to_string();
-        if let Some(s) = self.feed.subscribers.iter().find(|s| s.name == subscriber)
-            && s.spiffe_id != me
+        // A configured name belongs to its configured SPIFFE ID; any other
+        // name belongs to the first workload that acknowledged under it.
+        let owner = match self.feed.subscribers.iter().find(|s| s.name == subscriber) {
+            Some(s) => Some(s.spiffe_id.clone()),
+            None => self
+                .store
+                .acks()
+                .await?
+                .into_iter()
+                .find(|a| a.subscriber == subscriber)
+                .map(|a| a.spiffe_id),
+        };
+        if let Some(owner) = owner
+            && owner != me
         {
             return Err(Error::PermissionDenied(format!(
-                "subscriber `{subscriber}` acknowledges as `{}`, not `{me}`",
-                s.spiffe_id
+                "subscriber `{subscriber}` acknowledges as `{owner}`, not `{me}`"
             )));
         }
         let current = self.store.current_seq().await?;

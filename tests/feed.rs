@@ -373,5 +373,10 @@ async fn an_unacknowledged_revocation_is_reported_overdue_then_cleared() {
 
     let err = agent.delivery_status().await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
+
+    // An unlisted name belongs to the first workload that acknowledged under it.
+    agent.ack("agent-local", seq).await.unwrap();
+    let err = sidecar.ack("agent-local", seq).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
     s.stop().await;
 }

@@ -38,20 +38,34 @@ pub async fn status(
         .map(|a| (a.subscriber.clone(), a))
         .collect();
     let deadline = feed.ack_deadline.as_secs() as i64;
+    let pruned = store.pruned_through().await?;
     let mut out = Vec::with_capacity(feed.subscribers.len());
     for s in &feed.subscribers {
         let (acked_seq, acked_at) = acks
             .get(&s.name)
             .map(|a| (a.acked_seq, a.acked_at))
             .unwrap_or((0, 0));
-        let oldest = store
-            .events_after(acked_seq, 1)
-            .await?
-            .first()
-            .map(|e| (e.seq, e.revoked_at));
-        let overdue_since = oldest
-            .map(|(_, at)| at + deadline)
-            .filter(|due| *due <= now);
+        let (oldest, overdue_since) = if acked_seq < pruned {
+            // What it never acknowledged was pruned (retention after expiry,
+            // far past any ack deadline): still overdue, since at least the
+            // retention horizon.
+            (
+                Some((acked_seq + 1, 0)),
+                Some(now - feed.retention.as_secs() as i64),
+            )
+        } else {
+            let oldest = store
+                .events_after(acked_seq, 1)
+                .await?
+                .first()
+                .map(|e| (e.seq, e.revoked_at));
+            (
+                oldest,
+                oldest
+                    .map(|(_, at)| at + deadline)
+                    .filter(|due| *due <= now),
+            )
+        };
         out.push(SubscriberDelivery {
             name: s.name.clone(),
             spiffe_id: s.spiffe_id.clone(),

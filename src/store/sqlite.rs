@@ -261,8 +261,11 @@ impl Store for SqliteStore {
         .await;
         match res {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                // SQLite names the column, PostgreSQL the index.
                 let msg = e.message().to_owned();
-                if msg.contains("predecessor") {
+                if msg.contains("predecessor")
+                    || e.constraint() == Some("credentials_one_successor")
+                {
                     let pred = c.predecessor.clone().unwrap_or_default();
                     return Ok(Err(RecordRefusal::AlreadyRenewed(pred)));
                 }
