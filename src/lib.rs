@@ -40,6 +40,7 @@ pub mod identity;
 pub mod issuer;
 pub mod jwt;
 pub mod pem;
+pub mod policy;
 pub mod revocation;
 pub mod server;
 pub mod store;

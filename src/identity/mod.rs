@@ -6,9 +6,11 @@
 //! adds the rules an issuer must enforce on a presented X.509-SVID.
 
 mod bundle;
+mod pattern;
 mod svid;
 
 pub use bundle::{Bundle, BundleError, TrustBundles};
+pub use pattern::SpiffePattern;
 pub use svid::{AuthError, authenticate, spiffe_id_of_leaf};
 
 pub use spiffe::{SpiffeId, TrustDomain};
