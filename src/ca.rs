@@ -70,8 +70,12 @@ pub struct X509Template<'a> {
     pub spiffe_id: &'a SpiffeId,
     /// The task.
     pub task_id: &'a TaskId,
-    /// The task's owner (SPIFFE ID).
+    /// The task's holder (SPIFFE ID).
     pub task_owner: &'a str,
+    /// The task's accountable owner; empty if none.
+    pub accountable_owner: &'a str,
+    /// The task was begun through break-glass.
+    pub break_glass: bool,
     /// Serial number bytes (positive, >= 128 random bits).
     pub serial: &'a [u8],
     /// Unix seconds.
@@ -368,35 +372,79 @@ fn build_template(t: &X509Template<'_>) -> Result<CertificateParams, CaError> {
     p.use_authority_key_identifier_extension = true;
     let mut ext = CustomExtension::from_oid_content(
         TASK_EXTENSION_OID,
-        task_extension_der(t.task_id.as_str(), t.task_owner),
+        task_extension_der(&TaskBinding {
+            task_id: t.task_id.to_string(),
+            holder: t.task_owner.to_owned(),
+            owner: t.accountable_owner.to_owned(),
+            break_glass: t.break_glass,
+        }),
     );
     ext.set_criticality(false);
     p.custom_extensions = vec![ext];
     Ok(p)
 }
 
-/// `TaskBinding ::= SEQUENCE { taskId UTF8String, taskOwner UTF8String }`.
-pub fn task_extension_der(task_id: &str, owner: &str) -> Vec<u8> {
-    let mut body = der_tlv(0x0c, task_id.as_bytes());
-    body.extend(der_tlv(0x0c, owner.as_bytes()));
+/// What the task extension says.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TaskBinding {
+    /// The task id.
+    pub task_id: String,
+    /// SPIFFE ID of the task's holder.
+    pub holder: String,
+    /// Accountable owner; empty when none.
+    pub owner: String,
+    /// Begun through break-glass.
+    pub break_glass: bool,
+}
+
+/// ```text
+/// TaskBinding ::= SEQUENCE {
+///   taskId      UTF8String,
+///   taskHolder  UTF8String,                       -- SPIFFE ID
+///   owner       [0] IMPLICIT UTF8String OPTIONAL, -- accountable owner
+///   breakGlass  [1] IMPLICIT BOOLEAN DEFAULT FALSE }
+/// ```
+pub fn task_extension_der(b: &TaskBinding) -> Vec<u8> {
+    let mut body = der_tlv(0x0c, b.task_id.as_bytes());
+    body.extend(der_tlv(0x0c, b.holder.as_bytes()));
+    if !b.owner.is_empty() {
+        body.extend(der_tlv(0x80, b.owner.as_bytes()));
+    }
+    // DER omits a value equal to its DEFAULT.
+    if b.break_glass {
+        body.extend(der_tlv(0x81, &[0xff]));
+    }
     der_tlv(0x30, &body)
 }
 
-/// Reads a `TaskBinding` extension value back: `(task id, owner)`.
-pub fn parse_task_extension(der: &[u8]) -> Option<(String, String)> {
+/// Reads a `TaskBinding` extension value back.
+pub fn parse_task_extension(der: &[u8]) -> Option<TaskBinding> {
     let (tag, body, rest) = read_tlv(der)?;
     if tag != 0x30 || !rest.is_empty() {
         return None;
     }
     let (t1, task, rest) = read_tlv(body)?;
-    let (t2, owner, rest) = read_tlv(rest)?;
-    if t1 != 0x0c || t2 != 0x0c || !rest.is_empty() {
+    let (t2, holder, mut rest) = read_tlv(rest)?;
+    if t1 != 0x0c || t2 != 0x0c {
         return None;
     }
-    Some((
-        String::from_utf8(task.to_vec()).ok()?,
-        String::from_utf8(owner.to_vec()).ok()?,
-    ))
+    let mut b = TaskBinding {
+        task_id: String::from_utf8(task.to_vec()).ok()?,
+        holder: String::from_utf8(holder.to_vec()).ok()?,
+        ..Default::default()
+    };
+    if let Some((0x80, owner, r)) = read_tlv(rest) {
+        b.owner = String::from_utf8(owner.to_vec()).ok()?;
+        rest = r;
+    }
+    if let Some((0x81, v, r)) = read_tlv(rest) {
+        if v != [0xff] {
+            return None;
+        }
+        b.break_glass = true;
+        rest = r;
+    }
+    rest.is_empty().then_some(b)
 }
 
 fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
@@ -443,15 +491,18 @@ mod tests {
     #[test]
     fn task_extension_round_trips() {
         let long = "t".repeat(128);
-        for (task, owner) in [
-            ("build-42", "spiffe://example.org/workload/agent"),
-            (long.as_str(), "o"),
+        for (task, holder, owner, break_glass) in [
+            ("build-42", "spiffe://example.org/workload/agent", "", false),
+            (long.as_str(), "o", "team-a", true),
+            ("t", "o", "", true),
         ] {
-            let der = task_extension_der(task, owner);
-            assert_eq!(
-                parse_task_extension(&der),
-                Some((task.to_owned(), owner.to_owned()))
-            );
+            let b = TaskBinding {
+                task_id: task.into(),
+                holder: holder.into(),
+                owner: owner.into(),
+                break_glass,
+            };
+            assert_eq!(parse_task_extension(&task_extension_der(&b)), Some(b));
         }
         assert_eq!(parse_task_extension(&[0x30, 0x05, 0x0c]), None);
     }

@@ -335,6 +335,88 @@ impl Client {
             .into_inner())
     }
 
+    /// `DelegateTask`.
+    pub async fn delegate_task(
+        &mut self,
+        req: pb::DelegateTaskRequest,
+    ) -> Result<pb::Task, tonic::Status> {
+        let r = self.inner.delegate_task(req).await?.into_inner();
+        r.task
+            .ok_or_else(|| tonic::Status::internal("response without task"))
+    }
+
+    /// `ListGrants` (one page).
+    pub async fn list_grants(
+        &mut self,
+        req: pb::ListGrantsRequest,
+    ) -> Result<pb::ListGrantsResponse, tonic::Status> {
+        Ok(self.inner.list_grants(req).await?.into_inner())
+    }
+
+    /// `ExportAudit` (one page).
+    pub async fn export_audit(
+        &mut self,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<pb::ExportAuditResponse, tonic::Status> {
+        let req = pb::ExportAuditRequest { after_seq, limit };
+        Ok(self.inner.export_audit(req).await?.into_inner())
+    }
+
+    /// `GetTaskTimeline`; `owner` empty = the caller.
+    pub async fn task_timeline(
+        &mut self,
+        task_id: &str,
+        owner: &str,
+    ) -> Result<pb::GetTaskTimelineResponse, tonic::Status> {
+        let task = Some(pb::TaskRef {
+            task_id: task_id.into(),
+            owner: owner.into(),
+        });
+        Ok(self
+            .inner
+            .get_task_timeline(pb::GetTaskTimelineRequest { task })
+            .await?
+            .into_inner())
+    }
+
+    /// `ListBreakGlass`.
+    pub async fn list_break_glass(
+        &mut self,
+        include_reviewed: bool,
+    ) -> Result<Vec<pb::Task>, tonic::Status> {
+        let req = pb::ListBreakGlassRequest { include_reviewed };
+        Ok(self.inner.list_break_glass(req).await?.into_inner().tasks)
+    }
+
+    /// `MarkReviewed`.
+    pub async fn mark_reviewed(
+        &mut self,
+        task_id: &str,
+        owner: &str,
+        note: &str,
+    ) -> Result<pb::Task, tonic::Status> {
+        let req = pb::MarkReviewedRequest {
+            task: Some(pb::TaskRef {
+                task_id: task_id.into(),
+                owner: owner.into(),
+            }),
+            note: note.into(),
+        };
+        let r = self.inner.mark_reviewed(req).await?.into_inner();
+        r.task
+            .ok_or_else(|| tonic::Status::internal("response without task"))
+    }
+
+    /// `GetPolicyStatus`.
+    pub async fn policy_status(&mut self) -> Result<pb::GetPolicyStatusResponse, tonic::Status> {
+        Ok(self
+            .inner
+            .get_policy_status(pb::GetPolicyStatusRequest {})
+            .await?
+            .into_inner())
+    }
+
     /// One `WatchRevocations` stream, no reconnection (see [`Watcher`]).
     pub async fn watch_once(
         &mut self,

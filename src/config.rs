@@ -64,6 +64,11 @@ pub struct Config {
     /// The revocation feed.
     #[serde(default)]
     pub feed: FeedConfig,
+    /// The Cedar policy and the groups it can name.
+    pub policy: PolicyConfig,
+    /// Who is accountable for each task.
+    #[serde(default)]
+    pub ownership: OwnershipConfig,
     /// The directory relative paths were resolved against (not in the file).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -179,6 +184,88 @@ pub struct LimitsConfig {
     /// Renewals allowed per lineage (a credential and its successors).
     #[serde(default = "default_max_renewals")]
     pub max_renewals: u32,
+    /// Active (unrevoked, unexpired) credentials allowed per task at once.
+    #[serde(default = "default_max_active_credentials")]
+    pub max_active_credentials: u32,
+    /// Longest lifetime of a break-glass task (shorter than a normal one).
+    #[serde(
+        default = "default_break_glass_max_lifetime",
+        with = "humantime_serde_compat"
+    )]
+    pub break_glass_max_lifetime: Duration,
+    /// How many delegations deep a task chain may go (0 = no delegation).
+    #[serde(default = "default_max_delegation_depth")]
+    pub max_delegation_depth: u32,
+    /// Per-workload token bucket for mint and renew calls.
+    #[serde(default)]
+    pub rate: RateConfig,
+}
+
+/// A token bucket: `burst` calls at once, refilled at `per_second`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    /// Sustained calls per second per workload.
+    #[serde(default = "default_rate")]
+    pub per_second: f64,
+    /// Calls a workload may make at once after being idle.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        Self {
+            per_second: default_rate(),
+            burst: default_burst(),
+        }
+    }
+}
+
+/// The policy file and the groups policies can name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Cedar policy file; re-read when it changes and on SIGHUP.
+    pub file: PathBuf,
+    /// How often the file is checked for changes.
+    #[serde(default = "default_reload_interval", with = "humantime_serde_compat")]
+    pub reload_interval: Duration,
+    /// Named groups of workloads (`Group::"name"` in policies).
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
+}
+
+/// A group of workloads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// The group's name.
+    pub name: String,
+    /// SPIFFE ID patterns (`*` = one segment, trailing `/**` = any rest).
+    pub members: Vec<String>,
+}
+
+/// Accountable ownership of tasks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnershipConfig {
+    /// Refuse tasks that end up with no owner.
+    #[serde(default)]
+    pub require_owner: bool,
+    /// First match wins: the owner of tasks begun by matching workloads.
+    #[serde(default)]
+    pub rules: Vec<OwnerRule>,
+}
+
+/// Maps workloads to an accountable owner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerRule {
+    /// SPIFFE ID pattern.
+    pub pattern: String,
+    /// Team or person accountable, e.g. `team-payments` or `alice@example.org`.
+    pub owner: String,
 }
 
 impl Default for LimitsConfig {
@@ -189,6 +276,10 @@ impl Default for LimitsConfig {
             default_task_lifetime: default_task_lifetime(),
             max_task_lifetime: default_max_task_lifetime(),
             max_renewals: default_max_renewals(),
+            max_active_credentials: default_max_active_credentials(),
+            break_glass_max_lifetime: default_break_glass_max_lifetime(),
+            max_delegation_depth: default_max_delegation_depth(),
+            rate: RateConfig::default(),
         }
     }
 }
@@ -264,6 +355,21 @@ fn default_max_task_lifetime() -> Duration {
 }
 fn default_max_renewals() -> u32 {
     3
+}
+fn default_max_active_credentials() -> u32 {
+    100
+}
+fn default_break_glass_max_lifetime() -> Duration {
+    Duration::from_secs(60 * 60)
+}
+fn default_max_delegation_depth() -> u32 {
+    3
+}
+fn default_rate() -> f64 {
+    100.0
+}
+fn default_burst() -> u32 {
+    200
 }
 fn default_crl_validity() -> Duration {
     Duration::from_secs(60 * 60)
@@ -364,6 +470,7 @@ impl Config {
         fix(&mut self.ca.key);
         fix(&mut self.jwt.key);
         fix(&mut self.store.path);
+        fix(&mut self.policy.file);
     }
 
     /// Checks every value and the relations between them.
@@ -414,6 +521,44 @@ impl Config {
                 humantime::format_duration(l.default_task_lifetime),
                 humantime::format_duration(l.max_task_lifetime)
             ));
+        }
+        if l.max_active_credentials == 0 {
+            return invalid("limits.max_active_credentials must be at least 1".into());
+        }
+        if !whole(l.break_glass_max_lifetime) {
+            return invalid(
+                "limits.break_glass_max_lifetime must be positive whole seconds".into(),
+            );
+        }
+        if !(l.rate.per_second > 0.0 && l.rate.per_second.is_finite()) || l.rate.burst == 0 {
+            return invalid("limits.rate: per_second must be positive and burst at least 1".into());
+        }
+        if self.policy.reload_interval < Duration::from_millis(100) {
+            return invalid("policy.reload_interval must be at least 100ms".into());
+        }
+        let mut groups = std::collections::HashSet::new();
+        for g in &self.policy.groups {
+            if g.name.is_empty() || !groups.insert(&g.name) {
+                return invalid(format!(
+                    "policy.groups: name `{}` is empty or repeated",
+                    g.name
+                ));
+            }
+            for m in &g.members {
+                crate::identity::SpiffePattern::parse(m).map_err(|e| {
+                    ConfigError::Invalid(format!("policy.groups `{}`: {e}", g.name))
+                })?;
+            }
+        }
+        for r in &self.ownership.rules {
+            crate::identity::SpiffePattern::parse(&r.pattern)
+                .map_err(|e| ConfigError::Invalid(format!("ownership.rules: {e}")))?;
+            if r.owner.trim().is_empty() || r.owner.len() > 256 {
+                return invalid(format!(
+                    "ownership.rules: owner for `{}` must be 1-256 bytes",
+                    r.pattern
+                ));
+            }
         }
         for a in &self.admins {
             spiffe::SpiffeId::new(a)
@@ -486,6 +631,8 @@ mod tests {
         key = "jwt.key"
         [store]
         path = "data/taskmint.db"
+        [policy]
+        file = "policy.cedar"
     "#;
 
     #[test]
@@ -495,6 +642,21 @@ mod tests {
         assert_eq!(cfg.trust.domains[0].bundle, Path::new("/etc/tm/bundle.pem"));
         assert_eq!(cfg.limits.default_ttl, Duration::from_secs(300));
         assert_eq!(cfg.jwt_issuer(), "spiffe://example.org/taskmint");
+        assert_eq!(cfg.policy.file, Path::new("/etc/tm/policy.cedar"));
+    }
+
+    #[test]
+    fn bad_group_and_owner_patterns_are_refused() {
+        let text = format!(
+            "{MINIMAL}\n[[policy.groups]]\nname = \"ci\"\nmembers = [\"spiffe://*.org/x\"]\n"
+        );
+        let err = Config::from_toml(&text, Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("policy.groups `ci`"), "{err}");
+        let text = format!(
+            "{MINIMAL}\n[[ownership.rules]]\npattern = \"spiffe://example.org/a\"\nowner = \"\"\n"
+        );
+        let err = Config::from_toml(&text, Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("ownership.rules"), "{err}");
     }
 
     #[test]

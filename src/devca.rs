@@ -275,6 +275,11 @@ pub fn init(
         write(&key, &w.key_pem, true)?;
         written.push((name.clone(), cert, key));
     }
+    write(
+        &dir.join("policy.cedar"),
+        &crate::policy::DEFAULT_POLICY.replace("TRUST_DOMAIN", trust_domain),
+        false,
+    )?;
     write(&config, &config_text(trust_domain, listen), false)?;
     Ok(DevInit {
         config,
@@ -331,6 +336,31 @@ max_ttl = "1h"
 default_task_lifetime = "15m"
 max_task_lifetime = "8h"
 max_renewals = 3
+max_active_credentials = 100
+break_glass_max_lifetime = "1h"
+max_delegation_depth = 3
+# Per-workload token bucket for MintX509, MintJwt and Renew.
+rate = {{ per_second = 100.0, burst = 200 }}
+
+[policy]
+# Cedar policy, validated against the schema built into taskmint; re-read
+# when it changes and on SIGHUP (a bad file is refused, the old one stays).
+file = "policy.cedar"
+reload_interval = "2s"
+
+# Groups usable in policies as Group::"name" (admins are in Group::"admins").
+[[policy.groups]]
+name = "agents"
+members = ["spiffe://{trust_domain}/workload/agent*"]
+
+[ownership]
+# Refuse tasks that end up without an accountable owner.
+require_owner = false
+
+# First match wins; an owner named at BeginTask needs a policy that allows it.
+[[ownership.rules]]
+pattern = "spiffe://{trust_domain}/workload/agent*"
+owner = "team-agents"
 
 [feed]
 heartbeat_interval = "10s"

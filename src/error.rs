@@ -4,6 +4,7 @@
 use crate::ca::{CaError, CsrError};
 use crate::identity::{AuthError, TaskIdError};
 use crate::jwt::JwtError;
+use crate::policy::PolicyError;
 use crate::store::StoreError;
 
 /// Why a request failed.
@@ -33,6 +34,18 @@ pub enum Error {
     /// The thing to create exists already.
     #[error("{0}")]
     AlreadyExists(String),
+    /// Over a rate limit; retry after the given time.
+    #[error("{message}")]
+    ResourceExhausted {
+        /// Names the limit and the wait.
+        message: String,
+        /// When a token is available again.
+        retry_after: std::time::Duration,
+    },
+    /// The policy engine could not evaluate a request the server built (a
+    /// bug); the detail is logged, never sent.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     /// Storage failed; the detail is logged, never sent.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -42,4 +55,14 @@ pub enum Error {
     /// JWT signing failed; the detail is logged, never sent.
     #[error(transparent)]
     Jwt(#[from] JwtError),
+}
+
+impl Error {
+    /// A failure of the issuer rather than of the request.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            Self::Store(_) | Self::Ca(_) | Self::Jwt(_) | Self::Policy(_)
+        )
+    }
 }

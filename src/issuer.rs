@@ -6,23 +6,29 @@
 //! deadline, caller SVID notAfter, CA notAfter), sign, record (refused if the
 //! task ended meanwhile), return. A failure at any step stores nothing.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use rand::RngCore;
+use serde_json::json;
 
 use crate::Error;
+use crate::audit::{AuditDraft, AuditEvent, decision, kind};
 use crate::ca::{self, SigningCa, X509Template};
 pub use crate::clock::now_unix;
 use crate::clock::rfc3339;
 use crate::config::{Config, FeedConfig, LimitsConfig};
-use crate::identity::{Caller, SpiffeId, TaskId, TrustDomain};
-use crate::jwt::{self, Claims, Confirmation, JwtSigner};
+use crate::identity::{Caller, SpiffeId, SpiffePattern, TaskId, TrustDomain};
+use crate::jwt::{self, Actor, Claims, Confirmation, JwtSigner};
+use crate::policy::{self, Action, Decision, Engine, PolicyStatus, Reload, Resource, TaskFacts};
+use crate::ratelimit::RateLimiter;
 use crate::revocation::Revocations;
 use crate::store::{
-    CredentialKind, CredentialRecord, RecordRefusal, RevokeRequest, RevokeScope, Store, TaskRecord,
-    TaskState,
+    CredentialKind, CredentialRecord, GrantFilter, RecordRefusal, Review, ReviewOutcome,
+    RevokeRequest, RevokeScope, Store, TaskRecord, TaskState,
 };
 use crate::tls::TlsMaterial;
 use crate::trust::{self, TrustBundleDoc};
@@ -71,6 +77,8 @@ pub struct Minted {
     pub chain: Vec<Vec<u8>>,
     /// JWT: the compact token. Empty for X.509.
     pub token: String,
+    /// The task it was minted for.
+    pub task: TaskRecord,
 }
 
 /// `BeginTask`, decoded.
@@ -86,6 +94,52 @@ pub struct BeginTask {
     pub lifetime: Option<Duration>,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// Accountable owner asked for (policy must allow naming one).
+    pub owner: Option<String>,
+    /// Audiences the task's JWTs are restricted to (empty = unrestricted).
+    pub audiences: Vec<String>,
+    /// Emergency access: needs a justification and a ticket.
+    pub break_glass: bool,
+    /// Why break-glass is needed.
+    pub justification: String,
+}
+
+/// `DelegateTask`, decoded.
+#[derive(Debug, Clone)]
+pub struct Delegate {
+    /// The parent task (the caller's, unless the policy allows otherwise).
+    pub parent: TaskRef,
+    /// SPIFFE ID of the workload the child task is for.
+    pub delegate: String,
+    /// Audiences: a non-empty subset of the parent's.
+    pub audiences: Vec<String>,
+    /// `None` = until the parent's deadline.
+    pub lifetime: Option<Duration>,
+    /// Child task id; `None` = derived from the parent's.
+    pub task_id: Option<String>,
+}
+
+/// An active task and its active credentials (the inventory).
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The task.
+    pub task: TaskRecord,
+    /// Its unrevoked, unexpired credentials.
+    pub credentials: Vec<CredentialRecord>,
+    /// Seconds until the task's deadline.
+    pub remaining: i64,
+}
+
+/// A task's story from the audit trail.
+#[derive(Debug, Clone)]
+pub struct Timeline {
+    /// The task now.
+    pub task: TaskRecord,
+    /// Every audit event about it, in order.
+    pub events: Vec<AuditEvent>,
+    /// For each revocation of it (by sequence): the first acknowledgement of
+    /// each subscriber that covers it.
+    pub acks: Vec<(u64, Vec<AuditEvent>)>,
 }
 
 /// A task named by id and (optionally) owner.
@@ -160,6 +214,12 @@ pub enum CredentialState {
     Unknown,
 }
 
+/// Longest justification accepted, in bytes.
+pub const MAX_JUSTIFICATION_LEN: usize = 1024;
+
+/// Largest inventory page.
+pub const MAX_PAGE_SIZE: u32 = 500;
+
 /// A signed CRL.
 #[derive(Debug, Clone)]
 pub struct Crl {
@@ -180,12 +240,15 @@ pub struct Issuer {
     limits: LimitsConfig,
     feed: FeedConfig,
     crl_validity: Duration,
-    admins: HashSet<String>,
     ca: SigningCa,
     jwt: Arc<JwtSigner>,
     store: Arc<dyn Store>,
     revocations: Arc<Revocations>,
     material: Arc<TlsMaterial>,
+    policy: Arc<Engine>,
+    owner_rules: Vec<(SpiffePattern, String)>,
+    require_owner: bool,
+    limiter: RateLimiter,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -217,6 +280,22 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// What policies see of a task.
+fn facts(t: &TaskRecord) -> TaskFacts {
+    TaskFacts {
+        holder: t.owner.clone(),
+        task_id: t.task_id.clone(),
+        owner: t.accountable_owner.clone(),
+        break_glass: t.break_glass,
+        depth: t.depth,
+        audiences: t.audiences.clone(),
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    d.as_secs() as i64
+}
+
 impl Issuer {
     /// Assembles the issuer from loaded parts.
     pub fn new(
@@ -225,6 +304,7 @@ impl Issuer {
         jwt: Arc<JwtSigner>,
         revocations: Arc<Revocations>,
         material: Arc<TlsMaterial>,
+        policy: Arc<Engine>,
     ) -> Self {
         Self {
             trust_domain: TrustDomain::new(&cfg.trust_domain).expect("validated at config load"),
@@ -232,12 +312,25 @@ impl Issuer {
             limits: cfg.limits.clone(),
             feed: cfg.feed.clone(),
             crl_validity: cfg.ca.crl_validity,
-            admins: cfg.admins.iter().cloned().collect(),
             ca,
             jwt,
             store: revocations.store().clone(),
             revocations,
             material,
+            policy,
+            owner_rules: cfg
+                .ownership
+                .rules
+                .iter()
+                .map(|r| {
+                    (
+                        SpiffePattern::parse(&r.pattern).expect("validated at config load"),
+                        r.owner.clone(),
+                    )
+                })
+                .collect(),
+            require_owner: cfg.ownership.require_owner,
+            limiter: RateLimiter::new(cfg.limits.rate.per_second, cfg.limits.rate.burst),
         }
     }
 
@@ -256,20 +349,20 @@ impl Issuer {
         &self.feed
     }
 
-    fn is_admin(&self, caller: &Caller) -> bool {
-        self.admins.contains(&caller.spiffe_id.to_string())
+    /// The issuer's own name in the audit trail (expiry, reloads).
+    pub fn system_actor(&self) -> &str {
+        &self.jwt_issuer
     }
 
     /// Credentials are minted only for workloads of the issuer's own trust
     /// domain: its CA and JWT key speak for that trust domain alone.
     /// Federated workloads may authenticate (watch, check status), not mint.
-    fn check_mintable(&self, caller: &Caller) -> Result<(), Error> {
-        if caller.spiffe_id.trust_domain() != &self.trust_domain {
+    fn check_mintable(&self, id: &SpiffeId) -> Result<(), Error> {
+        if id.trust_domain() != &self.trust_domain {
             return Err(Error::PermissionDenied(format!(
-                "credentials are minted only for workloads of trust domain `{}`; `{}` belongs to `{}`",
+                "credentials are minted only for workloads of trust domain `{}`; `{id}` belongs to `{}`",
                 self.trust_domain,
-                caller.spiffe_id,
-                caller.spiffe_id.trust_domain()
+                id.trust_domain()
             )));
         }
         Ok(())
@@ -284,35 +377,146 @@ impl Issuer {
                 humantime::format_duration(self.limits.max_ttl)
             )));
         }
-        Ok(ttl.as_secs() as i64)
+        Ok(secs(ttl))
     }
 
-    /// The task's owner: the caller, or (for admins) someone else.
-    fn owner_of(&self, caller: &Caller, r: &TaskRef) -> Result<(TaskId, String), Error> {
+    /// The accountable owner the config maps `holder` to.
+    fn mapped_owner(&self, holder: &str) -> Option<&str> {
+        self.owner_rules
+            .iter()
+            .find(|(p, _)| p.matches(holder))
+            .map(|(_, o)| o.as_str())
+    }
+
+    fn check_owned(&self, t: &TaskRecord) -> Result<(), Error> {
+        if self.require_owner && t.accountable_owner.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "task `{}` would have no accountable owner: no ownership rule matches `{}` and \
+                 require_owner is set; begin it with an owner",
+                t.task_id, t.owner
+            )));
+        }
+        Ok(())
+    }
+
+    /// Evaluates the policy; a denial is audited and becomes PERMISSION_DENIED
+    /// naming the deciding policies (never their text).
+    async fn authorize(
+        &self,
+        caller: &Caller,
+        action: Action,
+        resource: &Resource,
+        context: serde_json::Value,
+        extra: &[&str],
+        draft: &AuditDraft,
+    ) -> Result<Decision, Error> {
+        let d = self
+            .policy
+            .authorize(&caller.spiffe_id, action, resource, context, extra)?;
+        for e in &d.errors {
+            tracing::warn!(action = action.as_str(), error = %e, "a policy failed to evaluate");
+        }
+        if !d.allowed {
+            let message = format!(
+                "`{}` may not {} {resource}: {}",
+                caller.spiffe_id,
+                action.as_str(),
+                d.describe()
+            );
+            let event = draft
+                .clone()
+                .decided(decision::DENY, &d.policies)
+                .because(message.clone());
+            self.store.append_audit(&[event]).await?;
+            tracing::info!(spiffe_id = %caller.spiffe_id, action = action.as_str(), %resource, policies = ?d.policies, "denied");
+            return Err(Error::PermissionDenied(message));
+        }
+        Ok(d)
+    }
+
+    /// Audits a request that policy allowed but a limit or the state refused,
+    /// and passes the error on. Internal failures are not audited (the store
+    /// may be what failed); they are logged where they are mapped.
+    async fn refused(&self, draft: AuditDraft, e: Error) -> Error {
+        if e.is_internal() {
+            return e;
+        }
+        let mut event = draft.because(e.to_string());
+        event.decision = decision::REFUSED.into();
+        match self.store.append_audit(&[event]).await {
+            Ok(_) => e,
+            Err(se) => se.into(),
+        }
+    }
+
+    /// Takes a mint token for the caller, or audits and refuses.
+    async fn rate_limit(&self, caller: &Caller, draft: &AuditDraft) -> Result<(), Error> {
+        let id = caller.spiffe_id.to_string();
+        if let Err(wait) = self.limiter.check(&id) {
+            let retry_ms = wait.as_millis().max(1) as u64;
+            let message = format!(
+                "rate limit for `{id}` exceeded ({}/s, burst {}); retry after {retry_ms} ms",
+                self.limits.rate.per_second, self.limits.rate.burst
+            );
+            let event = draft
+                .clone()
+                .decided(decision::RATE_LIMITED, &[])
+                .because(message.clone());
+            self.store.append_audit(&[event]).await?;
+            return Err(Error::ResourceExhausted {
+                message,
+                retry_after: Duration::from_millis(retry_ms),
+            });
+        }
+        Ok(())
+    }
+
+    /// Authorizes an administrative call and audits it.
+    async fn admin(&self, caller: &Caller, operation: &str) -> Result<(), Error> {
+        let draft = AuditDraft::new(kind::ADMIN, &caller.spiffe_id.to_string(), now_unix())
+            .subject(operation);
+        let d = self
+            .authorize(
+                caller,
+                Action::Admin,
+                &Resource::Issuer,
+                json!({ "operation": operation }),
+                &[],
+                &draft,
+            )
+            .await?;
+        self.store
+            .append_audit(&[draft.decided(decision::ALLOW, &d.policies)])
+            .await?;
+        Ok(())
+    }
+
+    /// The task's holder: the caller, or someone else if the policy allows.
+    fn holder_of(&self, caller: &Caller, r: &TaskRef) -> Result<(TaskId, String), Error> {
         let task = TaskId::parse(&r.task_id)?;
-        let me = caller.spiffe_id.to_string();
-        let owner = match r.owner.as_deref().filter(|o| !o.is_empty()) {
-            None => me,
-            Some(o) => {
-                let o = SpiffeId::new(o)
-                    .map_err(|e| Error::InvalidArgument(format!("task owner `{o}`: {e}")))?
-                    .to_string();
-                if o != me && !self.is_admin(caller) {
-                    return Err(Error::PermissionDenied(format!(
-                        "task `{task}` of `{o}` belongs to another workload; only admins may act on it"
-                    )));
-                }
-                o
-            }
+        let holder = match r.owner.as_deref().filter(|o| !o.is_empty()) {
+            None => caller.spiffe_id.to_string(),
+            Some(o) => SpiffeId::new(o)
+                .map_err(|e| Error::InvalidArgument(format!("task owner `{o}`: {e}")))?
+                .to_string(),
         };
-        Ok((task, owner))
+        Ok((task, holder))
     }
 
-    /// Begins a task explicitly.
+    async fn find_task(&self, holder: &str, task: &TaskId) -> Result<TaskRecord, Error> {
+        self.store
+            .task(holder, task.as_str())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("task `{task}` of `{holder}` is unknown")))
+    }
+
+    /// Begins a task explicitly (break-glass too).
     pub async fn begin_task(&self, caller: &Caller, req: BeginTask) -> Result<TaskRecord, Error> {
+        self.check_mintable(&caller.spiffe_id)?;
         let task = TaskId::parse(&req.task_id)?;
         check_text("purpose", &req.purpose, 1024)?;
         check_text("ticket", &req.ticket, 256)?;
+        check_text("justification", &req.justification, MAX_JUSTIFICATION_LEN)?;
         if req.labels.len() > 32 {
             return Err(Error::InvalidArgument(format!(
                 "{} labels given; at most 32 are allowed",
@@ -326,12 +530,40 @@ impl Issuer {
                 return Err(Error::InvalidArgument("label key is empty".into()));
             }
         }
-        let lifetime = req.lifetime.unwrap_or(self.limits.default_task_lifetime);
-        if lifetime > self.limits.max_task_lifetime {
+        let audiences = validate_audiences(&req.audiences)?;
+        let requested_owner = match req.owner.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(o) => {
+                check_text("owner", o, 256)?;
+                Some(o.to_owned())
+            }
+        };
+        if req.break_glass {
+            if req.justification.trim().is_empty() {
+                return Err(Error::InvalidArgument(
+                    "break-glass needs a justification: say why normal access is not enough".into(),
+                ));
+            }
+            if req.ticket.trim().is_empty() {
+                return Err(Error::InvalidArgument(
+                    "break-glass needs a ticket (incident or change reference)".into(),
+                ));
+            }
+        }
+        let (max, what) = if req.break_glass {
+            (self.limits.break_glass_max_lifetime, "break-glass maximum")
+        } else {
+            (self.limits.max_task_lifetime, "configured maximum")
+        };
+        let lifetime = match req.lifetime {
+            Some(l) => l,
+            None => self.limits.default_task_lifetime.min(max),
+        };
+        if lifetime > max {
             return Err(Error::InvalidArgument(format!(
-                "requested task lifetime {} exceeds the configured maximum {}",
+                "requested task lifetime {} exceeds the {what} {}",
                 humantime::format_duration(lifetime),
-                humantime::format_duration(self.limits.max_task_lifetime)
+                humantime::format_duration(max)
             )));
         }
         if lifetime.is_zero() {
@@ -340,56 +572,225 @@ impl Issuer {
             ));
         }
         let now = now_unix();
-        let record = TaskRecord {
-            owner: caller.spiffe_id.to_string(),
-            task_id: task.to_string(),
-            created_at: now,
-            purpose: req.purpose,
-            ticket: req.ticket,
-            labels: req.labels,
-            implicit: false,
-            deadline: now + lifetime.as_secs() as i64,
-            state: TaskState::Active,
-            ended_at: None,
+        let holder = caller.spiffe_id.to_string();
+        let owner = requested_owner
+            .clone()
+            .or_else(|| self.mapped_owner(&holder).map(str::to_owned))
+            .unwrap_or_default();
+        let mut record = TaskRecord::new(&holder, task.as_str(), now, now + secs(lifetime));
+        record.purpose = req.purpose;
+        record.ticket = req.ticket;
+        record.labels = req.labels;
+        record.implicit = false;
+        record.accountable_owner = owner;
+        record.break_glass = req.break_glass;
+        record.justification = req.justification;
+        record.audiences = audiences;
+        let (action, event_kind) = if req.break_glass {
+            (Action::BreakGlass, kind::BREAK_GLASS)
+        } else {
+            (Action::BeginTask, kind::TASK_BEGIN)
         };
-        let (stored, created) = self.store.begin_task(&record).await?;
-        if !created {
-            return Err(Error::AlreadyExists(format!(
-                "task `{task}` was already begun at {} ({}, deadline {})",
-                rfc3339(stored.created_at),
-                stored.state.as_str(),
-                rfc3339(stored.deadline)
-            )));
+        let draft =
+            AuditDraft::new(event_kind, &holder, now).task(&holder, task.as_str(), req.break_glass);
+        let context = json!({
+            "lifetime_seconds": secs(lifetime),
+            "owner": record.accountable_owner,
+            "owner_requested": requested_owner.is_some(),
+            "justification": record.justification,
+            "ticket": record.ticket,
+        });
+        let d = self
+            .authorize(
+                caller,
+                action,
+                &Resource::Task(facts(&record)),
+                context,
+                &[],
+                &draft,
+            )
+            .await?;
+        let draft = draft.decided(decision::ALLOW, &d.policies);
+        let result = async {
+            self.check_owned(&record)?;
+            let mut event = draft.clone().because(format!(
+                "begun until {}; owner `{}`",
+                rfc3339(record.deadline),
+                record.accountable_owner
+            ));
+            if req.break_glass {
+                event.reason = format!(
+                    "{}; ticket `{}`; justification: {}",
+                    event.reason, record.ticket, record.justification
+                );
+            }
+            let (stored, created) = self.store.begin_task(&record, &[event]).await?;
+            if !created {
+                return Err(Error::AlreadyExists(format!(
+                    "task `{task}` was already begun at {} ({}, deadline {})",
+                    rfc3339(stored.created_at),
+                    stored.state.as_str(),
+                    rfc3339(stored.deadline)
+                )));
+            }
+            Ok(stored)
+        }
+        .await;
+        let stored = match result {
+            Ok(t) => t,
+            Err(e) => return Err(self.refused(draft, e).await),
+        };
+        if stored.break_glass {
+            tracing::warn!(
+                spiffe_id = %holder,
+                task = %stored.task_id,
+                ticket = %stored.ticket,
+                deadline = %rfc3339(stored.deadline),
+                "BREAK-GLASS task begun; it stays on the review list until an admin marks it reviewed"
+            );
         }
         Ok(stored)
     }
 
-    /// The caller's task, begun implicitly if new; refused if it has ended.
-    async fn active_task(
-        &self,
-        caller: &Caller,
-        task: &TaskId,
-        now: i64,
-    ) -> Result<TaskRecord, Error> {
-        let record = TaskRecord {
-            owner: caller.spiffe_id.to_string(),
-            task_id: task.to_string(),
-            created_at: now,
-            purpose: String::new(),
-            ticket: String::new(),
-            labels: BTreeMap::new(),
-            implicit: true,
-            deadline: now + self.limits.default_task_lifetime.as_secs() as i64,
-            state: TaskState::Active,
-            ended_at: None,
+    /// Hands part of a task to another workload: a child task held by the
+    /// delegate, with a subset of the parent's audiences, ending no later
+    /// than the parent, at most `max_delegation_depth` deep.
+    pub async fn delegate(&self, caller: &Caller, req: Delegate) -> Result<TaskRecord, Error> {
+        let (parent_id, parent_holder) = self.holder_of(caller, &req.parent)?;
+        let delegate = SpiffeId::new(req.delegate.trim()).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "delegate `{}` is not a SPIFFE ID: {e}",
+                req.delegate
+            ))
+        })?;
+        self.check_mintable(&delegate)?;
+        let delegate = delegate.to_string();
+        let audiences = validate_audiences(&req.audiences)?;
+        if audiences.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a delegation names at least one audience".into(),
+            ));
+        }
+        let child_id = match &req.task_id {
+            Some(id) if !id.is_empty() => TaskId::parse(id)?,
+            _ => {
+                let suffix = format!(".d{}", hex::encode(random_bytes::<4>()));
+                let base: String = parent_id
+                    .as_str()
+                    .chars()
+                    .take(TaskId::MAX_LEN - suffix.len())
+                    .collect();
+                TaskId::parse(&format!("{base}{suffix}"))?
+            }
         };
-        // Most mints name an existing task: read it without the writer.
-        let t = match self.store.task(&record.owner, &record.task_id).await? {
-            Some(t) => t,
-            None => self.store.begin_task(&record).await?.0,
-        };
-        ensure_active(&t, now)?;
-        Ok(t)
+        let parent = self.find_task(&parent_holder, &parent_id).await?;
+        let now = now_unix();
+        let me = caller.spiffe_id.to_string();
+        let depth = parent.depth + 1;
+        let lifetime = req
+            .lifetime
+            .map(secs)
+            .unwrap_or(parent.deadline - now)
+            .max(0);
+        let draft = AuditDraft::new(kind::TASK_DELEGATE, &me, now)
+            .task(&parent.owner, &parent.task_id, parent.break_glass)
+            .subject(delegate.as_str());
+        let context = json!({
+            "delegate": policy::workload_ref(delegate.as_str()),
+            "audiences": audiences,
+            "lifetime_seconds": lifetime,
+            "depth": depth,
+        });
+        let d = self
+            .authorize(
+                caller,
+                Action::Delegate,
+                &Resource::Task(facts(&parent)),
+                context,
+                &[delegate.as_str()],
+                &draft,
+            )
+            .await?;
+        let draft = draft.decided(decision::ALLOW, &d.policies);
+        let result = async {
+            ensure_active(&parent, now)?;
+            if depth > self.limits.max_delegation_depth {
+                return Err(Error::FailedPrecondition(format!(
+                    "task `{}` is {} delegations deep; max_delegation_depth is {}",
+                    parent.task_id, parent.depth, self.limits.max_delegation_depth
+                )));
+            }
+            if parent.audiences.is_empty() {
+                return Err(Error::FailedPrecondition(format!(
+                    "task `{}` declares no audiences, so there is nothing to delegate a subset of; \
+                     begin it with its audiences",
+                    parent.task_id
+                )));
+            }
+            if let Some(a) = audiences.iter().find(|a| !parent.audiences.contains(a)) {
+                return Err(Error::PermissionDenied(format!(
+                    "audience `{a}` is not among the parent task's audiences ({})",
+                    parent.audiences.join(", ")
+                )));
+            }
+            if lifetime == 0 || now + lifetime > parent.deadline {
+                return Err(Error::InvalidArgument(format!(
+                    "a delegation must end by the parent's deadline {} ({}s from now); {}s was asked",
+                    rfc3339(parent.deadline),
+                    parent.deadline - now,
+                    lifetime
+                )));
+            }
+            let mut child = TaskRecord::new(delegate.as_str(), child_id.as_str(), now, now + lifetime);
+            child.implicit = false;
+            child.purpose = format!("delegated by `{}` from task `{}`", parent.owner, parent.task_id);
+            child.ticket = parent.ticket.clone();
+            child.accountable_owner = parent.accountable_owner.clone();
+            child.break_glass = parent.break_glass;
+            child.justification = parent.justification.clone();
+            child.parent = Some((parent.owner.clone(), parent.task_id.clone()));
+            child.depth = depth;
+            child.audiences = audiences.clone();
+            let reason = format!(
+                "task `{}` delegated to `{delegate}` until {} for {}",
+                child.task_id,
+                rfc3339(child.deadline),
+                audiences.join(", ")
+            );
+            let on_parent = draft.clone().because(reason.clone());
+            let mut on_child = draft.clone().because(reason);
+            on_child.kind = kind::TASK_BEGIN.into();
+            on_child.task_owner = child.owner.clone();
+            on_child.task_id = child.task_id.clone();
+            let (stored, created) = self.store.begin_task(&child, &[on_parent, on_child]).await?;
+            if !created {
+                return Err(Error::AlreadyExists(format!(
+                    "`{delegate}` already has a task `{}`",
+                    child.task_id
+                )));
+            }
+            Ok(stored)
+        }
+        .await;
+        match result {
+            Ok(t) => Ok(t),
+            Err(e) => Err(self.refused(draft, e).await),
+        }
+    }
+
+    /// The delegation chain of a task, nearest delegator first.
+    async fn delegation_chain(&self, task: &TaskRecord) -> Result<Vec<String>, Error> {
+        let mut chain = Vec::new();
+        let mut next = task.parent.clone();
+        // Depth is capped by config; the bound also guards a corrupt cycle.
+        while let Some((holder, id)) = next {
+            if chain.len() > self.limits.max_delegation_depth as usize + 1 {
+                break;
+            }
+            chain.push(holder.clone());
+            next = self.store.task(&holder, &id).await?.and_then(|t| t.parent);
+        }
+        Ok(chain)
     }
 
     fn expiry(
@@ -412,8 +813,32 @@ impl Issuer {
         Ok(exp)
     }
 
-    async fn record(&self, record: &CredentialRecord) -> Result<(), Error> {
-        match self.store.record_credential(record).await? {
+    async fn record(
+        &self,
+        record: &CredentialRecord,
+        max_active: u32,
+        audit: AuditDraft,
+    ) -> Result<(), Error> {
+        let what = match &record.audience {
+            Some(aud) => format!("JWT for `{aud}`"),
+            None => "X.509-SVID".to_owned(),
+        };
+        let mut event = audit.credential(&record.id).because(format!(
+            "issued {what} valid until {}",
+            rfc3339(record.not_after)
+        ));
+        if let Some(p) = &record.predecessor {
+            event.subject = p.clone();
+            event.reason = format!(
+                "{} (renewal {} of `{p}`)",
+                event.reason, record.renewal_count
+            );
+        }
+        match self
+            .store
+            .record_credential(record, max_active, &[event])
+            .await?
+        {
             Ok(()) => Ok(()),
             Err(RecordRefusal::TaskEnded(state)) => Err(Error::FailedPrecondition(format!(
                 "task `{}` is {}; no more credentials are minted for it",
@@ -426,6 +851,11 @@ impl Issuer {
             Err(RecordRefusal::PredecessorRevoked) => Err(Error::FailedPrecondition(
                 "the credential to renew was revoked meanwhile".into(),
             )),
+            Err(RecordRefusal::TooManyActive(n)) => Err(Error::FailedPrecondition(format!(
+                "task `{}` already has {n} active credentials (limits.max_active_credentials); \
+                 revoke some or let them expire",
+                record.task_id
+            ))),
         }
     }
 
@@ -437,6 +867,7 @@ impl Issuer {
         key: &ca::CsrKey,
         ttl: i64,
         pred: Option<&CredentialRecord>,
+        (max_active, audit): (u32, AuditDraft),
     ) -> Result<Minted, Error> {
         let now = now_unix();
         let not_after = self.expiry(caller, task, now, ttl, CredentialKind::X509)?;
@@ -450,6 +881,8 @@ impl Issuer {
             spiffe_id: &caller.spiffe_id,
             task_id: &task_id,
             task_owner: &task.owner,
+            accountable_owner: &task.accountable_owner,
+            break_glass: task.break_glass,
             serial: &serial,
             not_before,
             not_after,
@@ -470,13 +903,14 @@ impl Issuer {
             renewal_count: pred.map(|p| p.renewal_count + 1).unwrap_or(0),
             revocation: None,
         };
-        self.record(&record).await?;
+        self.record(&record, max_active, audit).await?;
         let mut chain = vec![leaf];
         chain.extend(self.ca.chain().iter().map(|c| c.to_vec()));
         Ok(Minted {
             record,
             chain,
             token: String::new(),
+            task: task.clone(),
         })
     }
 
@@ -488,11 +922,17 @@ impl Issuer {
         audience: &str,
         ttl: i64,
         pred: Option<&CredentialRecord>,
+        (max_active, audit): (u32, AuditDraft),
     ) -> Result<Minted, Error> {
         let now = now_unix();
         let exp = self.expiry(caller, task, now, ttl, CredentialKind::Jwt)?;
         let nbf = now - BACKDATE_SECS;
         let jti = hex::encode(random_bytes::<16>());
+        let act = if task.parent.is_some() {
+            Actor::chain(&self.delegation_chain(task).await?)
+        } else {
+            None
+        };
         let claims = Claims {
             sub: caller.spiffe_id.to_string(),
             aud: audience.to_owned(),
@@ -503,6 +943,9 @@ impl Issuer {
             iss: self.jwt_issuer.clone(),
             task_id: task.task_id.clone(),
             task_owner: task.owner.clone(),
+            owner: task.accountable_owner.clone(),
+            break_glass: task.break_glass,
+            act,
             cnf: Confirmation {
                 x5t_s256: jwt::x5t_s256(&caller.cert_sha256),
             },
@@ -523,41 +966,140 @@ impl Issuer {
             renewal_count: pred.map(|p| p.renewal_count + 1).unwrap_or(0),
             revocation: None,
         };
-        self.record(&record).await?;
+        self.record(&record, max_active, audit).await?;
         Ok(Minted {
             record,
             chain: Vec::new(),
             token,
+            task: task.clone(),
         })
+    }
+
+    /// Everything a first mint does before signing: rate limit, find (or
+    /// prepare to begin) the task, ask the policy, check the limits beside
+    /// it, begin the task if new. Returns the task and the audit draft the
+    /// issuance is recorded with.
+    async fn prepare_mint(
+        &self,
+        caller: &Caller,
+        task: &TaskId,
+        ttl: i64,
+        audience: Option<&str>,
+    ) -> Result<(TaskRecord, AuditDraft), Error> {
+        let now = now_unix();
+        let holder = caller.spiffe_id.to_string();
+        let (action, event_kind) = match audience {
+            Some(_) => (Action::MintJwt, kind::MINT_JWT),
+            None => (Action::MintX509, kind::MINT_X509),
+        };
+        let draft = AuditDraft::new(event_kind, &holder, now).task(&holder, task.as_str(), false);
+        self.rate_limit(caller, &draft).await?;
+        // Most mints name an existing task: read it without the writer.
+        let existing = self.store.task(&holder, task.as_str()).await?;
+        let t = match &existing {
+            Some(t) => t.clone(),
+            None => {
+                let mut t = TaskRecord::new(
+                    &holder,
+                    task.as_str(),
+                    now,
+                    now + secs(self.limits.default_task_lifetime),
+                );
+                t.accountable_owner = self.mapped_owner(&holder).unwrap_or_default().to_owned();
+                t
+            }
+        };
+        let draft = draft.task(&holder, task.as_str(), t.break_glass);
+        let resource = match audience {
+            Some(aud) => Resource::Audience(aud.to_owned()),
+            None => Resource::Task(facts(&t)),
+        };
+        let context = json!({
+            "task_id": task.as_str(),
+            "ttl_seconds": ttl,
+            "renewal_count": 0,
+            "break_glass": t.break_glass,
+            "depth": t.depth,
+        });
+        let d = self
+            .authorize(caller, action, &resource, context, &[], &draft)
+            .await?;
+        let draft = draft.decided(decision::ALLOW, &d.policies);
+        let result = async {
+            if let Some(aud) = audience
+                && !t.audiences.is_empty()
+                && !t.audiences.iter().any(|a| a == aud)
+            {
+                return Err(Error::PermissionDenied(format!(
+                    "audience `{aud}` is not among task `{}`'s audiences ({})",
+                    t.task_id,
+                    t.audiences.join(", ")
+                )));
+            }
+            let t = match existing {
+                Some(t) => t,
+                None => {
+                    self.check_owned(&t)?;
+                    let mut begin = draft.clone().because(format!(
+                        "begun implicitly by a mint, until {}; owner `{}`",
+                        rfc3339(t.deadline),
+                        t.accountable_owner
+                    ));
+                    begin.kind = kind::TASK_BEGIN.into();
+                    self.store.begin_task(&t, &[begin]).await?.0
+                }
+            };
+            ensure_active(&t, now)?;
+            Ok(t)
+        }
+        .await;
+        match result {
+            Ok(t) => Ok((t, draft)),
+            Err(e) => Err(self.refused(draft, e).await),
+        }
     }
 
     /// Mints a per-task X.509-SVID from a CSR.
     pub async fn mint_x509(&self, caller: &Caller, req: MintX509) -> Result<Minted, Error> {
-        self.check_mintable(caller)?;
+        self.check_mintable(&caller.spiffe_id)?;
         let task = TaskId::parse(&req.task_id)?;
         let ttl = self.ttl(req.ttl)?;
         // The CSR is checked before the task is touched: a bad request
         // begins nothing.
         let key = ca::parse_csr(&req.csr)?;
-        let t = self.active_task(caller, &task, now_unix()).await?;
-        self.issue_x509(caller, &t, &key, ttl, None).await
+        let (t, draft) = self.prepare_mint(caller, &task, ttl, None).await?;
+        let limits = (self.limits.max_active_credentials, draft.clone());
+        match self.issue_x509(caller, &t, &key, ttl, None, limits).await {
+            Ok(m) => Ok(m),
+            Err(e) => Err(self.refused(draft, e).await),
+        }
     }
 
     /// Mints a per-task JWT-SVID for one audience.
     pub async fn mint_jwt(&self, caller: &Caller, req: MintJwt) -> Result<Minted, Error> {
-        self.check_mintable(caller)?;
+        self.check_mintable(&caller.spiffe_id)?;
         let task = TaskId::parse(&req.task_id)?;
         validate_audience(&req.audience)?;
         let ttl = self.ttl(req.ttl)?;
-        let t = self.active_task(caller, &task, now_unix()).await?;
-        self.issue_jwt(caller, &t, &req.audience, ttl, None).await
+        let (t, draft) = self
+            .prepare_mint(caller, &task, ttl, Some(&req.audience))
+            .await?;
+        let limits = (self.limits.max_active_credentials, draft.clone());
+        match self
+            .issue_jwt(caller, &t, &req.audience, ttl, None, limits)
+            .await
+        {
+            Ok(m) => Ok(m),
+            Err(e) => Err(self.refused(draft, e).await),
+        }
     }
 
     /// Renews a credential: same task, same audience, linked, bounded.
     pub async fn renew(&self, caller: &Caller, req: Renew) -> Result<(Minted, Option<u64>), Error> {
-        self.check_mintable(caller)?;
+        self.check_mintable(&caller.spiffe_id)?;
         let ttl = self.ttl(req.ttl)?;
         let now = now_unix();
+        let me = caller.spiffe_id.to_string();
         let pred = self
             .store
             .credential(&req.credential_id)
@@ -565,65 +1107,123 @@ impl Issuer {
             .ok_or_else(|| {
                 Error::NotFound(format!("credential `{}` is unknown", req.credential_id))
             })?;
-        if pred.spiffe_id != caller.spiffe_id.to_string() {
-            return Err(Error::PermissionDenied(format!(
-                "credential `{}` names `{}`; only that workload may renew it",
-                pred.id, pred.spiffe_id
-            )));
-        }
-        if let Some(r) = &pred.revocation {
-            return Err(Error::FailedPrecondition(format!(
-                "credential `{}` was revoked at {} ({}); it cannot be renewed",
-                pred.id,
-                rfc3339(r.revoked_at),
-                r.reason
-            )));
-        }
-        if pred.not_after <= now {
-            return Err(Error::FailedPrecondition(format!(
-                "credential `{}` expired at {}; it cannot be renewed",
-                pred.id,
-                rfc3339(pred.not_after)
-            )));
-        }
-        if pred.renewal_count + 1 > self.limits.max_renewals {
-            return Err(Error::FailedPrecondition(format!(
-                "credential `{}` has been renewed {} times; max_renewals is {}",
-                pred.id, pred.renewal_count, self.limits.max_renewals
-            )));
-        }
         let task = self
             .store
             .task(&pred.task_owner, &pred.task_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("task `{}` is unknown", pred.task_id)))?;
-        ensure_active(&task, now)?;
-        let minted = match pred.kind {
-            CredentialKind::X509 => {
-                if req.csr.is_empty() {
-                    return Err(Error::InvalidArgument(
-                        "renewing an X.509 credential needs a new CSR".into(),
-                    ));
+        let draft = AuditDraft::new(kind::RENEW, &me, now)
+            .task(&task.owner, &task.task_id, task.break_glass)
+            .subject(&pred.id);
+        if pred.spiffe_id != me {
+            // The credential is bound to its workload's key: no policy can
+            // hand it to another.
+            let e = Error::PermissionDenied(format!(
+                "credential `{}` names `{}`; only that workload may renew it",
+                pred.id, pred.spiffe_id
+            ));
+            let event = draft.decided(decision::DENY, &[]).because(e.to_string());
+            self.store.append_audit(&[event]).await?;
+            return Err(e);
+        }
+        self.rate_limit(caller, &draft).await?;
+        let context = json!({
+            "ttl_seconds": ttl,
+            "renewal_count": i64::from(pred.renewal_count) + 1,
+            "kind": pred.kind.as_str(),
+            "audience": pred.audience.clone().unwrap_or_default(),
+        });
+        let d = self
+            .authorize(
+                caller,
+                Action::Renew,
+                &Resource::Task(facts(&task)),
+                context,
+                &[],
+                &draft,
+            )
+            .await?;
+        let draft = draft.decided(decision::ALLOW, &d.policies);
+        let result = async {
+            if let Some(r) = &pred.revocation {
+                return Err(Error::FailedPrecondition(format!(
+                    "credential `{}` was revoked at {} ({}); it cannot be renewed",
+                    pred.id,
+                    rfc3339(r.revoked_at),
+                    r.reason
+                )));
+            }
+            if pred.not_after <= now {
+                return Err(Error::FailedPrecondition(format!(
+                    "credential `{}` expired at {}; it cannot be renewed",
+                    pred.id,
+                    rfc3339(pred.not_after)
+                )));
+            }
+            if pred.renewal_count + 1 > self.limits.max_renewals {
+                return Err(Error::FailedPrecondition(format!(
+                    "credential `{}` has been renewed {} times; max_renewals is {}",
+                    pred.id, pred.renewal_count, self.limits.max_renewals
+                )));
+            }
+            ensure_active(&task, now)?;
+            // A renewal that revokes its predecessor replaces it, so the
+            // predecessor (still active while the successor is recorded)
+            // does not count against the limit.
+            let max_active = self.limits.max_active_credentials + u32::from(req.revoke_previous);
+            match pred.kind {
+                CredentialKind::X509 => {
+                    if req.csr.is_empty() {
+                        return Err(Error::InvalidArgument(
+                            "renewing an X.509 credential needs a new CSR".into(),
+                        ));
+                    }
+                    let key = ca::parse_csr(&req.csr)?;
+                    self.issue_x509(
+                        caller,
+                        &task,
+                        &key,
+                        ttl,
+                        Some(&pred),
+                        (max_active, draft.clone()),
+                    )
+                    .await
                 }
-                let key = ca::parse_csr(&req.csr)?;
-                self.issue_x509(caller, &task, &key, ttl, Some(&pred))
-                    .await?
+                CredentialKind::Jwt => {
+                    let aud = pred.audience.clone().unwrap_or_default();
+                    self.issue_jwt(
+                        caller,
+                        &task,
+                        &aud,
+                        ttl,
+                        Some(&pred),
+                        (max_active, draft.clone()),
+                    )
+                    .await
+                }
             }
-            CredentialKind::Jwt => {
-                let aud = pred.audience.clone().unwrap_or_default();
-                self.issue_jwt(caller, &task, &aud, ttl, Some(&pred))
-                    .await?
-            }
+        }
+        .await;
+        let minted = match result {
+            Ok(m) => m,
+            Err(e) => return Err(self.refused(draft, e).await),
         };
         let mut superseded = None;
         if req.revoke_previous {
+            let now = now_unix();
             let events = self
                 .revocations
                 .revoke(&RevokeRequest {
                     scope: RevokeScope::Credential(pred.id.clone()),
                     reason: REASON_SUPERSEDED.into(),
-                    now: now_unix(),
+                    now,
                     end_task: None,
+                    cascade: false,
+                    audit: AuditDraft::new(kind::REVOKE, &me, now)
+                        .task(&task.owner, &task.task_id, task.break_glass)
+                        .credential(&pred.id)
+                        .decided(decision::ALLOW, &d.policies)
+                        .because(format!("superseded by renewal `{}`", minted.record.id)),
                 })
                 .await?;
             superseded = events.first().map(|e| e.seq);
@@ -631,20 +1231,41 @@ impl Issuer {
         Ok((minted, superseded))
     }
 
-    /// Completes a task, revoking every credential of it.
+    /// Completes a task, revoking every credential of it and of every task
+    /// delegated from it.
     pub async fn complete_task(
         &self,
         caller: &Caller,
         r: TaskRef,
     ) -> Result<(TaskRecord, RevokeOutcome), Error> {
-        let (task, owner) = self.owner_of(caller, &r)?;
-        let t = self.find_task(&owner, &task).await?;
+        let (task, holder) = self.holder_of(caller, &r)?;
+        let t = self.find_task(&holder, &task).await?;
+        let now = now_unix();
+        let draft = AuditDraft::new(kind::TASK_COMPLETE, &caller.spiffe_id.to_string(), now).task(
+            &t.owner,
+            &t.task_id,
+            t.break_glass,
+        );
+        let d = self
+            .authorize(
+                caller,
+                Action::CompleteTask,
+                &Resource::Task(facts(&t)),
+                json!({}),
+                &[],
+                &draft,
+            )
+            .await?;
+        let draft = draft.decided(decision::ALLOW, &d.policies);
         if t.state != TaskState::Active {
             let message = format!(
                 "task `{task}` already {} at {}; nothing to revoke",
                 t.state.as_str(),
                 rfc3339(t.ended_at.unwrap_or(t.deadline))
             );
+            self.store
+                .append_audit(&[draft.because(message.clone())])
+                .await?;
             return Ok((
                 t,
                 RevokeOutcome {
@@ -657,23 +1278,18 @@ impl Issuer {
             .revocations
             .revoke(&RevokeRequest {
                 scope: RevokeScope::Task {
-                    owner: owner.clone(),
+                    owner: holder.clone(),
                     task_id: task.to_string(),
                 },
                 reason: REASON_COMPLETED.into(),
-                now: now_unix(),
+                now,
                 end_task: Some(TaskState::Completed),
+                cascade: true,
+                audit: draft.because("task completed"),
             })
             .await?;
         let outcome = outcome(&events, "task completed");
-        Ok((self.find_task(&owner, &task).await?, outcome))
-    }
-
-    async fn find_task(&self, owner: &str, task: &TaskId) -> Result<TaskRecord, Error> {
-        self.store
-            .task(owner, task.as_str())
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("task `{task}` of `{owner}` is unknown")))
+        Ok((self.find_task(&holder, &task).await?, outcome))
     }
 
     /// A task and its credentials.
@@ -682,12 +1298,13 @@ impl Issuer {
         caller: &Caller,
         r: TaskRef,
     ) -> Result<(TaskRecord, Vec<(CredentialRecord, CredentialState)>), Error> {
-        let (task, owner) = self.owner_of(caller, &r)?;
-        let t = self.find_task(&owner, &task).await?;
+        let (task, holder) = self.holder_of(caller, &r)?;
+        let t = self.find_task(&holder, &task).await?;
+        self.read_task(caller, &t).await?;
         let now = now_unix();
         let creds = self
             .store
-            .task_credentials(&owner, task.as_str())
+            .task_credentials(&holder, task.as_str())
             .await?
             .into_iter()
             .map(|c| {
@@ -698,7 +1315,27 @@ impl Issuer {
         Ok((t, creds))
     }
 
-    /// Revokes by credential, task, workload or trust domain.
+    async fn read_task(&self, caller: &Caller, t: &TaskRecord) -> Result<(), Error> {
+        let draft = AuditDraft::new(kind::TASK_READ, &caller.spiffe_id.to_string(), now_unix())
+            .task(&t.owner, &t.task_id, t.break_glass);
+        let d = self
+            .authorize(
+                caller,
+                Action::ReadTask,
+                &Resource::Task(facts(t)),
+                json!({}),
+                &[],
+                &draft,
+            )
+            .await?;
+        self.store
+            .append_audit(&[draft.decided(decision::ALLOW, &d.policies)])
+            .await?;
+        Ok(())
+    }
+
+    /// Revokes by credential, task, workload or trust domain. Task and
+    /// workload revocations reach every task delegated from the ones named.
     pub async fn revoke(
         &self,
         caller: &Caller,
@@ -708,72 +1345,92 @@ impl Issuer {
         let reason = if reason.is_empty() { "revoked" } else { reason };
         check_text("reason", reason, 256)?;
         let me = caller.spiffe_id.to_string();
-        let admin = self.is_admin(caller);
         let now = now_unix();
-        let scope = match target {
+        let mut draft = AuditDraft::new(kind::REVOKE, &me, now).because(reason);
+        let mut already = None;
+        let (scope, resource, cascade) = match target {
             RevokeTarget::Credential(id) => {
                 let c = self
                     .store
                     .credential(&id)
                     .await?
                     .ok_or_else(|| Error::NotFound(format!("credential `{id}` is unknown")))?;
-                if c.spiffe_id != me && c.task_owner != me && !admin {
-                    return Err(Error::PermissionDenied(format!(
-                        "credential `{id}` belongs to another workload; only its holder, its task owner or an admin may revoke it"
-                    )));
-                }
+                let t = self
+                    .store
+                    .task(&c.task_owner, &c.task_id)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("task `{}` is unknown", c.task_id)))?;
+                draft = draft
+                    .task(&t.owner, &t.task_id, t.break_glass)
+                    .credential(&id);
                 if let Some(r) = &c.revocation {
-                    return Ok(RevokeOutcome {
-                        message: format!(
-                            "credential `{id}` was already revoked at {} ({}); nothing to do",
-                            rfc3339(r.revoked_at),
-                            r.reason
-                        ),
-                        ..Default::default()
-                    });
+                    already = Some(format!(
+                        "credential `{id}` was already revoked at {} ({}); nothing to do",
+                        rfc3339(r.revoked_at),
+                        r.reason
+                    ));
+                } else if c.not_after <= now {
+                    already = Some(format!(
+                        "credential `{id}` already expired at {}; nothing to do",
+                        rfc3339(c.not_after)
+                    ));
                 }
-                if c.not_after <= now {
-                    return Ok(RevokeOutcome {
-                        message: format!(
-                            "credential `{id}` already expired at {}; nothing to do",
-                            rfc3339(c.not_after)
-                        ),
-                        ..Default::default()
-                    });
-                }
-                RevokeScope::Credential(id)
+                (
+                    RevokeScope::Credential(id),
+                    Resource::Task(facts(&t)),
+                    false,
+                )
             }
             RevokeTarget::Task(r) => {
-                let (task, owner) = self.owner_of(caller, &r)?;
-                self.find_task(&owner, &task).await?;
-                RevokeScope::Task {
-                    owner,
-                    task_id: task.to_string(),
-                }
+                let (task, holder) = self.holder_of(caller, &r)?;
+                let t = self.find_task(&holder, &task).await?;
+                draft = draft.task(&t.owner, &t.task_id, t.break_glass);
+                (
+                    RevokeScope::Task {
+                        owner: holder,
+                        task_id: task.to_string(),
+                    },
+                    Resource::Task(facts(&t)),
+                    true,
+                )
             }
             RevokeTarget::Workload(id) => {
                 let id = SpiffeId::new(&id)
                     .map_err(|e| Error::InvalidArgument(format!("SPIFFE ID `{id}`: {e}")))?
                     .to_string();
-                if id != me && !admin {
-                    return Err(Error::PermissionDenied(format!(
-                        "only admins may revoke the credentials of another workload (`{id}`)"
-                    )));
-                }
-                RevokeScope::Workload(id)
+                draft = draft.subject(&id);
+                (
+                    RevokeScope::Workload(id.clone()),
+                    Resource::Workload(id),
+                    true,
+                )
             }
             RevokeTarget::TrustDomain(td) => {
                 let td = TrustDomain::new(&td)
                     .map_err(|e| Error::InvalidArgument(format!("trust domain `{td}`: {e}")))?
                     .to_string();
-                if !admin {
-                    return Err(Error::PermissionDenied(
-                        "only admins may revoke a whole trust domain".into(),
-                    ));
-                }
-                RevokeScope::TrustDomain(td)
+                draft = draft.subject(&td);
+                (
+                    RevokeScope::TrustDomain(td.clone()),
+                    Resource::TrustDomain(td),
+                    false,
+                )
             }
         };
+        let context = json!({ "scope": scope.kind(), "reason": reason });
+        let d = self
+            .authorize(caller, Action::Revoke, &resource, context, &[], &draft)
+            .await?;
+        let draft = draft.decided(decision::ALLOW, &d.policies);
+        if let Some(message) = already {
+            self.store
+                .append_audit(&[draft.because(message.clone())])
+                .await?;
+            return Ok(RevokeOutcome {
+                message,
+                ..Default::default()
+            });
+        }
         let events = self
             .revocations
             .revoke(&RevokeRequest {
@@ -781,17 +1438,40 @@ impl Issuer {
                 reason: reason.to_owned(),
                 now,
                 end_task: None,
+                cascade,
+                audit: draft,
             })
             .await?;
         Ok(outcome(&events, "revoked"))
     }
 
-    /// The state of a credential.
-    pub async fn check_status(&self, id: &str) -> Result<CredentialState, Error> {
-        Ok(match self.store.credential(id).await? {
+    /// The state of a credential. Audited: a status check is the "use"
+    /// signal of the credential's task.
+    pub async fn check_status(&self, caller: &Caller, id: &str) -> Result<CredentialState, Error> {
+        let c = self.store.credential(id).await?;
+        let now = now_unix();
+        let state = match &c {
             None => CredentialState::Unknown,
-            Some(c) => state_of(&c, now_unix()),
-        })
+            Some(c) => state_of(c, now),
+        };
+        let mut event = AuditDraft::new(kind::STATUS_CHECK, &caller.spiffe_id.to_string(), now)
+            .credential(id)
+            .because(match &state {
+                CredentialState::Active { .. } => "active",
+                CredentialState::Revoked { .. } => "revoked",
+                CredentialState::Expired { .. } => "expired",
+                CredentialState::Unknown => "unknown",
+            });
+        if let Some(c) = &c {
+            let bg = self
+                .store
+                .task(&c.task_owner, &c.task_id)
+                .await?
+                .is_some_and(|t| t.break_glass);
+            event = event.task(&c.task_owner, &c.task_id, bg);
+        }
+        self.store.append_audit(&[event]).await?;
+        Ok(state)
     }
 
     /// Signs a CRL of revoked, unexpired X.509 credentials.
@@ -822,6 +1502,30 @@ impl Issuer {
         })
     }
 
+    /// Authorizes opening a revocation feed (and audits it).
+    pub async fn authorize_watch(&self, caller: &Caller, after: Option<u64>) -> Result<(), Error> {
+        let me = caller.spiffe_id.to_string();
+        let mut draft = AuditDraft::new(kind::WATCH, &me, now_unix()).because(match after {
+            Some(s) => format!("resume after seq {s}"),
+            None => "snapshot".to_owned(),
+        });
+        draft.ref_seq = after;
+        let d = self
+            .authorize(
+                caller,
+                Action::Watch,
+                &Resource::Issuer,
+                json!({ "operation": "watch", "subscriber": "" }),
+                &[],
+                &draft,
+            )
+            .await?;
+        self.store
+            .append_audit(&[draft.decided(decision::ALLOW, &d.policies)])
+            .await?;
+        Ok(())
+    }
+
     /// Records a subscriber's acknowledgement.
     pub async fn ack(&self, caller: &Caller, subscriber: &str, up_to: u64) -> Result<u64, Error> {
         check_text("subscriber", subscriber, 128)?;
@@ -829,6 +1533,17 @@ impl Issuer {
             return Err(Error::InvalidArgument("subscriber name is empty".into()));
         }
         let me = caller.spiffe_id.to_string();
+        let draft = AuditDraft::new(kind::ACK, &me, now_unix()).subject(subscriber);
+        let d = self
+            .authorize(
+                caller,
+                Action::Watch,
+                &Resource::Issuer,
+                json!({ "operation": "ack", "subscriber": subscriber }),
+                &[],
+                &draft,
+            )
+            .await?;
         // A configured name belongs to its configured SPIFFE ID; any other
         // name belongs to the first workload that acknowledged under it.
         let owner = match self.feed.subscribers.iter().find(|s| s.name == subscriber) {
@@ -856,30 +1571,203 @@ impl Issuer {
         }
         let a = self
             .store
-            .ack(&crate::store::AckRecord {
-                subscriber: subscriber.to_owned(),
-                spiffe_id: me,
-                acked_seq: up_to,
-                acked_at: now_unix(),
-            })
+            .ack(
+                &crate::store::AckRecord {
+                    subscriber: subscriber.to_owned(),
+                    spiffe_id: me,
+                    acked_seq: up_to,
+                    acked_at: now_unix(),
+                },
+                draft.decided(decision::ALLOW, &d.policies).because(format!(
+                    "`{subscriber}` enforced every revocation through seq {up_to}"
+                )),
+            )
             .await?;
         Ok(a.acked_seq)
     }
 
-    /// Delivery state of every expected subscriber; admins only.
+    /// Delivery state of every expected subscriber.
     pub async fn delivery_status(
         &self,
         caller: &Caller,
     ) -> Result<(u64, Vec<crate::revocation::delivery::SubscriberDelivery>), Error> {
-        if !self.is_admin(caller) {
-            return Err(Error::PermissionDenied(
-                "delivery status is for admins".into(),
-            ));
-        }
+        self.admin(caller, "delivery_status").await?;
         let current = self.store.current_seq().await?;
         let s = crate::revocation::delivery::status(self.store.as_ref(), &self.feed, now_unix())
             .await?;
         Ok((current, s))
+    }
+
+    /// The inventory: active tasks with their active credentials, a page at a
+    /// time (`page_token` is the last page's `next`).
+    pub async fn list_grants(
+        &self,
+        caller: &Caller,
+        filter: GrantFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<Grant>, String), Error> {
+        self.admin(caller, "list_grants").await?;
+        let limit = match page_size {
+            0 => 100,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            let bad = || {
+                Error::InvalidArgument(
+                    "page_token is not one this server returned; start again without one".into(),
+                )
+            };
+            let raw = B64URL.decode(page_token).map_err(|_| bad())?;
+            let text = String::from_utf8(raw).map_err(|_| bad())?;
+            let (o, t) = text.split_once('\n').ok_or_else(bad)?;
+            Some((o.to_owned(), t.to_owned()))
+        };
+        let now = now_unix();
+        let tasks = self.store.active_tasks(&filter, now, after, limit).await?;
+        let next = match tasks.last() {
+            Some(t) if tasks.len() as u32 == limit => {
+                B64URL.encode(format!("{}\n{}", t.owner, t.task_id))
+            }
+            _ => String::new(),
+        };
+        let mut grants = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let credentials = self
+                .store
+                .task_credentials(&t.owner, &t.task_id)
+                .await?
+                .into_iter()
+                .filter(|c| c.revocation.is_none() && c.not_after > now)
+                .collect();
+            grants.push(Grant {
+                remaining: t.deadline - now,
+                task: t,
+                credentials,
+            });
+        }
+        Ok((grants, next))
+    }
+
+    /// The audit trail after `after`, at most `limit` events, with the head.
+    pub async fn audit_export(
+        &self,
+        caller: &Caller,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditEvent>, Option<(u64, String)>), Error> {
+        self.admin(caller, "audit_export").await?;
+        let limit = limit.clamp(1, 1000);
+        let events = self.store.audit_after(after, limit).await?;
+        Ok((events, self.store.audit_head().await?))
+    }
+
+    /// A task's timeline: every audit event about it, and who acknowledged
+    /// each of its revocations.
+    pub async fn timeline(&self, caller: &Caller, r: TaskRef) -> Result<Timeline, Error> {
+        let (task, holder) = self.holder_of(caller, &r)?;
+        let t = self.find_task(&holder, &task).await?;
+        self.read_task(caller, &t).await?;
+        let events = self.store.task_audit(&holder, task.as_str()).await?;
+        let mut acks = Vec::new();
+        for e in &events {
+            if e.body.kind == kind::REVOKED
+                && let Some(seq) = e.body.ref_seq
+            {
+                acks.push((seq, self.store.acks_covering(seq).await?));
+            }
+        }
+        Ok(Timeline {
+            task: t,
+            events,
+            acks,
+        })
+    }
+
+    /// Break-glass tasks awaiting review (or all of them).
+    pub async fn break_glass_list(
+        &self,
+        caller: &Caller,
+        include_reviewed: bool,
+    ) -> Result<Vec<TaskRecord>, Error> {
+        self.admin(caller, "review_list").await?;
+        Ok(self.store.break_glass_tasks(include_reviewed).await?)
+    }
+
+    /// Marks a break-glass task reviewed.
+    pub async fn mark_reviewed(
+        &self,
+        caller: &Caller,
+        r: TaskRef,
+        note: &str,
+    ) -> Result<TaskRecord, Error> {
+        check_text("note", note, 1024)?;
+        let (task, holder) = self.holder_of(caller, &r)?;
+        self.admin(caller, "mark_reviewed").await?;
+        let now = now_unix();
+        let me = caller.spiffe_id.to_string();
+        let review = Review {
+            by: me.clone(),
+            at: now,
+            note: note.to_owned(),
+        };
+        let event = AuditDraft::new(kind::REVIEW, &me, now)
+            .task(&holder, task.as_str(), true)
+            .decided(decision::ALLOW, &[])
+            .because(if note.is_empty() {
+                "marked reviewed".to_owned()
+            } else {
+                format!("marked reviewed: {note}")
+            });
+        match self
+            .store
+            .mark_reviewed(&holder, task.as_str(), &review, event)
+            .await?
+        {
+            ReviewOutcome::Reviewed(t) => Ok(t),
+            ReviewOutcome::AlreadyReviewed(t) => Err(Error::FailedPrecondition(format!(
+                "task `{task}` was already reviewed by `{}` at {}",
+                t.review.as_ref().map(|r| r.by.as_str()).unwrap_or_default(),
+                rfc3339(t.review.as_ref().map(|r| r.at).unwrap_or_default())
+            ))),
+            ReviewOutcome::NotBreakGlass => Err(Error::FailedPrecondition(format!(
+                "task `{task}` of `{holder}` was not begun through break-glass"
+            ))),
+            ReviewOutcome::NotFound => Err(Error::NotFound(format!(
+                "task `{task}` of `{holder}` is unknown"
+            ))),
+        }
+    }
+
+    /// The policy in force and the last reload error.
+    pub async fn policy_status(&self, caller: &Caller) -> Result<PolicyStatus, Error> {
+        self.admin(caller, "policy_status").await?;
+        Ok(self.policy.status())
+    }
+
+    /// Re-reads the policy file; a change is audited, a refusal logged at
+    /// error and audited, and the policy in force stays.
+    pub async fn reload_policy(&self) -> Result<Reload, Error> {
+        let now = now_unix();
+        let r = self.policy.reload(now);
+        let event = AuditDraft::new(kind::POLICY_RELOAD, &self.jwt_issuer, now);
+        let event = match &r {
+            Reload::Unchanged => return Ok(r),
+            Reload::Loaded { sha256, ids } => {
+                tracing::info!(%sha256, policies = ids.len(), "policy reloaded");
+                event
+                    .decided(decision::ALLOW, ids)
+                    .because(format!("policy sha256 {sha256} in force"))
+            }
+            Reload::Refused(e) => {
+                tracing::error!(error = %e, "policy file refused; the previous policy stays in force");
+                event.decided(decision::REFUSED, &[]).because(e.to_string())
+            }
+        };
+        self.store.append_audit(&[event]).await?;
+        Ok(r)
     }
 
     /// The bundle served by `GetTrustBundle`. Its sequence is persisted and
@@ -904,6 +1792,23 @@ impl Issuer {
             .await?;
         Ok(trust::build(self.trust_domain.as_str(), &roots, &jwks, seq))
     }
+}
+
+fn validate_audiences(auds: &[String]) -> Result<Vec<String>, Error> {
+    if auds.len() > 32 {
+        return Err(Error::InvalidArgument(format!(
+            "{} audiences given; at most 32 are allowed",
+            auds.len()
+        )));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for a in auds {
+        validate_audience(a)?;
+        if !out.contains(a) {
+            out.push(a.clone());
+        }
+    }
+    Ok(out)
 }
 
 fn ensure_active(t: &TaskRecord, now: i64) -> Result<(), Error> {

@@ -51,10 +51,42 @@ pub struct Claims {
     pub iss: String,
     /// The task the token is for.
     pub task_id: String,
-    /// SPIFFE ID of the task's owner.
+    /// SPIFFE ID of the workload holding the task.
     pub task_owner: String,
+    /// The task's accountable owner (team or person), when it has one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+    /// Present (true) when the task was begun through break-glass.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
+    /// For a task delegated to this workload: the delegation chain (RFC 8693
+    /// section 4.1), the workload that delegated outermost, earlier ones nested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
     /// Proof-of-possession binding to the caller's mTLS leaf.
     pub cnf: Confirmation,
+}
+
+/// An RFC 8693 actor claim: who acted, and (nested) who acted before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The actor's SPIFFE ID.
+    pub sub: String,
+    /// The actor before this one in the chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
+}
+
+impl Actor {
+    /// Nests `chain` (nearest delegator first) into an `act` claim.
+    pub fn chain(chain: &[String]) -> Option<Actor> {
+        chain.iter().rev().fold(None, |inner, sub| {
+            Some(Actor {
+                sub: sub.clone(),
+                act: inner.map(Box::new),
+            })
+        })
+    }
 }
 
 /// The ES256 signer.
@@ -186,6 +218,9 @@ mod tests {
             iss: "spiffe://example.org/taskmint".into(),
             task_id: "build-42".into(),
             task_owner: "spiffe://example.org/workload/agent".into(),
+            owner: String::new(),
+            break_glass: false,
+            act: None,
             cnf: Confirmation {
                 x5t_s256: x5t_s256(&[7; 32]),
             },

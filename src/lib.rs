@@ -27,6 +27,7 @@
 //! - [`cli`]: the `taskmint` command line.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod bench;
 pub mod ca;
 pub mod cli;
@@ -41,6 +42,7 @@ pub mod issuer;
 pub mod jwt;
 pub mod pem;
 pub mod policy;
+pub mod ratelimit;
 pub mod revocation;
 pub mod server;
 pub mod store;

@@ -11,8 +11,10 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::ca::{CaError, SigningCa};
 use crate::config::Config;
 use crate::grpc::{self, IssuerService};
+use crate::identity::SpiffePattern;
 use crate::issuer::Issuer;
 use crate::jwt::{JwtError, JwtSigner};
+use crate::policy::{Engine, Groups};
 use crate::revocation::{Revocations, reaper};
 use crate::store::{SqliteStore, Store, StoreError};
 use crate::tls::{MaterialSources, TlsError, TlsMaterial};
@@ -32,6 +34,9 @@ pub enum StartError {
     /// Store.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The policy file.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     /// The signing CA does not chain to the issuer's own trust domain.
     #[error("signing CA does not chain to a root of trust domain `{td}`: {reason}")]
     CaChain {
@@ -58,16 +63,30 @@ impl Server {
         let ca = SigningCa::load(&cfg.ca)?;
         check_ca_chains_to_own_domain(&cfg, &ca, &material)?;
         let jwt = Arc::new(JwtSigner::load(&cfg.jwt.key)?);
+        // A policy that does not parse or validate stops the start: deny by
+        // default would otherwise refuse every call without saying why.
+        let policy = Arc::new(Engine::load(
+            &cfg.policy.file,
+            policy_groups(&cfg),
+            crate::clock::now_unix(),
+        )?);
         let store = Arc::new(SqliteStore::open(&cfg.store.path).await?);
         let dyn_store: Arc<dyn Store> = store.clone();
         let revocations = Arc::new(Revocations::new(dyn_store, jwt.clone(), cfg.jwt_issuer()));
         // Catch up on deadlines that passed while the issuer was down, before
         // anyone can mint or watch.
-        let expired = reaper::expire_due_tasks(&revocations).await?;
+        let expired = reaper::expire_due_tasks(&revocations, &cfg.jwt_issuer()).await?;
         if expired > 0 {
             tracing::info!(expired, "expired tasks whose deadline passed while stopped");
         }
-        let issuer = Arc::new(Issuer::new(&cfg, ca, jwt, revocations, material.clone()));
+        let issuer = Arc::new(Issuer::new(
+            &cfg,
+            ca,
+            jwt,
+            revocations,
+            material.clone(),
+            policy,
+        ));
         Ok(Self {
             cfg,
             issuer,
@@ -98,6 +117,12 @@ impl Server {
         let reaper = tokio::spawn(reaper::run(
             self.issuer.revocations().clone(),
             self.cfg.feed.clone(),
+            self.issuer.system_actor().to_owned(),
+            stop_rx_reaper.clone(),
+        ));
+        let policy_reload = tokio::spawn(policy_reload_loop(
+            self.issuer.clone(),
+            self.cfg.policy.reload_interval,
             stop_rx_reaper,
         ));
         let service = IssuerService::new(self.issuer.clone(), self.material.clone());
@@ -119,8 +144,56 @@ impl Server {
         let _ = stop_tx.send(true);
         let _ = reload.await;
         let _ = reaper.await;
+        let _ = policy_reload.await;
         self.store.close().await;
         Ok(result?)
+    }
+}
+
+/// Config groups (and the admins) as policy groups.
+pub fn policy_groups(cfg: &Config) -> Groups {
+    let groups = cfg
+        .policy
+        .groups
+        .iter()
+        .map(|g| {
+            let members = g
+                .members
+                .iter()
+                .map(|m| SpiffePattern::parse(m).expect("validated at config load"))
+                .collect();
+            (g.name.clone(), members)
+        })
+        .collect();
+    Groups::new(groups, &cfg.admins)
+}
+
+/// Re-reads the policy file every `interval` and on SIGHUP.
+async fn policy_reload_loop(
+    issuer: Arc<Issuer>,
+    interval: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; the policy is reloaded on change only");
+            None
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                tracing::info!("SIGHUP: re-reading the policy file");
+            }
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = issuer.reload_policy().await {
+            tracing::error!(error = %e, "policy reload could not be audited");
+        }
     }
 }
 

@@ -29,6 +29,7 @@ async fn begin(c: &mut Client, task: &str, lifetime: u64) -> pb::Task {
         ticket: "CHG-1".into(),
         lifetime_seconds: lifetime,
         labels: [("env".to_owned(), "dev".to_owned())].into(),
+        ..Default::default()
     })
     .await
     .unwrap()
@@ -124,7 +125,7 @@ async fn tasks_begin_implicitly_and_bound_every_credential() {
 
     let t = begin(&mut agent, "short", 60).await;
     let j = agent
-        .mint_jwt("short", "db", Some(Duration::from_secs(1800)))
+        .mint_jwt("short", "db", Some(Duration::from_secs(900)))
         .await
         .unwrap();
     assert_eq!(
@@ -133,7 +134,7 @@ async fn tasks_begin_implicitly_and_bound_every_credential() {
         "capped at the task deadline"
     );
     let x = agent
-        .mint_x509("short", csr(), Some(Duration::from_secs(1800)))
+        .mint_x509("short", csr(), Some(Duration::from_secs(900)))
         .await
         .unwrap();
     assert_eq!(x.credential.unwrap().expires_at, t.deadline);
@@ -231,7 +232,8 @@ async fn renewal_is_linked_bounded_and_never_outlives_the_task() {
     let renew = |id: &str, revoke_previous: bool| pb::RenewRequest {
         credential_id: id.into(),
         csr: vec![],
-        ttl_seconds: 3600,
+        // Under the dev policy's 15m ceiling; the 120s task still caps it.
+        ttl_seconds: 900,
         revoke_previous,
     };
     let mut prev = first.id.clone();

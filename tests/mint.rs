@@ -191,7 +191,13 @@ async fn x509_svid_chains_to_the_bundle_and_parses_as_an_svid() {
     assert!(!task_ext.critical);
     assert_eq!(
         taskmint::ca::parse_task_extension(task_ext.value),
-        Some(("build-42".to_owned(), AGENT.to_owned()))
+        Some(taskmint::ca::TaskBinding {
+            task_id: "build-42".into(),
+            holder: AGENT.into(),
+            // The dev config's ownership rule maps agent* to team-agents.
+            owner: "team-agents".into(),
+            break_glass: false,
+        })
     );
     let not_after = cert.validity().not_after.timestamp();
     assert_eq!(not_after, cred.expires_at);
@@ -342,13 +348,13 @@ async fn expiry_is_clamped_by_the_callers_svid() {
     let mut client = s.client_with(Some(identity(&brief))).await;
 
     let j = client
-        .mint_jwt("t", "db", Some(Duration::from_secs(1800)))
+        .mint_jwt("t", "db", Some(Duration::from_secs(900)))
         .await
         .unwrap();
     assert_eq!(j.credential.unwrap().expires_at, svid_end);
     let key = KeyPair::generate().unwrap();
     let x = client
-        .mint_x509("t", csr_for(&key), Some(Duration::from_secs(1800)))
+        .mint_x509("t", csr_for(&key), Some(Duration::from_secs(900)))
         .await
         .unwrap();
     let (_, cert) = X509Certificate::from_der(&x.cert_chain[0]).unwrap();

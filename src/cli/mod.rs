@@ -1,9 +1,11 @@
 //! The `taskmint` command line: one file per subcommand, argument structs here.
 
+mod audit;
 mod bench;
 mod bundle;
 mod dev;
 mod mint;
+mod policy;
 mod serve;
 mod status;
 mod task;
@@ -55,6 +57,14 @@ pub enum Command {
     /// Measure this machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Check, try and inspect Cedar policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// The audit trail: verify, export, task timelines, break-glass review.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Active grants: tasks and their credentials (admin).
+    Inventory(audit::InventoryArgs),
 }
 
 /// `dev` subcommands.
@@ -120,5 +130,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(a) => watch::run(a).await,
         Command::Crl(a) => status::crl(a).await,
         Command::Bench(b) => bench::run(b).await,
+        Command::Policy(p) => policy::run(p).await,
+        Command::Audit(a) => audit::run(a).await,
+        Command::Inventory(a) => audit::inventory(a).await,
     }
 }

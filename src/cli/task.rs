@@ -18,6 +18,34 @@ pub enum TaskCommand {
     Complete(RefArgs),
     /// Show a task and its credentials.
     Show(RefArgs),
+    /// Hand part of a task to another workload (a sub-agent).
+    Delegate(DelegateArgs),
+}
+
+/// Arguments of `task delegate`.
+#[derive(Debug, Args)]
+pub struct DelegateArgs {
+    /// The parent task (yours).
+    #[arg(long)]
+    pub task: String,
+    /// SPIFFE ID of the delegate.
+    #[arg(long)]
+    pub to: String,
+    /// Audience for the child task (repeatable; a subset of the parent's).
+    #[arg(long = "aud", required = true)]
+    pub audiences: Vec<String>,
+    /// Lifetime, e.g. 5m [default: until the parent's deadline].
+    #[arg(long, value_parser = parse_duration)]
+    pub lifetime: Option<Duration>,
+    /// Child task id [default: the parent's plus a random suffix].
+    #[arg(long)]
+    pub child: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub conn: ConnArgs,
 }
 
 /// Arguments of `task begin`.
@@ -30,14 +58,26 @@ pub struct BeginArgs {
     #[arg(long, default_value = "")]
     pub purpose: String,
     /// Ticket or change reference.
-    #[arg(long, default_value = "")]
-    pub ticket: String,
+    #[arg(long)]
+    pub ticket: Option<String>,
     /// Lifetime, e.g. 15m [default: the issuer's].
     #[arg(long, value_parser = parse_duration)]
     pub lifetime: Option<Duration>,
     /// Label KEY=VALUE (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Accountable owner (team or person) [default: from the ownership rules].
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Restrict the task's JWTs to this audience (repeatable).
+    #[arg(long = "aud")]
+    pub audiences: Vec<String>,
+    /// Emergency access: needs --justification and --ticket.
+    #[arg(long, requires_all = ["justification", "ticket"])]
+    pub break_glass: bool,
+    /// Why break-glass is needed.
+    #[arg(long)]
+    pub justification: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -77,6 +117,14 @@ pub fn task_json(t: &pb::Task) -> Value {
         "created_at": rfc3339(t.created_at),
         "deadline": rfc3339(t.deadline),
         "ended_at": (t.ended_at != 0).then(|| rfc3339(t.ended_at)),
+        "accountable_owner": t.accountable_owner,
+        "audiences": t.audiences,
+        "break_glass": t.break_glass,
+        "justification": t.justification,
+        "reviewed_by": (!t.reviewed_by.is_empty()).then_some(&t.reviewed_by),
+        "reviewed_at": (t.reviewed_at != 0).then(|| rfc3339(t.reviewed_at)),
+        "parent": t.parent.as_ref().map(|p| json!({"task_id": p.task_id, "owner": p.owner})),
+        "depth": t.depth,
     })
 }
 
@@ -95,16 +143,62 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<()> {
                 .begin_task(pb::BeginTaskRequest {
                     task_id: a.task,
                     purpose: a.purpose,
-                    ticket: a.ticket,
+                    ticket: a.ticket.unwrap_or_default(),
                     lifetime_seconds: a.lifetime.map(|d| d.as_secs()).unwrap_or(0),
                     labels,
+                    owner: a.owner.unwrap_or_default(),
+                    audiences: a.audiences,
+                    break_glass: a.break_glass,
+                    justification: a.justification.unwrap_or_default(),
                 })
                 .await
                 .map_err(|s| status_line(&s))?;
             if a.json {
                 println!("{}", task_json(&t));
             } else {
-                println!("task {} begun, deadline {}", t.task_id, rfc3339(t.deadline));
+                println!(
+                    "task {} begun, deadline {}, owner {}{}",
+                    t.task_id,
+                    rfc3339(t.deadline),
+                    if t.accountable_owner.is_empty() {
+                        "-"
+                    } else {
+                        &t.accountable_owner
+                    },
+                    if t.break_glass {
+                        " (BREAK-GLASS: on the review list until an admin marks it reviewed)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        TaskCommand::Delegate(a) => {
+            let mut c = a.conn.connect().await?;
+            let t = c
+                .delegate_task(pb::DelegateTaskRequest {
+                    parent: Some(pb::TaskRef {
+                        task_id: a.task,
+                        owner: String::new(),
+                    }),
+                    delegate: a.to,
+                    audiences: a.audiences,
+                    lifetime_seconds: a.lifetime.map(|d| d.as_secs()).unwrap_or(0),
+                    task_id: a.child.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| status_line(&s))?;
+            if a.json {
+                println!("{}", task_json(&t));
+            } else {
+                println!(
+                    "task {} delegated to {} (depth {}), audiences [{}], deadline {}",
+                    t.task_id,
+                    t.owner,
+                    t.depth,
+                    t.audiences.join(", "),
+                    rfc3339(t.deadline)
+                );
             }
         }
         TaskCommand::Complete(a) => {

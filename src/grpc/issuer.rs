@@ -12,10 +12,13 @@ use tonic::{Request, Response, Status};
 use super::auth;
 use super::pb;
 use crate::Error;
+use crate::audit::AuditEvent;
 use crate::identity::Caller;
 use crate::issuer::{self, CredentialState, Issuer, MintJwt, MintX509, RevokeOutcome, TaskRef};
 use crate::revocation::feed::{self, FeedError, FeedItem, FeedOptions, Filter};
-use crate::store::{CredentialKind, CredentialRecord, RevocationEvent, TaskRecord, TaskState};
+use crate::store::{
+    CredentialKind, CredentialRecord, GrantFilter, RevocationEvent, TaskRecord, TaskState,
+};
 use crate::tls::TlsMaterial;
 
 /// The service implementation.
@@ -79,8 +82,8 @@ fn ttl(seconds: u64) -> Option<Duration> {
     (seconds != 0).then(|| Duration::from_secs(seconds))
 }
 
-/// Converts a stored record to its wire form.
-pub fn credential_pb(r: &CredentialRecord) -> pb::Credential {
+/// Converts a stored record (and its task, when at hand) to its wire form.
+pub fn credential_pb(r: &CredentialRecord, task: Option<&TaskRecord>) -> pb::Credential {
     pb::Credential {
         id: r.id.clone(),
         kind: match r.kind {
@@ -94,6 +97,10 @@ pub fn credential_pb(r: &CredentialRecord) -> pb::Credential {
         not_before: r.not_before,
         expires_at: r.not_after,
         task_owner: r.task_owner.clone(),
+        accountable_owner: task
+            .map(|t| t.accountable_owner.clone())
+            .unwrap_or_default(),
+        break_glass: task.is_some_and(|t| t.break_glass),
     }
 }
 
@@ -113,6 +120,66 @@ fn task_pb(t: &TaskRecord) -> pb::Task {
             TaskState::Expired => pb::TaskState::Expired,
         } as i32,
         ended_at: t.ended_at.unwrap_or(0),
+        accountable_owner: t.accountable_owner.clone(),
+        break_glass: t.break_glass,
+        justification: t.justification.clone(),
+        reviewed_by: t.review.as_ref().map(|r| r.by.clone()).unwrap_or_default(),
+        reviewed_at: t.review.as_ref().map(|r| r.at).unwrap_or(0),
+        review_note: t
+            .review
+            .as_ref()
+            .map(|r| r.note.clone())
+            .unwrap_or_default(),
+        parent: t.parent.as_ref().map(|(owner, task_id)| pb::TaskRef {
+            task_id: task_id.clone(),
+            owner: owner.clone(),
+        }),
+        depth: t.depth,
+        audiences: t.audiences.clone(),
+    }
+}
+
+fn audit_pb(e: &AuditEvent) -> pb::AuditEvent {
+    let b = &e.body;
+    pb::AuditEvent {
+        seq: e.seq,
+        time: b.time,
+        prev_hash: e.prev_hash.clone(),
+        hash: e.hash.clone(),
+        kind: b.kind.clone(),
+        actor: b.actor.clone(),
+        task_owner: b.task_owner.clone(),
+        task_id: b.task_id.clone(),
+        credential_id: b.credential_id.clone(),
+        decision: b.decision.clone(),
+        policies: b.policies.clone(),
+        reason: b.reason.clone(),
+        break_glass: b.break_glass,
+        ref_seq: b.ref_seq.unwrap_or(0),
+        subject: b.subject.clone(),
+    }
+}
+
+/// Converts a wire audit event back (for `audit verify` over exports).
+pub fn audit_from_pb(e: pb::AuditEvent) -> AuditEvent {
+    AuditEvent {
+        seq: e.seq,
+        prev_hash: e.prev_hash,
+        hash: e.hash,
+        body: crate::audit::AuditDraft {
+            time: e.time,
+            kind: e.kind,
+            actor: e.actor,
+            task_owner: e.task_owner,
+            task_id: e.task_id,
+            credential_id: e.credential_id,
+            decision: e.decision,
+            policies: e.policies,
+            reason: e.reason,
+            break_glass: e.break_glass,
+            ref_seq: (e.ref_seq != 0).then_some(e.ref_seq),
+            subject: e.subject,
+        },
     }
 }
 
@@ -218,7 +285,7 @@ impl pb::issuer_server::Issuer for IssuerService {
                 let id = m.record.id.clone();
                 Ok((
                     pb::MintX509Response {
-                        credential: Some(credential_pb(&m.record)),
+                        credential: Some(credential_pb(&m.record, Some(&m.task))),
                         cert_chain: m.chain,
                     },
                     id,
@@ -251,7 +318,7 @@ impl pb::issuer_server::Issuer for IssuerService {
                 let id = m.record.id.clone();
                 Ok((
                     pb::MintJwtResponse {
-                        credential: Some(credential_pb(&m.record)),
+                        credential: Some(credential_pb(&m.record, Some(&m.task))),
                         token: m.token,
                     },
                     id,
@@ -306,6 +373,10 @@ impl pb::issuer_server::Issuer for IssuerService {
                             ticket: r.ticket,
                             lifetime: ttl(r.lifetime_seconds),
                             labels: r.labels.into_iter().collect(),
+                            owner: non_empty(r.owner),
+                            audiences: r.audiences,
+                            break_glass: r.break_glass,
+                            justification: r.justification,
                         },
                     )
                     .await?;
@@ -358,7 +429,7 @@ impl pb::issuer_server::Issuer for IssuerService {
             let credentials = creds
                 .iter()
                 .map(|(rec, st)| pb::CredentialStatus {
-                    credential: Some(credential_pb(rec)),
+                    credential: Some(credential_pb(rec, Some(&t))),
                     status: Some(status_pb(st)),
                     predecessor: rec.predecessor.clone().unwrap_or_default(),
                     renewal_count: rec.renewal_count,
@@ -427,7 +498,7 @@ impl pb::issuer_server::Issuer for IssuerService {
                 let id = m.record.id.clone();
                 Ok((
                     pb::RenewResponse {
-                        credential: Some(credential_pb(&m.record)),
+                        credential: Some(credential_pb(&m.record, Some(&m.task))),
                         cert_chain: m.chain,
                         token: m.token,
                         renewal_count: m.record.renewal_count,
@@ -454,6 +525,7 @@ impl pb::issuer_server::Issuer for IssuerService {
             };
             let f = self.issuer.feed_config();
             let opts = FeedOptions { heartbeat: f.heartbeat_interval, buffer: f.subscriber_buffer };
+            self.issuer.authorize_watch(&c, r.after_seq).await?;
             tracing::info!(subscriber = %r.subscriber, caller = %c.spiffe_id, after = ?r.after_seq, "watch started");
             let feed = feed::watch(self.issuer.revocations().clone(), r.after_seq, filter, opts);
             let stream = feed.map(|item| {
@@ -528,8 +600,8 @@ impl pb::issuer_server::Issuer for IssuerService {
             "CheckStatus",
             req,
             |_| String::new(),
-            |_, r| async move {
-                let s = self.issuer.check_status(&r.credential_id).await?;
+            |c, r| async move {
+                let s = self.issuer.check_status(&c, &r.credential_id).await?;
                 Ok((status_pb(&s), r.credential_id))
             },
         )
@@ -552,6 +624,211 @@ impl pb::issuer_server::Issuer for IssuerService {
                         crl_number: crl.number,
                         this_update: crl.this_update,
                         next_update: crl.next_update,
+                    },
+                    String::new(),
+                ))
+            },
+        )
+        .await
+    }
+
+    async fn delegate_task(
+        &self,
+        req: Request<pb::DelegateTaskRequest>,
+    ) -> Result<Response<pb::DelegateTaskResponse>, Status> {
+        let task = |r: &pb::DelegateTaskRequest| {
+            r.parent
+                .as_ref()
+                .map(|t| t.task_id.clone())
+                .unwrap_or_default()
+        };
+        self.handle("DelegateTask", req, task, |c, r| async move {
+            let t = self
+                .issuer
+                .delegate(
+                    &c,
+                    issuer::Delegate {
+                        parent: task_ref(r.parent)?,
+                        delegate: r.delegate,
+                        audiences: r.audiences,
+                        lifetime: ttl(r.lifetime_seconds),
+                        task_id: non_empty(r.task_id),
+                    },
+                )
+                .await?;
+            Ok((
+                pb::DelegateTaskResponse {
+                    task: Some(task_pb(&t)),
+                },
+                String::new(),
+            ))
+        })
+        .await
+    }
+
+    async fn list_grants(
+        &self,
+        req: Request<pb::ListGrantsRequest>,
+    ) -> Result<Response<pb::ListGrantsResponse>, Status> {
+        self.handle(
+            "ListGrants",
+            req,
+            |r| r.task_id.clone(),
+            |c, r| async move {
+                let filter = GrantFilter {
+                    workload: non_empty(r.workload),
+                    owner: non_empty(r.owner),
+                    task_id: non_empty(r.task_id),
+                    break_glass_only: r.break_glass_only,
+                };
+                let (grants, next) = self
+                    .issuer
+                    .list_grants(&c, filter, r.page_size, &r.page_token)
+                    .await?;
+                let grants = grants
+                    .iter()
+                    .map(|g| pb::Grant {
+                        task: Some(task_pb(&g.task)),
+                        credentials: g
+                            .credentials
+                            .iter()
+                            .map(|cr| credential_pb(cr, Some(&g.task)))
+                            .collect(),
+                        remaining_seconds: g.remaining,
+                    })
+                    .collect();
+                Ok((
+                    pb::ListGrantsResponse {
+                        grants,
+                        next_page_token: next,
+                    },
+                    String::new(),
+                ))
+            },
+        )
+        .await
+    }
+
+    async fn export_audit(
+        &self,
+        req: Request<pb::ExportAuditRequest>,
+    ) -> Result<Response<pb::ExportAuditResponse>, Status> {
+        self.handle(
+            "ExportAudit",
+            req,
+            |_| String::new(),
+            |c, r| async move {
+                let limit = if r.limit == 0 { 1000 } else { r.limit };
+                let (events, head) = self.issuer.audit_export(&c, r.after_seq, limit).await?;
+                let (head_seq, head_hash) = head.unwrap_or_default();
+                Ok((
+                    pb::ExportAuditResponse {
+                        events: events.iter().map(audit_pb).collect(),
+                        head_seq,
+                        head_hash,
+                    },
+                    String::new(),
+                ))
+            },
+        )
+        .await
+    }
+
+    async fn get_task_timeline(
+        &self,
+        req: Request<pb::GetTaskTimelineRequest>,
+    ) -> Result<Response<pb::GetTaskTimelineResponse>, Status> {
+        let task = |r: &pb::GetTaskTimelineRequest| {
+            r.task
+                .as_ref()
+                .map(|t| t.task_id.clone())
+                .unwrap_or_default()
+        };
+        self.handle("GetTaskTimeline", req, task, |c, r| async move {
+            let t = self.issuer.timeline(&c, task_ref(r.task)?).await?;
+            Ok((
+                pb::GetTaskTimelineResponse {
+                    task: Some(task_pb(&t.task)),
+                    events: t.events.iter().map(audit_pb).collect(),
+                    acks: t
+                        .acks
+                        .iter()
+                        .map(|(seq, acks)| pb::RevocationAcks {
+                            seq: *seq,
+                            acks: acks.iter().map(audit_pb).collect(),
+                        })
+                        .collect(),
+                },
+                String::new(),
+            ))
+        })
+        .await
+    }
+
+    async fn list_break_glass(
+        &self,
+        req: Request<pb::ListBreakGlassRequest>,
+    ) -> Result<Response<pb::ListBreakGlassResponse>, Status> {
+        self.handle(
+            "ListBreakGlass",
+            req,
+            |_| String::new(),
+            |c, r| async move {
+                let tasks = self.issuer.break_glass_list(&c, r.include_reviewed).await?;
+                Ok((
+                    pb::ListBreakGlassResponse {
+                        tasks: tasks.iter().map(task_pb).collect(),
+                    },
+                    String::new(),
+                ))
+            },
+        )
+        .await
+    }
+
+    async fn mark_reviewed(
+        &self,
+        req: Request<pb::MarkReviewedRequest>,
+    ) -> Result<Response<pb::MarkReviewedResponse>, Status> {
+        let task = |r: &pb::MarkReviewedRequest| {
+            r.task
+                .as_ref()
+                .map(|t| t.task_id.clone())
+                .unwrap_or_default()
+        };
+        self.handle("MarkReviewed", req, task, |c, r| async move {
+            let t = self
+                .issuer
+                .mark_reviewed(&c, task_ref(r.task)?, &r.note)
+                .await?;
+            Ok((
+                pb::MarkReviewedResponse {
+                    task: Some(task_pb(&t)),
+                },
+                String::new(),
+            ))
+        })
+        .await
+    }
+
+    async fn get_policy_status(
+        &self,
+        req: Request<pb::GetPolicyStatusRequest>,
+    ) -> Result<Response<pb::GetPolicyStatusResponse>, Status> {
+        self.handle(
+            "GetPolicyStatus",
+            req,
+            |_| String::new(),
+            |c, _| async move {
+                let s = self.issuer.policy_status(&c).await?;
+                Ok((
+                    pb::GetPolicyStatusResponse {
+                        path: s.path,
+                        sha256: s.sha256,
+                        policy_ids: s.ids,
+                        loaded_at: s.loaded_at,
+                        last_error: s.last_error.unwrap_or_default(),
+                        last_error_at: s.last_error_at.unwrap_or(0),
                     },
                     String::new(),
                 ))

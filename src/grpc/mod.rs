@@ -10,7 +10,7 @@ pub mod auth;
 mod issuer;
 mod status;
 
-pub use issuer::{IssuerService, credential_pb};
+pub use issuer::{IssuerService, audit_from_pb, credential_pb};
 
 /// Generated protobuf and gRPC types for `taskmint.v1`.
 #[allow(missing_docs, clippy::all)]

@@ -15,7 +15,20 @@ impl From<Error> for Status {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
-            Error::Store(_) | Error::Ca(_) | Error::Jwt(_) => {
+            Error::ResourceExhausted { retry_after, .. } => {
+                // The hint in the message, and machine-readable: whole
+                // seconds (as HTTP Retry-After) and milliseconds.
+                let mut s = Status::resource_exhausted(e.to_string());
+                let ms = retry_after.as_millis().max(1);
+                let md = s.metadata_mut();
+                md.insert("retry-after-ms", ms.to_string().parse().expect("digits"));
+                md.insert(
+                    "retry-after",
+                    ms.div_ceil(1000).to_string().parse().expect("digits"),
+                );
+                return s;
+            }
+            Error::Store(_) | Error::Ca(_) | Error::Jwt(_) | Error::Policy(_) => {
                 tracing::error!(error = %e, "internal error");
                 return Status::internal("internal error");
             }

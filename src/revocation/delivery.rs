@@ -85,8 +85,15 @@ pub struct OverdueLog {
 }
 
 impl OverdueLog {
-    /// Logs subscribers that became overdue (warn) or caught up (info).
-    pub fn observe(&mut self, state: &[SubscriberDelivery]) {
+    /// Logs subscribers that became overdue (warn) or caught up (info);
+    /// returns an audit event for each that became overdue.
+    pub fn observe(
+        &mut self,
+        state: &[SubscriberDelivery],
+        actor: &str,
+        now: i64,
+    ) -> Vec<crate::audit::AuditDraft> {
+        let mut events = Vec::new();
         for s in state {
             match (s.overdue_since, self.overdue.get(&s.name)) {
                 (Some(_), None) => {
@@ -99,6 +106,18 @@ impl OverdueLog {
                         "revocation not acknowledged within the ack deadline: cleanup may have failed"
                     );
                     self.overdue.insert(s.name.clone(), seq);
+                    let mut e = crate::audit::AuditDraft::new(
+                        crate::audit::kind::DELIVERY_OVERDUE,
+                        actor,
+                        now,
+                    )
+                    .subject(&s.name)
+                    .because(format!(
+                        "`{}` ({}) has not acknowledged seq {seq} within the ack deadline (acknowledged through {})",
+                        s.name, s.spiffe_id, s.acked_seq
+                    ));
+                    e.ref_seq = Some(seq);
+                    events.push(e);
                 }
                 (None, Some(_)) => {
                     tracing::info!(subscriber = %s.name, acked_seq = s.acked_seq, "subscriber caught up on acknowledgements");
@@ -107,5 +126,6 @@ impl OverdueLog {
                 _ => {}
             }
         }
+        events
     }
 }

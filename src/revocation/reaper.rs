@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::Revocations;
 use super::delivery::{self, OverdueLog};
+use crate::audit::{self, AuditDraft};
 use crate::clock::now_unix;
 use crate::config::FeedConfig;
 use crate::store::{RevokeRequest, RevokeScope, StoreError, TaskState};
@@ -19,8 +20,10 @@ pub const REASON_DEADLINE: &str = "task_deadline";
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Expires every active task whose deadline is at or before now and revokes
-/// its credentials. Returns how many tasks it expired.
-pub async fn expire_due_tasks(revs: &Arc<Revocations>) -> Result<usize, StoreError> {
+/// its credentials (and those of tasks delegated from it); `actor` (the
+/// issuer's own SPIFFE ID) is recorded in the audit trail. Returns how many
+/// tasks it expired.
+pub async fn expire_due_tasks(revs: &Arc<Revocations>, actor: &str) -> Result<usize, StoreError> {
     let now = now_unix();
     let due = revs.store().due_tasks(now).await?;
     for (owner, task_id) in &due {
@@ -33,6 +36,10 @@ pub async fn expire_due_tasks(revs: &Arc<Revocations>) -> Result<usize, StoreErr
                 reason: REASON_DEADLINE.into(),
                 now,
                 end_task: Some(TaskState::Expired),
+                cascade: true,
+                audit: AuditDraft::new(audit::kind::TASK_EXPIRED, actor, now)
+                    .task(owner, task_id, false)
+                    .because("the task reached its deadline"),
             })
             .await?;
         tracing::info!(%owner, task = %task_id, revoked_events = events.len(), "task deadline reached");
@@ -45,6 +52,7 @@ pub async fn expire_due_tasks(revs: &Arc<Revocations>) -> Result<usize, StoreErr
 pub async fn run(
     revs: Arc<Revocations>,
     feed: FeedConfig,
+    actor: String,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(feed.reaper_interval);
@@ -56,11 +64,18 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        if let Err(e) = expire_due_tasks(&revs).await {
+        if let Err(e) = expire_due_tasks(&revs, &actor).await {
             tracing::error!(error = %e, "deadline reaper failed");
         }
         match delivery::status(revs.store().as_ref(), &feed, now_unix()).await {
-            Ok(state) => overdue.observe(&state),
+            Ok(state) => {
+                let events = overdue.observe(&state, &actor, now_unix());
+                if !events.is_empty()
+                    && let Err(e) = revs.store().append_audit(&events).await
+                {
+                    tracing::error!(error = %e, "cannot audit overdue delivery");
+                }
+            }
             Err(e) => tracing::error!(error = %e, "delivery check failed"),
         }
         if last_prune.elapsed() >= PRUNE_EVERY {

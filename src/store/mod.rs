@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 
 pub use sqlite::SqliteStore;
 
+use crate::audit::{AuditDraft, AuditEvent};
+
 /// A storage failure. The message is for logs; callers see only "internal".
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -157,6 +159,69 @@ pub struct TaskRecord {
     pub state: TaskState,
     /// Unix seconds: completed or expired.
     pub ended_at: Option<i64>,
+    /// Accountable owner (team or person); empty if none.
+    pub accountable_owner: String,
+    /// Begun through break-glass.
+    pub break_glass: bool,
+    /// Break-glass justification.
+    pub justification: String,
+    /// Break-glass review, once an admin marked it reviewed.
+    pub review: Option<Review>,
+    /// The task this one was delegated from: (holder, task id).
+    pub parent: Option<(String, String)>,
+    /// Delegation depth: 0 for a task begun directly.
+    pub depth: u32,
+    /// Declared audiences; empty = not restricted.
+    pub audiences: Vec<String>,
+}
+
+impl TaskRecord {
+    /// A plain active task with nothing but its key and times set.
+    pub fn new(owner: &str, task_id: &str, created_at: i64, deadline: i64) -> Self {
+        Self {
+            owner: owner.to_owned(),
+            task_id: task_id.to_owned(),
+            created_at,
+            purpose: String::new(),
+            ticket: String::new(),
+            labels: BTreeMap::new(),
+            implicit: true,
+            deadline,
+            state: TaskState::Active,
+            ended_at: None,
+            accountable_owner: String::new(),
+            break_glass: false,
+            justification: String::new(),
+            review: None,
+            parent: None,
+            depth: 0,
+            audiences: Vec::new(),
+        }
+    }
+}
+
+/// An admin's review of a break-glass task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Review {
+    /// Who reviewed it (SPIFFE ID).
+    pub by: String,
+    /// Unix seconds.
+    pub at: i64,
+    /// What the reviewer noted.
+    pub note: String,
+}
+
+/// Filters for the grant inventory (all optional, combined with AND).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrantFilter {
+    /// Tasks held by this SPIFFE ID.
+    pub workload: Option<String>,
+    /// Tasks with this accountable owner.
+    pub owner: Option<String>,
+    /// Tasks with this id.
+    pub task_id: Option<String>,
+    /// Only break-glass tasks.
+    pub break_glass_only: bool,
 }
 
 /// What a revocation covers.
@@ -233,6 +298,12 @@ pub struct RevokeRequest {
     /// Also end the task (for `Task` scope): completed or expired. Ending a
     /// task closes out all its unrevoked credentials, expired ones included.
     pub end_task: Option<TaskState>,
+    /// Apply the same to every task delegated from the tasks in scope
+    /// (`Task` and `Workload` scopes), transitively.
+    pub cascade: bool,
+    /// The audit event of the request itself, written first in the same
+    /// transaction; one `revoked` event per revocation event follows it.
+    pub audit: AuditDraft,
 }
 
 /// A subscriber's acknowledgement.
@@ -268,6 +339,21 @@ pub enum RecordRefusal {
     AlreadyRenewed(String),
     /// The predecessor was revoked in the meantime.
     PredecessorRevoked,
+    /// The task already has this many active credentials (the limit).
+    TooManyActive(u32),
+}
+
+/// What marking a break-glass task reviewed did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReviewOutcome {
+    /// No such task.
+    NotFound,
+    /// The task was not begun through break-glass.
+    NotBreakGlass,
+    /// It was reviewed before; nothing changed.
+    AlreadyReviewed(TaskRecord),
+    /// Marked now.
+    Reviewed(TaskRecord),
 }
 
 /// Durable state. Implementations commit before they return `Ok`, and
@@ -275,14 +361,22 @@ pub enum RecordRefusal {
 /// order.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Creates a task; returns the existing row instead if there is one.
-    async fn begin_task(&self, task: &TaskRecord) -> Result<(TaskRecord, bool), StoreError>;
+    /// Creates a task and writes `audit` with it; returns the existing row
+    /// instead (writing nothing) if there is one.
+    async fn begin_task(
+        &self,
+        task: &TaskRecord,
+        audit: &[AuditDraft],
+    ) -> Result<(TaskRecord, bool), StoreError>;
 
-    /// Records a credential if its task is active (and, for a renewal, its
+    /// Records a credential and its audit events if its task is active, has
+    /// fewer than `max_active` active credentials (and, for a renewal, its
     /// predecessor is still active and unrenewed), in one transaction.
     async fn record_credential(
         &self,
         cred: &CredentialRecord,
+        max_active: u32,
+        audit: &[AuditDraft],
     ) -> Result<Result<(), RecordRefusal>, StoreError>;
 
     /// One credential by id.
@@ -333,8 +427,9 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes events that expired before `before`; returns how many.
     async fn prune_events(&self, before: i64) -> Result<u64, StoreError>;
 
-    /// Raises a subscriber's acknowledged sequence (never lowers it).
-    async fn ack(&self, ack: &AckRecord) -> Result<AckRecord, StoreError>;
+    /// Raises a subscriber's acknowledged sequence (never lowers it); writes
+    /// `audit` (with `ref_seq` set to the new sequence) when it rose.
+    async fn ack(&self, ack: &AckRecord, audit: AuditDraft) -> Result<AckRecord, StoreError>;
 
     /// Every acknowledgement.
     async fn acks(&self) -> Result<Vec<AckRecord>, StoreError>;
@@ -348,4 +443,45 @@ pub trait Store: Send + Sync + 'static {
     /// The trust bundle sequence for content with this hash: unchanged if
     /// the content is the last one seen, otherwise one more.
     async fn bundle_sequence(&self, content_hash: &str) -> Result<u64, StoreError>;
+
+    /// Appends events that describe no other change of state (decisions
+    /// that were denied, reads, reloads), in one transaction.
+    async fn append_audit(&self, events: &[AuditDraft]) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Audit events with `seq > after`, in order, at most `limit`.
+    async fn audit_after(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// The head record: seq and hash of the newest event.
+    async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError>;
+
+    /// Every audit event about one task, in order.
+    async fn task_audit(&self, owner: &str, task_id: &str) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// For each subscriber, its first acknowledgement event covering `seq`.
+    async fn acks_covering(&self, seq: u64) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Active tasks (deadline after `now`) matching `filter`, ordered by
+    /// (holder, task id) and starting after `after`; at most `limit`.
+    async fn active_tasks(
+        &self,
+        filter: &GrantFilter,
+        now: i64,
+        after: Option<(String, String)>,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// Break-glass tasks, newest first; reviewed ones too if asked.
+    async fn break_glass_tasks(
+        &self,
+        include_reviewed: bool,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// Marks a break-glass task reviewed, with its audit event.
+    async fn mark_reviewed(
+        &self,
+        owner: &str,
+        task_id: &str,
+        review: &Review,
+        audit: AuditDraft,
+    ) -> Result<ReviewOutcome, StoreError>;
 }

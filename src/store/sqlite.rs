@@ -19,10 +19,11 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    AckRecord, CredentialKind, CredentialRecord, CrlEntry, RecordRefusal, Revocation,
-    RevocationEvent, RevokeRequest, RevokeScope, SetSigner, Store, StoreError, TaskRecord,
-    TaskState,
+    AckRecord, CredentialKind, CredentialRecord, CrlEntry, GrantFilter, RecordRefusal, Review,
+    ReviewOutcome, Revocation, RevocationEvent, RevokeRequest, RevokeScope, SetSigner, Store,
+    StoreError, TaskRecord, TaskState,
 };
+use crate::audit::{self, AuditDraft, AuditEvent};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
 
@@ -79,8 +80,12 @@ const CREDENTIAL_COLUMNS: &str = "id, kind, spiffe_id, task_owner, task_id, audi
      not_before, not_after, caller_cert_sha256, issued_at, predecessor, renewal_count, \
      revoked_at, revoke_reason, revocation_seq";
 
-const TASK_COLUMNS: &str =
-    "owner, task_id, created_at, purpose, ticket, labels, implicit, deadline, state, ended_at";
+const TASK_COLUMNS: &str = "owner, task_id, created_at, purpose, ticket, labels, implicit, \
+     deadline, state, ended_at, accountable_owner, break_glass, justification, reviewed_by, \
+     reviewed_at, review_note, parent_owner, parent_task_id, depth, audiences";
+
+const AUDIT_COLUMNS: &str = "seq, time, prev_hash, hash, kind, actor, task_owner, task_id, \
+     credential_id, decision, policies, reason, break_glass, ref_seq, subject";
 
 const EVENT_COLUMNS: &str = "seq, kind, credential_ids, task_owner, task_id, spiffe_id, \
      trust_domain, reason, revoked_at, expires_at, set_jwt";
@@ -128,7 +133,136 @@ fn task_from_row(r: &SqliteRow) -> Result<TaskRecord, StoreError> {
         deadline: r.try_get("deadline")?,
         state: TaskState::parse(r.try_get::<&str, _>("state")?)?,
         ended_at: r.try_get("ended_at")?,
+        accountable_owner: r.try_get("accountable_owner")?,
+        break_glass: r.try_get("break_glass")?,
+        justification: r.try_get("justification")?,
+        review: match r.try_get::<Option<String>, _>("reviewed_by")? {
+            None => None,
+            Some(by) => Some(Review {
+                by,
+                at: r.try_get::<Option<i64>, _>("reviewed_at")?.unwrap_or(0),
+                note: r
+                    .try_get::<Option<String>, _>("review_note")?
+                    .unwrap_or_default(),
+            }),
+        },
+        parent: match (
+            r.try_get::<Option<String>, _>("parent_owner")?,
+            r.try_get::<Option<String>, _>("parent_task_id")?,
+        ) {
+            (Some(o), Some(t)) => Some((o, t)),
+            _ => None,
+        },
+        depth: r.try_get::<i64, _>("depth")? as u32,
+        audiences: serde_json::from_str(r.try_get::<&str, _>("audiences")?)
+            .map_err(|e| StoreError::Corrupt(format!("task audiences: {e}")))?,
     })
+}
+
+fn audit_from_row(r: &SqliteRow) -> Result<AuditEvent, StoreError> {
+    let policies: String = r.try_get("policies")?;
+    Ok(AuditEvent {
+        seq: r.try_get::<i64, _>("seq")? as u64,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+        body: AuditDraft {
+            time: r.try_get("time")?,
+            kind: r.try_get("kind")?,
+            actor: r.try_get("actor")?,
+            task_owner: r.try_get("task_owner")?,
+            task_id: r.try_get("task_id")?,
+            credential_id: r.try_get("credential_id")?,
+            decision: r.try_get("decision")?,
+            policies: if policies.is_empty() {
+                Vec::new()
+            } else {
+                policies.split(',').map(str::to_owned).collect()
+            },
+            reason: r.try_get("reason")?,
+            break_glass: r.try_get("break_glass")?,
+            ref_seq: r.try_get::<Option<i64>, _>("ref_seq")?.map(|s| s as u64),
+            subject: r.try_get("subject")?,
+        },
+    })
+}
+
+/// Appends `drafts` to the audit chain inside `tx` and moves the head.
+async fn append(
+    tx: &mut Transaction<'_, Sqlite>,
+    drafts: impl IntoIterator<Item = AuditDraft>,
+) -> Result<Vec<AuditEvent>, StoreError> {
+    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_optional(&mut **tx)
+        .await?;
+    let (mut seq, mut hash) = match head {
+        Some(r) => (r.try_get::<i64, _>("seq")? as u64, r.try_get("hash")?),
+        None => (0, audit::GENESIS.to_owned()),
+    };
+    let mut out = Vec::new();
+    for d in drafts {
+        let e = audit::seal(seq, &hash, d);
+        sqlx::query(&format!(
+            "INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(e.seq as i64)
+        .bind(e.body.time)
+        .bind(&e.prev_hash)
+        .bind(&e.hash)
+        .bind(&e.body.kind)
+        .bind(&e.body.actor)
+        .bind(&e.body.task_owner)
+        .bind(&e.body.task_id)
+        .bind(&e.body.credential_id)
+        .bind(&e.body.decision)
+        .bind(e.body.policies.join(","))
+        .bind(&e.body.reason)
+        .bind(e.body.break_glass)
+        .bind(e.body.ref_seq.map(|s| s as i64))
+        .bind(&e.body.subject)
+        .execute(&mut **tx)
+        .await?;
+        seq = e.seq;
+        hash = e.hash.clone();
+        out.push(e);
+    }
+    if !out.is_empty() {
+        sqlx::query(
+            "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        )
+        .bind(seq as i64)
+        .bind(&hash)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(out)
+}
+
+/// Tasks delegated (transitively) from the tasks selected by `roots_sql`
+/// (a query yielding `owner, task_id` with one `?` for `root`).
+async fn descendants(
+    tx: &mut Transaction<'_, Sqlite>,
+    roots_sql: &str,
+    binds: &[String],
+) -> Result<Vec<(String, String)>, StoreError> {
+    let sql = format!(
+        "WITH RECURSIVE roots(owner, task_id) AS ({roots_sql}), \
+         sub(owner, task_id) AS ( \
+           SELECT t.owner, t.task_id FROM tasks t JOIN roots r \
+             ON t.parent_owner = r.owner AND t.parent_task_id = r.task_id \
+           UNION \
+           SELECT t.owner, t.task_id FROM tasks t JOIN sub s \
+             ON t.parent_owner = s.owner AND t.parent_task_id = s.task_id) \
+         SELECT owner, task_id FROM sub ORDER BY owner, task_id"
+    );
+    let mut q = sqlx::query(&sql);
+    for b in binds {
+        q = q.bind(b);
+    }
+    let rows = q.fetch_all(&mut **tx).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("owner")?, r.try_get("task_id")?)))
+        .collect()
 }
 
 fn event_from_row(r: &SqliteRow) -> Result<RevocationEvent, StoreError> {
@@ -166,6 +300,19 @@ async fn bump(tx: &mut Transaction<'_, Sqlite>, name: &str) -> Result<u64, Store
     Ok(v as u64)
 }
 
+async fn break_glass_of(
+    tx: &mut Transaction<'_, Sqlite>,
+    (owner, task_id): &(String, String),
+) -> Result<bool, StoreError> {
+    let bg: Option<bool> =
+        sqlx::query_scalar("SELECT break_glass FROM tasks WHERE owner = ? AND task_id = ?")
+            .bind(owner)
+            .bind(task_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(bg.unwrap_or(false))
+}
+
 fn trust_domain_of(spiffe_id: &str) -> String {
     spiffe_id
         .strip_prefix("spiffe://")
@@ -176,7 +323,11 @@ fn trust_domain_of(spiffe_id: &str) -> String {
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
-    async fn begin_task(&self, t: &TaskRecord) -> Result<(TaskRecord, bool), StoreError> {
+    async fn begin_task(
+        &self,
+        t: &TaskRecord,
+        audit: &[AuditDraft],
+    ) -> Result<(TaskRecord, bool), StoreError> {
         let mut tx = self.writer.begin().await?;
         let existing = sqlx::query(&format!(
             "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = ? AND task_id = ?"
@@ -189,7 +340,8 @@ impl Store for SqliteStore {
             return Ok((task_from_row(&row)?, false));
         }
         sqlx::query(&format!(
-            "INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO tasks ({TASK_COLUMNS}) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&t.owner)
         .bind(&t.task_id)
@@ -201,8 +353,19 @@ impl Store for SqliteStore {
         .bind(t.deadline)
         .bind(t.state.as_str())
         .bind(t.ended_at)
+        .bind(&t.accountable_owner)
+        .bind(t.break_glass)
+        .bind(&t.justification)
+        .bind(t.review.as_ref().map(|r| r.by.clone()))
+        .bind(t.review.as_ref().map(|r| r.at))
+        .bind(t.review.as_ref().map(|r| r.note.clone()))
+        .bind(t.parent.as_ref().map(|p| p.0.clone()))
+        .bind(t.parent.as_ref().map(|p| p.1.clone()))
+        .bind(t.depth as i64)
+        .bind(serde_json::to_string(&t.audiences).expect("audiences serialise"))
         .execute(&mut *tx)
         .await?;
+        append(&mut tx, audit.iter().cloned()).await?;
         tx.commit().await?;
         Ok((t.clone(), true))
     }
@@ -210,6 +373,8 @@ impl Store for SqliteStore {
     async fn record_credential(
         &self,
         c: &CredentialRecord,
+        max_active: u32,
+        audit: &[AuditDraft],
     ) -> Result<Result<(), RecordRefusal>, StoreError> {
         let mut tx = self.writer.begin().await?;
         let state: Option<String> =
@@ -240,6 +405,18 @@ impl Store for SqliteStore {
             if revoked.is_some() {
                 return Ok(Err(RecordRefusal::PredecessorRevoked));
             }
+        }
+        let active: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM credentials WHERE task_owner = ? AND task_id = ? \
+             AND revoked_at IS NULL AND not_after > ?",
+        )
+        .bind(&c.task_owner)
+        .bind(&c.task_id)
+        .bind(c.issued_at)
+        .fetch_one(&mut *tx)
+        .await?;
+        if active >= i64::from(max_active) {
+            return Ok(Err(RecordRefusal::TooManyActive(max_active)));
         }
         let res = sqlx::query(&format!(
             "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) \
@@ -275,6 +452,7 @@ impl Store for SqliteStore {
                 other?;
             }
         }
+        append(&mut tx, audit.iter().cloned()).await?;
         tx.commit().await?;
         Ok(Ok(()))
     }
@@ -349,6 +527,21 @@ impl Store for SqliteStore {
                 ],
             ),
         };
+        // Tasks delegated from the ones in scope get the same treatment.
+        let cascaded = match (&req.scope, req.cascade) {
+            (RevokeScope::Task { owner, task_id }, true) => {
+                descendants(&mut tx, "SELECT ?, ?", &[owner.clone(), task_id.clone()]).await?
+            }
+            (RevokeScope::Workload(id), true) => {
+                descendants(
+                    &mut tx,
+                    "SELECT owner, task_id FROM tasks WHERE owner = ?",
+                    std::slice::from_ref(id),
+                )
+                .await?
+            }
+            _ => Vec::new(),
+        };
         // Ending a task closes out every credential it ever had, expired or
         // not, so each one's record says how it ended; a plain revocation
         // touches only what is still valid.
@@ -357,22 +550,29 @@ impl Store for SqliteStore {
         } else {
             "AND not_after > ?"
         };
-        let sql = format!(
-            "SELECT {CREDENTIAL_COLUMNS} FROM credentials \
-             WHERE {filter} AND revoked_at IS NULL {still_valid}"
-        );
-        let mut q = sqlx::query(&sql);
-        for b in binds {
-            q = q.bind(b);
+        let mut creds = Vec::new();
+        let mut scopes = vec![(filter, binds)];
+        for (o, t) in &cascaded {
+            scopes.push(("task_owner = ? AND task_id = ?", vec![o.clone(), t.clone()]));
         }
-        if req.end_task.is_none() {
-            q = q.bind(req.now);
+        for (filter, binds) in scopes {
+            let sql = format!(
+                "SELECT {CREDENTIAL_COLUMNS} FROM credentials \
+                 WHERE {filter} AND revoked_at IS NULL {still_valid}"
+            );
+            let mut q = sqlx::query(&sql);
+            for b in binds {
+                q = q.bind(b);
+            }
+            if req.end_task.is_none() {
+                q = q.bind(req.now);
+            }
+            for r in q.fetch_all(&mut *tx).await? {
+                creds.push(credential_from_row(&r)?);
+            }
         }
-        let rows = q.fetch_all(&mut *tx).await?;
-        let creds = rows
-            .iter()
-            .map(credential_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        creds.sort_by(|a, b| a.id.cmp(&b.id));
+        creds.dedup_by(|a, b| a.id == b.id);
 
         // One event per task, in a stable order.
         let mut by_task: BTreeMap<(String, String), Vec<CredentialRecord>> = BTreeMap::new();
@@ -381,6 +581,15 @@ impl Store for SqliteStore {
                 .entry((c.task_owner.clone(), c.task_id.clone()))
                 .or_default()
                 .push(c);
+        }
+        let mut audit_events = Vec::new();
+        if !req.audit.kind.is_empty() {
+            let mut a = req.audit.clone();
+            if !a.task_id.is_empty() {
+                let key = (a.task_owner.clone(), a.task_id.clone());
+                a.break_glass |= break_glass_of(&mut tx, &key).await?;
+            }
+            audit_events.push(a);
         }
         let mut events = Vec::with_capacity(by_task.len());
         for ((owner, task_id), creds) in by_task {
@@ -428,20 +637,59 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
             }
+            let key = (event.task_owner.clone(), event.task_id.clone());
+            let mut a = AuditDraft::new(audit::kind::REVOKED, &req.audit.actor, req.now)
+                .task(
+                    &event.task_owner,
+                    &event.task_id,
+                    break_glass_of(&mut tx, &key).await?,
+                )
+                .decided(&req.audit.decision, &req.audit.policies)
+                .credential(&event.credential_ids.join(","))
+                .because(if cascaded.contains(&key) {
+                    format!("{} (cascaded to a delegated task)", req.reason)
+                } else {
+                    req.reason.clone()
+                });
+            a.ref_seq = Some(seq);
+            audit_events.push(a);
             events.push(event);
         }
-        if let (Some(state), RevokeScope::Task { owner, task_id }) = (req.end_task, &req.scope) {
-            sqlx::query(
-                "UPDATE tasks SET state = ?, ended_at = ? \
-                 WHERE owner = ? AND task_id = ? AND state = 'active'",
-            )
-            .bind(state.as_str())
-            .bind(req.now)
-            .bind(owner)
-            .bind(task_id)
-            .execute(&mut *tx)
-            .await?;
+        if let Some(state) = req.end_task {
+            let mut ended: Vec<(String, String)> = Vec::new();
+            if let RevokeScope::Task { owner, task_id } = &req.scope {
+                ended.push((owner.clone(), task_id.clone()));
+            }
+            ended.extend(cascaded.iter().cloned());
+            for (owner, task_id) in &ended {
+                let changed = sqlx::query(
+                    "UPDATE tasks SET state = ?, ended_at = ? \
+                     WHERE owner = ? AND task_id = ? AND state = 'active'",
+                )
+                .bind(state.as_str())
+                .bind(req.now)
+                .bind(owner)
+                .bind(task_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let key = (owner.clone(), task_id.clone());
+                if changed > 0 && cascaded.contains(&key) {
+                    audit_events.push(
+                        AuditDraft::new(&req.audit.kind, &req.audit.actor, req.now)
+                            .task(owner, task_id, break_glass_of(&mut tx, &key).await?)
+                            .decided(&req.audit.decision, &req.audit.policies)
+                            .because(format!(
+                                "{}: its parent task `{}` of `{}` ended",
+                                state.as_str(),
+                                req.audit.task_id,
+                                req.audit.task_owner
+                            )),
+                    );
+                }
+            }
         }
+        append(&mut tx, audit_events).await?;
         tx.commit().await?;
         Ok(events)
     }
@@ -526,8 +774,13 @@ impl Store for SqliteStore {
         Ok(n)
     }
 
-    async fn ack(&self, a: &AckRecord) -> Result<AckRecord, StoreError> {
+    async fn ack(&self, a: &AckRecord, mut audit: AuditDraft) -> Result<AckRecord, StoreError> {
         let mut tx = self.writer.begin().await?;
+        let before: Option<i64> =
+            sqlx::query_scalar("SELECT acked_seq FROM subscriber_acks WHERE subscriber = ?")
+                .bind(&a.subscriber)
+                .fetch_optional(&mut *tx)
+                .await?;
         sqlx::query(
             "INSERT INTO subscriber_acks (subscriber, spiffe_id, acked_seq, acked_at) \
              VALUES (?, ?, ?, ?) \
@@ -548,8 +801,13 @@ impl Store for SqliteStore {
         .bind(&a.subscriber)
         .fetch_one(&mut *tx)
         .await?;
+        let after = ack_from_row(&row)?;
+        if before.is_none_or(|b| (b as u64) < after.acked_seq) {
+            audit.ref_seq = Some(after.acked_seq);
+            append(&mut tx, [audit]).await?;
+        }
         tx.commit().await?;
-        ack_from_row(&row)
+        Ok(after)
     }
 
     async fn acks(&self) -> Result<Vec<AckRecord>, StoreError> {
@@ -614,6 +872,151 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(n)
     }
+
+    async fn append_audit(&self, events: &[AuditDraft]) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let out = append(&mut tx, events.iter().cloned()).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn audit_after(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"
+        ))
+        .bind(after as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| Ok((r.try_get::<i64, _>("seq")? as u64, r.try_get("hash")?)))
+            .transpose()
+    }
+
+    async fn task_audit(&self, owner: &str, task_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit WHERE task_owner = ? AND task_id = ? ORDER BY seq"
+        ))
+        .bind(owner)
+        .bind(task_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn acks_covering(&self, seq: u64) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq IN ( \
+               SELECT MIN(seq) FROM audit WHERE kind = ? AND ref_seq >= ? GROUP BY subject) \
+             ORDER BY seq"
+        ))
+        .bind(audit::kind::ACK)
+        .bind(seq as i64)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn active_tasks(
+        &self,
+        filter: &GrantFilter,
+        now: i64,
+        after: Option<(String, String)>,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let (after_owner, after_task) = after.unwrap_or_default();
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks \
+             WHERE state = 'active' AND deadline > ? \
+               AND (? IS NULL OR owner = ?) \
+               AND (? IS NULL OR accountable_owner = ?) \
+               AND (? IS NULL OR task_id = ?) \
+               AND (? = 0 OR break_glass) \
+               AND (owner > ? OR (owner = ? AND task_id > ?)) \
+             ORDER BY owner, task_id LIMIT ?"
+        ))
+        .bind(now)
+        .bind(&filter.workload)
+        .bind(&filter.workload)
+        .bind(&filter.owner)
+        .bind(&filter.owner)
+        .bind(&filter.task_id)
+        .bind(&filter.task_id)
+        .bind(filter.break_glass_only)
+        .bind(&after_owner)
+        .bind(&after_owner)
+        .bind(&after_task)
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn break_glass_tasks(
+        &self,
+        include_reviewed: bool,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks \
+             WHERE break_glass AND (? OR reviewed_at IS NULL) \
+             ORDER BY created_at DESC, owner, task_id"
+        ))
+        .bind(include_reviewed)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn mark_reviewed(
+        &self,
+        owner: &str,
+        task_id: &str,
+        review: &Review,
+        audit: AuditDraft,
+    ) -> Result<ReviewOutcome, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let select = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE owner = ? AND task_id = ?");
+        let Some(row) = sqlx::query(&select)
+            .bind(owner)
+            .bind(task_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(ReviewOutcome::NotFound);
+        };
+        let t = task_from_row(&row)?;
+        if !t.break_glass {
+            return Ok(ReviewOutcome::NotBreakGlass);
+        }
+        if t.review.is_some() {
+            return Ok(ReviewOutcome::AlreadyReviewed(t));
+        }
+        sqlx::query(
+            "UPDATE tasks SET reviewed_by = ?, reviewed_at = ?, review_note = ? \
+             WHERE owner = ? AND task_id = ?",
+        )
+        .bind(&review.by)
+        .bind(review.at)
+        .bind(&review.note)
+        .bind(owner)
+        .bind(task_id)
+        .execute(&mut *tx)
+        .await?;
+        append(&mut tx, [audit]).await?;
+        let row = sqlx::query(&select)
+            .bind(owner)
+            .bind(task_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ReviewOutcome::Reviewed(task_from_row(&row)?))
+    }
 }
 
 fn ack_from_row(r: &SqliteRow) -> Result<AckRecord, StoreError> {
@@ -630,18 +1033,7 @@ mod tests {
     use super::*;
 
     fn task(owner: &str, id: &str, deadline: i64) -> TaskRecord {
-        TaskRecord {
-            owner: owner.into(),
-            task_id: id.into(),
-            created_at: 100,
-            purpose: String::new(),
-            ticket: String::new(),
-            labels: BTreeMap::new(),
-            implicit: true,
-            deadline,
-            state: TaskState::Active,
-            ended_at: None,
-        }
+        TaskRecord::new(owner, id, 100, deadline)
     }
 
     fn record(id: &str, owner: &str, task: &str) -> CredentialRecord {
@@ -673,28 +1065,39 @@ mod tests {
         let store = SqliteStore::open(&path).await.unwrap();
         let a = "spiffe://example.org/workload/a";
         let b = "spiffe://example.org/workload/b";
-        store.begin_task(&task(a, "build-42", 1000)).await.unwrap();
-        store.begin_task(&task(b, "build-42", 1000)).await.unwrap();
-        let (again, created) = store.begin_task(&task(a, "build-42", 5)).await.unwrap();
+        store
+            .begin_task(&task(a, "build-42", 1000), &[])
+            .await
+            .unwrap();
+        store
+            .begin_task(&task(b, "build-42", 1000), &[])
+            .await
+            .unwrap();
+        let (again, created) = store
+            .begin_task(&task(a, "build-42", 5), &[])
+            .await
+            .unwrap();
         assert!(!created);
         assert_eq!(again.deadline, 1000);
         store
-            .record_credential(&record("1", a, "build-42"))
+            .record_credential(&record("1", a, "build-42"), 100, &[])
             .await
             .unwrap()
             .unwrap();
         store
-            .record_credential(&record("2", b, "build-42"))
+            .record_credential(&record("2", b, "build-42"), 100, &[])
             .await
             .unwrap()
             .unwrap();
         store
-            .record_credential(&record("3", a, "build-42"))
+            .record_credential(&record("3", a, "build-42"), 100, &[])
             .await
             .unwrap()
             .unwrap();
         assert!(matches!(
-            store.record_credential(&record("3", a, "build-42")).await,
+            store
+                .record_credential(&record("3", a, "build-42"), 100, &[])
+                .await,
             Err(StoreError::Duplicate(_))
         ));
         store.close().await;
@@ -721,11 +1124,11 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
         let a = "spiffe://example.org/workload/a";
         for t in ["t1", "t2"] {
-            store.begin_task(&task(a, t, 1000)).await.unwrap();
+            store.begin_task(&task(a, t, 1000), &[]).await.unwrap();
         }
         for (id, t) in [("1", "t1"), ("2", "t1"), ("3", "t2")] {
             store
-                .record_credential(&record(id, a, t))
+                .record_credential(&record(id, a, t), 100, &[])
                 .await
                 .unwrap()
                 .unwrap();
@@ -735,6 +1138,8 @@ mod tests {
             reason: "r".into(),
             now: 200,
             end_task,
+            cascade: true,
+            audit: AuditDraft::default(),
         };
         let ev = store
             .revoke(&req(RevokeScope::Credential("1".into()), None), &sign)
@@ -776,7 +1181,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .record_credential(&record("9", a, "t1"))
+                .record_credential(&record("9", a, "t1"), 100, &[])
                 .await
                 .unwrap(),
             Err(RecordRefusal::TaskEnded(TaskState::Completed))

@@ -1,0 +1,389 @@
+//! `taskmint audit verify|export|task|review` and `taskmint inventory`.
+//! `verify` reads the store file directly (offline, also while the issuer
+//! runs); the rest ask a running issuer.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use super::task::task_json;
+use super::{ConnArgs, rfc3339, status_line};
+use crate::audit::Verifier;
+use crate::config::Config;
+use crate::grpc::pb;
+use crate::store::{SqliteStore, Store};
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of the store's audit trail (offline).
+    Verify(VerifyArgs),
+    /// Print the audit trail as JSON lines.
+    Export(ExportArgs),
+    /// A task's timeline: requested, decided, issued, used, renewed, revoked, acknowledged.
+    Task(TaskArgs),
+    /// Break-glass grants awaiting review; `--mark-reviewed TASK` closes one.
+    Review(ReviewArgs),
+}
+
+/// Arguments of `audit verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Config naming the store.
+    #[arg(long, default_value = super::serve::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+}
+
+/// Arguments of `audit export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Only events after this sequence.
+    #[arg(long, default_value_t = 0)]
+    pub since: u64,
+    /// Connection.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// Arguments of `audit task`.
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    /// Task id.
+    #[arg(long)]
+    pub task: String,
+    /// The task's holder [default: you].
+    #[arg(long, default_value = "")]
+    pub owner: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// Arguments of `audit review`.
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    /// List reviewed grants too.
+    #[arg(long)]
+    pub all: bool,
+    /// Mark this break-glass task reviewed.
+    #[arg(long, value_name = "TASK")]
+    pub mark_reviewed: Option<String>,
+    /// Holder of the task to mark (SPIFFE ID).
+    #[arg(long, default_value = "")]
+    pub owner: String,
+    /// Review note.
+    #[arg(long, default_value = "")]
+    pub note: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// Arguments of `inventory`.
+#[derive(Debug, Args)]
+pub struct InventoryArgs {
+    /// Only tasks held by this SPIFFE ID.
+    #[arg(long)]
+    pub workload: Option<String>,
+    /// Only tasks with this accountable owner.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Only tasks with this id.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Only break-glass tasks.
+    #[arg(long)]
+    pub break_glass: bool,
+    /// Page size used to fetch (all pages are printed).
+    #[arg(long, default_value_t = 100)]
+    pub page_size: u32,
+    /// Print JSON lines, one grant each.
+    #[arg(long)]
+    pub json: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// An audit event as JSON.
+pub fn event_json(e: &pb::AuditEvent) -> Value {
+    json!({
+        "seq": e.seq,
+        "time": rfc3339(e.time),
+        "kind": e.kind,
+        "actor": e.actor,
+        "task_owner": e.task_owner,
+        "task_id": e.task_id,
+        "credential_id": e.credential_id,
+        "decision": e.decision,
+        "policies": e.policies,
+        "reason": e.reason,
+        "break_glass": e.break_glass,
+        "ref_seq": (e.ref_seq != 0).then_some(e.ref_seq),
+        "subject": e.subject,
+        "prev_hash": e.prev_hash,
+        "hash": e.hash,
+    })
+}
+
+/// Verifies the audit chain of the store at `path`; the last good sequence.
+pub async fn verify_store(path: &std::path::Path) -> anyhow::Result<u64> {
+    if !path.exists() {
+        anyhow::bail!("no store at `{}`", path.display());
+    }
+    let store = SqliteStore::open(path).await?;
+    let mut v = Verifier::default();
+    let mut after = 0;
+    loop {
+        let page = store.audit_after(after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in &page {
+            v.check(e)?;
+        }
+    }
+    let head = store.audit_head().await?;
+    let n = v.finish(head)?;
+    store.close().await;
+    Ok(n)
+}
+
+pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
+    match cmd {
+        AuditCommand::Verify(a) => {
+            let cfg = Config::load(&a.config)?;
+            let n = verify_store(&cfg.store.path).await?;
+            println!(
+                "audit trail intact: {n} events, hash chain and head verified ({})",
+                cfg.store.path.display()
+            );
+        }
+        AuditCommand::Export(a) => {
+            let mut c = a.conn.connect().await?;
+            let mut after = a.since;
+            loop {
+                let page = c
+                    .export_audit(after, 1000)
+                    .await
+                    .map_err(|s| status_line(&s))?;
+                let Some(last) = page.events.last() else {
+                    break;
+                };
+                after = last.seq;
+                for e in &page.events {
+                    println!("{}", event_json(e));
+                }
+            }
+        }
+        AuditCommand::Task(a) => {
+            let mut c = a.conn.connect().await?;
+            let t = c
+                .task_timeline(&a.task, &a.owner)
+                .await
+                .map_err(|s| status_line(&s))?;
+            if a.json {
+                let v = json!({
+                    "task": task_json(&t.task.clone().unwrap_or_default()),
+                    "events": t.events.iter().map(event_json).collect::<Vec<_>>(),
+                    "acks": t.acks.iter().map(|r| json!({
+                        "seq": r.seq,
+                        "acks": r.acks.iter().map(event_json).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                });
+                println!("{v}");
+            } else {
+                print!("{}", render_timeline(&t));
+            }
+        }
+        AuditCommand::Review(a) => {
+            let mut c = a.conn.connect().await?;
+            if let Some(task) = &a.mark_reviewed {
+                let t = c
+                    .mark_reviewed(task, &a.owner, &a.note)
+                    .await
+                    .map_err(|s| status_line(&s))?;
+                if a.json {
+                    println!("{}", task_json(&t));
+                } else {
+                    println!(
+                        "break-glass task {} of {} marked reviewed by {}",
+                        t.task_id, t.owner, t.reviewed_by
+                    );
+                }
+                return Ok(());
+            }
+            let tasks = c
+                .list_break_glass(a.all)
+                .await
+                .map_err(|s| status_line(&s))?;
+            if a.json {
+                for t in &tasks {
+                    println!("{}", task_json(t));
+                }
+            } else if tasks.is_empty() {
+                println!("no break-glass grants awaiting review");
+            } else {
+                for t in &tasks {
+                    println!(
+                        "{}  {}  task {}  ticket {}  {}  justification: {}",
+                        rfc3339(t.created_at),
+                        t.owner,
+                        t.task_id,
+                        t.ticket,
+                        if t.reviewed_by.is_empty() {
+                            "AWAITING REVIEW".to_owned()
+                        } else {
+                            format!("reviewed by {}", t.reviewed_by)
+                        },
+                        t.justification
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The human form of a timeline.
+pub fn render_timeline(t: &pb::GetTaskTimelineResponse) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let task = t.task.clone().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "task {} held by {} (owner: {}){}",
+        task.task_id,
+        task.owner,
+        if task.accountable_owner.is_empty() {
+            "none"
+        } else {
+            &task.accountable_owner
+        },
+        if task.break_glass { " BREAK-GLASS" } else { "" }
+    );
+    for e in &t.events {
+        let verb = match e.kind.as_str() {
+            "task_begin" | "break_glass" => "begun",
+            "mint_x509" | "mint_jwt" if e.decision == "allow" => "issued",
+            "mint_x509" | "mint_jwt" => "requested",
+            "renew" if e.decision == "allow" => "renewed",
+            "status_check" => "used (status checked)",
+            "revoked" => "revoked",
+            "revoke" => "revocation requested",
+            "task_complete" => "completed",
+            "task_expired" => "expired",
+            "task_delegate" => "delegated",
+            "task_read" => "read",
+            "break_glass_review" => "reviewed",
+            other => other,
+        };
+        let decided = match (e.decision.as_str(), e.policies.is_empty()) {
+            ("", _) => String::new(),
+            (d, true) => format!(" [{d}]"),
+            (d, false) => format!(" [{d} by {}]", e.policies.join(", ")),
+        };
+        let cred = if e.credential_id.is_empty() {
+            String::new()
+        } else {
+            format!(" credential {}", e.credential_id)
+        };
+        let _ = writeln!(
+            out,
+            "  #{:<5} {}  {:<22} by {}{decided}{cred}: {}",
+            e.seq,
+            rfc3339(e.time),
+            verb,
+            e.actor,
+            e.reason
+        );
+        if e.kind == "revoked" {
+            for r in t.acks.iter().filter(|r| r.seq == e.ref_seq) {
+                if r.acks.is_empty() {
+                    let _ = writeln!(out, "           not acknowledged by any subscriber yet");
+                }
+                for a in &r.acks {
+                    let _ = writeln!(
+                        out,
+                        "           acknowledged by {} ({}) at {} (through seq {})",
+                        a.subject,
+                        a.actor,
+                        rfc3339(a.time),
+                        a.ref_seq
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `taskmint inventory`.
+pub(super) async fn inventory(a: InventoryArgs) -> anyhow::Result<()> {
+    let mut c = a.conn.connect().await?;
+    let mut token = String::new();
+    let mut count = 0usize;
+    loop {
+        let page = c
+            .list_grants(pb::ListGrantsRequest {
+                page_size: a.page_size,
+                page_token: token.clone(),
+                workload: a.workload.clone().unwrap_or_default(),
+                owner: a.owner.clone().unwrap_or_default(),
+                task_id: a.task.clone().unwrap_or_default(),
+                break_glass_only: a.break_glass,
+            })
+            .await
+            .map_err(|s| status_line(&s))?;
+        for g in &page.grants {
+            count += 1;
+            let t = g.task.clone().unwrap_or_default();
+            if a.json {
+                let mut v = task_json(&t);
+                v["remaining_seconds"] = json!(g.remaining_seconds);
+                v["credentials"] = g
+                    .credentials
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "id": c.id,
+                            "kind": if c.kind == pb::CredentialKind::X509 as i32 { "x509" } else { "jwt" },
+                            "audience": c.audience,
+                            "expires_at": rfc3339(c.expires_at),
+                        })
+                    })
+                    .collect();
+                println!("{v}");
+            } else {
+                println!(
+                    "{}  task {}  owner {}  {} active credential(s)  audiences [{}]  {}s left{}",
+                    t.owner,
+                    t.task_id,
+                    if t.accountable_owner.is_empty() {
+                        "-"
+                    } else {
+                        &t.accountable_owner
+                    },
+                    g.credentials.len(),
+                    t.audiences.join(", "),
+                    g.remaining_seconds,
+                    if t.break_glass { "  BREAK-GLASS" } else { "" }
+                );
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    if !a.json {
+        println!("{count} active grant(s)");
+    }
+    Ok(())
+}
