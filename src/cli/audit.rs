@@ -168,17 +168,21 @@ pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Export(a) => {
             let mut c = a.conn.connect().await?;
             let mut after = a.since;
+            // Every export is itself audited, so the trail grows while it is
+            // read: stop at the head the first page reported.
+            let mut head = None;
             loop {
                 let page = c
                     .export_audit(after, 1000)
                     .await
                     .map_err(|s| status_line(&s))?;
-                let Some(last) = page.events.last() else {
-                    break;
-                };
-                after = last.seq;
-                for e in &page.events {
+                let head = *head.get_or_insert(page.head_seq);
+                for e in page.events.iter().filter(|e| e.seq <= head) {
                     println!("{}", event_json(e));
+                    after = e.seq;
+                }
+                if after >= head || page.events.is_empty() {
+                    break;
                 }
             }
         }

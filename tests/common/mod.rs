@@ -46,7 +46,8 @@ pub async fn start_with(edit: impl FnOnce(String) -> String) -> TestServer {
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("reload_interval = \"5s\"", "reload_interval = \"200ms\"")
-        .replace("reaper_interval = \"1s\"", "reaper_interval = \"100ms\"");
+        .replace("reaper_interval = \"1s\"", "reaper_interval = \"100ms\"")
+        .replace("reload_interval = \"2s\"", "reload_interval = \"200ms\"");
     std::fs::write(&path, edit(text)).unwrap();
     let cfg = Config::load(&path).unwrap();
     let mut s = TestServer {
@@ -121,6 +122,13 @@ impl TestServer {
         )
         .await
         .unwrap()
+    }
+
+    /// A client with a fresh SVID for `spiffe://example.org/<path>`.
+    pub async fn client_as(&self, path: &str) -> Client {
+        let p = DevRoot::svid_params(&format!("spiffe://{TD}/{path}"), 1).unwrap();
+        let issued = self.root().sign(&p).unwrap();
+        self.client_with(Some(identity(&issued))).await
     }
 
     pub fn roots(&self) -> Vec<CertificateDer<'static>> {
