@@ -389,3 +389,231 @@ fn the_cli_drives_tasks_revocation_renewal_watch_and_crl() {
             .contains("PermissionDenied")
     );
 }
+
+fn conn_as(dir: &Path, server: &str, name: &str) -> Vec<String> {
+    let mut c = conn(dir, server);
+    let d = dir.join("certs/dev");
+    c[3] = d.join(format!("{name}.pem")).display().to_string();
+    c[5] = d.join(format!("{name}.key")).display().to_string();
+    c
+}
+
+#[test]
+fn the_cli_governs_policy_break_glass_delegation_audit_and_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_serve, server) = serve(dir.path());
+    let as_ = |who: &str, args: &[&str]| -> Output {
+        let all: Vec<String> = args
+            .iter()
+            .map(|s| s.to_string())
+            .chain(conn_as(dir.path(), &server, who))
+            .collect();
+        Command::new(BIN)
+            .current_dir(dir.path())
+            .args(&all)
+            .output()
+            .unwrap()
+    };
+    let started = Instant::now();
+    let parent = loop {
+        let out = as_(
+            "agent",
+            &[
+                "task",
+                "begin",
+                "--task",
+                "P",
+                "--aud",
+                "db",
+                "--aud",
+                "queue",
+                "--lifetime",
+                "10m",
+                "--json",
+            ],
+        );
+        if out.status.success() {
+            break json_of(&out);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "server never came up: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(parent["accountable_owner"], "team-agents");
+    assert_eq!(parent["audiences"], serde_json::json!(["db", "queue"]));
+
+    // Policies are checked and tried offline.
+    let ok = run(dir.path(), &["policy", "check", "certs/dev/policy.cedar"]);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("admins-administer"));
+    std::fs::write(dir.path().join("bad.cedar"), "permit (principal, action").unwrap();
+    let bad = run(dir.path(), &["policy", "check", "bad.cedar"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8(bad.stderr).unwrap();
+    assert!(err.contains("does not parse"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    let eval = |ttl: u64| {
+        run(
+            dir.path(),
+            &[
+                "policy",
+                "eval",
+                "--principal",
+                "spiffe://example.org/workload/agent",
+                "--action",
+                "mint_jwt",
+                "--resource",
+                "Audience::\"db\"",
+                "--context",
+                &format!(
+                    r#"{{"task_id":"t","ttl_seconds":{ttl},"renewal_count":0,"break_glass":false,"depth":0}}"#
+                ),
+            ],
+        )
+    };
+    let allow = eval(300);
+    let v = json_of(&allow);
+    assert_eq!(v["decision"], "allow");
+    assert_eq!(
+        v["policies"],
+        serde_json::json!(["workloads-mint-own-tasks"])
+    );
+    let deny = eval(3600);
+    assert_eq!(deny.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&deny.stdout).unwrap();
+    assert_eq!(v["reason"], "no policy permits");
+
+    // Delegation to a sub-agent.
+    let child = json_of(&as_(
+        "agent",
+        &[
+            "task",
+            "delegate",
+            "--task",
+            "P",
+            "--to",
+            "spiffe://example.org/workload/sidecar",
+            "--aud",
+            "db",
+            "--child",
+            "P.sub",
+            "--json",
+        ],
+    ));
+    assert_eq!(child["owner"], "spiffe://example.org/workload/sidecar");
+    assert_eq!(child["depth"], 1);
+    let j = json_of(&as_(
+        "sidecar",
+        &["mint", "jwt", "--task", "P.sub", "--aud", "db", "--json"],
+    ));
+    assert!(j["token"].is_string());
+
+    // Break-glass: flags are required together, then it awaits review.
+    let missing = as_(
+        "admin",
+        &["task", "begin", "--task", "INC", "--break-glass"],
+    );
+    assert!(!missing.status.success());
+    let bg = as_(
+        "admin",
+        &[
+            "task",
+            "begin",
+            "--task",
+            "INC",
+            "--break-glass",
+            "--justification",
+            "database down",
+            "--ticket",
+            "INC-1",
+            "--lifetime",
+            "10m",
+        ],
+    );
+    assert!(bg.status.success(), "{bg:?}");
+    assert!(String::from_utf8_lossy(&bg.stdout).contains("BREAK-GLASS"));
+    let review = as_("admin", &["audit", "review"]);
+    assert!(
+        String::from_utf8_lossy(&review.stdout).contains("INC-1"),
+        "{review:?}"
+    );
+    let not_admin = as_("agent", &["audit", "review"]);
+    assert!(String::from_utf8_lossy(&not_admin.stderr).contains("PermissionDenied"));
+
+    let inv = as_("admin", &["inventory", "--json"]);
+    assert!(inv.status.success(), "{inv:?}");
+    let tasks: Vec<serde_json::Value> = String::from_utf8(inv.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = tasks
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    for id in ["P", "P.sub", "INC"] {
+        assert!(ids.contains(&id), "{ids:?}");
+    }
+
+    json_of(&as_(
+        "admin",
+        &[
+            "audit",
+            "review",
+            "--mark-reviewed",
+            "INC",
+            "--note",
+            "ok",
+            "--json",
+        ],
+    ));
+    let review = as_("admin", &["audit", "review"]);
+    assert!(
+        String::from_utf8_lossy(&review.stdout).contains("no break-glass grants awaiting review")
+    );
+
+    // Completing the parent cascades; the timeline shows it.
+    json_of(&as_(
+        "agent",
+        &["task", "complete", "--task", "P", "--json"],
+    ));
+    let timeline = as_(
+        "admin",
+        &[
+            "audit",
+            "task",
+            "--task",
+            "P.sub",
+            "--owner",
+            "spiffe://example.org/workload/sidecar",
+        ],
+    );
+    let text = String::from_utf8(timeline.stdout).unwrap();
+    for fragment in ["begun", "issued", "revoked", "workloads-mint-own-tasks"] {
+        assert!(text.contains(fragment), "{fragment}: {text}");
+    }
+
+    let export = as_("admin", &["audit", "export", "--since", "0"]);
+    assert!(export.status.success(), "{export:?}");
+    let seqs: Vec<u64> = String::from_utf8(export.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+
+    // Offline verification, while the issuer runs.
+    let v = run(
+        dir.path(),
+        &["audit", "verify", "--config", "certs/dev/taskmint.toml"],
+    );
+    assert!(v.status.success(), "{v:?}");
+    assert!(String::from_utf8_lossy(&v.stdout).contains("intact"));
+}

@@ -837,3 +837,78 @@ async fn audit_verify_catches_edited_deleted_and_reordered_rows() {
     assert!(!ok);
     assert!(out.contains(&format!("broken at seq {n}")), "{out}");
 }
+
+#[tokio::test]
+async fn limits_expiry_and_overdue_delivery_are_enforced_and_audited() {
+    let mut s = start_with(|t| {
+        t.replace("max_active_credentials = 100", "max_active_credentials = 2")
+            .replace("ack_deadline = \"30s\"", "ack_deadline = \"200ms\"")
+    })
+    .await;
+    let mut agent = s.client("agent").await;
+    let mut admin = s.client("admin").await;
+    let a = agent.mint_jwt("cap", "db", None).await.unwrap();
+    agent.mint_jwt("cap", "db", None).await.unwrap();
+    let err = agent.mint_jwt("cap", "db", None).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("max_active_credentials"),
+        "{}",
+        err.message()
+    );
+    agent
+        .revoke(Target::CredentialId(a.credential.unwrap().id), "")
+        .await
+        .unwrap();
+    agent.mint_jwt("cap", "db", None).await.unwrap();
+
+    // A deadline passes: the reaper expires the task, in the trail as the issuer.
+    agent
+        .begin_task(pb::BeginTaskRequest {
+            task_id: "brief".into(),
+            lifetime_seconds: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    agent.mint_jwt("brief", "db", None).await.unwrap();
+    let store = s.store().await;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let store = store.clone();
+            async move {
+                let events = store.task_audit(AGENT, "brief").await.unwrap();
+                events
+                    .iter()
+                    .any(|e| e.body.kind == "revoked" && e.body.reason == "task_deadline")
+                    && events.iter().any(|e| {
+                        e.body.kind == "task_expired"
+                            && e.body.actor == "spiffe://example.org/taskmint"
+                    })
+            }
+        })
+        .await
+    );
+    // Nobody acknowledged those revocations: the expected sidecar is overdue.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let store = store.clone();
+            async move {
+                store
+                    .audit_after(0, 1000)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|e| e.body.kind == "delivery_overdue" && e.body.subject == "sidecar")
+            }
+        })
+        .await
+    );
+    let refused = audit(&mut admin)
+        .await
+        .into_iter()
+        .filter(|e| e.decision == "refused")
+        .count();
+    assert_eq!(refused, 1, "the over-limit mint");
+    s.stop().await;
+}
