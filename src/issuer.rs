@@ -1300,7 +1300,8 @@ impl Issuer {
     ) -> Result<(TaskRecord, Vec<(CredentialRecord, CredentialState)>), Error> {
         let (task, holder) = self.holder_of(caller, &r)?;
         let t = self.find_task(&holder, &task).await?;
-        self.read_task(caller, &t).await?;
+        self.read_task(caller, &t, "task and credentials read")
+            .await?;
         let now = now_unix();
         let creds = self
             .store
@@ -1315,7 +1316,7 @@ impl Issuer {
         Ok((t, creds))
     }
 
-    async fn read_task(&self, caller: &Caller, t: &TaskRecord) -> Result<(), Error> {
+    async fn read_task(&self, caller: &Caller, t: &TaskRecord, what: &str) -> Result<(), Error> {
         let draft = AuditDraft::new(kind::TASK_READ, &caller.spiffe_id.to_string(), now_unix())
             .task(&t.owner, &t.task_id, t.break_glass);
         let d = self
@@ -1329,7 +1330,7 @@ impl Issuer {
             )
             .await?;
         self.store
-            .append_audit(&[draft.decided(decision::ALLOW, &d.policies)])
+            .append_audit(&[draft.decided(decision::ALLOW, &d.policies).because(what)])
             .await?;
         Ok(())
     }
@@ -1669,7 +1670,7 @@ impl Issuer {
     pub async fn timeline(&self, caller: &Caller, r: TaskRef) -> Result<Timeline, Error> {
         let (task, holder) = self.holder_of(caller, &r)?;
         let t = self.find_task(&holder, &task).await?;
-        self.read_task(caller, &t).await?;
+        self.read_task(caller, &t, "timeline read").await?;
         let events = self.store.task_audit(&holder, task.as_str()).await?;
         let mut acks = Vec::new();
         for e in &events {
