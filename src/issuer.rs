@@ -472,7 +472,7 @@ impl Issuer {
     }
 
     /// Authorizes an administrative call and audits it.
-    async fn admin(&self, caller: &Caller, operation: &str) -> Result<(), Error> {
+    async fn admin(&self, caller: &Caller, operation: &str) -> Result<Decision, Error> {
         let draft = AuditDraft::new(kind::ADMIN, &caller.spiffe_id.to_string(), now_unix())
             .subject(operation);
         let d = self
@@ -488,7 +488,17 @@ impl Issuer {
         self.store
             .append_audit(&[draft.decided(decision::ALLOW, &d.policies)])
             .await?;
-        Ok(())
+        Ok(d)
+    }
+
+    /// Audits a request refused before the policy was asked (a structural
+    /// rule: `deny`; a limit: `refused`) and passes the error on.
+    async fn refused_early(&self, draft: AuditDraft, verdict: &str, e: Error) -> Error {
+        let event = draft.decided(verdict, &[]).because(e.to_string());
+        match self.store.append_audit(&[event]).await {
+            Ok(_) => e,
+            Err(se) => se.into(),
+        }
     }
 
     /// The task's holder: the caller, or someone else if the policy allows.
@@ -512,8 +522,24 @@ impl Issuer {
 
     /// Begins a task explicitly (break-glass too).
     pub async fn begin_task(&self, caller: &Caller, req: BeginTask) -> Result<TaskRecord, Error> {
-        self.check_mintable(&caller.spiffe_id)?;
         let task = TaskId::parse(&req.task_id)?;
+        let early = AuditDraft::new(
+            if req.break_glass {
+                kind::BREAK_GLASS
+            } else {
+                kind::TASK_BEGIN
+            },
+            &caller.spiffe_id.to_string(),
+            now_unix(),
+        )
+        .task(
+            &caller.spiffe_id.to_string(),
+            task.as_str(),
+            req.break_glass,
+        );
+        if let Err(e) = self.check_mintable(&caller.spiffe_id) {
+            return Err(self.refused_early(early, decision::DENY, e).await);
+        }
         check_text("purpose", &req.purpose, 1024)?;
         check_text("ticket", &req.ticket, 256)?;
         check_text("justification", &req.justification, MAX_JUSTIFICATION_LEN)?;
@@ -560,11 +586,12 @@ impl Issuer {
             None => self.limits.default_task_lifetime.min(max),
         };
         if lifetime > max {
-            return Err(Error::InvalidArgument(format!(
+            let e = Error::InvalidArgument(format!(
                 "requested task lifetime {} exceeds the {what} {}",
                 humantime::format_duration(lifetime),
                 humantime::format_duration(max)
-            )));
+            ));
+            return Err(self.refused_early(early, decision::REFUSED, e).await);
         }
         if lifetime.is_zero() {
             return Err(Error::InvalidArgument(
@@ -657,22 +684,32 @@ impl Issuer {
     /// than the parent, at most `max_delegation_depth` deep.
     pub async fn delegate(&self, caller: &Caller, req: Delegate) -> Result<TaskRecord, Error> {
         let (parent_id, parent_holder) = self.holder_of(caller, &req.parent)?;
-        let delegate = SpiffeId::new(req.delegate.trim()).map_err(|e| {
+        let delegate_id = SpiffeId::new(req.delegate.trim()).map_err(|e| {
             Error::InvalidArgument(format!(
                 "delegate `{}` is not a SPIFFE ID: {e}",
                 req.delegate
             ))
         })?;
-        self.check_mintable(&delegate)?;
-        let delegate = delegate.to_string();
+        let delegate = delegate_id.to_string();
         let audiences = validate_audiences(&req.audiences)?;
         if audiences.is_empty() {
             return Err(Error::InvalidArgument(
                 "a delegation names at least one audience".into(),
             ));
         }
+        // Child ids extend the parent's, so a delegator cannot take over an
+        // id the delegate uses (or will use) for a task of its own.
+        let prefix = format!("{}.", parent_id.as_str());
         let child_id = match &req.task_id {
-            Some(id) if !id.is_empty() => TaskId::parse(id)?,
+            Some(id) if !id.is_empty() => {
+                let id = TaskId::parse(id)?;
+                if !id.as_str().starts_with(&prefix) || id.as_str().len() == prefix.len() {
+                    return Err(Error::InvalidArgument(format!(
+                        "a delegated task's id extends its parent's: `{prefix}<suffix>`, not `{id}`"
+                    )));
+                }
+                id
+            }
             _ => {
                 let suffix = format!(".d{}", hex::encode(random_bytes::<4>()));
                 let base: String = parent_id
@@ -687,16 +724,28 @@ impl Issuer {
         let now = now_unix();
         let me = caller.spiffe_id.to_string();
         let depth = parent.depth + 1;
-        let lifetime = req
-            .lifetime
-            .map(secs)
-            .unwrap_or(parent.deadline - now)
-            .max(0);
+        let left = (parent.deadline - now).max(0);
+        // Compared as durations first: a huge request cannot overflow.
+        let lifetime = match req.lifetime {
+            None => left,
+            Some(d) if d > Duration::from_secs(left as u64) => {
+                return Err(Error::InvalidArgument(format!(
+                    "a delegation must end by the parent's deadline {} ({left}s from now); {}s was asked",
+                    rfc3339(parent.deadline),
+                    d.as_secs()
+                )));
+            }
+            Some(d) => secs(d),
+        };
         let draft = AuditDraft::new(kind::TASK_DELEGATE, &me, now)
             .task(&parent.owner, &parent.task_id, parent.break_glass)
             .subject(delegate.as_str());
+        if let Err(e) = self.check_mintable(&delegate_id) {
+            return Err(self.refused_early(draft, decision::DENY, e).await);
+        }
         let context = json!({
             "delegate": policy::workload_ref(delegate.as_str()),
+            "task_id": child_id.as_str(),
             "audiences": audiences,
             "lifetime_seconds": lifetime,
             "depth": depth,
@@ -728,12 +777,12 @@ impl Issuer {
                 )));
             }
             if let Some(a) = audiences.iter().find(|a| !parent.audiences.contains(a)) {
-                return Err(Error::PermissionDenied(format!(
+                return Err(Error::InvalidArgument(format!(
                     "audience `{a}` is not among the parent task's audiences ({})",
                     parent.audiences.join(", ")
                 )));
             }
-            if lifetime == 0 || now + lifetime > parent.deadline {
+            if lifetime == 0 || lifetime > left {
                 return Err(Error::InvalidArgument(format!(
                     "a delegation must end by the parent's deadline {} ({}s from now); {}s was asked",
                     rfc3339(parent.deadline),
@@ -751,6 +800,7 @@ impl Issuer {
             child.parent = Some((parent.owner.clone(), parent.task_id.clone()));
             child.depth = depth;
             child.audiences = audiences.clone();
+            self.check_owned(&child)?;
             let reason = format!(
                 "task `{}` delegated to `{delegate}` until {} for {}",
                 child.task_id,
@@ -992,8 +1042,6 @@ impl Issuer {
             Some(_) => (Action::MintJwt, kind::MINT_JWT),
             None => (Action::MintX509, kind::MINT_X509),
         };
-        let draft = AuditDraft::new(event_kind, &holder, now).task(&holder, task.as_str(), false);
-        self.rate_limit(caller, &draft).await?;
         // Most mints name an existing task: read it without the writer.
         let existing = self.store.task(&holder, task.as_str()).await?;
         let t = match &existing {
@@ -1009,7 +1057,38 @@ impl Issuer {
                 t
             }
         };
-        let draft = draft.task(&holder, task.as_str(), t.break_glass);
+        let draft =
+            AuditDraft::new(event_kind, &holder, now).task(&holder, task.as_str(), t.break_glass);
+        self.rate_limit(caller, &draft).await?;
+        // A first mint begins the task: that is a `begin_task` decision too.
+        let begin_decision = match &existing {
+            Some(_) => None,
+            None => {
+                let begin_draft = AuditDraft::new(kind::TASK_BEGIN, &holder, now).task(
+                    &holder,
+                    task.as_str(),
+                    false,
+                );
+                let context = json!({
+                    "lifetime_seconds": secs(self.limits.default_task_lifetime),
+                    "owner": t.accountable_owner,
+                    "owner_requested": false,
+                    "justification": "",
+                    "ticket": "",
+                });
+                Some(
+                    self.authorize(
+                        caller,
+                        Action::BeginTask,
+                        &Resource::Task(facts(&t)),
+                        context,
+                        &[],
+                        &begin_draft,
+                    )
+                    .await?,
+                )
+            }
+        };
         let resource = match audience {
             Some(aud) => Resource::Audience(aud.to_owned()),
             None => Resource::Task(facts(&t)),
@@ -1030,15 +1109,15 @@ impl Issuer {
                 && !t.audiences.is_empty()
                 && !t.audiences.iter().any(|a| a == aud)
             {
-                return Err(Error::PermissionDenied(format!(
+                return Err(Error::FailedPrecondition(format!(
                     "audience `{aud}` is not among task `{}`'s audiences ({})",
                     t.task_id,
                     t.audiences.join(", ")
                 )));
             }
-            let t = match existing {
-                Some(t) => t,
-                None => {
+            let t = match (existing, &begin_decision) {
+                (Some(t), _) => t,
+                (None, begun) => {
                     self.check_owned(&t)?;
                     let mut begin = draft.clone().because(format!(
                         "begun implicitly by a mint, until {}; owner `{}`",
@@ -1046,6 +1125,10 @@ impl Issuer {
                         t.accountable_owner
                     ));
                     begin.kind = kind::TASK_BEGIN.into();
+                    begin.policies = begun
+                        .as_ref()
+                        .map(|d| d.policies.clone())
+                        .unwrap_or_default();
                     self.store.begin_task(&t, &[begin]).await?.0
                 }
             };
@@ -1059,14 +1142,35 @@ impl Issuer {
         }
     }
 
+    /// The structural rule (own trust domain) and the ttl limit of a mint,
+    /// audited when they refuse. Returns the ttl in seconds.
+    async fn mint_gate(
+        &self,
+        caller: &Caller,
+        event_kind: &str,
+        task: &TaskId,
+        ttl: Option<Duration>,
+    ) -> Result<i64, Error> {
+        let me = caller.spiffe_id.to_string();
+        let draft = AuditDraft::new(event_kind, &me, now_unix()).task(&me, task.as_str(), false);
+        if let Err(e) = self.check_mintable(&caller.spiffe_id) {
+            return Err(self.refused_early(draft, decision::DENY, e).await);
+        }
+        match self.ttl(ttl) {
+            Ok(t) => Ok(t),
+            Err(e) => Err(self.refused_early(draft, decision::REFUSED, e).await),
+        }
+    }
+
     /// Mints a per-task X.509-SVID from a CSR.
     pub async fn mint_x509(&self, caller: &Caller, req: MintX509) -> Result<Minted, Error> {
-        self.check_mintable(&caller.spiffe_id)?;
         let task = TaskId::parse(&req.task_id)?;
-        let ttl = self.ttl(req.ttl)?;
         // The CSR is checked before the task is touched: a bad request
         // begins nothing.
         let key = ca::parse_csr(&req.csr)?;
+        let ttl = self
+            .mint_gate(caller, kind::MINT_X509, &task, req.ttl)
+            .await?;
         let (t, draft) = self.prepare_mint(caller, &task, ttl, None).await?;
         let limits = (self.limits.max_active_credentials, draft.clone());
         match self.issue_x509(caller, &t, &key, ttl, None, limits).await {
@@ -1077,10 +1181,11 @@ impl Issuer {
 
     /// Mints a per-task JWT-SVID for one audience.
     pub async fn mint_jwt(&self, caller: &Caller, req: MintJwt) -> Result<Minted, Error> {
-        self.check_mintable(&caller.spiffe_id)?;
         let task = TaskId::parse(&req.task_id)?;
         validate_audience(&req.audience)?;
-        let ttl = self.ttl(req.ttl)?;
+        let ttl = self
+            .mint_gate(caller, kind::MINT_JWT, &task, req.ttl)
+            .await?;
         let (t, draft) = self
             .prepare_mint(caller, &task, ttl, Some(&req.audience))
             .await?;
@@ -1096,8 +1201,6 @@ impl Issuer {
 
     /// Renews a credential: same task, same audience, linked, bounded.
     pub async fn renew(&self, caller: &Caller, req: Renew) -> Result<(Minted, Option<u64>), Error> {
-        self.check_mintable(&caller.spiffe_id)?;
-        let ttl = self.ttl(req.ttl)?;
         let now = now_unix();
         let me = caller.spiffe_id.to_string();
         let pred = self
@@ -1122,10 +1225,15 @@ impl Issuer {
                 "credential `{}` names `{}`; only that workload may renew it",
                 pred.id, pred.spiffe_id
             ));
-            let event = draft.decided(decision::DENY, &[]).because(e.to_string());
-            self.store.append_audit(&[event]).await?;
-            return Err(e);
+            return Err(self.refused_early(draft, decision::DENY, e).await);
         }
+        if let Err(e) = self.check_mintable(&caller.spiffe_id) {
+            return Err(self.refused_early(draft, decision::DENY, e).await);
+        }
+        let ttl = match self.ttl(req.ttl) {
+            Ok(t) => t,
+            Err(e) => return Err(self.refused_early(draft, decision::REFUSED, e).await),
+        };
         self.rate_limit(caller, &draft).await?;
         let context = json!({
             "ttl_seconds": ttl,
@@ -1449,6 +1557,14 @@ impl Issuer {
     /// The state of a credential. Audited: a status check is the "use"
     /// signal of the credential's task.
     pub async fn check_status(&self, caller: &Caller, id: &str) -> Result<CredentialState, Error> {
+        // Ids are lowercase hex (38 for a serial, 32 for a jti): anything
+        // else is refused before it can reach the trail (a token pasted in
+        // by mistake must not be stored).
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::InvalidArgument(
+                "credential_id must be 1-64 hex digits (a certificate serial or a JWT jti)".into(),
+            ));
+        }
         let c = self.store.credential(id).await?;
         let now = now_unix();
         let state = match &c {
@@ -1504,19 +1620,26 @@ impl Issuer {
     }
 
     /// Authorizes opening a revocation feed (and audits it).
-    pub async fn authorize_watch(&self, caller: &Caller, after: Option<u64>) -> Result<(), Error> {
+    pub async fn authorize_watch(
+        &self,
+        caller: &Caller,
+        after: Option<u64>,
+        subscriber: &str,
+    ) -> Result<(), Error> {
         let me = caller.spiffe_id.to_string();
-        let mut draft = AuditDraft::new(kind::WATCH, &me, now_unix()).because(match after {
-            Some(s) => format!("resume after seq {s}"),
-            None => "snapshot".to_owned(),
-        });
+        let mut draft = AuditDraft::new(kind::WATCH, &me, now_unix())
+            .subject(subscriber)
+            .because(match after {
+                Some(s) => format!("resume after seq {s}"),
+                None => "snapshot".to_owned(),
+            });
         draft.ref_seq = after;
         let d = self
             .authorize(
                 caller,
                 Action::Watch,
                 &Resource::Issuer,
-                json!({ "operation": "watch", "subscriber": "" }),
+                json!({ "operation": "watch", "subscriber": subscriber }),
                 &[],
                 &draft,
             )
@@ -1560,15 +1683,19 @@ impl Issuer {
         if let Some(owner) = owner
             && owner != me
         {
-            return Err(Error::PermissionDenied(format!(
+            let e = Error::PermissionDenied(format!(
                 "subscriber `{subscriber}` acknowledges as `{owner}`, not `{me}`"
-            )));
+            ));
+            return Err(self.refused_early(draft, decision::DENY, e).await);
         }
         let current = self.store.current_seq().await?;
         if up_to > current {
-            return Err(Error::InvalidArgument(format!(
+            let e = Error::InvalidArgument(format!(
                 "cannot acknowledge up to {up_to}: the current sequence is {current}"
-            )));
+            ));
+            return Err(self
+                .refused(draft.decided(decision::ALLOW, &d.policies), e)
+                .await);
         }
         let a = self
             .store
@@ -1706,7 +1833,7 @@ impl Issuer {
     ) -> Result<TaskRecord, Error> {
         check_text("note", note, 1024)?;
         let (task, holder) = self.holder_of(caller, &r)?;
-        self.admin(caller, "mark_reviewed").await?;
+        let d = self.admin(caller, "mark_reviewed").await?;
         let now = now_unix();
         let me = caller.spiffe_id.to_string();
         let review = Review {
@@ -1716,7 +1843,7 @@ impl Issuer {
         };
         let event = AuditDraft::new(kind::REVIEW, &me, now)
             .task(&holder, task.as_str(), true)
-            .decided(decision::ALLOW, &[])
+            .decided(decision::ALLOW, &d.policies)
             .because(if note.is_empty() {
                 "marked reviewed".to_owned()
             } else {
@@ -1748,27 +1875,50 @@ impl Issuer {
         Ok(self.policy.status())
     }
 
-    /// Re-reads the policy file; a change is audited, a refusal logged at
-    /// error and audited, and the policy in force stays.
-    pub async fn reload_policy(&self) -> Result<Reload, Error> {
+    /// Re-reads the policy file (`force`: now, as on SIGHUP; otherwise once
+    /// new content is seen twice). A change is audited before it is put in
+    /// force; a refusal is logged at error and audited, and the policy in
+    /// force stays.
+    pub async fn reload_policy(&self, force: bool) -> Result<Reload, Error> {
         let now = now_unix();
-        let r = self.policy.reload(now);
+        let attempt = self.policy.attempt(force);
         let event = AuditDraft::new(kind::POLICY_RELOAD, &self.jwt_issuer, now);
-        let event = match &r {
-            Reload::Unchanged => return Ok(r),
+        let event = match &attempt {
+            policy::Attempt::Unchanged => return Ok(Reload::Unchanged),
+            policy::Attempt::Load(doc) => event
+                .decided(decision::ALLOW, &doc.ids)
+                .because(format!("policy sha256 {} in force", doc.sha256)),
+            policy::Attempt::Refuse(e) => event
+                .decided(decision::REFUSED, &[])
+                .because(format!("{e}; the previous policy stays in force")),
+        };
+        if let Err(e) = self.store.append_audit(&[event]).await {
+            // Not recorded, so not applied: the next poll tries again.
+            self.policy.forget_attempt();
+            return Err(e.into());
+        }
+        let r = self.policy.apply(attempt, now);
+        match &r {
             Reload::Loaded { sha256, ids } => {
-                tracing::info!(%sha256, policies = ids.len(), "policy reloaded");
-                event
-                    .decided(decision::ALLOW, ids)
-                    .because(format!("policy sha256 {sha256} in force"))
+                tracing::info!(%sha256, policies = ids.len(), "policy reloaded")
             }
             Reload::Refused(e) => {
-                tracing::error!(error = %e, "policy file refused; the previous policy stays in force");
-                event.decided(decision::REFUSED, &[]).because(e.to_string())
+                tracing::error!(error = %e, "policy file refused; the previous policy stays in force")
             }
-        };
-        self.store.append_audit(&[event]).await?;
+            Reload::Unchanged => {}
+        }
         Ok(r)
+    }
+
+    /// Records the policy in force at start (a file edited while the issuer
+    /// was down shows up in the trail by its hash).
+    pub async fn audit_policy_in_force(&self) -> Result<(), crate::store::StoreError> {
+        let st = self.policy.status();
+        let event = AuditDraft::new(kind::POLICY_RELOAD, &self.jwt_issuer, now_unix())
+            .decided(decision::ALLOW, &st.ids)
+            .because(format!("policy sha256 {} in force at start", st.sha256));
+        self.store.append_audit(&[event]).await?;
+        Ok(())
     }
 
     /// The bundle served by `GetTrustBundle`. Its sequence is persisted and

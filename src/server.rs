@@ -87,6 +87,8 @@ impl Server {
             material.clone(),
             policy,
         ));
+        // The trail says which policy was in force from the first call on.
+        issuer.audit_policy_in_force().await?;
         Ok(Self {
             cfg,
             issuer,
@@ -184,14 +186,15 @@ async fn policy_reload_loop(
         }
     };
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let force = tokio::select! {
+            _ = tick.tick() => false,
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                 tracing::info!("SIGHUP: re-reading the policy file");
+                true
             }
             _ = stop.changed() => return,
-        }
-        if let Err(e) = issuer.reload_policy().await {
+        };
+        if let Err(e) = issuer.reload_policy(force).await {
             tracing::error!(error = %e, "policy reload could not be audited");
         }
     }

@@ -525,7 +525,7 @@ impl pb::issuer_server::Issuer for IssuerService {
             };
             let f = self.issuer.feed_config();
             let opts = FeedOptions { heartbeat: f.heartbeat_interval, buffer: f.subscriber_buffer };
-            self.issuer.authorize_watch(&c, r.after_seq).await?;
+            self.issuer.authorize_watch(&c, r.after_seq, &r.subscriber).await?;
             tracing::info!(subscriber = %r.subscriber, caller = %c.spiffe_id, after = ?r.after_seq, "watch started");
             let feed = feed::watch(self.issuer.revocations().clone(), r.after_seq, filter, opts);
             let stream = feed.map(|item| {

@@ -184,16 +184,23 @@ pub struct Decision {
     /// Allowed?
     pub allowed: bool,
     /// Ids of the policies that decided it: the matching permits for an
-    /// allow, the matching forbids for an explicit deny, none when nothing
-    /// permits. Sorted.
+    /// allow, the matching forbids for an explicit deny, the policies that
+    /// failed to evaluate when one did, none when nothing permits. Sorted.
     pub policies: Vec<String>,
-    /// Policies that failed to evaluate (they count as not matching).
+    /// Policies that failed to evaluate; any makes the decision a deny.
     pub errors: Vec<String>,
 }
 
 impl Decision {
     /// The "decided by" part of a message or audit record.
     pub fn describe(&self) -> String {
+        if !self.errors.is_empty() {
+            let ids: Vec<String> = self.policies.iter().map(|p| format!("`{p}`")).collect();
+            return format!(
+                "denied because policy {} failed to evaluate",
+                ids.join(", ")
+            );
+        }
         if self.policies.is_empty() {
             "no policy permits".to_owned()
         } else {
@@ -277,6 +284,13 @@ impl PolicyDoc {
             set.add(p.new_id(PolicyId::new(&id)))
                 .map_err(|e| PolicyError::Parse(e.to_string()))?;
             ids.push(id);
+        }
+        if ids.is_empty() {
+            // Deny by default would refuse every call: almost surely a file
+            // caught empty or truncated, not an intent.
+            return Err(PolicyError::Parse(
+                "the file holds no policies (it would deny every call)".into(),
+            ));
         }
         let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
         if !result.validation_passed() {
@@ -371,6 +385,26 @@ pub enum Reload {
     Refused(PolicyError),
 }
 
+/// What the file watcher has seen: content attempted (loaded or refused),
+/// so a bad file is reported once and not on every poll; content seen once
+/// and waiting for a second look.
+#[derive(Debug, Default)]
+struct Seen {
+    attempted: Option<String>,
+    pending: Option<String>,
+}
+
+/// What a look at the policy file found (see [`Engine::attempt`]).
+#[derive(Debug)]
+pub enum Attempt {
+    /// Nothing to do.
+    Unchanged,
+    /// A valid new policy, not yet in force.
+    Load(Box<PolicyDoc>),
+    /// The file was refused.
+    Refuse(PolicyError),
+}
+
 /// The policy decision point.
 pub struct Engine {
     schema: Schema,
@@ -378,9 +412,7 @@ pub struct Engine {
     path: PathBuf,
     current: RwLock<Arc<PolicyDoc>>,
     status: Mutex<PolicyStatus>,
-    /// Hash of the last refused text, so a bad file is reported once, not
-    /// on every poll.
-    refused_hash: Mutex<Option<String>>,
+    seen: Mutex<Seen>,
     authorizer: Authorizer,
 }
 
@@ -416,71 +448,98 @@ impl Engine {
             path: path.to_owned(),
             current: RwLock::new(Arc::new(doc)),
             status: Mutex::new(status),
-            refused_hash: Mutex::new(None),
+            seen: Mutex::new(Seen::default()),
             authorizer: Authorizer::new(),
         }
     }
 
-    /// Re-reads the policy file. A file that fails to read, parse or validate
-    /// is refused and the policy in force stays; the error is kept for
-    /// [`Engine::status`].
-    pub fn reload(&self, now: i64) -> Reload {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) => {
-                return self.refuse(
-                    PolicyError::Read {
-                        path: self.path.display().to_string(),
-                        reason: e.to_string(),
-                    },
-                    now,
-                );
-            }
+    /// Looks at the policy file and says what a reload would do, without
+    /// changing anything: the caller records the outcome (audit) and then
+    /// [`Engine::apply`]s it, so a change is never in force unrecorded.
+    ///
+    /// A poll (`force = false`) acts on new content only once two polls in a
+    /// row have seen it, so a file caught half-written is not loaded (write
+    /// policy files by atomic rename all the same); content already
+    /// attempted is not attempted again. `force` (SIGHUP) attempts at once.
+    pub fn attempt(&self, force: bool) -> Attempt {
+        let (fingerprint, text) = match std::fs::read_to_string(&self.path) {
+            Ok(t) => (hex::encode(Sha256::digest(t.as_bytes())), Ok(t)),
+            Err(e) => (
+                format!("unreadable: {e}"),
+                Err(PolicyError::Read {
+                    path: self.path.display().to_string(),
+                    reason: e.to_string(),
+                }),
+            ),
         };
-        let hash = hex::encode(Sha256::digest(text.as_bytes()));
+        let mut seen = self.seen.lock().expect("policy reload lock");
         {
             let mut status = self.status.lock().expect("policy status lock");
-            // Unchanged since the last attempt, good or bad: nothing to do.
-            // (Back to the text in force after a refusal clears the error.)
-            if hash == status.sha256 {
+            if fingerprint == status.sha256 {
+                // Back to the text in force: nothing to load, no error left.
                 status.last_error = None;
                 status.last_error_at = None;
-                return Reload::Unchanged;
-            }
-            if status.last_error.is_some()
-                && self.refused_hash.lock().expect("lock").as_deref() == Some(hash.as_str())
-            {
-                return Reload::Unchanged;
+                seen.attempted = None;
+                seen.pending = None;
+                return Attempt::Unchanged;
             }
         }
-        match PolicyDoc::parse(&text, &self.schema) {
-            Ok(doc) => {
+        if !force {
+            if seen.attempted.as_deref() == Some(fingerprint.as_str()) {
+                return Attempt::Unchanged;
+            }
+            if seen.pending.as_deref() != Some(fingerprint.as_str()) {
+                seen.pending = Some(fingerprint);
+                return Attempt::Unchanged;
+            }
+        }
+        seen.pending = None;
+        seen.attempted = Some(fingerprint);
+        match text.and_then(|t| PolicyDoc::parse(&t, &self.schema)) {
+            Ok(doc) => Attempt::Load(Box::new(doc)),
+            Err(e) => Attempt::Refuse(e),
+        }
+    }
+
+    /// Puts an [`Engine::attempt`] into effect: a loaded policy replaces the
+    /// one in force; a refusal leaves it and is kept for [`Engine::status`].
+    pub fn apply(&self, attempt: Attempt, now: i64) -> Reload {
+        match attempt {
+            Attempt::Unchanged => Reload::Unchanged,
+            Attempt::Load(doc) => {
                 let mut status = self.status.lock().expect("policy status lock");
                 status.sha256 = doc.sha256.clone();
                 status.ids = doc.ids.clone();
                 status.loaded_at = now;
                 status.last_error = None;
                 status.last_error_at = None;
-                *self.refused_hash.lock().expect("lock") = None;
                 let out = Reload::Loaded {
                     sha256: doc.sha256.clone(),
                     ids: doc.ids.clone(),
                 };
-                *self.current.write().expect("policy lock") = Arc::new(doc);
+                *self.current.write().expect("policy lock") = Arc::from(doc);
                 out
             }
-            Err(e) => {
-                *self.refused_hash.lock().expect("lock") = Some(hash);
-                self.refuse(e, now)
+            Attempt::Refuse(e) => {
+                let mut status = self.status.lock().expect("policy status lock");
+                status.last_error = Some(e.to_string());
+                status.last_error_at = Some(now);
+                Reload::Refused(e)
             }
         }
     }
 
-    fn refuse(&self, e: PolicyError, now: i64) -> Reload {
-        let mut status = self.status.lock().expect("policy status lock");
-        status.last_error = Some(e.to_string());
-        status.last_error_at = Some(now);
-        Reload::Refused(e)
+    /// Forgets the last attempt, so the next poll tries the same content
+    /// again (after its outcome could not be recorded).
+    pub fn forget_attempt(&self) {
+        let mut seen = self.seen.lock().expect("policy reload lock");
+        seen.attempted = None;
+    }
+
+    /// Attempts and applies at once (no audit): for tests and tools.
+    pub fn reload(&self, force: bool, now: i64) -> Reload {
+        let a = self.attempt(force);
+        self.apply(a, now)
     }
 
     /// The policy in force and the last reload error.
@@ -620,14 +679,30 @@ impl Engine {
             .reason()
             .map(|p| p.to_string())
             .collect();
-        policies.sort();
-        let errors = response
+        let errors: Vec<String> = response
             .diagnostics()
             .errors()
             .map(|e| e.to_string())
             .collect();
+        // Fail closed: Cedar skips a policy that errors, so an erroring
+        // `forbid` would let the call through. Any error denies, and the
+        // erroring policies are the ones that decided.
+        let allowed = response.decision() == cedar_policy::Decision::Allow && errors.is_empty();
+        if !errors.is_empty() {
+            policies = response
+                .diagnostics()
+                .errors()
+                .map(|e| match e {
+                    cedar_policy::AuthorizationError::PolicyEvaluationError(e) => {
+                        e.policy_id().to_string()
+                    }
+                })
+                .collect();
+        }
+        policies.sort();
+        policies.dedup();
         Ok(Decision {
-            allowed: response.decision() == cedar_policy::Decision::Allow,
+            allowed,
             policies,
             errors,
         })
@@ -771,7 +846,8 @@ mod tests {
                 "delegate",
                 "Task::\"spiffe://example.org/agent#t\"",
                 Some(json!({"delegate": workload_ref("spiffe://other.org/x"),
-                            "audiences": ["db"], "lifetime_seconds": 60, "depth": 1})),
+                            "task_id": "t.sub", "audiences": ["db"],
+                            "lifetime_seconds": 60, "depth": 1})),
             )
             .unwrap();
         assert!(!d.allowed);
@@ -814,5 +890,70 @@ mod tests {
             PolicyDoc::parse(dup, &schema),
             Err(PolicyError::Parse(_))
         ));
+    }
+
+    #[test]
+    fn an_erroring_policy_denies_and_empty_files_are_refused() {
+        let e = engine(
+            r#"@id("mint") permit(principal, action == Action::"mint_jwt", resource);
+               @id("overflowing-forbid") forbid(principal, action == Action::"mint_jwt", resource)
+               when { context.ttl_seconds * 4611686018427387904 > 0 };"#,
+        );
+        let agent = SpiffeId::new("spiffe://example.org/agent").unwrap();
+        let ctx = json!({"task_id": "t", "ttl_seconds": 300, "renewal_count": 0,
+                         "break_glass": false, "depth": 0});
+        let d = e
+            .authorize(
+                &agent,
+                Action::MintJwt,
+                &Resource::Audience("db".into()),
+                ctx,
+                &[],
+            )
+            .unwrap();
+        assert!(!d.allowed, "fail closed");
+        assert_eq!(d.policies, vec!["overflowing-forbid".to_owned()]);
+        assert!(
+            d.describe().contains("failed to evaluate"),
+            "{}",
+            d.describe()
+        );
+        for text in ["", "// nothing but a comment\n"] {
+            assert!(matches!(
+                PolicyDoc::parse(text, &schema()),
+                Err(PolicyError::Parse(m)) if m.contains("no policies")
+            ));
+        }
+    }
+
+    #[test]
+    fn polls_wait_for_stable_content_and_report_a_bad_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.cedar");
+        let good = r#"@id("a") permit(principal, action == Action::"watch", resource);"#;
+        std::fs::write(&path, good).unwrap();
+        let e = Engine::load(&path, Groups::default(), 0).unwrap();
+        assert_eq!(e.reload(false, 1), Reload::Unchanged);
+        std::fs::write(&path, "permit (principal, action").unwrap();
+        assert_eq!(e.reload(false, 2), Reload::Unchanged, "seen once: wait");
+        assert!(matches!(e.reload(false, 3), Reload::Refused(_)));
+        assert_eq!(e.reload(false, 4), Reload::Unchanged, "reported once");
+        assert!(e.status().last_error.is_some());
+        // SIGHUP reports it again.
+        assert!(matches!(e.reload(true, 5), Reload::Refused(_)));
+        // A missing file is refused (once) too; the policy in force stays.
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            e.reload(true, 6),
+            Reload::Refused(PolicyError::Read { .. })
+        ));
+        assert_eq!(e.reload(false, 7), Reload::Unchanged);
+        assert_eq!(e.status().ids, vec!["a".to_owned()]);
+        let better =
+            format!("{good}\n@id(\"b\") permit(principal, action == Action::\"admin\", resource);");
+        std::fs::write(&path, &better).unwrap();
+        assert_eq!(e.reload(false, 8), Reload::Unchanged);
+        assert!(matches!(e.reload(false, 9), Reload::Loaded { ids, .. } if ids.len() == 2));
+        assert_eq!(e.status().last_error, None);
     }
 }

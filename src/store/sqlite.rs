@@ -507,6 +507,20 @@ impl Store for SqliteStore {
         sign: SetSigner<'_>,
     ) -> Result<Vec<RevocationEvent>, StoreError> {
         let mut tx = self.writer.begin().await?;
+        // Ending a task that already ended (a concurrent completion, or a
+        // delegated task the reaper lists but a cascade ended first) does
+        // and records nothing.
+        if let (Some(_), RevokeScope::Task { owner, task_id }) = (req.end_task, &req.scope) {
+            let state: Option<String> =
+                sqlx::query_scalar("SELECT state FROM tasks WHERE owner = ? AND task_id = ?")
+                    .bind(owner)
+                    .bind(task_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if state.as_deref() != Some(TaskState::Active.as_str()) {
+                return Ok(Vec::new());
+            }
+        }
         let (filter, binds): (&str, Vec<String>) = match &req.scope {
             RevokeScope::Credential(id) => ("id = ?", vec![id.clone()]),
             RevokeScope::Task { owner, task_id } => (
