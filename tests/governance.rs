@@ -813,6 +813,15 @@ async fn audit_verify_catches_edited_deleted_and_reordered_rows() {
     assert!(ok, "{out}");
     assert!(out.contains("intact"), "{out}");
 
+    // Fold the WAL into the database file, so a plain file copy is whole.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
     let copy = |name: &str| {
         let p = s.dir.path().join(name);
         std::fs::copy(&db, &p).unwrap();

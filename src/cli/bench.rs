@@ -1,17 +1,62 @@
-//! `taskmint bench`.
+//! `taskmint bench`: the full run (default), `bench revocation`, and
+//! `bench cfssl` (side by side with a running `cfssl serve`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use super::parse_duration;
 use crate::bench::{self, RevocationBench};
+
+/// `bench`: with no subcommand, the full run.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    /// A single part instead of the full run.
+    #[command(subcommand)]
+    pub cmd: Option<BenchCommand>,
+    /// The full run's settings.
+    #[command(flatten)]
+    pub all: AllArgs,
+}
 
 /// `bench` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Revocation delivery latency: Revoke RPC returned -> event received.
     Revocation(RevocationArgs),
+    /// MintX509 side by side with `cfssl serve`, same CSRs, same concurrency.
+    Cfssl(CfsslArgs),
+}
+
+/// Settings of the full run.
+#[derive(Debug, Args)]
+pub struct AllArgs {
+    /// Concurrent callers per mint load step, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
+    pub concurrency: Vec<usize>,
+    /// Measured window of each load step.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub window: Duration,
+    /// Time spent on each in-process ceiling figure.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub ceiling_window: Duration,
+    /// Subscriber counts for revocation delivery, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
+    pub subscribers: Vec<usize>,
+    /// Revocations per subscriber count.
+    #[arg(long, default_value_t = 50)]
+    pub events: usize,
+    /// Credentials in the large store (0 skips the comparison).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub stored: u64,
+    /// Concurrency of the large-store comparison.
+    #[arg(long, default_value_t = 8)]
+    pub stored_concurrency: usize,
+    /// Where results.json and plot.svg go.
+    #[arg(long, default_value = "target/taskmint-bench")]
+    pub out: PathBuf,
 }
 
 /// Arguments of `bench revocation`.
@@ -34,17 +79,89 @@ pub struct RevocationArgs {
     pub json: Option<PathBuf>,
 }
 
-pub(super) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    match cmd {
-        BenchCommand::Revocation(a) => {
-            let rows = bench::revocation_latency(&RevocationBench {
-                subscribers: a.subscribers,
-                events: a.events,
-                gap: Duration::from_millis(a.gap_ms),
-                streams_per_connection: a.streams_per_connection,
-            })
+/// Arguments of `bench cfssl`.
+#[derive(Debug, Args)]
+pub struct CfsslArgs {
+    /// cfssl's API, e.g. http://127.0.0.1:8888.
+    #[arg(long)]
+    pub url: String,
+    /// cfssl's pid, to read its CPU time.
+    #[arg(long)]
+    pub cfssl_pid: Option<u32>,
+    /// The cfssl signing profile.
+    #[arg(long, default_value = "task")]
+    pub profile: String,
+    /// Concurrencies, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "8,32")]
+    pub concurrency: Vec<usize>,
+    /// Measured window per step.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub window: Duration,
+    /// Rounds: each round measures taskmint then cfssl at every concurrency.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Also write the rows as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub(super) async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    match a.cmd {
+        None => {
+            let o = a.all;
+            let report = bench::run_all(
+                &bench::Options {
+                    exe,
+                    concurrency: o.concurrency,
+                    window: o.window,
+                    ceiling_window: o.ceiling_window,
+                    subscribers: o.subscribers,
+                    events: o.events,
+                    stored: o.stored,
+                    stored_concurrency: o.stored_concurrency,
+                },
+                |step| eprintln!("bench: {step}"),
+            )
+            .await?;
+            print!("{}", bench::render(&report));
+            std::fs::create_dir_all(&o.out)?;
+            let json = o.out.join("results.json");
+            std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+            let plot = o.out.join("plot.svg");
+            bench::plot::draw(&report.load, &plot)?;
+            eprintln!("bench: wrote {} and {}", json.display(), plot.display());
+        }
+        Some(BenchCommand::Revocation(a)) => {
+            let rows = bench::revocation_latency(
+                &exe,
+                &RevocationBench {
+                    subscribers: a.subscribers,
+                    events: a.events,
+                    gap: Duration::from_millis(a.gap_ms),
+                    streams_per_connection: a.streams_per_connection,
+                },
+            )
             .await?;
             print!("{}", bench::table(&rows));
+            if let Some(path) = a.json {
+                std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+            }
+        }
+        Some(BenchCommand::Cfssl(a)) => {
+            let rows = bench::compare_cfssl(
+                &exe,
+                &bench::CfsslOptions {
+                    url: a.url,
+                    pid: a.cfssl_pid,
+                    profile: a.profile,
+                    concurrency: a.concurrency,
+                    window: a.window,
+                    rounds: a.rounds,
+                },
+            )
+            .await?;
+            print!("{}", bench::cfssl_table(&rows));
             if let Some(path) = a.json {
                 std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
             }

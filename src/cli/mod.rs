@@ -56,9 +56,8 @@ pub enum Command {
     Watch(watch::WatchArgs),
     /// Fetch the CRL.
     Crl(status::CrlArgs),
-    /// Measure this machine.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    /// Measure this machine: the full benchmark, or one part of it.
+    Bench(bench::BenchArgs),
     /// Check, try and inspect Cedar policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),

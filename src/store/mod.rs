@@ -34,6 +34,9 @@ pub enum StoreError {
     /// A stored value could not be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The group commit this write rode in failed.
+    #[error("batched write failed: {0}")]
+    Batch(String),
 }
 
 /// The kind of a credential.

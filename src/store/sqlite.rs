@@ -6,17 +6,25 @@
 //! inside its transaction and is therefore gap-free in commit order, and a
 //! mint cannot slip in between a task's completion and its cascade. Reads use
 //! a separate pool and never wait for the writer (WAL).
+//!
+//! The hot writes (recording a credential, beginning a task, appending audit
+//! events) go through a group commit: one writer task runs every queued job
+//! in one transaction, each in its own savepoint, and answers each only
+//! after the commit. One fsync serves many credentials; nothing is answered
+//! before it is durable.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::sqlite::SqliteConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     AckRecord, CredentialKind, CredentialRecord, CrlEntry, GrantFilter, RecordRefusal, Review,
@@ -32,6 +40,17 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations"
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Record { .. } => "Job::Record",
+            Self::Begin { .. } => "Job::Begin",
+            Self::Append { .. } => "Job::Append",
+        })
+    }
 }
 
 impl SqliteStore {
@@ -66,7 +85,95 @@ impl SqliteStore {
             .connect_with(opts.read_only(true))
             .await
             .map_err(|e| open_err(e.to_string()))?;
-        Ok(Self { writer, reader })
+        let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(group_commit(writer.clone(), rx));
+        Ok(Self {
+            writer,
+            reader,
+            jobs,
+        })
+    }
+
+    async fn submit(&self, job: Job) -> Result<(), StoreError> {
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Batch("the writer stopped".into()))
+    }
+
+    /// Fills the store with `n` active JWT credentials (1000 workloads, one
+    /// task each) and their audit events, chained like real ones, in one
+    /// transaction: the "large store" of `taskmint bench`. Not for production
+    /// data.
+    pub async fn seed_credentials(&self, n: u64, now: i64) -> Result<(), StoreError> {
+        use rand::RngCore;
+        const WORKLOADS: u64 = 1000;
+        const ROWS: usize = 1000;
+        let mut tx = self.writer.begin().await?;
+        for w in 0..WORKLOADS.min(n.max(1)) {
+            let mut t = TaskRecord::new(
+                &format!("spiffe://example.org/workload/seed-{w}"),
+                "seed",
+                now,
+                now + 8 * 3600,
+            );
+            t.accountable_owner = "team-seed".into();
+            sqlx::query(&format!(
+                "INSERT INTO tasks ({TASK_COLUMNS}) \
+                 VALUES (?, ?, ?, '', '', '{{}}', TRUE, ?, 'active', NULL, ?, FALSE, '', NULL, NULL, NULL, NULL, NULL, 0, '[]')"
+            ))
+            .bind(&t.owner)
+            .bind(&t.task_id)
+            .bind(t.created_at)
+            .bind(t.deadline)
+            .bind(&t.accountable_owner)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut rng = rand::rng();
+        let mut done = 0u64;
+        while done < n {
+            let batch = (n - done).min(ROWS as u64);
+            let mut creds = Vec::with_capacity(batch as usize);
+            for i in done..done + batch {
+                let mut jti = [0u8; 16];
+                rng.fill_bytes(&mut jti);
+                let holder = format!("spiffe://example.org/workload/seed-{}", i % WORKLOADS);
+                creds.push((hex::encode(jti), holder));
+            }
+            let mut q = sqlx::QueryBuilder::<Sqlite>::new(format!(
+                "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) "
+            ));
+            q.push_values(&creds, |mut b, (id, holder)| {
+                b.push_bind(id)
+                    .push_bind("jwt")
+                    .push_bind(holder)
+                    .push_bind(holder)
+                    .push_bind("seed")
+                    .push_bind("db")
+                    .push_bind(now - 10)
+                    .push_bind(now + 3600)
+                    .push_bind("00".repeat(32))
+                    .push_bind(now)
+                    .push_bind(None::<String>)
+                    .push_bind(0i64)
+                    .push_bind(None::<i64>)
+                    .push_bind(None::<String>)
+                    .push_bind(None::<i64>);
+            });
+            q.build().execute(&mut *tx).await?;
+            let drafts = creds.iter().map(|(id, holder)| {
+                AuditDraft::new(audit::kind::MINT_JWT, holder, now)
+                    .task(holder, "seed", false)
+                    .decided(audit::decision::ALLOW, &["seed".to_owned()])
+                    .credential(id)
+                    .because("seeded by taskmint bench")
+            });
+            append(&mut tx, drafts).await?;
+            done += batch;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Closes both pools (waits for connections to be returned).
@@ -186,21 +293,55 @@ fn audit_from_row(r: &SqliteRow) -> Result<AuditEvent, StoreError> {
     })
 }
 
-/// Appends `drafts` to the audit chain inside `tx` and moves the head.
-async fn append(
-    tx: &mut Transaction<'_, Sqlite>,
-    drafts: impl IntoIterator<Item = AuditDraft>,
-) -> Result<Vec<AuditEvent>, StoreError> {
+/// The audit chain's head as the writer sees it inside a transaction.
+#[derive(Debug, Clone)]
+struct Head {
+    seq: u64,
+    hash: String,
+    dirty: bool,
+}
+
+async fn load_head(conn: &mut SqliteConnection) -> Result<Head, StoreError> {
     let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *conn)
         .await?;
-    let (mut seq, mut hash) = match head {
-        Some(r) => (r.try_get::<i64, _>("seq")? as u64, r.try_get("hash")?),
-        None => (0, audit::GENESIS.to_owned()),
-    };
+    Ok(match head {
+        Some(r) => Head {
+            seq: r.try_get::<i64, _>("seq")? as u64,
+            hash: r.try_get("hash")?,
+            dirty: false,
+        },
+        None => Head {
+            seq: 0,
+            hash: audit::GENESIS.to_owned(),
+            dirty: false,
+        },
+    })
+}
+
+async fn store_head(conn: &mut SqliteConnection, head: &Head) -> Result<(), StoreError> {
+    if head.dirty {
+        sqlx::query(
+            "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        )
+        .bind(head.seq as i64)
+        .bind(&head.hash)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Chains `drafts` after `head` and inserts them; the caller stores the head.
+async fn append_in(
+    conn: &mut SqliteConnection,
+    head: &mut Head,
+    drafts: Vec<AuditDraft>,
+) -> Result<Vec<AuditEvent>, StoreError> {
     let mut out = Vec::new();
     for d in drafts {
-        let e = audit::seal(seq, &hash, d);
+        let e = audit::seal(head.seq, &head.hash, d);
         sqlx::query(&format!(
             "INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
@@ -219,23 +360,329 @@ async fn append(
         .bind(e.body.break_glass)
         .bind(e.body.ref_seq.map(|s| s as i64))
         .bind(&e.body.subject)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
-        seq = e.seq;
-        hash = e.hash.clone();
+        head.seq = e.seq;
+        head.hash = e.hash.clone();
+        head.dirty = true;
         out.push(e);
     }
-    if !out.is_empty() {
-        sqlx::query(
-            "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-        )
-        .bind(seq as i64)
-        .bind(&hash)
-        .execute(&mut **tx)
-        .await?;
-    }
     Ok(out)
+}
+
+/// Appends `drafts` to the audit chain inside `tx` and moves the head.
+async fn append(
+    tx: &mut Transaction<'_, Sqlite>,
+    drafts: impl IntoIterator<Item = AuditDraft>,
+) -> Result<Vec<AuditEvent>, StoreError> {
+    let mut head = load_head(tx).await?;
+    let out = append_in(tx, &mut head, drafts.into_iter().collect()).await?;
+    store_head(tx, &head).await?;
+    Ok(out)
+}
+
+/// Creates a task (with its audit events) unless it exists.
+async fn begin_in(
+    conn: &mut SqliteConnection,
+    head: &mut Head,
+    t: &TaskRecord,
+    audit: Vec<AuditDraft>,
+) -> Result<(TaskRecord, bool), StoreError> {
+    let existing = sqlx::query(&format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = ? AND task_id = ?"
+    ))
+    .bind(&t.owner)
+    .bind(&t.task_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = existing {
+        return Ok((task_from_row(&row)?, false));
+    }
+    sqlx::query(&format!(
+        "INSERT INTO tasks ({TASK_COLUMNS}) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .bind(&t.owner)
+    .bind(&t.task_id)
+    .bind(t.created_at)
+    .bind(&t.purpose)
+    .bind(&t.ticket)
+    .bind(serde_json::to_string(&t.labels).expect("labels serialise"))
+    .bind(t.implicit)
+    .bind(t.deadline)
+    .bind(t.state.as_str())
+    .bind(t.ended_at)
+    .bind(&t.accountable_owner)
+    .bind(t.break_glass)
+    .bind(&t.justification)
+    .bind(t.review.as_ref().map(|r| r.by.clone()))
+    .bind(t.review.as_ref().map(|r| r.at))
+    .bind(t.review.as_ref().map(|r| r.note.clone()))
+    .bind(t.parent.as_ref().map(|p| p.0.clone()))
+    .bind(t.parent.as_ref().map(|p| p.1.clone()))
+    .bind(t.depth as i64)
+    .bind(serde_json::to_string(&t.audiences).expect("audiences serialise"))
+    .execute(&mut *conn)
+    .await?;
+    append_in(conn, head, audit).await?;
+    Ok((t.clone(), true))
+}
+
+/// Records a credential (with its audit events) if its task allows it.
+async fn record_in(
+    conn: &mut SqliteConnection,
+    head: &mut Head,
+    c: &CredentialRecord,
+    max_active: u32,
+    audit: Vec<AuditDraft>,
+) -> Result<Result<(), RecordRefusal>, StoreError> {
+    // The task's state and its active credentials (counted up to the limit
+    // only, so a task with many credentials costs no more) in one query.
+    let row = sqlx::query(
+        "SELECT state, (SELECT COUNT(*) FROM (SELECT 1 FROM credentials \
+            WHERE task_owner = ?1 AND task_id = ?2 AND revoked_at IS NULL AND not_after > ?3 \
+            LIMIT ?4)) AS active \
+         FROM tasks WHERE owner = ?1 AND task_id = ?2",
+    )
+    .bind(&c.task_owner)
+    .bind(&c.task_id)
+    .bind(c.issued_at)
+    .bind(i64::from(max_active))
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Err(StoreError::Corrupt(format!(
+            "task `{}` has no row",
+            c.task_id
+        )));
+    };
+    match TaskState::parse(row.try_get::<&str, _>("state")?)? {
+        TaskState::Active => {}
+        ended => return Ok(Err(RecordRefusal::TaskEnded(ended))),
+    }
+    if let Some(pred) = &c.predecessor {
+        let row = sqlx::query("SELECT revoked_at FROM credentials WHERE id = ?")
+            .bind(pred)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let revoked: Option<i64> = match &row {
+            Some(r) => r.try_get("revoked_at")?,
+            None => return Err(StoreError::Corrupt(format!("predecessor `{pred}` missing"))),
+        };
+        if revoked.is_some() {
+            return Ok(Err(RecordRefusal::PredecessorRevoked));
+        }
+    }
+    if row.try_get::<i64, _>("active")? >= i64::from(max_active) {
+        return Ok(Err(RecordRefusal::TooManyActive(max_active)));
+    }
+    let res = sqlx::query(&format!(
+        "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL)"
+    ))
+    .bind(&c.id)
+    .bind(c.kind.as_str())
+    .bind(&c.spiffe_id)
+    .bind(&c.task_owner)
+    .bind(&c.task_id)
+    .bind(&c.audience)
+    .bind(c.not_before)
+    .bind(c.not_after)
+    .bind(&c.caller_cert_sha256)
+    .bind(c.issued_at)
+    .bind(&c.predecessor)
+    .bind(c.renewal_count as i64)
+    .execute(&mut *conn)
+    .await;
+    match res {
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            // SQLite names the column, PostgreSQL the index.
+            let msg = e.message().to_owned();
+            if msg.contains("predecessor") || e.constraint() == Some("credentials_one_successor") {
+                let pred = c.predecessor.clone().unwrap_or_default();
+                return Ok(Err(RecordRefusal::AlreadyRenewed(pred)));
+            }
+            return Err(StoreError::Duplicate(c.id.clone()));
+        }
+        other => {
+            other?;
+        }
+    }
+    append_in(conn, head, audit).await?;
+    Ok(Ok(()))
+}
+
+/// A write that rides the group commit.
+enum Job {
+    Record {
+        cred: CredentialRecord,
+        max_active: u32,
+        audit: Vec<AuditDraft>,
+        reply: oneshot::Sender<Result<Result<(), RecordRefusal>, StoreError>>,
+    },
+    Begin {
+        task: TaskRecord,
+        audit: Vec<AuditDraft>,
+        reply: oneshot::Sender<Result<(TaskRecord, bool), StoreError>>,
+    },
+    Append {
+        events: Vec<AuditDraft>,
+        reply: oneshot::Sender<Result<Vec<AuditEvent>, StoreError>>,
+    },
+}
+
+/// Most jobs one transaction takes.
+const MAX_BATCH: usize = 256;
+
+/// Job results held until their transaction commits. (A batch holds a few
+/// hundred at most; boxing the task variant would only add an allocation.)
+#[allow(clippy::large_enum_variant)]
+enum Done {
+    Record(
+        oneshot::Sender<Result<Result<(), RecordRefusal>, StoreError>>,
+        Result<Result<(), RecordRefusal>, StoreError>,
+    ),
+    Begin(
+        oneshot::Sender<Result<(TaskRecord, bool), StoreError>>,
+        Result<(TaskRecord, bool), StoreError>,
+    ),
+    Append(
+        oneshot::Sender<Result<Vec<AuditEvent>, StoreError>>,
+        Result<Vec<AuditEvent>, StoreError>,
+    ),
+}
+
+impl Done {
+    fn is_ok(&self) -> bool {
+        match self {
+            Self::Record(_, r) => r.is_ok(),
+            Self::Begin(_, r) => r.is_ok(),
+            Self::Append(_, r) => r.is_ok(),
+        }
+    }
+
+    fn send(self, commit: &Result<(), String>) {
+        let fail = |e: &String| StoreError::Batch(e.clone());
+        // Receivers that went away (cancelled RPCs) are fine to ignore: the
+        // write is committed either way.
+        match (self, commit) {
+            (Self::Record(tx, r), Ok(())) => drop(tx.send(r)),
+            (Self::Record(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
+            (Self::Begin(tx, r), Ok(())) => drop(tx.send(r)),
+            (Self::Begin(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
+            (Self::Append(tx, r), Ok(())) => drop(tx.send(r)),
+            (Self::Append(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
+        }
+    }
+}
+
+/// The group-commit writer: takes every queued job (up to [`MAX_BATCH`])
+/// into one transaction, each job inside a savepoint so one failure does
+/// not undo the others, commits once (one fsync), then answers each job.
+/// While a batch commits, the next one queues: the busier the issuer, the
+/// larger the batches.
+async fn group_commit(writer: SqlitePool, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut done = Vec::with_capacity(jobs.len());
+        let commit = run_batch(&writer, jobs, &mut done).await;
+        for d in done {
+            d.send(&commit);
+        }
+    }
+}
+
+/// Pins a future as `Send` at its call site, where its lifetimes are
+/// concrete (rustc cannot prove the generic sqlx futures `Send` inside a
+/// spawned task otherwise).
+fn boxed<'a, T>(
+    f: impl std::future::Future<Output = T> + Send + 'a,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
+    Box::pin(f)
+}
+
+async fn run_batch(
+    writer: &SqlitePool,
+    jobs: Vec<Job>,
+    done: &mut Vec<Done>,
+) -> Result<(), String> {
+    let mut tx = match boxed(writer.begin()).await {
+        Ok(tx) => tx,
+        Err(e) => {
+            let e = e.to_string();
+            for j in jobs {
+                done.push(failed(j, &e));
+            }
+            return Err(e);
+        }
+    };
+    let mut head = match boxed(load_head(&mut tx)).await {
+        Ok(h) => h,
+        Err(e) => {
+            let e = e.to_string();
+            for j in jobs {
+                done.push(failed(j, &e));
+            }
+            return Err(e);
+        }
+    };
+    for job in jobs {
+        let before = head.clone();
+        if let Err(e) = boxed(sqlx::query("SAVEPOINT job").execute(&mut *tx)).await {
+            done.push(failed(job, &e.to_string()));
+            continue;
+        }
+        let d = match job {
+            Job::Record {
+                cred,
+                max_active,
+                audit,
+                reply,
+            } => Done::Record(
+                reply,
+                boxed(record_in(&mut tx, &mut head, &cred, max_active, audit)).await,
+            ),
+            Job::Begin { task, audit, reply } => Done::Begin(
+                reply,
+                boxed(begin_in(&mut tx, &mut head, &task, audit)).await,
+            ),
+            Job::Append { events, reply } => {
+                Done::Append(reply, boxed(append_in(&mut tx, &mut head, events)).await)
+            }
+        };
+        if !d.is_ok() {
+            head = before;
+            if let Err(e) = boxed(sqlx::query("ROLLBACK TO job").execute(&mut *tx)).await {
+                // The transaction is in an unknown state: fail the batch.
+                done.push(d);
+                return Err(e.to_string());
+            }
+        }
+        if let Err(e) = boxed(sqlx::query("RELEASE job").execute(&mut *tx)).await {
+            done.push(d);
+            return Err(e.to_string());
+        }
+        done.push(d);
+    }
+    if let Err(e) = boxed(store_head(&mut tx, &head)).await {
+        return Err(e.to_string());
+    }
+    boxed(tx.commit()).await.map_err(|e| e.to_string())
+}
+
+fn failed(job: Job, e: &str) -> Done {
+    let err = || StoreError::Batch(e.to_owned());
+    match job {
+        Job::Record { reply, .. } => Done::Record(reply, Err(err())),
+        Job::Begin { reply, .. } => Done::Begin(reply, Err(err())),
+        Job::Append { reply, .. } => Done::Append(reply, Err(err())),
+    }
 }
 
 /// Tasks delegated (transitively) from the tasks selected by `roots_sql`
@@ -328,46 +775,15 @@ impl Store for SqliteStore {
         t: &TaskRecord,
         audit: &[AuditDraft],
     ) -> Result<(TaskRecord, bool), StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let existing = sqlx::query(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = ? AND task_id = ?"
-        ))
-        .bind(&t.owner)
-        .bind(&t.task_id)
-        .fetch_optional(&mut *tx)
+        let (reply, rx) = oneshot::channel();
+        self.submit(Job::Begin {
+            task: t.clone(),
+            audit: audit.to_vec(),
+            reply,
+        })
         .await?;
-        if let Some(row) = existing {
-            return Ok((task_from_row(&row)?, false));
-        }
-        sqlx::query(&format!(
-            "INSERT INTO tasks ({TASK_COLUMNS}) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(&t.owner)
-        .bind(&t.task_id)
-        .bind(t.created_at)
-        .bind(&t.purpose)
-        .bind(&t.ticket)
-        .bind(serde_json::to_string(&t.labels).expect("labels serialise"))
-        .bind(t.implicit)
-        .bind(t.deadline)
-        .bind(t.state.as_str())
-        .bind(t.ended_at)
-        .bind(&t.accountable_owner)
-        .bind(t.break_glass)
-        .bind(&t.justification)
-        .bind(t.review.as_ref().map(|r| r.by.clone()))
-        .bind(t.review.as_ref().map(|r| r.at))
-        .bind(t.review.as_ref().map(|r| r.note.clone()))
-        .bind(t.parent.as_ref().map(|p| p.0.clone()))
-        .bind(t.parent.as_ref().map(|p| p.1.clone()))
-        .bind(t.depth as i64)
-        .bind(serde_json::to_string(&t.audiences).expect("audiences serialise"))
-        .execute(&mut *tx)
-        .await?;
-        append(&mut tx, audit.iter().cloned()).await?;
-        tx.commit().await?;
-        Ok((t.clone(), true))
+        rx.await
+            .map_err(|_| StoreError::Batch("the writer stopped".into()))?
     }
 
     async fn record_credential(
@@ -376,85 +792,16 @@ impl Store for SqliteStore {
         max_active: u32,
         audit: &[AuditDraft],
     ) -> Result<Result<(), RecordRefusal>, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM tasks WHERE owner = ? AND task_id = ?")
-                .bind(&c.task_owner)
-                .bind(&c.task_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match state.as_deref().map(TaskState::parse).transpose()? {
-            Some(TaskState::Active) => {}
-            Some(ended) => return Ok(Err(RecordRefusal::TaskEnded(ended))),
-            None => {
-                return Err(StoreError::Corrupt(format!(
-                    "task `{}` has no row",
-                    c.task_id
-                )));
-            }
-        }
-        if let Some(pred) = &c.predecessor {
-            let row = sqlx::query("SELECT revoked_at FROM credentials WHERE id = ?")
-                .bind(pred)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let revoked: Option<i64> = match &row {
-                Some(r) => r.try_get("revoked_at")?,
-                None => return Err(StoreError::Corrupt(format!("predecessor `{pred}` missing"))),
-            };
-            if revoked.is_some() {
-                return Ok(Err(RecordRefusal::PredecessorRevoked));
-            }
-        }
-        let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM credentials WHERE task_owner = ? AND task_id = ? \
-             AND revoked_at IS NULL AND not_after > ?",
-        )
-        .bind(&c.task_owner)
-        .bind(&c.task_id)
-        .bind(c.issued_at)
-        .fetch_one(&mut *tx)
+        let (reply, rx) = oneshot::channel();
+        self.submit(Job::Record {
+            cred: c.clone(),
+            max_active,
+            audit: audit.to_vec(),
+            reply,
+        })
         .await?;
-        if active >= i64::from(max_active) {
-            return Ok(Err(RecordRefusal::TooManyActive(max_active)));
-        }
-        let res = sqlx::query(&format!(
-            "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL)"
-        ))
-        .bind(&c.id)
-        .bind(c.kind.as_str())
-        .bind(&c.spiffe_id)
-        .bind(&c.task_owner)
-        .bind(&c.task_id)
-        .bind(&c.audience)
-        .bind(c.not_before)
-        .bind(c.not_after)
-        .bind(&c.caller_cert_sha256)
-        .bind(c.issued_at)
-        .bind(&c.predecessor)
-        .bind(c.renewal_count as i64)
-        .execute(&mut *tx)
-        .await;
-        match res {
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                // SQLite names the column, PostgreSQL the index.
-                let msg = e.message().to_owned();
-                if msg.contains("predecessor")
-                    || e.constraint() == Some("credentials_one_successor")
-                {
-                    let pred = c.predecessor.clone().unwrap_or_default();
-                    return Ok(Err(RecordRefusal::AlreadyRenewed(pred)));
-                }
-                return Err(StoreError::Duplicate(c.id.clone()));
-            }
-            other => {
-                other?;
-            }
-        }
-        append(&mut tx, audit.iter().cloned()).await?;
-        tx.commit().await?;
-        Ok(Ok(()))
+        rx.await
+            .map_err(|_| StoreError::Batch("the writer stopped".into()))?
     }
 
     async fn credential(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
@@ -888,10 +1235,14 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, events: &[AuditDraft]) -> Result<Vec<AuditEvent>, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let out = append(&mut tx, events.iter().cloned()).await?;
-        tx.commit().await?;
-        Ok(out)
+        let (reply, rx) = oneshot::channel();
+        self.submit(Job::Append {
+            events: events.to_vec(),
+            reply,
+        })
+        .await?;
+        rx.await
+            .map_err(|_| StoreError::Batch("the writer stopped".into()))?
     }
 
     async fn audit_after(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {

@@ -1,8 +1,7 @@
-//! `taskmint bench`: measurements that ship with the product, so users can
-//! measure their own machine. Today: revocation delivery latency, from the
-//! moment a `Revoke` RPC returns to the moment each subscriber receives the
-//! event, for several subscriber counts, against a real in-process issuer
-//! (mTLS, SQLite with `synchronous=FULL`, SET signing) on loopback.
+//! Revocation delivery: from the moment a `Revoke` RPC returns to the moment
+//! each subscriber receives the event, for several subscriber counts, against
+//! a real issuer (mTLS, SQLite with `synchronous=FULL`, SET signing, policy
+//! and audit) on loopback; and the server memory each idle subscriber costs.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -10,10 +9,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::client::{Client, Identity};
-use crate::config::Config;
+use super::env::BenchEnv;
+use super::load::percentile;
+use super::proc_stats::{ServerProc, free_addr};
+use crate::client::Client;
 use crate::grpc::pb::{self, revoke_request::Target, watch_revocations_response::Msg};
-use crate::server::Server;
 
 /// Settings of one revocation-latency run.
 #[derive(Debug, Clone)]
@@ -51,68 +51,20 @@ pub struct LatencyRow {
     pub from_sent_p50_ms: f64,
     /// 99th percentile of the same, ms.
     pub from_sent_p99_ms: f64,
+    /// Server RSS growth per idle subscriber, KiB (NaN without a child
+    /// server to read).
+    pub idle_kib_per_subscriber: f64,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn read_identity(dir: &std::path::Path, name: &str) -> anyhow::Result<Identity> {
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-    let chain = crate::pem::certs(&std::fs::read(dir.join(format!("{name}.pem")))?)
-        .map_err(anyhow::Error::msg)?;
-    let key = crate::pem::pkcs8_key(&std::fs::read(dir.join(format!("{name}.key")))?)
-        .map_err(anyhow::Error::msg)?;
-    Ok(Identity {
-        chain,
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
-    })
-}
-
-/// Runs the revocation-latency benchmark in a temporary dev trust domain.
-pub async fn revocation_latency(b: &RevocationBench) -> anyhow::Result<Vec<LatencyRow>> {
-    let dir = tempfile_dir()?;
-    let workloads: Vec<String> = crate::devca::DEFAULT_WORKLOADS
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let init = crate::devca::init(&dir, "example.org", &workloads, "127.0.0.1:0", true)?;
-    // Buffers sized for the largest run, so the figure is delivery latency,
-    // not cut-offs.
-    let text = std::fs::read_to_string(&init.config)?
-        .replace("subscriber_buffer = 1024", "subscriber_buffer = 65536")
-        .replace(
-            "heartbeat_interval = \"10s\"",
-            "heartbeat_interval = \"60s\"",
-        );
-    std::fs::write(&init.config, text)?;
-    let cfg = Config::load(&init.config)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    let server = Server::build(cfg).await?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.run(listener, async {
-        let _ = stop_rx.await;
-    }));
-
-    let roots =
-        crate::pem::certs(&std::fs::read(dir.join("bundle.pem"))?).map_err(anyhow::Error::msg)?;
-    let server_id = spiffe::SpiffeId::new("spiffe://example.org/taskmint")?;
-    let connect = |name: &'static str| {
-        let (addr, roots, server_id, dir) =
-            (addr.clone(), roots.clone(), server_id.clone(), dir.clone());
-        async move {
-            Client::connect_with(&addr, Some(read_identity(&dir, name)?), roots, server_id)
-                .await
-                .map_err(anyhow::Error::from)
-        }
-    };
-    let mut agent = connect("agent").await?;
-
+/// Runs the revocation benchmark against the issuer at `addr` (a child
+/// process when `server` is given, whose RSS is then read).
+pub async fn latency_at(
+    env: &BenchEnv,
+    addr: &str,
+    server: Option<&ServerProc>,
+    b: &RevocationBench,
+) -> anyhow::Result<Vec<LatencyRow>> {
+    let mut agent = env.connect(addr, env.identity("agent")?).await?;
     let mut rows = Vec::new();
     for &n in &b.subscribers {
         // Credentials to revoke, one task each, minted before anyone watches.
@@ -126,10 +78,23 @@ pub async fn revocation_latency(b: &RevocationBench) -> anyhow::Result<Vec<Laten
         }
         let start_seq = current_seq(&mut agent).await?;
 
+        let rss_before = server.map(|s| s.rss_mib());
         let connections = n.div_ceil(b.streams_per_connection.max(1));
         let mut clients = Vec::with_capacity(connections);
-        for _ in 0..connections {
-            clients.push(connect("sidecar").await?);
+        // Handshakes in parallel, a bounded number at a time.
+        for chunk in (0..connections).collect::<Vec<_>>().chunks(64) {
+            let mut set = tokio::task::JoinSet::new();
+            for _ in chunk {
+                let id = env.identity("sidecar")?;
+                let server_id = spiffe::SpiffeId::new("spiffe://example.org/taskmint")?;
+                let (addr, roots) = (addr.to_owned(), env.roots().to_vec());
+                set.spawn(
+                    async move { Client::connect_with(&addr, Some(id), roots, server_id).await },
+                );
+            }
+            while let Some(c) = set.join_next().await {
+                clients.push(c??);
+            }
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant)>();
         let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
@@ -169,6 +134,13 @@ pub async fn revocation_latency(b: &RevocationBench) -> anyhow::Result<Vec<Laten
                 .await
                 .ok_or_else(|| anyhow::anyhow!("a subscriber failed before it was live"))?;
         }
+        // Idle: every subscriber connected and synced, nothing to send.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss_idle = server.map(|s| s.rss_mib());
+        let kib_per_subscriber = match (rss_before, rss_idle) {
+            (Some(a), Some(b)) => (b - a) * 1024.0 / n as f64,
+            _ => f64::NAN,
+        };
 
         let mut returned: HashMap<u64, (Instant, Instant)> = HashMap::with_capacity(b.events);
         let mut rpc = Vec::with_capacity(b.events);
@@ -187,7 +159,7 @@ pub async fn revocation_latency(b: &RevocationBench) -> anyhow::Result<Vec<Laten
         }
         let mut lat = Vec::with_capacity(n * b.events);
         let mut from_sent = Vec::with_capacity(n * b.events);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
         while lat.len() < n * b.events {
             let Ok(Some((seq, at))) = tokio::time::timeout_at(deadline, rx.recv()).await else {
                 anyhow::bail!("only {} of {} deliveries arrived", lat.len(), n * b.events);
@@ -203,6 +175,7 @@ pub async fn revocation_latency(b: &RevocationBench) -> anyhow::Result<Vec<Laten
         for w in watchers {
             w.await??;
         }
+        drop(clients);
         lat.sort_by(f64::total_cmp);
         from_sent.sort_by(f64::total_cmp);
         rpc.sort_by(f64::total_cmp);
@@ -217,12 +190,22 @@ pub async fn revocation_latency(b: &RevocationBench) -> anyhow::Result<Vec<Laten
             revoke_rpc_p50_ms: percentile(&rpc, 0.50),
             from_sent_p50_ms: percentile(&from_sent, 0.50),
             from_sent_p99_ms: percentile(&from_sent, 0.99),
+            idle_kib_per_subscriber: kib_per_subscriber,
         });
     }
-    let _ = stop_tx.send(());
-    serving.await??;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(rows)
+}
+
+/// Runs the revocation benchmark on its own: a fresh trust domain and a
+/// child issuer started from `exe`.
+pub async fn revocation_latency(
+    exe: &std::path::Path,
+    b: &RevocationBench,
+) -> anyhow::Result<Vec<LatencyRow>> {
+    let env = BenchEnv::create("revocation")?;
+    let addr = free_addr()?;
+    let server = ServerProc::start(exe, &env.config, &addr, || env.probe(&addr)).await?;
+    latency_at(&env, &addr, Some(&server), b).await
 }
 
 async fn current_seq(c: &mut Client) -> anyhow::Result<u64> {
@@ -235,25 +218,15 @@ async fn current_seq(c: &mut Client) -> anyhow::Result<u64> {
     anyhow::bail!("feed ended before it synced")
 }
 
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "taskmint-bench-{}-{}",
-        std::process::id(),
-        crate::issuer::now_unix()
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
 /// Renders rows as a Markdown table.
 pub fn table(rows: &[LatencyRow]) -> String {
     let mut out = String::from(
-        "| subscribers | connections | events | deliveries | p50 ms | p99 ms | max ms | Revoke RPC p50 ms | sent->received p50 ms | sent->received p99 ms |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| subscribers | connections | events | deliveries | p50 ms | p99 ms | max ms | Revoke RPC p50 ms | sent->received p50 ms | sent->received p99 ms | idle KiB/subscriber |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |\n",
             r.subscribers,
             r.connections,
             r.events,
@@ -263,7 +236,8 @@ pub fn table(rows: &[LatencyRow]) -> String {
             r.max_ms,
             r.revoke_rpc_p50_ms,
             r.from_sent_p50_ms,
-            r.from_sent_p99_ms
+            r.from_sent_p99_ms,
+            r.idle_kib_per_subscriber
         ));
     }
     out
