@@ -6,7 +6,7 @@
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -89,9 +89,11 @@ impl Actor {
     }
 }
 
-/// The ES256 signer.
+/// The ES256 signer. The key is parsed once, at load: signing never
+/// re-reads PKCS#8.
 pub struct JwtSigner {
-    key: EncodingKey,
+    pair: EcdsaKeyPair,
+    rng: aws_lc_rs::rand::SystemRandom,
     verify: DecodingKey,
     kid: String,
     x: String,
@@ -136,7 +138,8 @@ impl JwtSigner {
         let verify = DecodingKey::from_ec_components(&x, &y)
             .map_err(|e| JwtError::Load(format!("public key: {e}")))?;
         Ok(Self {
-            key: EncodingKey::from_ec_der(der),
+            pair,
+            rng: aws_lc_rs::rand::SystemRandom::new(),
             verify,
             kid,
             x,
@@ -162,13 +165,30 @@ impl JwtSigner {
         })
     }
 
+    /// The JWS compact serialisation (RFC 7515 section 7.1) of `claims`
+    /// under an ES256 header of type `typ`, signed with the parsed key.
+    /// `jsonwebtoken::encode` would parse the PKCS#8 key again on every call
+    /// (about as costly as the signature itself); what this produces is
+    /// checked by `jsonwebtoken::decode` before it leaves [`JwtSigner::sign`].
+    fn compact<T: Serialize>(&self, typ: &str, claims: &T) -> Result<String, JwtError> {
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = Some(typ.into());
+        header.kid = Some(self.kid.clone());
+        let mut token = B64URL.encode(to_json(&header)?);
+        token.push('.');
+        token.push_str(&B64URL.encode(to_json(claims)?));
+        let sig = self
+            .pair
+            .sign(&self.rng, token.as_bytes())
+            .map_err(|_| JwtError::Sign("ECDSA signing failed".into()))?;
+        token.push('.');
+        token.push_str(&B64URL.encode(sig.as_ref()));
+        Ok(token)
+    }
+
     /// Signs `claims`, then verifies the signature and re-reads the claims.
     pub fn sign(&self, claims: &Claims) -> Result<String, JwtError> {
-        let mut header = Header::new(Algorithm::ES256);
-        header.typ = Some("JWT".into());
-        header.kid = Some(self.kid.clone());
-        let token = jsonwebtoken::encode(&header, claims, &self.key)
-            .map_err(|e| JwtError::Sign(e.to_string()))?;
+        let token = self.compact("JWT", claims)?;
         let mut v = Validation::new(Algorithm::ES256);
         v.set_audience(&[&claims.aud]);
         v.set_issuer(&[&claims.iss]);
@@ -188,11 +208,12 @@ impl JwtSigner {
     /// Signs a Security Event Token (RFC 8417): `typ: secevent+jwt`, same key
     /// and `kid` as JWT-SVIDs, so relays verify it with the served JWKS.
     pub fn sign_set(&self, claims: &serde_json::Value) -> Result<String, JwtError> {
-        let mut header = Header::new(Algorithm::ES256);
-        header.typ = Some("secevent+jwt".into());
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| JwtError::Sign(e.to_string()))
+        self.compact("secevent+jwt", claims)
     }
+}
+
+fn to_json<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, JwtError> {
+    serde_json::to_vec(v).map_err(|e| JwtError::Sign(e.to_string()))
 }
 
 /// `cnf.x5t#S256` for a certificate digest.

@@ -20,11 +20,14 @@ pub struct BenchEnv {
     /// The config file.
     pub config: PathBuf,
     roots: Vec<CertificateDer<'static>>,
+    owned: bool,
 }
 
 impl Drop for BenchEnv {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owned {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -62,6 +65,22 @@ impl BenchEnv {
             config: init.config,
             dir,
             roots,
+            owned: true,
+        })
+    }
+
+    /// The trust domain of an issuer started elsewhere (`--server`): `dir`
+    /// holds its `bundle.pem`, `root.key` (to make caller SVIDs) and the
+    /// `agent` and `sidecar` SVIDs, as `dev init` writes them. Its rate
+    /// limit must allow the load.
+    pub fn existing(dir: &Path) -> anyhow::Result<Self> {
+        let roots = crate::pem::certs(&std::fs::read(dir.join("bundle.pem"))?)
+            .map_err(anyhow::Error::msg)?;
+        Ok(Self {
+            config: dir.join("taskmint.toml"),
+            dir: dir.to_owned(),
+            roots,
+            owned: false,
         })
     }
 

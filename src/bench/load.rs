@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::proc_stats::ServerProc;
+use super::proc_stats::Proc;
 use crate::client::Client;
 
 /// Credentials a caller mints per task before it moves to the next task.
@@ -80,7 +80,7 @@ pub async fn run(
     clients: &[Client],
     csrs: Arc<Vec<Vec<u8>>>,
     window: Duration,
-    server: Option<&ServerProc>,
+    server: Option<Proc>,
     ceiling_us: f64,
     label: &str,
 ) -> anyhow::Result<LoadRow> {

@@ -49,6 +49,19 @@ pub struct Options {
     pub stored: u64,
     /// Concurrency of the large-store comparison.
     pub stored_concurrency: usize,
+    /// Measure an issuer started elsewhere instead of starting one.
+    pub target: Option<Target>,
+}
+
+/// An issuer started elsewhere.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Its address.
+    pub addr: String,
+    /// Its trust domain directory (see [`BenchEnv::existing`]).
+    pub dir: PathBuf,
+    /// Its pid, if on this machine: server CPU and memory are read then.
+    pub pid: Option<u32>,
 }
 
 /// Where the run happened.
@@ -100,10 +113,10 @@ pub struct Report {
     pub load: Vec<LoadRow>,
     /// Revocation delivery.
     pub revocation: Vec<LatencyRow>,
-    /// Large store against empty.
+    /// Large store against empty (not with `--server`).
     pub large_store: Option<LargeStore>,
-    /// Cold start and idle memory.
-    pub startup: Startup,
+    /// Cold start and idle memory (not with `--server`).
+    pub startup: Option<Startup>,
 }
 
 fn machine() -> Machine {
@@ -182,23 +195,33 @@ pub async fn run_all(o: &Options, progress: impl Fn(&str)) -> anyhow::Result<Rep
     let csrs = Arc::new(csrs(64)?);
 
     // 1. The ceiling, on a quiet machine.
-    let env = BenchEnv::create("main")?;
+    let env = match &o.target {
+        None => BenchEnv::create("main")?,
+        Some(t) => BenchEnv::existing(&t.dir)?,
+    };
     progress("in-process signing ceiling");
     let m = Arc::new(material(&env, csrs.to_vec())?);
     let window = o.ceiling_window;
     let ceilings = tokio::task::spawn_blocking(move || crypto::ceilings(m, window)).await?;
 
     // 2. Cold start of a fresh issuer, then idle memory.
-    progress("cold start");
-    let server = start(&env, &o.exe).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let startup = Startup {
-        cold_start_ms: server.first_request.as_secs_f64() * 1e3,
-        idle_rss_mib: server.rss_mib(),
+    let (child, addr, proc_, startup) = match &o.target {
+        None => {
+            progress("cold start");
+            let server = start(&env, &o.exe).await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let startup = Startup {
+                cold_start_ms: server.first_request.as_secs_f64() * 1e3,
+                idle_rss_mib: server.proc().rss_mib(),
+            };
+            let (addr, p) = (server.addr.clone(), server.proc());
+            (Some(server), addr, Some(p), Some(startup))
+        }
+        Some(t) => (None, t.addr.clone(), t.pid.map(proc_stats::Proc), None),
     };
 
     // 3. Mint load.
-    let clients = connect_all(&env, &server.addr, max_c).await?;
+    let clients = connect_all(&env, &addr, max_c).await?;
     let mut rows = Vec::new();
     for kind in [Kind::Jwt, Kind::X509] {
         // Warm-up: connections, caches, the store's first pages.
@@ -219,7 +242,7 @@ pub async fn run_all(o: &Options, progress: impl Fn(&str)) -> anyhow::Result<Rep
                 &clients[..c],
                 csrs.clone(),
                 o.window,
-                Some(&server),
+                proc_,
                 ceiling_for(kind, &ceilings),
                 &format!("{}-{c}", kind.rpc()),
             )
@@ -233,8 +256,8 @@ pub async fn run_all(o: &Options, progress: impl Fn(&str)) -> anyhow::Result<Rep
     progress("revocation delivery");
     let revocation = revocation::latency_at(
         &env,
-        &server.addr,
-        Some(&server),
+        &addr,
+        proc_,
         &RevocationBench {
             subscribers: o.subscribers.clone(),
             events: o.events,
@@ -243,10 +266,10 @@ pub async fn run_all(o: &Options, progress: impl Fn(&str)) -> anyhow::Result<Rep
         },
     )
     .await?;
-    drop(server);
+    drop(child);
 
     // 5. A large store against an empty one, same load.
-    let large_store = if o.stored > 0 {
+    let large_store = if o.stored > 0 && o.target.is_none() {
         progress("empty store");
         let env = BenchEnv::create("store")?;
         let c = o.stored_concurrency;
@@ -268,7 +291,7 @@ pub async fn run_all(o: &Options, progress: impl Fn(&str)) -> anyhow::Result<Rep
             &clients,
             csrs.clone(),
             o.window,
-            Some(&server),
+            Some(server.proc()),
             ceiling,
             "empty",
         )
@@ -301,7 +324,7 @@ pub async fn run_all(o: &Options, progress: impl Fn(&str)) -> anyhow::Result<Rep
             &clients,
             csrs.clone(),
             o.window,
-            Some(&server),
+            Some(server.proc()),
             ceiling,
             "large",
         )
@@ -376,10 +399,12 @@ pub fn render(r: &Report) -> String {
             s.empty.p99_ms
         ));
     }
-    out.push_str(&format!(
-        "\ncold start to first served request: {:.0} ms; idle RSS: {:.1} MiB\n",
-        r.startup.cold_start_ms, r.startup.idle_rss_mib
-    ));
+    if let Some(st) = &r.startup {
+        out.push_str(&format!(
+            "\ncold start to first served request: {:.0} ms; idle RSS: {:.1} MiB\n",
+            st.cold_start_ms, st.idle_rss_mib
+        ));
+    }
     out
 }
 
@@ -458,7 +483,7 @@ pub async fn compare_cfssl(exe: &Path, o: &CfsslOptions) -> anyhow::Result<Vec<C
                 &clients[..c],
                 csrs.clone(),
                 o.window,
-                Some(&server),
+                Some(server.proc()),
                 f64::NAN,
                 &format!("cmp-{round}-{c}"),
             )

@@ -104,26 +104,33 @@ impl ServerProc {
         }
     }
 
-    /// The child's pid.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// The child, to read its counters.
+    pub fn proc(&self) -> Proc {
+        Proc(self.child.id())
     }
+}
 
+/// A process whose counters are read from `/proc` (the child issuer, or an
+/// issuer started elsewhere whose pid was given).
+#[derive(Debug, Clone, Copy)]
+pub struct Proc(pub u32);
+
+impl Proc {
     /// CPU seconds used so far.
     pub fn cpu(&self) -> f64 {
-        cpu_seconds(self.pid()).unwrap_or(f64::NAN)
+        cpu_seconds(self.0).unwrap_or(f64::NAN)
     }
 
     /// Resident set, MiB.
     pub fn rss_mib(&self) -> f64 {
-        status_kib(self.pid(), "VmRSS:")
+        status_kib(self.0, "VmRSS:")
             .map(|k| k as f64 / 1024.0)
             .unwrap_or(f64::NAN)
     }
 
     /// Peak resident set, MiB.
     pub fn peak_rss_mib(&self) -> f64 {
-        status_kib(self.pid(), "VmHWM:")
+        status_kib(self.0, "VmHWM:")
             .map(|k| k as f64 / 1024.0)
             .unwrap_or(f64::NAN)
     }

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::env::BenchEnv;
 use super::load::percentile;
-use super::proc_stats::{ServerProc, free_addr};
+use super::proc_stats::{Proc, ServerProc, free_addr};
 use crate::client::Client;
 use crate::grpc::pb::{self, revoke_request::Target, watch_revocations_response::Msg};
 
@@ -61,7 +61,7 @@ pub struct LatencyRow {
 pub async fn latency_at(
     env: &BenchEnv,
     addr: &str,
-    server: Option<&ServerProc>,
+    server: Option<Proc>,
     b: &RevocationBench,
 ) -> anyhow::Result<Vec<LatencyRow>> {
     let mut agent = env.connect(addr, env.identity("agent")?).await?;
@@ -205,7 +205,7 @@ pub async fn revocation_latency(
     let env = BenchEnv::create("revocation")?;
     let addr = free_addr()?;
     let server = ServerProc::start(exe, &env.config, &addr, || env.probe(&addr)).await?;
-    latency_at(&env, &addr, Some(&server), b).await
+    latency_at(&env, &addr, Some(server.proc()), b).await
 }
 
 async fn current_seq(c: &mut Client) -> anyhow::Result<u64> {

@@ -54,6 +54,17 @@ pub struct AllArgs {
     /// Concurrency of the large-store comparison.
     #[arg(long, default_value_t = 8)]
     pub stored_concurrency: usize,
+    /// Measure the issuer at this address instead of starting one (needs
+    /// --trust-dir; skips cold start and the large store).
+    #[arg(long, requires = "trust_dir")]
+    pub server: Option<String>,
+    /// With --server: its trust domain directory as `dev init` writes it
+    /// (bundle.pem, root.key, agent and sidecar SVIDs).
+    #[arg(long)]
+    pub trust_dir: Option<PathBuf>,
+    /// With --server on this machine: its pid, to read its CPU and memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     /// Where results.json and plot.svg go.
     #[arg(long, default_value = "target/taskmint-bench")]
     pub out: PathBuf,
@@ -120,6 +131,11 @@ pub(super) async fn run(a: BenchArgs) -> anyhow::Result<()> {
                     events: o.events,
                     stored: o.stored,
                     stored_concurrency: o.stored_concurrency,
+                    target: o.server.map(|addr| bench::Target {
+                        addr,
+                        dir: o.trust_dir.clone().unwrap_or_default(),
+                        pid: o.server_pid,
+                    }),
                 },
                 |step| eprintln!("bench: {step}"),
             )

@@ -623,6 +623,18 @@ impl Engine {
         context: serde_json::Value,
         extra: &[&str],
     ) -> Result<Decision, PolicyError> {
+        self.authorize_checked(principal, action, resource, context, extra, false)
+    }
+
+    fn authorize_checked(
+        &self,
+        principal: &SpiffeId,
+        action: Action,
+        resource: &Resource,
+        context: serde_json::Value,
+        extra: &[&str],
+        checked: bool,
+    ) -> Result<Decision, PolicyError> {
         let principal = principal.to_string();
         let mut entities = vec![self.workload_entity(&principal)];
         for w in extra {
@@ -654,6 +666,7 @@ impl Engine {
             resource_uid,
             context,
             entities,
+            checked,
         )
     }
 
@@ -664,13 +677,19 @@ impl Engine {
         resource: EntityUid,
         context: serde_json::Value,
         entities: Vec<Entity>,
+        checked: bool,
     ) -> Result<Decision, PolicyError> {
         let action_uid = action.uid();
-        let context = Context::from_json_value(context, Some((&self.schema, &action_uid)))
+        // Requests the server builds are schema-checked in debug builds
+        // (every test); release builds skip the per-request check, which
+        // costs more than the evaluation. Text from `policy eval` is always
+        // checked (`checked`).
+        let schema = (checked || cfg!(debug_assertions)).then_some(&self.schema);
+        let context = Context::from_json_value(context, schema.map(|s| (s, &action_uid)))
             .map_err(|e| PolicyError::Request(format!("context: {}", render(&e))))?;
-        let entities = Entities::from_entities(entities, Some(&self.schema))
+        let entities = Entities::from_entities(entities, schema)
             .map_err(|e| PolicyError::Request(format!("entities: {}", render(&e))))?;
-        let request = Request::new(principal, action_uid, resource, context, Some(&self.schema))
+        let request = Request::new(principal, action_uid, resource, context, schema)
             .map_err(|e| PolicyError::Request(render(&e)))?;
         let doc = self.current.read().expect("policy lock").clone();
         let response = self.authorizer.is_authorized(&request, &doc.set, &entities);
@@ -765,7 +784,7 @@ impl Engine {
             .map(str::to_owned)
             .collect();
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        self.authorize(&principal, action, &resource, context, &extra)
+        self.authorize_checked(&principal, action, &resource, context, &extra, true)
     }
 }
 

@@ -1278,10 +1278,9 @@ impl Store for SqliteStore {
     async fn acks_covering(&self, seq: u64) -> Result<Vec<AuditEvent>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq IN ( \
-               SELECT MIN(seq) FROM audit WHERE kind = ? AND ref_seq >= ? GROUP BY subject) \
+               SELECT MIN(seq) FROM audit WHERE kind = 'ack' AND ref_seq >= ? GROUP BY subject) \
              ORDER BY seq"
         ))
-        .bind(audit::kind::ACK)
         .bind(seq as i64)
         .fetch_all(&self.reader)
         .await?;
