@@ -249,6 +249,41 @@ pub struct Issuer {
     owner_rules: Vec<(SpiffePattern, String)>,
     require_owner: bool,
     limiter: RateLimiter,
+    tasks: TaskCache,
+}
+
+/// Tasks seen active, by (holder, task id): what policies read of a task
+/// (holder, owner, break-glass, depth, audiences, deadline) never changes
+/// once it is begun, so a mint need not read it again. Its state may: the
+/// store checks that in the transaction that records the credential, so a
+/// stale entry costs a refused mint, never a wrong one.
+#[derive(Debug, Default)]
+struct TaskCache(std::sync::Mutex<std::collections::HashMap<(String, String), TaskRecord>>);
+
+/// Entries kept before the cache starts over.
+const TASK_CACHE_MAX: usize = 100_000;
+
+impl TaskCache {
+    fn get(&self, holder: &str, task_id: &str) -> Option<TaskRecord> {
+        let key = (holder.to_owned(), task_id.to_owned());
+        self.0.lock().expect("task cache").get(&key).cloned()
+    }
+
+    fn put(&self, t: &TaskRecord) {
+        if t.state != TaskState::Active {
+            return;
+        }
+        let mut m = self.0.lock().expect("task cache");
+        if m.len() >= TASK_CACHE_MAX {
+            m.clear();
+        }
+        m.insert((t.owner.clone(), t.task_id.clone()), t.clone());
+    }
+
+    fn forget(&self, holder: &str, task_id: &str) {
+        let key = (holder.to_owned(), task_id.to_owned());
+        self.0.lock().expect("task cache").remove(&key);
+    }
 }
 
 impl std::fmt::Debug for Issuer {
@@ -331,6 +366,7 @@ impl Issuer {
                 .collect(),
             require_owner: cfg.ownership.require_owner,
             limiter: RateLimiter::new(cfg.limits.rate.per_second, cfg.limits.rate.burst),
+            tasks: TaskCache::default(),
         }
     }
 
@@ -890,11 +926,14 @@ impl Issuer {
             .await?
         {
             Ok(()) => Ok(()),
-            Err(RecordRefusal::TaskEnded(state)) => Err(Error::FailedPrecondition(format!(
-                "task `{}` is {}; no more credentials are minted for it",
-                record.task_id,
-                state.as_str()
-            ))),
+            Err(RecordRefusal::TaskEnded(state)) => {
+                self.tasks.forget(&record.task_owner, &record.task_id);
+                Err(Error::FailedPrecondition(format!(
+                    "task `{}` is {}; no more credentials are minted for it",
+                    record.task_id,
+                    state.as_str()
+                )))
+            }
             Err(RecordRefusal::AlreadyRenewed(pred)) => Err(Error::FailedPrecondition(format!(
                 "credential `{pred}` was already renewed; renew its successor instead"
             ))),
@@ -1042,8 +1081,12 @@ impl Issuer {
             Some(_) => (Action::MintJwt, kind::MINT_JWT),
             None => (Action::MintX509, kind::MINT_X509),
         };
-        // Most mints name an existing task: read it without the writer.
-        let existing = self.store.task(&holder, task.as_str()).await?;
+        // Most mints name an existing task: from the cache, or read without
+        // the writer.
+        let existing = match self.tasks.get(&holder, task.as_str()) {
+            Some(t) => Some(t),
+            None => self.store.task(&holder, task.as_str()).await?,
+        };
         let t = match &existing {
             Some(t) => t.clone(),
             None => {
@@ -1133,6 +1176,7 @@ impl Issuer {
                 }
             };
             ensure_active(&t, now)?;
+            self.tasks.put(&t);
             Ok(t)
         }
         .await;
@@ -1396,6 +1440,7 @@ impl Issuer {
                 audit: draft.because("task completed"),
             })
             .await?;
+        self.tasks.forget(&holder, task.as_str());
         let outcome = outcome(&events, "task completed");
         Ok((self.find_task(&holder, &task).await?, outcome))
     }
