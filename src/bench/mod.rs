@@ -273,31 +273,29 @@ pub async fn run_all(o: &Options, progress: impl Fn(&str)) -> anyhow::Result<Rep
         progress("empty store");
         let env = BenchEnv::create("store")?;
         let c = o.stored_concurrency;
-        let server = start(&env, &o.exe).await?;
-        let clients = connect_all(&env, &server.addr, c).await?;
         let ceiling = ceiling_for(Kind::Jwt, &ceilings);
-        load::run(
-            Kind::Jwt,
-            &clients,
-            csrs.clone(),
-            Duration::from_millis(500),
-            None,
-            f64::NAN,
-            "warm",
-        )
-        .await?;
-        let empty = load::run(
-            Kind::Jwt,
-            &clients,
-            csrs.clone(),
-            o.window,
-            Some(server.proc()),
-            ceiling,
-            "empty",
-        )
-        .await?;
-        drop(clients);
-        drop(server);
+        let measure = |label: &'static str| {
+            let (env, exe, csrs) = (&env, &o.exe, csrs.clone());
+            async move {
+                // A fresh issuer over the store as it is, warmed up, then measured.
+                let server = start(env, exe).await?;
+                let clients = connect_all(env, &server.addr, c).await?;
+                let warm = Duration::from_millis(500);
+                load::run(
+                    Kind::Jwt,
+                    &clients,
+                    csrs.clone(),
+                    warm,
+                    None,
+                    f64::NAN,
+                    "warm",
+                )
+                .await?;
+                let p = Some(server.proc());
+                load::run(Kind::Jwt, &clients, csrs, o.window, p, ceiling, label).await
+            }
+        };
+        let empty = measure("empty").await?;
         progress(&format!("seeding {} credentials", o.stored));
         let started = std::time::Instant::now();
         let store = crate::store::SqliteStore::open(&env.store_path()).await?;
@@ -307,28 +305,7 @@ pub async fn run_all(o: &Options, progress: impl Fn(&str)) -> anyhow::Result<Rep
         store.close().await;
         let seed_seconds = started.elapsed().as_secs_f64();
         progress("large store");
-        let server = start(&env, &o.exe).await?;
-        let clients = connect_all(&env, &server.addr, c).await?;
-        load::run(
-            Kind::Jwt,
-            &clients,
-            csrs.clone(),
-            Duration::from_millis(500),
-            None,
-            f64::NAN,
-            "warm",
-        )
-        .await?;
-        let large = load::run(
-            Kind::Jwt,
-            &clients,
-            csrs.clone(),
-            o.window,
-            Some(server.proc()),
-            ceiling,
-            "large",
-        )
-        .await?;
+        let large = measure("large").await?;
         Some(LargeStore {
             stored: o.stored,
             seed_seconds,
