@@ -470,16 +470,18 @@ impl Issuer {
         Ok(d)
     }
 
-    /// Audits a request that policy allowed but a limit or the state refused,
-    /// and passes the error on. Internal failures are not audited (the store
-    /// may be what failed); they are logged where they are mapped.
-    async fn refused(&self, draft: AuditDraft, e: Error) -> Error {
+    /// Audits a refused request and passes the error on: `deny` for a
+    /// structural rule, `refused` for a limit or the state (the draft keeps
+    /// the ids of the policies that had allowed it, if any). Internal failures
+    /// are not audited (the store may be what failed); they are logged where
+    /// they are mapped.
+    async fn refuse(&self, mut draft: AuditDraft, verdict: &str, e: Error) -> Error {
         if e.is_internal() {
             return e;
         }
-        let mut event = draft.because(e.to_string());
-        event.decision = decision::REFUSED.into();
-        match self.store.append_audit(&[event]).await {
+        draft.decision = verdict.into();
+        draft.reason = e.to_string();
+        match self.store.append_audit(&[draft]).await {
             Ok(_) => e,
             Err(se) => se.into(),
         }
@@ -507,19 +509,18 @@ impl Issuer {
         Ok(())
     }
 
-    /// Authorizes an administrative call and audits it.
-    async fn admin(&self, caller: &Caller, operation: &str) -> Result<Decision, Error> {
-        let draft = AuditDraft::new(kind::ADMIN, &caller.spiffe_id.to_string(), now_unix())
-            .subject(operation);
+    /// Authorizes a call that changes nothing and records the allow (a
+    /// denial is recorded by [`Issuer::authorize`]).
+    async fn authorize_recorded(
+        &self,
+        caller: &Caller,
+        action: Action,
+        resource: &Resource,
+        context: serde_json::Value,
+        draft: AuditDraft,
+    ) -> Result<Decision, Error> {
         let d = self
-            .authorize(
-                caller,
-                Action::Admin,
-                &Resource::Issuer,
-                json!({ "operation": operation }),
-                &[],
-                &draft,
-            )
+            .authorize(caller, action, resource, context, &[], &draft)
             .await?;
         self.store
             .append_audit(&[draft.decided(decision::ALLOW, &d.policies)])
@@ -527,14 +528,13 @@ impl Issuer {
         Ok(d)
     }
 
-    /// Audits a request refused before the policy was asked (a structural
-    /// rule: `deny`; a limit: `refused`) and passes the error on.
-    async fn refused_early(&self, draft: AuditDraft, verdict: &str, e: Error) -> Error {
-        let event = draft.decided(verdict, &[]).because(e.to_string());
-        match self.store.append_audit(&[event]).await {
-            Ok(_) => e,
-            Err(se) => se.into(),
-        }
+    /// Authorizes an administrative call and audits it.
+    async fn admin(&self, caller: &Caller, operation: &str) -> Result<Decision, Error> {
+        let draft = AuditDraft::new(kind::ADMIN, &caller.spiffe_id.to_string(), now_unix())
+            .subject(operation);
+        let context = json!({ "operation": operation });
+        self.authorize_recorded(caller, Action::Admin, &Resource::Issuer, context, draft)
+            .await
     }
 
     /// The task's holder: the caller, or someone else if the policy allows.
@@ -574,7 +574,7 @@ impl Issuer {
             req.break_glass,
         );
         if let Err(e) = self.check_mintable(&caller.spiffe_id) {
-            return Err(self.refused_early(early, decision::DENY, e).await);
+            return Err(self.refuse(early, decision::DENY, e).await);
         }
         check_text("purpose", &req.purpose, 1024)?;
         check_text("ticket", &req.ticket, 256)?;
@@ -627,7 +627,7 @@ impl Issuer {
                 humantime::format_duration(lifetime),
                 humantime::format_duration(max)
             ));
-            return Err(self.refused_early(early, decision::REFUSED, e).await);
+            return Err(self.refuse(early, decision::REFUSED, e).await);
         }
         if lifetime.is_zero() {
             return Err(Error::InvalidArgument(
@@ -701,7 +701,7 @@ impl Issuer {
         .await;
         let stored = match result {
             Ok(t) => t,
-            Err(e) => return Err(self.refused(draft, e).await),
+            Err(e) => return Err(self.refuse(draft, decision::REFUSED, e).await),
         };
         if stored.break_glass {
             tracing::warn!(
@@ -777,7 +777,7 @@ impl Issuer {
             .task(&parent.owner, &parent.task_id, parent.break_glass)
             .subject(delegate.as_str());
         if let Err(e) = self.check_mintable(&delegate_id) {
-            return Err(self.refused_early(draft, decision::DENY, e).await);
+            return Err(self.refuse(draft, decision::DENY, e).await);
         }
         let context = json!({
             "delegate": policy::workload_ref(delegate.as_str()),
@@ -860,7 +860,7 @@ impl Issuer {
         .await;
         match result {
             Ok(t) => Ok(t),
-            Err(e) => Err(self.refused(draft, e).await),
+            Err(e) => Err(self.refuse(draft, decision::REFUSED, e).await),
         }
     }
 
@@ -1182,7 +1182,7 @@ impl Issuer {
         .await;
         match result {
             Ok(t) => Ok((t, draft)),
-            Err(e) => Err(self.refused(draft, e).await),
+            Err(e) => Err(self.refuse(draft, decision::REFUSED, e).await),
         }
     }
 
@@ -1198,11 +1198,11 @@ impl Issuer {
         let me = caller.spiffe_id.to_string();
         let draft = AuditDraft::new(event_kind, &me, now_unix()).task(&me, task.as_str(), false);
         if let Err(e) = self.check_mintable(&caller.spiffe_id) {
-            return Err(self.refused_early(draft, decision::DENY, e).await);
+            return Err(self.refuse(draft, decision::DENY, e).await);
         }
         match self.ttl(ttl) {
             Ok(t) => Ok(t),
-            Err(e) => Err(self.refused_early(draft, decision::REFUSED, e).await),
+            Err(e) => Err(self.refuse(draft, decision::REFUSED, e).await),
         }
     }
 
@@ -1219,7 +1219,7 @@ impl Issuer {
         let limits = (self.limits.max_active_credentials, draft.clone());
         match self.issue_x509(caller, &t, &key, ttl, None, limits).await {
             Ok(m) => Ok(m),
-            Err(e) => Err(self.refused(draft, e).await),
+            Err(e) => Err(self.refuse(draft, decision::REFUSED, e).await),
         }
     }
 
@@ -1239,7 +1239,7 @@ impl Issuer {
             .await
         {
             Ok(m) => Ok(m),
-            Err(e) => Err(self.refused(draft, e).await),
+            Err(e) => Err(self.refuse(draft, decision::REFUSED, e).await),
         }
     }
 
@@ -1269,14 +1269,14 @@ impl Issuer {
                 "credential `{}` names `{}`; only that workload may renew it",
                 pred.id, pred.spiffe_id
             ));
-            return Err(self.refused_early(draft, decision::DENY, e).await);
+            return Err(self.refuse(draft, decision::DENY, e).await);
         }
         if let Err(e) = self.check_mintable(&caller.spiffe_id) {
-            return Err(self.refused_early(draft, decision::DENY, e).await);
+            return Err(self.refuse(draft, decision::DENY, e).await);
         }
         let ttl = match self.ttl(req.ttl) {
             Ok(t) => t,
-            Err(e) => return Err(self.refused_early(draft, decision::REFUSED, e).await),
+            Err(e) => return Err(self.refuse(draft, decision::REFUSED, e).await),
         };
         self.rate_limit(caller, &draft).await?;
         let context = json!({
@@ -1358,7 +1358,7 @@ impl Issuer {
         .await;
         let minted = match result {
             Ok(m) => m,
-            Err(e) => return Err(self.refused(draft, e).await),
+            Err(e) => return Err(self.refuse(draft, decision::REFUSED, e).await),
         };
         let mut superseded = None;
         if req.revoke_previous {
@@ -1471,19 +1471,10 @@ impl Issuer {
 
     async fn read_task(&self, caller: &Caller, t: &TaskRecord, what: &str) -> Result<(), Error> {
         let draft = AuditDraft::new(kind::TASK_READ, &caller.spiffe_id.to_string(), now_unix())
-            .task(&t.owner, &t.task_id, t.break_glass);
-        let d = self
-            .authorize(
-                caller,
-                Action::ReadTask,
-                &Resource::Task(facts(t)),
-                json!({}),
-                &[],
-                &draft,
-            )
-            .await?;
-        self.store
-            .append_audit(&[draft.decided(decision::ALLOW, &d.policies).because(what)])
+            .task(&t.owner, &t.task_id, t.break_glass)
+            .because(what);
+        let resource = Resource::Task(facts(t));
+        self.authorize_recorded(caller, Action::ReadTask, &resource, json!({}), draft)
             .await?;
         Ok(())
     }
@@ -1625,11 +1616,12 @@ impl Issuer {
                 CredentialState::Unknown => "unknown",
             });
         if let Some(c) = &c {
-            let bg = self
-                .store
-                .task(&c.task_owner, &c.task_id)
-                .await?
-                .is_some_and(|t| t.break_glass);
+            // The break-glass flag never changes: the cache serves most checks.
+            let task = match self.tasks.get(&c.task_owner, &c.task_id) {
+                Some(t) => Some(t),
+                None => self.store.task(&c.task_owner, &c.task_id).await?,
+            };
+            let bg = task.is_some_and(|t| t.break_glass);
             event = event.task(&c.task_owner, &c.task_id, bg);
         }
         self.store.append_audit(&[event]).await?;
@@ -1679,18 +1671,8 @@ impl Issuer {
                 None => "snapshot".to_owned(),
             });
         draft.ref_seq = after;
-        let d = self
-            .authorize(
-                caller,
-                Action::Watch,
-                &Resource::Issuer,
-                json!({ "operation": "watch", "subscriber": subscriber }),
-                &[],
-                &draft,
-            )
-            .await?;
-        self.store
-            .append_audit(&[draft.decided(decision::ALLOW, &d.policies)])
+        let context = json!({ "operation": "watch", "subscriber": subscriber });
+        self.authorize_recorded(caller, Action::Watch, &Resource::Issuer, context, draft)
             .await?;
         Ok(())
     }
@@ -1731,7 +1713,7 @@ impl Issuer {
             let e = Error::PermissionDenied(format!(
                 "subscriber `{subscriber}` acknowledges as `{owner}`, not `{me}`"
             ));
-            return Err(self.refused_early(draft, decision::DENY, e).await);
+            return Err(self.refuse(draft, decision::DENY, e).await);
         }
         let current = self.store.current_seq().await?;
         if up_to > current {
@@ -1739,7 +1721,11 @@ impl Issuer {
                 "cannot acknowledge up to {up_to}: the current sequence is {current}"
             ));
             return Err(self
-                .refused(draft.decided(decision::ALLOW, &d.policies), e)
+                .refuse(
+                    draft.decided(decision::ALLOW, &d.policies),
+                    decision::REFUSED,
+                    e,
+                )
                 .await);
         }
         let a = self

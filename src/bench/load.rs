@@ -149,3 +149,11 @@ pub async fn run(
         server_peak_rss_mib: server.map(|s| s.peak_rss_mib()).unwrap_or(f64::NAN),
     })
 }
+
+/// Half a second of unmeasured load: connections, caches, the store's first
+/// pages.
+pub async fn warm(kind: Kind, clients: &[Client], csrs: Arc<Vec<Vec<u8>>>) -> anyhow::Result<()> {
+    let warm = Duration::from_millis(500);
+    run(kind, clients, csrs, warm, None, f64::NAN, "warm").await?;
+    Ok(())
+}

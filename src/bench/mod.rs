@@ -225,16 +225,7 @@ pub async fn run_all(o: &Options, progress: impl Fn(&str)) -> anyhow::Result<Rep
     let mut rows = Vec::new();
     for kind in [Kind::Jwt, Kind::X509] {
         // Warm-up: connections, caches, the store's first pages.
-        load::run(
-            kind,
-            &clients[..max_c.min(8)],
-            csrs.clone(),
-            Duration::from_millis(500),
-            None,
-            f64::NAN,
-            "warm",
-        )
-        .await?;
+        load::warm(kind, &clients[..max_c.min(8)], csrs.clone()).await?;
         for &c in &o.concurrency {
             progress(&format!("{} at concurrency {c}", kind.rpc()));
             let row = load::run(
@@ -280,17 +271,7 @@ pub async fn run_all(o: &Options, progress: impl Fn(&str)) -> anyhow::Result<Rep
                 // A fresh issuer over the store as it is, warmed up, then measured.
                 let server = start(env, exe).await?;
                 let clients = connect_all(env, &server.addr, c).await?;
-                let warm = Duration::from_millis(500);
-                load::run(
-                    Kind::Jwt,
-                    &clients,
-                    csrs.clone(),
-                    warm,
-                    None,
-                    f64::NAN,
-                    "warm",
-                )
-                .await?;
+                load::warm(Kind::Jwt, &clients, csrs.clone()).await?;
                 let p = Some(server.proc());
                 load::run(Kind::Jwt, &clients, csrs, o.window, p, ceiling, label).await
             }
@@ -426,16 +407,7 @@ pub async fn compare_cfssl(exe: &Path, o: &CfsslOptions) -> anyhow::Result<Vec<C
     let max_c = o.concurrency.iter().copied().max().unwrap_or(1);
     let clients = connect_all(&env, &server.addr, max_c).await?;
     // Warm both up (and fail early if cfssl refuses the CSRs).
-    load::run(
-        Kind::X509,
-        &clients[..max_c.min(8)],
-        csrs.clone(),
-        Duration::from_millis(500),
-        None,
-        f64::NAN,
-        "warm",
-    )
-    .await?;
+    load::warm(Kind::X509, &clients[..max_c.min(8)], csrs.clone()).await?;
     let warm = cfssl::run(
         &o.url,
         &o.profile,
