@@ -24,7 +24,12 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+mod writer;
+use writer::Job;
 
 use super::{
     AckRecord, CredentialKind, CredentialRecord, CrlEntry, GrantFilter, RecordRefusal, Review,
@@ -41,16 +46,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     jobs: mpsc::Sender<Job>,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Record { .. } => "Job::Record",
-            Self::Begin { .. } => "Job::Begin",
-            Self::Append { .. } => "Job::Append",
-        })
-    }
+    /// Held for every write transaction, on either connection.
+    turn: Arc<Mutex<()>>,
 }
 
 impl SqliteStore {
@@ -85,12 +82,14 @@ impl SqliteStore {
             .connect_with(opts.read_only(true))
             .await
             .map_err(|e| open_err(e.to_string()))?;
-        let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(group_commit(writer.clone(), rx));
+        let turn = Arc::new(Mutex::new(()));
+        let jobs = writer::start(path, turn.clone())
+            .map_err(|e| open_err(format!("cannot start the writer: {e}")))?;
         Ok(Self {
             writer,
             reader,
             jobs,
+            turn,
         })
     }
 
@@ -109,6 +108,7 @@ impl SqliteStore {
         use rand::RngCore;
         const WORKLOADS: u64 = 1000;
         const ROWS: usize = 1000;
+        let _turn = self.turn.lock().await;
         let mut tx = self.writer.begin().await?;
         for w in 0..WORKLOADS.min(n.max(1)) {
             let mut t = TaskRecord::new(
@@ -193,6 +193,23 @@ const TASK_COLUMNS: &str = "owner, task_id, created_at, purpose, ticket, labels,
 
 const AUDIT_COLUMNS: &str = "seq, time, prev_hash, hash, kind, actor, task_owner, task_id, \
      credential_id, decision, policies, reason, break_glass, ref_seq, subject";
+
+const AUDIT_INSERT: &str = "INSERT INTO audit (seq, time, prev_hash, hash, kind, actor, \
+     task_owner, task_id, credential_id, decision, policies, reason, break_glass, ref_seq, \
+     subject) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+
+const HEAD_UPSERT: &str = "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
+     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash";
+
+const TASK_INSERT: &str = "INSERT INTO tasks (owner, task_id, created_at, purpose, ticket, \
+     labels, implicit, deadline, state, ended_at, accountable_owner, break_glass, justification, \
+     reviewed_by, reviewed_at, review_note, parent_owner, parent_task_id, depth, audiences) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+     ?19, ?20)";
+
+const CREDENTIAL_INSERT: &str = "INSERT INTO credentials (id, kind, spiffe_id, task_owner, \
+     task_id, audience, not_before, not_after, caller_cert_sha256, issued_at, predecessor, \
+     renewal_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
 const EVENT_COLUMNS: &str = "seq, kind, credential_ids, task_owner, task_id, spiffe_id, \
      trust_domain, reason, revoked_at, expires_at, set_jwt";
@@ -321,14 +338,11 @@ async fn load_head(conn: &mut SqliteConnection) -> Result<Head, StoreError> {
 
 async fn store_head(conn: &mut SqliteConnection, head: &Head) -> Result<(), StoreError> {
     if head.dirty {
-        sqlx::query(
-            "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-        )
-        .bind(head.seq as i64)
-        .bind(&head.hash)
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(HEAD_UPSERT)
+            .bind(head.seq as i64)
+            .bind(&head.hash)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
@@ -342,26 +356,24 @@ async fn append_in(
     let mut out = Vec::new();
     for d in drafts {
         let e = audit::seal(head.seq, &head.hash, d);
-        sqlx::query(&format!(
-            "INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(e.seq as i64)
-        .bind(e.body.time)
-        .bind(&e.prev_hash)
-        .bind(&e.hash)
-        .bind(&e.body.kind)
-        .bind(&e.body.actor)
-        .bind(&e.body.task_owner)
-        .bind(&e.body.task_id)
-        .bind(&e.body.credential_id)
-        .bind(&e.body.decision)
-        .bind(e.body.policies.join(","))
-        .bind(&e.body.reason)
-        .bind(e.body.break_glass)
-        .bind(e.body.ref_seq.map(|s| s as i64))
-        .bind(&e.body.subject)
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(AUDIT_INSERT)
+            .bind(e.seq as i64)
+            .bind(e.body.time)
+            .bind(&e.prev_hash)
+            .bind(&e.hash)
+            .bind(&e.body.kind)
+            .bind(&e.body.actor)
+            .bind(&e.body.task_owner)
+            .bind(&e.body.task_id)
+            .bind(&e.body.credential_id)
+            .bind(&e.body.decision)
+            .bind(e.body.policies.join(","))
+            .bind(&e.body.reason)
+            .bind(e.body.break_glass)
+            .bind(e.body.ref_seq.map(|s| s as i64))
+            .bind(&e.body.subject)
+            .execute(&mut *conn)
+            .await?;
         head.seq = e.seq;
         head.hash = e.hash.clone();
         head.dirty = true;
@@ -379,310 +391,6 @@ async fn append(
     let out = append_in(tx, &mut head, drafts.into_iter().collect()).await?;
     store_head(tx, &head).await?;
     Ok(out)
-}
-
-/// Creates a task (with its audit events) unless it exists.
-async fn begin_in(
-    conn: &mut SqliteConnection,
-    head: &mut Head,
-    t: &TaskRecord,
-    audit: Vec<AuditDraft>,
-) -> Result<(TaskRecord, bool), StoreError> {
-    let existing = sqlx::query(&format!(
-        "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = ? AND task_id = ?"
-    ))
-    .bind(&t.owner)
-    .bind(&t.task_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(row) = existing {
-        return Ok((task_from_row(&row)?, false));
-    }
-    sqlx::query(&format!(
-        "INSERT INTO tasks ({TASK_COLUMNS}) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    ))
-    .bind(&t.owner)
-    .bind(&t.task_id)
-    .bind(t.created_at)
-    .bind(&t.purpose)
-    .bind(&t.ticket)
-    .bind(serde_json::to_string(&t.labels).expect("labels serialise"))
-    .bind(t.implicit)
-    .bind(t.deadline)
-    .bind(t.state.as_str())
-    .bind(t.ended_at)
-    .bind(&t.accountable_owner)
-    .bind(t.break_glass)
-    .bind(&t.justification)
-    .bind(t.review.as_ref().map(|r| r.by.clone()))
-    .bind(t.review.as_ref().map(|r| r.at))
-    .bind(t.review.as_ref().map(|r| r.note.clone()))
-    .bind(t.parent.as_ref().map(|p| p.0.clone()))
-    .bind(t.parent.as_ref().map(|p| p.1.clone()))
-    .bind(t.depth as i64)
-    .bind(serde_json::to_string(&t.audiences).expect("audiences serialise"))
-    .execute(&mut *conn)
-    .await?;
-    append_in(conn, head, audit).await?;
-    Ok((t.clone(), true))
-}
-
-/// Records a credential (with its audit events) if its task allows it.
-async fn record_in(
-    conn: &mut SqliteConnection,
-    head: &mut Head,
-    c: &CredentialRecord,
-    max_active: u32,
-    audit: Vec<AuditDraft>,
-) -> Result<Result<(), RecordRefusal>, StoreError> {
-    // The task's state and its active credentials (counted up to the limit
-    // only, so a task with many credentials costs no more) in one query.
-    let row = sqlx::query(
-        "SELECT state, (SELECT COUNT(*) FROM (SELECT 1 FROM credentials \
-            WHERE task_owner = ?1 AND task_id = ?2 AND revoked_at IS NULL AND not_after > ?3 \
-            LIMIT ?4)) AS active \
-         FROM tasks WHERE owner = ?1 AND task_id = ?2",
-    )
-    .bind(&c.task_owner)
-    .bind(&c.task_id)
-    .bind(c.issued_at)
-    .bind(i64::from(max_active))
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(row) = row else {
-        return Err(StoreError::Corrupt(format!(
-            "task `{}` has no row",
-            c.task_id
-        )));
-    };
-    match TaskState::parse(row.try_get::<&str, _>("state")?)? {
-        TaskState::Active => {}
-        ended => return Ok(Err(RecordRefusal::TaskEnded(ended))),
-    }
-    if let Some(pred) = &c.predecessor {
-        let row = sqlx::query("SELECT revoked_at FROM credentials WHERE id = ?")
-            .bind(pred)
-            .fetch_optional(&mut *conn)
-            .await?;
-        let revoked: Option<i64> = match &row {
-            Some(r) => r.try_get("revoked_at")?,
-            None => return Err(StoreError::Corrupt(format!("predecessor `{pred}` missing"))),
-        };
-        if revoked.is_some() {
-            return Ok(Err(RecordRefusal::PredecessorRevoked));
-        }
-    }
-    if row.try_get::<i64, _>("active")? >= i64::from(max_active) {
-        return Ok(Err(RecordRefusal::TooManyActive(max_active)));
-    }
-    let res = sqlx::query(&format!(
-        "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL)"
-    ))
-    .bind(&c.id)
-    .bind(c.kind.as_str())
-    .bind(&c.spiffe_id)
-    .bind(&c.task_owner)
-    .bind(&c.task_id)
-    .bind(&c.audience)
-    .bind(c.not_before)
-    .bind(c.not_after)
-    .bind(&c.caller_cert_sha256)
-    .bind(c.issued_at)
-    .bind(&c.predecessor)
-    .bind(c.renewal_count as i64)
-    .execute(&mut *conn)
-    .await;
-    match res {
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            // SQLite names the column, PostgreSQL the index.
-            let msg = e.message().to_owned();
-            if msg.contains("predecessor") || e.constraint() == Some("credentials_one_successor") {
-                let pred = c.predecessor.clone().unwrap_or_default();
-                return Ok(Err(RecordRefusal::AlreadyRenewed(pred)));
-            }
-            return Err(StoreError::Duplicate(c.id.clone()));
-        }
-        other => {
-            other?;
-        }
-    }
-    append_in(conn, head, audit).await?;
-    Ok(Ok(()))
-}
-
-/// A write that rides the group commit.
-enum Job {
-    Record {
-        cred: CredentialRecord,
-        max_active: u32,
-        audit: Vec<AuditDraft>,
-        reply: oneshot::Sender<Result<Result<(), RecordRefusal>, StoreError>>,
-    },
-    Begin {
-        task: TaskRecord,
-        audit: Vec<AuditDraft>,
-        reply: oneshot::Sender<Result<(TaskRecord, bool), StoreError>>,
-    },
-    Append {
-        events: Vec<AuditDraft>,
-        reply: oneshot::Sender<Result<Vec<AuditEvent>, StoreError>>,
-    },
-}
-
-/// Most jobs one transaction takes.
-const MAX_BATCH: usize = 256;
-
-/// Job results held until their transaction commits. (A batch holds a few
-/// hundred at most; boxing the task variant would only add an allocation.)
-#[allow(clippy::large_enum_variant)]
-enum Done {
-    Record(
-        oneshot::Sender<Result<Result<(), RecordRefusal>, StoreError>>,
-        Result<Result<(), RecordRefusal>, StoreError>,
-    ),
-    Begin(
-        oneshot::Sender<Result<(TaskRecord, bool), StoreError>>,
-        Result<(TaskRecord, bool), StoreError>,
-    ),
-    Append(
-        oneshot::Sender<Result<Vec<AuditEvent>, StoreError>>,
-        Result<Vec<AuditEvent>, StoreError>,
-    ),
-}
-
-impl Done {
-    fn is_ok(&self) -> bool {
-        match self {
-            Self::Record(_, r) => r.is_ok(),
-            Self::Begin(_, r) => r.is_ok(),
-            Self::Append(_, r) => r.is_ok(),
-        }
-    }
-
-    fn send(self, commit: &Result<(), String>) {
-        let fail = |e: &String| StoreError::Batch(e.clone());
-        // Receivers that went away (cancelled RPCs) are fine to ignore: the
-        // write is committed either way.
-        match (self, commit) {
-            (Self::Record(tx, r), Ok(())) => drop(tx.send(r)),
-            (Self::Record(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
-            (Self::Begin(tx, r), Ok(())) => drop(tx.send(r)),
-            (Self::Begin(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
-            (Self::Append(tx, r), Ok(())) => drop(tx.send(r)),
-            (Self::Append(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
-        }
-    }
-}
-
-/// The group-commit writer: takes every queued job (up to [`MAX_BATCH`])
-/// into one transaction, each job inside a savepoint so one failure does
-/// not undo the others, commits once (one fsync), then answers each job.
-/// While a batch commits, the next one queues: the busier the issuer, the
-/// larger the batches.
-async fn group_commit(writer: SqlitePool, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
-        }
-        let mut done = Vec::with_capacity(jobs.len());
-        let commit = run_batch(&writer, jobs, &mut done).await;
-        for d in done {
-            d.send(&commit);
-        }
-    }
-}
-
-/// Pins a future as `Send` at its call site, where its lifetimes are
-/// concrete (rustc cannot prove the generic sqlx futures `Send` inside a
-/// spawned task otherwise).
-fn boxed<'a, T>(
-    f: impl std::future::Future<Output = T> + Send + 'a,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
-    Box::pin(f)
-}
-
-async fn run_batch(
-    writer: &SqlitePool,
-    jobs: Vec<Job>,
-    done: &mut Vec<Done>,
-) -> Result<(), String> {
-    let mut tx = match boxed(writer.begin()).await {
-        Ok(tx) => tx,
-        Err(e) => {
-            let e = e.to_string();
-            for j in jobs {
-                done.push(failed(j, &e));
-            }
-            return Err(e);
-        }
-    };
-    let mut head = match boxed(load_head(&mut tx)).await {
-        Ok(h) => h,
-        Err(e) => {
-            let e = e.to_string();
-            for j in jobs {
-                done.push(failed(j, &e));
-            }
-            return Err(e);
-        }
-    };
-    for job in jobs {
-        let before = head.clone();
-        if let Err(e) = boxed(sqlx::query("SAVEPOINT job").execute(&mut *tx)).await {
-            done.push(failed(job, &e.to_string()));
-            continue;
-        }
-        let d = match job {
-            Job::Record {
-                cred,
-                max_active,
-                audit,
-                reply,
-            } => Done::Record(
-                reply,
-                boxed(record_in(&mut tx, &mut head, &cred, max_active, audit)).await,
-            ),
-            Job::Begin { task, audit, reply } => Done::Begin(
-                reply,
-                boxed(begin_in(&mut tx, &mut head, &task, audit)).await,
-            ),
-            Job::Append { events, reply } => {
-                Done::Append(reply, boxed(append_in(&mut tx, &mut head, events)).await)
-            }
-        };
-        if !d.is_ok() {
-            head = before;
-            if let Err(e) = boxed(sqlx::query("ROLLBACK TO job").execute(&mut *tx)).await {
-                // The transaction is in an unknown state: fail the batch.
-                done.push(d);
-                return Err(e.to_string());
-            }
-        }
-        if let Err(e) = boxed(sqlx::query("RELEASE job").execute(&mut *tx)).await {
-            done.push(d);
-            return Err(e.to_string());
-        }
-        done.push(d);
-    }
-    if let Err(e) = boxed(store_head(&mut tx, &head)).await {
-        return Err(e.to_string());
-    }
-    boxed(tx.commit()).await.map_err(|e| e.to_string())
-}
-
-fn failed(job: Job, e: &str) -> Done {
-    let err = || StoreError::Batch(e.to_owned());
-    match job {
-        Job::Record { reply, .. } => Done::Record(reply, Err(err())),
-        Job::Begin { reply, .. } => Done::Begin(reply, Err(err())),
-        Job::Append { reply, .. } => Done::Append(reply, Err(err())),
-    }
 }
 
 /// Tasks delegated (transitively) from the tasks selected by `roots_sql`
@@ -782,8 +490,20 @@ impl Store for SqliteStore {
             reply,
         })
         .await?;
-        rx.await
-            .map_err(|_| StoreError::Batch("the writer stopped".into()))?
+        let created = rx
+            .await
+            .map_err(|_| StoreError::Batch("the writer stopped".into()))??;
+        if created {
+            return Ok((t.clone(), true));
+        }
+        // Committed before the answer, so the reader sees it.
+        match self.task(&t.owner, &t.task_id).await? {
+            Some(existing) => Ok((existing, false)),
+            None => Err(StoreError::Corrupt(format!(
+                "task `{}` exists for the writer but not for the reader",
+                t.task_id
+            ))),
+        }
     }
 
     async fn record_credential(
@@ -853,6 +573,7 @@ impl Store for SqliteStore {
         req: &RevokeRequest,
         sign: SetSigner<'_>,
     ) -> Result<Vec<RevocationEvent>, StoreError> {
+        let _turn = self.turn.lock().await;
         let mut tx = self.writer.begin().await?;
         // Ending a task that already ended (a concurrent completion, or a
         // delegated task the reaper lists but a cascade ended first) does
@@ -1108,6 +829,7 @@ impl Store for SqliteStore {
     }
 
     async fn prune_events(&self, before: i64) -> Result<u64, StoreError> {
+        let _turn = self.turn.lock().await;
         let mut tx = self.writer.begin().await?;
         // Prune a prefix only: a cursor is valid iff it is >= pruned_through,
         // so nothing after the first retained event may go.
@@ -1136,6 +858,7 @@ impl Store for SqliteStore {
     }
 
     async fn ack(&self, a: &AckRecord, mut audit: AuditDraft) -> Result<AckRecord, StoreError> {
+        let _turn = self.turn.lock().await;
         let mut tx = self.writer.begin().await?;
         let before: Option<i64> =
             sqlx::query_scalar("SELECT acked_seq FROM subscriber_acks WHERE subscriber = ?")
@@ -1211,6 +934,7 @@ impl Store for SqliteStore {
         {
             return Ok(r.try_get::<i64, _>("sequence")? as u64);
         }
+        let _turn = self.turn.lock().await;
         let mut tx = self.writer.begin().await?;
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO bundle_sequence (id, content_hash, sequence) VALUES (1, ?, 1) \
@@ -1228,6 +952,7 @@ impl Store for SqliteStore {
     }
 
     async fn next_crl_number(&self) -> Result<u64, StoreError> {
+        let _turn = self.turn.lock().await;
         let mut tx = self.writer.begin().await?;
         let n = bump(&mut tx, "crl_number").await?;
         tx.commit().await?;
@@ -1344,6 +1069,7 @@ impl Store for SqliteStore {
         review: &Review,
         audit: AuditDraft,
     ) -> Result<ReviewOutcome, StoreError> {
+        let _turn = self.turn.lock().await;
         let mut tx = self.writer.begin().await?;
         let select = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE owner = ? AND task_id = ?");
         let Some(row) = sqlx::query(&select)
