@@ -1,17 +1,18 @@
 //! SQLite backend: WAL journal, `synchronous=FULL` (a commit is on disk
 //! before it returns), versioned migrations run at open.
 //!
-//! All writes go through one connection (`writer`), so write transactions are
-//! serialised: a revocation's sequence number is taken from the counter
-//! inside its transaction and is therefore gap-free in commit order, and a
-//! mint cannot slip in between a task's completion and its cascade. Reads use
-//! a separate pool and never wait for the writer (WAL).
+//! Writes are serialised by one write turn: the group-commit writer thread
+//! (its own connection, see [`writer`]) and the other writes (the `writer`
+//! pool's one sqlx connection) each hold it for their whole transaction. A
+//! revocation's sequence number is therefore taken from the counter inside
+//! its transaction and is gap-free in commit order, and a mint cannot slip in
+//! between a task's completion and its cascade. Reads use a separate pool and
+//! never wait for a writer (WAL).
 //!
 //! The hot writes (recording a credential, beginning a task, appending audit
-//! events) go through a group commit: one writer task runs every queued job
-//! in one transaction, each in its own savepoint, and answers each only
-//! after the commit. One fsync serves many credentials; nothing is answered
-//! before it is durable.
+//! events) go through the group commit: many jobs in one transaction, each in
+//! its own savepoint, each answered only after the commit. One fsync serves
+//! many credentials; nothing is answered before it is durable.
 
 use std::collections::BTreeMap;
 use std::path::Path;
