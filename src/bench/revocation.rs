@@ -4,10 +4,12 @@
 //! and audit) on loopback; and the server memory each idle subscriber costs.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::env::BenchEnv;
 use super::load::percentile;
@@ -22,7 +24,7 @@ pub struct RevocationBench {
     pub subscribers: Vec<usize>,
     /// Revocations per subscriber count.
     pub events: usize,
-    /// Pause between revocations (so each is measured alone, not queued).
+    /// Pause after every subscriber has a revocation, before the next.
     pub gap: Duration,
     /// At most this many subscribers share one connection (HTTP/2 streams).
     pub streams_per_connection: usize,
@@ -96,19 +98,26 @@ pub async fn latency_at(
                 clients.push(c??);
             }
         }
-        let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant)>();
+        // Each watcher keeps its own arrival times (handed back at the end)
+        // and counts arrivals per event; the last arrival of an event wakes
+        // the revoker. Nothing per delivery crosses tasks but the count.
+        let arrived: Arc<Vec<AtomicUsize>> =
+            Arc::new((0..b.events).map(|_| AtomicUsize::new(0)).collect());
+        let all_arrived = Arc::new(Notify::new());
         let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
         let mut watchers = Vec::with_capacity(n);
         for s in 0..n {
             let mut c = clients[s % connections].clone();
-            let (tx, ready_tx) = (tx.clone(), ready_tx.clone());
-            let last = start_seq + b.events as u64;
+            let ready_tx = ready_tx.clone();
+            let (arrived, all_arrived) = (arrived.clone(), all_arrived.clone());
+            let events = b.events;
             watchers.push(tokio::spawn(async move {
                 let req = pb::WatchRevocationsRequest {
                     after_seq: Some(start_seq),
                     subscriber: format!("bench-{s}"),
                     ..Default::default()
                 };
+                let mut times = Vec::with_capacity(events);
                 let mut stream = c.watch_once(req).await?;
                 while let Some(m) = stream.message().await? {
                     match m.msg {
@@ -116,18 +125,25 @@ pub async fn latency_at(
                             let _ = ready_tx.send(());
                         }
                         Some(Msg::Event(e)) => {
-                            let _ = tx.send((e.seq, Instant::now()));
-                            if e.seq >= last {
+                            let at = Instant::now();
+                            let i = e.seq.saturating_sub(start_seq + 1) as usize;
+                            times.push((e.seq, at));
+                            if let Some(count) = arrived.get(i)
+                                && count.fetch_add(1, Ordering::AcqRel) + 1 == n
+                            {
+                                all_arrived.notify_one();
+                            }
+                            if i + 1 >= events {
                                 break;
                             }
                         }
                         _ => {}
                     }
                 }
-                Ok::<(), tonic::Status>(())
+                Ok::<_, tonic::Status>(times)
             }));
         }
-        drop((tx, ready_tx));
+        drop(ready_tx);
         for _ in 0..n {
             ready_rx
                 .recv()
@@ -142,9 +158,12 @@ pub async fn latency_at(
             _ => f64::NAN,
         };
 
-        let mut returned: HashMap<u64, (Instant, Instant)> = HashMap::with_capacity(b.events);
+        // One revocation at a time: the next is sent once every subscriber
+        // has the last (then `gap` later), so each delivery is measured
+        // alone rather than queued behind the previous fan-out.
         let mut rpc = Vec::with_capacity(b.events);
-        for id in &ids {
+        let mut sent = HashMap::with_capacity(b.events);
+        for (i, id) in ids.iter().enumerate() {
             let t0 = Instant::now();
             let r = agent
                 .revoke(Target::CredentialId(id.clone()), "bench")
@@ -152,28 +171,37 @@ pub async fn latency_at(
                 .map_err(|s| anyhow::anyhow!("revoke: {}", s.message()))?;
             let t1 = Instant::now();
             rpc.push(t1.duration_since(t0).as_secs_f64() * 1e3);
-            if let Some(seq) = r.seqs.first() {
-                returned.insert(*seq, (t0, t1));
+            let Some(&seq) = r.seqs.first() else {
+                anyhow::bail!("revoke of `{id}` published no event");
+            };
+            sent.insert(seq, (t0, t1));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while arrived[i].load(Ordering::Acquire) < n {
+                if tokio::time::timeout_at(deadline, all_arrived.notified())
+                    .await
+                    .is_err()
+                {
+                    anyhow::bail!(
+                        "event {seq}: only {} of {n} deliveries arrived",
+                        arrived[i].load(Ordering::Acquire)
+                    );
+                }
             }
             tokio::time::sleep(b.gap).await;
         }
         let mut lat = Vec::with_capacity(n * b.events);
         let mut from_sent = Vec::with_capacity(n * b.events);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-        while lat.len() < n * b.events {
-            let Ok(Some((seq, at))) = tokio::time::timeout_at(deadline, rx.recv()).await else {
-                anyhow::bail!("only {} of {} deliveries arrived", lat.len(), n * b.events);
-            };
-            if let Some((sent, back)) = returned.get(&seq) {
+        for w in watchers {
+            for (seq, at) in w.await?? {
+                let Some((t0, t1)) = sent.get(&seq) else {
+                    anyhow::bail!("a subscriber received event {seq}, which no revoke returned");
+                };
                 // The event is published before the reply is written, so it
                 // often reaches a subscriber before the reply reaches the
                 // revoker: that counts as zero, not negative.
-                lat.push(at.saturating_duration_since(*back).as_secs_f64() * 1e3);
-                from_sent.push(at.saturating_duration_since(*sent).as_secs_f64() * 1e3);
+                lat.push(at.saturating_duration_since(*t1).as_secs_f64() * 1e3);
+                from_sent.push(at.saturating_duration_since(*t0).as_secs_f64() * 1e3);
             }
-        }
-        for w in watchers {
-            w.await??;
         }
         drop(clients);
         lat.sort_by(f64::total_cmp);

@@ -79,7 +79,7 @@ pub struct RevocationArgs {
     /// Revocations per subscriber count.
     #[arg(long, default_value_t = 200)]
     pub events: usize,
-    /// Pause between revocations, milliseconds.
+    /// Pause after every subscriber has one revocation, before the next, milliseconds.
     #[arg(long, default_value_t = 5)]
     pub gap_ms: u64,
     /// Subscribers per connection (HTTP/2 streams).
