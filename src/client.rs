@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tonic_health::pb::health_client::HealthClient;
 
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -86,6 +87,7 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: IssuerClient<Channel>,
+    health: HealthClient<Channel>,
 }
 
 impl Client {
@@ -173,7 +175,29 @@ impl Client {
                 reason: error_chain(&e),
             })?;
         Ok(Self {
-            inner: IssuerClient::new(channel),
+            inner: IssuerClient::new(channel.clone()),
+            health: HealthClient::new(channel),
+        })
+    }
+
+    /// `grpc.health.v1.Health/Check` of `service` (`""`: the server as a
+    /// whole).
+    pub async fn health(
+        &mut self,
+        service: &str,
+    ) -> Result<tonic_health::ServingStatus, tonic::Status> {
+        use tonic_health::pb::health_check_response::ServingStatus as Wire;
+        let r = self
+            .health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(match Wire::try_from(r.status) {
+            Ok(Wire::Serving) => tonic_health::ServingStatus::Serving,
+            Ok(Wire::NotServing) => tonic_health::ServingStatus::NotServing,
+            _ => tonic_health::ServingStatus::Unknown,
         })
     }
 

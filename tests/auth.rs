@@ -22,8 +22,9 @@ fn ts(unix: i64) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp(unix).unwrap()
 }
 
-/// Mints (JWT and X.509) and fetches the bundle as `who`; every call must be
-/// refused with UNAUTHENTICATED and a message containing `fragment`.
+/// Mints (JWT and X.509), fetches the bundle and checks health as `who`;
+/// every call must be refused with UNAUTHENTICATED and a message containing
+/// `fragment`.
 async fn assert_refused(s: &TestServer, who: Option<&Issued>, fragment: &str) {
     let mut c = s.client_with(who.map(identity)).await;
     let key = rcgen::KeyPair::generate().unwrap();
@@ -36,6 +37,7 @@ async fn assert_refused(s: &TestServer, who: Option<&Issued>, fragment: &str) {
         c.mint_jwt("t", "db", None).await.map(|_| ()),
         c.mint_x509("t", csr, None).await.map(|_| ()),
         c.trust_bundle().await.map(|_| ()),
+        c.health("").await.map(|_| ()),
     ];
     for r in results {
         let status = r.expect_err(fragment);
@@ -55,6 +57,24 @@ async fn assert_refused(s: &TestServer, who: Option<&Issued>, fragment: &str) {
         0,
         "{fragment}: something was stored"
     );
+}
+
+#[tokio::test]
+async fn health_checks_answer_workloads_with_an_svid() {
+    let s = start().await;
+    let mut c = s.client("agent").await;
+    for service in ["", "taskmint.v1.Issuer"] {
+        assert_eq!(
+            c.health(service).await.unwrap(),
+            tonic_health::ServingStatus::Serving,
+            "`{service}`"
+        );
+    }
+    let err = c.health("no.such.Service").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    // Without an SVID, health checks are refused like every other call
+    // (`every_caller_svid_rule_is_enforced` covers the other SVID rules).
+    assert_refused(&s, None, "no client certificate presented").await;
 }
 
 #[tokio::test]

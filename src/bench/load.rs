@@ -24,6 +24,9 @@ pub enum Kind {
     Jwt,
     /// `MintX509`.
     X509,
+    /// `grpc.health.v1.Health/Check`: the same connections, mTLS, HTTP/2
+    /// and gRPC framing with no work behind them, the floor under every call.
+    Health,
 }
 
 impl Kind {
@@ -32,6 +35,7 @@ impl Kind {
         match self {
             Self::Jwt => "MintJwt",
             Self::X509 => "MintX509",
+            Self::Health => "Health.Check",
         }
     }
 }
@@ -107,6 +111,7 @@ pub async fn run(
                             .mint_x509(&task, csrs[n % csrs.len()].clone(), None)
                             .await
                             .is_ok(),
+                        Kind::Health => c.health("").await.is_ok(),
                     };
                     n += 1;
                     if ok {

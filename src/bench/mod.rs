@@ -175,10 +175,11 @@ async fn connect_all(env: &BenchEnv, addr: &str, n: usize) -> anyhow::Result<Vec
 }
 
 /// The ceiling a load row is compared with: the bare ES256 signature for
-/// JWTs, the CSR -> leaf work (without the post-signing check) for X.509.
+/// JWTs (and for the transport floor, to show what it alone costs), the
+/// CSR -> leaf work (without the post-signing check) for X.509.
 fn ceiling_for(kind: Kind, ceilings: &[crypto::Ceiling]) -> f64 {
     let idx = match kind {
-        Kind::Jwt => 0,
+        Kind::Jwt | Kind::Health => 0,
         Kind::X509 => 2,
     };
     ceilings.get(idx).map(|c| c.us_per_op).unwrap_or(f64::NAN)
@@ -223,7 +224,7 @@ pub async fn run_all(o: &Options, progress: impl Fn(&str)) -> anyhow::Result<Rep
     // 3. Mint load.
     let clients = connect_all(&env, &addr, max_c).await?;
     let mut rows = Vec::new();
-    for kind in [Kind::Jwt, Kind::X509] {
+    for kind in [Kind::Jwt, Kind::X509, Kind::Health] {
         // Warm-up: connections, caches, the store's first pages.
         load::warm(kind, &clients[..max_c.min(8)], csrs.clone()).await?;
         for &c in &o.concurrency {
@@ -324,7 +325,7 @@ pub fn render(r: &Report) -> String {
         ));
     }
     out.push_str(
-        "\n| RPC | concurrency | credentials/s | p50 ms | p99 ms | p99.9 ms | server CPU us/credential | / in-process ceiling | server peak RSS MiB | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "\n| RPC | concurrency | calls/s | p50 ms | p99 ms | p99.9 ms | server CPU us/call | / in-process ceiling | server peak RSS MiB | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for l in &r.load {
         out.push_str(&format!(
@@ -340,6 +341,12 @@ pub fn render(r: &Report) -> String {
             l.server_peak_rss_mib,
             l.errors
         ));
+    }
+    if r.load.iter().any(|l| l.rpc == Kind::Health.rpc()) {
+        out.push_str(
+            "\nHealth.Check is the transport floor: the same callers and connections (mTLS, HTTP/2, \
+             gRPC) with no work behind the call; its ratio is to the ES256 signature.\n",
+        );
     }
     out.push('\n');
     out.push_str(&table(&r.revocation));

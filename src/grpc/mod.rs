@@ -43,6 +43,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), crate::tls::TlsError> {
     let acceptor = TlsAcceptor::from(material.server_config()?);
+    let health_material = material.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let accept = tokio::spawn(accept_loop(
         listener,
@@ -54,8 +55,23 @@ pub async fn serve(
 
     let svc =
         pb::issuer_server::IssuerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
+    // Standard gRPC health checks (for probes and load balancers). They
+    // reveal only serving or not, but still answer only callers with a
+    // valid SVID, like every call.
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::issuer_server::IssuerServer<IssuerService>>()
+        .await;
+    let health_svc = tonic::service::interceptor::InterceptedService::new(
+        health_svc,
+        move |req: tonic::Request<()>| match auth::caller(&req, &health_material) {
+            Ok(_) => Ok(req),
+            Err(e) => Err(tonic::Status::from(crate::error::Error::from(e))),
+        },
+    );
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        .add_service(health_svc)
         .add_service(svc)
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), async {
             let _ = drain_rx.await;
@@ -66,6 +82,8 @@ pub async fn serve(
     let result = tokio::select! {
         r = &mut server => r,
         _ = shutdown => {
+            health.set_not_serving::<pb::issuer_server::IssuerServer<IssuerService>>().await;
+            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             accept.abort();
             let _ = drain_tx.send(());
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
