@@ -122,7 +122,7 @@ pub fn ceilings(m: Arc<Material>, d: Duration) -> Vec<Ceiling> {
     ));
     let mm = m.clone();
     out.push(measure(
-        "JWT-SVID: claims -> signed token -> verified (issuer path)",
+        "JWT-SVID: claims -> signed token -> validated (issuer path)",
         d,
         threads,
         Arc::new(move |i| {
