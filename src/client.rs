@@ -186,7 +186,6 @@ impl Client {
         &mut self,
         service: &str,
     ) -> Result<tonic_health::ServingStatus, tonic::Status> {
-        use tonic_health::pb::health_check_response::ServingStatus as Wire;
         let r = self
             .health
             .check(tonic_health::pb::HealthCheckRequest {
@@ -194,11 +193,27 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(match Wire::try_from(r.status) {
-            Ok(Wire::Serving) => tonic_health::ServingStatus::Serving,
-            Ok(Wire::NotServing) => tonic_health::ServingStatus::NotServing,
-            _ => tonic_health::ServingStatus::Unknown,
-        })
+        Ok(serving_status(r.status))
+    }
+
+    /// `grpc.health.v1.Health/Watch` of `service`: the current status, then
+    /// every change.
+    pub async fn health_watch(
+        &mut self,
+        service: &str,
+    ) -> Result<
+        impl tokio_stream::Stream<Item = Result<tonic_health::ServingStatus, tonic::Status>> + use<>,
+        tonic::Status,
+    > {
+        use tokio_stream::StreamExt;
+        let stream = self
+            .health
+            .watch(tonic_health::pb::HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(stream.map(|r| r.map(|r| serving_status(r.status))))
     }
 
     /// `MintJwt`.
@@ -660,5 +675,14 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.algs.supported_schemes()
+    }
+}
+
+fn serving_status(wire: i32) -> tonic_health::ServingStatus {
+    use tonic_health::pb::health_check_response::ServingStatus as Wire;
+    match Wire::try_from(wire) {
+        Ok(Wire::Serving) => tonic_health::ServingStatus::Serving,
+        Ok(Wire::NotServing) => tonic_health::ServingStatus::NotServing,
+        _ => tonic_health::ServingStatus::Unknown,
     }
 }

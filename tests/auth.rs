@@ -72,6 +72,33 @@ async fn health_checks_answer_workloads_with_an_svid() {
     }
     let err = c.health("no.such.Service").await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    // A watcher sees the issuer stop serving as soon as shutdown begins
+    // (the drain then waits for open streams like this one).
+    let mut s = s;
+    let mut watch = Box::pin(c.health_watch("").await.unwrap());
+    use tokio_stream::StreamExt;
+    assert_eq!(
+        watch.next().await.unwrap().unwrap(),
+        tonic_health::ServingStatus::Serving
+    );
+    let stopping = tokio::spawn(async move {
+        s.stop().await;
+    });
+    let next = tokio::time::timeout(Duration::from_secs(3), watch.next())
+        .await
+        .expect("a status change before the drain ends");
+    assert_eq!(
+        next.unwrap().unwrap(),
+        tonic_health::ServingStatus::NotServing
+    );
+    drop(watch);
+    drop(c);
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn health_checks_need_an_svid() {
+    let s = start().await;
     // Without an SVID, health checks are refused like every other call
     // (`every_caller_svid_rule_is_enforced` covers the other SVID rules).
     assert_refused(&s, None, "no client certificate presented").await;
