@@ -226,8 +226,8 @@ impl JwtSigner {
     /// ES256 with this key's `kid` and type `JWT`, the claims exactly those
     /// asked for, the signature 64 bytes. As in SPIRE's credential validator,
     /// the signature is not verified again per token (it was 70 us of every
-    /// mint): [`JwtSigner::self_test`] verified the key pair and this
-    /// serialisation end to end at load, and a faulty P-256 signature can
+    /// mint): the self-test at load verified the key pair and this
+    /// serialisation end to end, and a faulty P-256 signature can
     /// only be refused by a verifier, never accepted.
     pub fn sign(&self, claims: &Claims) -> Result<String, JwtError> {
         let token = self.compact("JWT", claims)?;

@@ -22,7 +22,7 @@
 //! - [`grpc`]: the only protobuf/`tonic::Status` code; accept loop and auth gate.
 //! - [`server`]: assembly from config; `serve` and the tests start here.
 //! - [`client`]: a Rust client for workloads.
-//! - [`bench`]: `taskmint bench`, measurements shipped with the product.
+//! - [`bench`](mod@bench): `taskmint bench`, measurements shipped with the product.
 //! - [`devca`]: a development trust domain (used by `dev init` and tests).
 //! - [`cli`]: the `taskmint` command line.
 #![forbid(unsafe_code)]

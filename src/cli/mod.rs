@@ -90,7 +90,7 @@ pub struct ConnArgs {
     /// Roots that verify the issuer (PEM).
     #[arg(long, default_value = "certs/dev/bundle.pem", env = "TASKMINT_BUNDLE")]
     pub bundle: PathBuf,
-    /// Expected SPIFFE ID of the issuer [default: spiffe://<your trust domain>/taskmint].
+    /// Expected SPIFFE ID of the issuer (default: `spiffe://<your trust domain>/taskmint`).
     #[arg(long)]
     pub server_id: Option<String>,
 }
