@@ -38,6 +38,7 @@ async fn assert_refused(s: &TestServer, who: Option<&Issued>, fragment: &str) {
         c.mint_x509("t", csr, None).await.map(|_| ()),
         c.trust_bundle().await.map(|_| ()),
         c.health("").await.map(|_| ()),
+        c.health_watch("").await.map(|_| ()),
     ];
     for r in results {
         let status = r.expect_err(fragment);
@@ -91,9 +92,15 @@ async fn health_checks_answer_workloads_with_an_svid() {
         next.unwrap().unwrap(),
         tonic_health::ServingStatus::NotServing
     );
-    drop(watch);
-    drop(c);
-    stopping.await.unwrap();
+    // Then the stream ends, so an open Watch does not hold the drain.
+    let end = tokio::time::timeout(Duration::from_secs(3), watch.next())
+        .await
+        .expect("the watch ends before the drain's grace period");
+    assert!(end.is_none(), "{end:?}");
+    tokio::time::timeout(Duration::from_secs(3), stopping)
+        .await
+        .expect("shutdown does not wait out the grace period")
+        .unwrap();
 }
 
 #[tokio::test]

@@ -58,7 +58,7 @@ pub async fn serve(
     // Standard gRPC health checks (for probes and load balancers). They
     // reveal only serving or not, but still answer only callers with a
     // valid SVID, like every call.
-    let (health, health_svc) = tonic_health::server::health_reporter();
+    let (mut health, health_svc) = tonic_health::server::health_reporter();
     health
         .set_serving::<pb::issuer_server::IssuerServer<IssuerService>>()
         .await;
@@ -84,6 +84,14 @@ pub async fn serve(
         _ = shutdown => {
             health.set_not_serving::<pb::issuer_server::IssuerServer<IssuerService>>().await;
             health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            // Unregistering ends every health Watch stream once it has sent
+            // NOT_SERVING; an open Watch would otherwise hold the drain for
+            // the whole grace period (client-side health checking keeps one
+            // open on every connection).
+            health.clear_service_status("").await;
+            health
+                .clear_service_status(<pb::issuer_server::IssuerServer<IssuerService> as tonic::server::NamedService>::NAME)
+                .await;
             accept.abort();
             let _ = drain_tx.send(());
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
