@@ -6,8 +6,12 @@
 //! pool's one sqlx connection) each hold it for their whole transaction. A
 //! revocation's sequence number is therefore taken from the counter inside
 //! its transaction and is gap-free in commit order, and a mint cannot slip in
-//! between a task's completion and its cascade. Reads use a separate pool and
-//! never wait for a writer (WAL).
+//! between a task's completion and its cascade. (One gap: a sqlx transaction
+//! dropped mid-way, by a cancelled call or an error, is rolled back by sqlx's
+//! worker just after its turn is released. SQLite's own write lock still
+//! serialises that rollback; the writer thread's `BEGIN IMMEDIATE` waits for
+//! it within the busy timeout.) Reads use a separate pool and never wait for
+//! a writer (WAL).
 //!
 //! The hot writes (recording a credential, beginning a task, appending audit
 //! events) go through the group commit: many jobs in one transaction, each in
@@ -177,8 +181,14 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Closes both pools (waits for connections to be returned).
+    /// Finishes the queued writes and closes the writer thread's connection,
+    /// then both pools (waiting for their connections to be returned).
+    /// Writes submitted afterwards fail.
     pub async fn close(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.jobs.send(Job::Close(reply)).await.is_ok() {
+            let _ = done.await;
+        }
         self.reader.close().await;
         self.writer.close().await;
     }
@@ -1192,6 +1202,13 @@ mod tests {
             Err(StoreError::Duplicate(_))
         ));
         store.close().await;
+        // Closed means closed: the writer is gone, nothing more is written.
+        assert!(matches!(
+            store
+                .record_credential(&record("4", a, "build-42"), 100, &[])
+                .await,
+            Err(StoreError::Batch(_))
+        ));
 
         let store = SqliteStore::open(&path).await.unwrap();
         assert_eq!(store.count_credentials().await.unwrap(), 3);

@@ -50,6 +50,9 @@ pub(super) enum Job {
         events: Vec<AuditDraft>,
         reply: oneshot::Sender<Result<Vec<AuditEvent>, StoreError>>,
     },
+    /// Finish the jobs queued before this one, close the connection and
+    /// stop; answered once the connection is closed.
+    Close(oneshot::Sender<()>),
 }
 
 impl std::fmt::Debug for Job {
@@ -58,6 +61,7 @@ impl std::fmt::Debug for Job {
             Self::Record { .. } => "Job::Record",
             Self::Begin { .. } => "Job::Begin",
             Self::Append { .. } => "Job::Append",
+            Self::Close(_) => "Job::Close",
         })
     }
 }
@@ -85,13 +89,32 @@ pub(super) fn start(path: &Path, turn: Arc<Mutex<()>>) -> Result<mpsc::Sender<Jo
 }
 
 fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, turn: &Mutex<()>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut jobs = vec![first];
+    // Set once the loop must end: with the reply of a `Close`, or with
+    // `None` when every sender is gone.
+    let mut closed = None;
+    while closed.is_none() {
+        let mut jobs = Vec::new();
         while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+            let next = if jobs.is_empty() {
+                rx.blocking_recv()
+            } else {
+                rx.try_recv().ok()
+            };
+            match next {
+                Some(Job::Close(reply)) => {
+                    closed = Some(Some(reply));
+                    break;
+                }
+                Some(j) => jobs.push(j),
+                None if jobs.is_empty() => {
+                    closed = Some(None);
+                    break;
+                }
+                None => break,
             }
+        }
+        if jobs.is_empty() {
+            continue;
         }
         let mut done = Vec::with_capacity(jobs.len());
         let commit = {
@@ -101,6 +124,14 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, turn: &Mutex<()>) {
         for d in done {
             d.send(&commit);
         }
+    }
+    // Later submissions fail at the channel: the store is closed.
+    rx.close();
+    if let Err((_, e)) = conn.close() {
+        tracing::warn!(error = %e, "closing the writer's connection failed");
+    }
+    if let Some(Some(reply)) = closed {
+        let _ = reply.send(());
     }
 }
 
@@ -145,13 +176,15 @@ impl Done {
     }
 }
 
-fn failed(job: Job, e: &str) -> Done {
+fn failed(job: Job, e: &str) -> Option<Done> {
     let err = || StoreError::Batch(e.to_owned());
-    match job {
+    Some(match job {
         Job::Record { reply, .. } => Done::Record(reply, Err(err())),
         Job::Begin { reply, .. } => Done::Begin(reply, Err(err())),
         Job::Append { reply, .. } => Done::Append(reply, Err(err())),
-    }
+        // Never batched: `run` takes it out of the queue.
+        Job::Close(_) => return None,
+    })
 }
 
 fn sql_err(e: rusqlite::Error) -> StoreError {
@@ -160,9 +193,7 @@ fn sql_err(e: rusqlite::Error) -> StoreError {
 
 fn run_batch(conn: &mut Connection, jobs: Vec<Job>, done: &mut Vec<Done>) -> Result<(), String> {
     let fail_all = |jobs: Vec<Job>, done: &mut Vec<Done>, e: String| {
-        for j in jobs {
-            done.push(failed(j, &e));
-        }
+        done.extend(jobs.into_iter().filter_map(|j| failed(j, &e)));
         Err(e)
     };
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
@@ -173,12 +204,13 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Job>, done: &mut Vec<Done>) -> Res
         Ok(h) => h,
         Err(e) => return fail_all(jobs, done, e.to_string()),
     };
-    for job in jobs {
+    let mut jobs = jobs.into_iter();
+    while let Some(job) = jobs.next() {
         let before = head.clone();
         let sp = match tx.savepoint() {
             Ok(sp) => sp,
             Err(e) => {
-                done.push(failed(job, &e.to_string()));
+                done.extend(failed(job, &e.to_string()));
                 continue;
             }
         };
@@ -195,6 +227,7 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Job>, done: &mut Vec<Done>) -> Res
             Job::Append { events, reply } => {
                 Done::Append(reply, append_in(&sp, &mut head, events).map_err(sql_err))
             }
+            Job::Close(_) => unreachable!("`run` takes Close out of the queue"),
         };
         // A savepoint dropped without commit rolls back to where it began.
         let end = if d.is_ok() {
@@ -205,8 +238,9 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Job>, done: &mut Vec<Done>) -> Res
         };
         done.push(d);
         if let Err(e) = end {
-            // The transaction is in an unknown state: fail the batch.
-            return Err(e.to_string());
+            // The transaction is in an unknown state: fail the batch,
+            // including the jobs it had not reached.
+            return fail_all(jobs.collect(), done, e.to_string());
         }
     }
     store_head(&tx, &head).map_err(|e| e.to_string())?;
