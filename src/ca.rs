@@ -150,6 +150,13 @@ pub struct SigningCa {
     key_id: Option<Vec<u8>>,
     /// The CA's subject, DER: every leaf's issuer.
     subject: Vec<u8>,
+    /// The signature algorithm (OID) every leaf carries, as the load-time
+    /// probe leaf showed it.
+    sig_alg: String,
+    /// Verify each leaf's signature too: for CA keys other than ECDSA (a
+    /// faulty RSA-CRT signature can give the key away; a deterministic
+    /// Ed25519 one can too).
+    verify_each: bool,
 }
 
 impl std::fmt::Debug for SigningCa {
@@ -208,15 +215,54 @@ impl SigningCa {
                 _ => None,
             });
         let subject = parsed.subject().as_raw().to_vec();
+        let ecdsa = key.algorithm() == &rcgen::PKCS_ECDSA_P256_SHA256
+            || key.algorithm() == &rcgen::PKCS_ECDSA_P384_SHA384;
         let issuer = Issuer::from_ca_cert_der(ca_der, key)
             .map_err(|e| CaError::Load(format!("certificate: {e}")))?;
-        Ok(Self {
+        let mut ca = Self {
             issuer,
             chain,
             not_after,
             key_id,
             subject,
-        })
+            sig_alg: String::new(),
+            verify_each: !ecdsa,
+        };
+        ca.sig_alg = ca.probe()?;
+        Ok(ca)
+    }
+
+    /// Signs a throwaway leaf and verifies it with the CA certificate's key,
+    /// so a key or signing fault shows at load, not in a workload's
+    /// handshake; returns the leaf's signature algorithm, which every later
+    /// leaf must carry.
+    fn probe(&self) -> Result<String, CaError> {
+        let load = |m: String| CaError::Load(format!("self-test leaf: {m}"));
+        let key = KeyPair::generate().map_err(|e| load(e.to_string()))?;
+        let csr_key = CsrKey {
+            spki_der: key.subject_public_key_info(),
+        };
+        let id =
+            SpiffeId::new("spiffe://self-test.invalid/probe").map_err(|e| load(e.to_string()))?;
+        let task = TaskId::parse("self-test").map_err(|e| load(e.to_string()))?;
+        let now = crate::clock::now_unix();
+        let t = X509Template {
+            spiffe_id: &id,
+            task_id: &task,
+            task_owner: "spiffe://self-test.invalid/probe",
+            accountable_owner: "",
+            break_glass: false,
+            serial: &[0x40; 16],
+            not_before: now - 1,
+            not_after: now + 60,
+        };
+        let der = self.sign_unchecked(&t, &csr_key)?;
+        let (_, leaf) = X509Certificate::from_der(&der).map_err(|e| load(e.to_string()))?;
+        let (_, ca) =
+            X509Certificate::from_der(self.chain[0].as_ref()).map_err(|e| load(e.to_string()))?;
+        leaf.verify_signature(Some(ca.public_key()))
+            .map_err(|_| load("does not verify with the CA certificate's key".into()))?;
+        Ok(leaf.signature_algorithm.algorithm.to_id_string())
     }
 
     /// Unix seconds: the CA's own notAfter (no leaf may outlive it).
@@ -292,12 +338,36 @@ impl SigningCa {
         let bad = |m: &str| Err(CaError::Validate(m.to_owned()));
         let (_, cert) =
             X509Certificate::from_der(der).map_err(|e| CaError::Validate(e.to_string()))?;
-        // As in SPIRE's credential validator, every field is checked but the
-        // signature is not verified again per leaf (it was 50 us of every
-        // mint): the key was matched to the CA certificate at load, and a
-        // faulty P-256 signature can only be refused by a verifier.
+        // As in SPIRE's credential validator, every field is checked; the
+        // signature itself is verified per leaf only for non-ECDSA CA keys
+        // (it was 50 us of every mint). For ECDSA the load-time probe
+        // verified the key and the signing path, and a faulty signature made
+        // with a random nonce gives nothing away: relying parties refuse it.
         if cert.issuer().as_raw() != self.subject.as_slice() {
             return bad("issuer is not the signing CA");
+        }
+        if cert.signature_algorithm.algorithm.to_id_string() != self.sig_alg {
+            return bad("signature algorithm is not the CA key's");
+        }
+        if self.verify_each {
+            let (_, ca) = X509Certificate::from_der(self.chain[0].as_ref())
+                .map_err(|e| CaError::Validate(e.to_string()))?;
+            if cert.verify_signature(Some(ca.public_key())).is_err() {
+                return bad("signature does not verify with the CA key");
+            }
+        }
+        if let Some(ca_kid) = &self.key_id {
+            let aki = cert
+                .iter_extensions()
+                .find_map(|e| match e.parsed_extension() {
+                    x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                        Some(a.key_identifier.as_ref().map(|k| k.0.to_vec()))
+                    }
+                    _ => None,
+                });
+            if aki.flatten().as_deref() != Some(ca_kid.as_slice()) {
+                return bad("authorityKeyIdentifier is not the CA's subjectKeyIdentifier");
+            }
         }
         if cert.public_key().raw != key.spki_der.as_slice() {
             return bad("public key differs from the CSR's");
@@ -518,6 +588,61 @@ mod tests {
             assert_eq!(parse_task_extension(&task_extension_der(&b)), Some(b));
         }
         assert_eq!(parse_task_extension(&[0x30, 0x05, 0x0c]), None);
+    }
+
+    fn ca_with(alg: &'static rcgen::SignatureAlgorithm) -> SigningCa {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert = p.self_signed(&key).unwrap();
+        SigningCa::from_der(vec![cert.der().clone()], &key.serialize_der()).unwrap()
+    }
+
+    #[test]
+    fn leaves_are_validated_for_ecdsa_and_other_ca_keys() {
+        let id = SpiffeId::new("spiffe://example.org/workload/a").unwrap();
+        let task = TaskId::parse("t").unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let key = CsrKey {
+            spki_der: leaf_key.subject_public_key_info(),
+        };
+        let now = crate::clock::now_unix();
+        let t = X509Template {
+            spiffe_id: &id,
+            task_id: &task,
+            task_owner: "spiffe://example.org/workload/a",
+            accountable_owner: "",
+            break_glass: false,
+            serial: &[0x41; 16],
+            not_before: now,
+            not_after: now + 60,
+        };
+        // ECDSA: fields only; Ed25519: the signature is verified per leaf.
+        for (alg, verify_each) in [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, false),
+            (&rcgen::PKCS_ED25519, true),
+        ] {
+            let ca = ca_with(alg);
+            assert_eq!(ca.verify_each, verify_each);
+            let der = ca.issue(&t, &key).unwrap();
+            let (_, leaf) = X509Certificate::from_der(&der).unwrap();
+            assert_eq!(
+                leaf.signature_algorithm.algorithm.to_id_string(),
+                ca.sig_alg
+            );
+        }
+        // A leaf signed by another CA with the same subject is refused.
+        let ca = ca_with(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let other = ca_with(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let der = other.sign_unchecked(&t, &key).unwrap();
+        assert!(matches!(
+            ca.validate(&der, &t, &key),
+            Err(CaError::Validate(_))
+        ));
     }
 
     #[test]

@@ -227,8 +227,9 @@ impl JwtSigner {
     /// asked for, the signature 64 bytes. As in SPIRE's credential validator,
     /// the signature is not verified again per token (it was 70 us of every
     /// mint): the self-test at load verified the key pair and this
-    /// serialisation end to end, and a faulty P-256 signature can
-    /// only be refused by a verifier, never accepted.
+    /// serialisation end to end. The key is always P-256 ECDSA, whose
+    /// random nonce means a faulty signature gives nothing away; relying
+    /// parties refuse it.
     pub fn sign(&self, claims: &Claims) -> Result<String, JwtError> {
         let token = self.compact("JWT", claims)?;
         let bad = |m: String| JwtError::Validate(m);
