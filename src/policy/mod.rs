@@ -688,7 +688,8 @@ impl Engine {
         // Text from `policy eval` goes through Cedar's JSON parser for its
         // messages; contexts the server builds are converted directly (Cedar's
         // generic JSON path was 40% of the policy cost per mint in the
-        // profile). `Request::new` checks either against the schema.
+        // profile). `Request::new` checks either against the schema when one
+        // is given (always for `policy eval`, in debug builds for the rest).
         let context = if checked {
             Context::from_json_value(context, schema.map(|s| (s, &action_uid)))
                 .map_err(|e| PolicyError::Request(format!("context: {}", render(&e))))?
@@ -972,7 +973,8 @@ mod tests {
             assert_eq!(direct.allowed, allowed, "{delegate}: {}", direct.describe());
             assert_eq!(direct.policies, text.policies, "{delegate}");
         }
-        // Debug builds check what the server builds against the schema.
+        // Debug builds check what the server builds against the schema
+        // (release builds skip that per-request check).
         let wrong = json!({"task_id": "t", "ttl_seconds": "300", "renewal_count": 0,
                            "break_glass": false, "depth": 0});
         let r = e.authorize(
@@ -982,7 +984,9 @@ mod tests {
             wrong,
             &[],
         );
-        assert!(matches!(r, Err(PolicyError::Request(_))), "{r:?}");
+        if cfg!(debug_assertions) {
+            assert!(matches!(r, Err(PolicyError::Request(_))), "{r:?}");
+        }
         for bad in [
             json!({"x": null}),
             json!({"x": 1.5}),
