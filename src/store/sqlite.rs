@@ -34,7 +34,7 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 mod writer;
-use writer::Job;
+use writer::{Job, Msg};
 
 use super::{
     AckRecord, CredentialKind, CredentialRecord, CrlEntry, GrantFilter, RecordRefusal, Review,
@@ -50,7 +50,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations"
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Msg>,
     /// Held for every write transaction, on either connection.
     turn: Arc<Mutex<()>>,
 }
@@ -98,11 +98,19 @@ impl SqliteStore {
         })
     }
 
-    async fn submit(&self, job: Job) -> Result<(), StoreError> {
+    /// Queues the job `make` builds around its reply channel and waits for
+    /// the answer, which comes after the batch commits.
+    async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
+        let stopped = || StoreError::Batch("the writer stopped".into());
+        let (reply, rx) = oneshot::channel();
         self.jobs
-            .send(job)
+            .send(Msg::Job(make(reply)))
             .await
-            .map_err(|_| StoreError::Batch("the writer stopped".into()))
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Fills the store with `n` active JWT credentials (1000 workloads, one
@@ -186,7 +194,7 @@ impl SqliteStore {
     /// Writes submitted afterwards fail.
     pub async fn close(&self) {
         let (reply, done) = oneshot::channel();
-        if self.jobs.send(Job::Close(reply)).await.is_ok() {
+        if self.jobs.send(Msg::Close(reply)).await.is_ok() {
             let _ = done.await;
         }
         self.reader.close().await;
@@ -494,16 +502,13 @@ impl Store for SqliteStore {
         t: &TaskRecord,
         audit: &[AuditDraft],
     ) -> Result<(TaskRecord, bool), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(Job::Begin {
-            task: t.clone(),
-            audit: audit.to_vec(),
-            reply,
-        })
-        .await?;
-        let created = rx
-            .await
-            .map_err(|_| StoreError::Batch("the writer stopped".into()))??;
+        let created = self
+            .submit(|reply| Job::Begin {
+                task: t.clone(),
+                audit: audit.to_vec(),
+                reply,
+            })
+            .await?;
         if created {
             return Ok((t.clone(), true));
         }
@@ -523,16 +528,13 @@ impl Store for SqliteStore {
         max_active: u32,
         audit: &[AuditDraft],
     ) -> Result<Result<(), RecordRefusal>, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(Job::Record {
+        self.submit(|reply| Job::Record {
             cred: c.clone(),
             max_active,
             audit: audit.to_vec(),
             reply,
         })
-        .await?;
-        rx.await
-            .map_err(|_| StoreError::Batch("the writer stopped".into()))?
+        .await
     }
 
     async fn credential(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
@@ -971,14 +973,11 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, events: &[AuditDraft]) -> Result<Vec<AuditEvent>, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(Job::Append {
+        self.submit(|reply| Job::Append {
             events: events.to_vec(),
             reply,
         })
-        .await?;
-        rx.await
-            .map_err(|_| StoreError::Batch("the writer stopped".into()))?
+        .await
     }
 
     async fn audit_after(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
