@@ -72,25 +72,16 @@ fn the_cli_mints_both_kinds_and_reports_errors_in_one_line() {
             .chain(c.iter().cloned())
             .collect()
     };
-    let started = Instant::now();
-    let jwt = loop {
+    let jwt = until_up(|| {
         let args = with(&[
             "mint", "jwt", "--task", "cli-1", "--aud", "db", "--ttl", "90s", "--json",
         ]);
-        let out = Command::new(BIN)
+        Command::new(BIN)
             .current_dir(dir.path())
             .args(&args)
             .output()
-            .unwrap();
-        if out.status.success() {
-            break out;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "server never came up: {out:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+            .unwrap()
+    });
     let v: serde_json::Value = serde_json::from_slice(&jwt.stdout).unwrap();
     assert_eq!(v["task_id"], "cli-1");
     assert_eq!(v["spiffe_id"], "spiffe://example.org/workload/agent");
@@ -196,6 +187,23 @@ fn the_cli_mints_both_kinds_and_reports_errors_in_one_line() {
     assert!(String::from_utf8(again.stderr).unwrap().contains("--force"));
 }
 
+/// Runs `call` until it succeeds (the server started by [`serve`] may still be
+/// coming up), for at most 30 s.
+fn until_up(mut call: impl FnMut() -> Output) -> Output {
+    let started = Instant::now();
+    loop {
+        let out = call();
+        if out.status.success() {
+            return out;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "server never came up: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn json_of(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "{out:?}");
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
@@ -219,9 +227,8 @@ fn the_cli_drives_tasks_revocation_renewal_watch_and_crl() {
             .output()
             .unwrap()
     };
-    let started = Instant::now();
-    let task = loop {
-        let out = cli(&[
+    let task = json_of(&until_up(|| {
+        cli(&[
             "task",
             "begin",
             "--task",
@@ -233,16 +240,8 @@ fn the_cli_drives_tasks_revocation_renewal_watch_and_crl() {
             "--lifetime",
             "10m",
             "--json",
-        ]);
-        if out.status.success() {
-            break json_of(&out);
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "server never came up: {out:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        ])
+    }));
     assert_eq!(task["state"], "active");
     assert_eq!(task["ticket"], "CHG-9");
 
@@ -414,9 +413,8 @@ fn the_cli_governs_policy_break_glass_delegation_audit_and_inventory() {
             .output()
             .unwrap()
     };
-    let started = Instant::now();
-    let parent = loop {
-        let out = as_(
+    let parent = json_of(&until_up(|| {
+        as_(
             "agent",
             &[
                 "task",
@@ -431,16 +429,8 @@ fn the_cli_governs_policy_break_glass_delegation_audit_and_inventory() {
                 "10m",
                 "--json",
             ],
-        );
-        if out.status.success() {
-            break json_of(&out);
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "server never came up: {out:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        )
+    }));
     assert_eq!(parent["accountable_owner"], "team-agents");
     assert_eq!(parent["audiences"], serde_json::json!(["db", "queue"]));
 
