@@ -102,6 +102,12 @@ impl Server {
         &self.issuer
     }
 
+    /// The store the issuer writes to (for operations and tests, such as
+    /// capping its size with [`SqliteStore::set_max_pages`]).
+    pub fn store(&self) -> &Arc<SqliteStore> {
+        &self.store
+    }
+
     /// Serves on `listener` until `shutdown` resolves, reloading TLS material
     /// in the background; closes the store on the way out.
     pub async fn run(

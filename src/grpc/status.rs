@@ -1,6 +1,8 @@
 //! The one place a crate [`Error`] becomes a `tonic::Status`. Caller mistakes
-//! get their own code and a message naming the problem; internal failures are
-//! logged in full and reach the wire as a bare "internal error".
+//! get their own code and a message naming the problem; a store that cannot
+//! take writes (disk full, I/O error) is UNAVAILABLE naming the condition;
+//! other internal failures are logged in full and reach the wire as a bare
+//! "internal error".
 
 use tonic::{Code, Status};
 
@@ -27,6 +29,16 @@ impl From<Error> for Status {
                     ms.div_ceil(1000).to_string().parse().expect("digits"),
                 );
                 return s;
+            }
+            Error::Store(se) if se.unavailable().is_some() => {
+                // The condition is the operator's to fix and the caller's to
+                // wait out: say which, and that nothing was recorded. The
+                // driver's detail stays in the log.
+                let condition = se.unavailable().expect("checked above");
+                tracing::error!(error = %e, "store unavailable");
+                return Status::unavailable(format!(
+                    "store unavailable: {condition}; nothing was recorded, retry later"
+                ));
             }
             Error::Store(_) | Error::Ca(_) | Error::Jwt(_) | Error::Policy(_) => {
                 tracing::error!(error = %e, "internal error");

@@ -82,12 +82,13 @@ impl Revocations {
         req: &RevokeRequest,
     ) -> Result<Vec<RevocationEvent>, StoreError> {
         let _order = self.write.lock().await;
-        let sign = |e: &RevocationEvent| {
-            self.signer
-                .sign_set(&set_claims(&self.iss, e))
+        let (signer, iss) = (self.signer.clone(), self.iss.clone());
+        let sign: crate::store::SetSigner = Arc::new(move |e: &RevocationEvent| {
+            signer
+                .sign_set(&set_claims(&iss, e))
                 .map_err(|e| e.to_string())
-        };
-        let events = self.store.revoke(req, &sign).await?;
+        });
+        let events = self.store.revoke(req, sign).await?;
         for e in &events {
             tracing::info!(
                 seq = e.seq,

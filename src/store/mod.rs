@@ -1,21 +1,31 @@
 //! Durable state behind one [`Store`] trait. Only this module knows SQL; the
 //! rest of the crate sees records. Nothing is returned to a caller before the
-//! store has committed it.
+//! store has committed it, and nothing that failed to commit is ever
+//! acknowledged.
 //!
-//! Backends: [`SqliteStore`] (embedded default). Timestamps are Unix seconds
-//! in `BIGINT` columns and conflicts use `ON CONFLICT`, so the schema carries
-//! over to PostgreSQL unchanged.
+//! # Layout
+//!
+//! - [`records`](self): the records every backend keeps (re-exported here).
+//! - [`conformance`]: the behaviour every backend must have, written once and
+//!   run against each backend's own tests.
+//! - [`SqliteStore`]: the embedded default; one writer thread owns every
+//!   write.
+//!
+//! Timestamps are Unix seconds in `BIGINT` columns and conflicts use
+//! `ON CONFLICT`, so the schema carries over to PostgreSQL.
 
+pub mod conformance;
+mod records;
 mod sqlite;
 
-use std::collections::BTreeMap;
-
+pub use records::*;
 pub use sqlite::SqliteStore;
 
 use crate::audit::{AuditDraft, AuditEvent};
 
-/// A storage failure. The message is for logs; callers see only "internal".
-#[derive(Debug, thiserror::Error)]
+/// A storage failure. The message is for logs; callers see only "internal",
+/// except for [`StoreError::Unavailable`], whose condition they are told.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be opened or migrated.
     #[error("cannot open store `{path}`: {reason}")]
@@ -27,341 +37,72 @@ pub enum StoreError {
     },
     /// A query failed.
     #[error("store query failed: {0}")]
-    Query(#[from] sqlx::Error),
+    Query(String),
     /// A credential id was recorded twice (a random id collided).
     #[error("credential `{0}` already exists")]
     Duplicate(String),
     /// A stored value could not be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
-    /// The group commit this write rode in failed.
-    #[error("batched write failed: {0}")]
-    Batch(String),
-}
-
-/// The kind of a credential.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CredentialKind {
-    /// X.509-SVID.
-    X509,
-    /// JWT-SVID.
-    Jwt,
-}
-
-impl CredentialKind {
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::X509 => "x509",
-            Self::Jwt => "jwt",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self, StoreError> {
-        match s {
-            "x509" => Ok(Self::X509),
-            "jwt" => Ok(Self::Jwt),
-            other => Err(StoreError::Corrupt(format!("credential kind `{other}`"))),
-        }
-    }
-}
-
-/// One minted credential, as recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CredentialRecord {
-    /// Serial hex (X.509) or `jti` (JWT).
-    pub id: String,
-    /// X.509 or JWT.
-    pub kind: CredentialKind,
-    /// The SPIFFE ID the credential names.
-    pub spiffe_id: String,
-    /// Owner of the task (a SPIFFE ID).
-    pub task_owner: String,
-    /// The task id, scoped to its owner.
-    pub task_id: String,
-    /// JWT audience; `None` for X.509.
-    pub audience: Option<String>,
-    /// Unix seconds.
-    pub not_before: i64,
-    /// Unix seconds.
-    pub not_after: i64,
-    /// Lowercase hex SHA-256 of the caller's mTLS leaf.
-    pub caller_cert_sha256: String,
-    /// Unix seconds.
-    pub issued_at: i64,
-    /// The credential this one renews.
-    pub predecessor: Option<String>,
-    /// How many renewals separate this credential from its lineage's first.
-    pub renewal_count: u32,
-    /// Revocation, if any.
-    pub revocation: Option<Revocation>,
-}
-
-/// Why and when a credential was revoked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Revocation {
-    /// Unix seconds.
-    pub revoked_at: i64,
-    /// Reason text, e.g. `task_completed`.
-    pub reason: String,
-    /// The revocation event that revoked it.
-    pub seq: u64,
-}
-
-/// Lifecycle state of a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskState {
-    /// Credentials may be minted until the deadline.
-    Active,
-    /// Completed by its owner or an admin.
-    Completed,
-    /// Its deadline passed.
-    Expired,
-}
-
-impl TaskState {
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Completed => "completed",
-            Self::Expired => "expired",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self, StoreError> {
-        match s {
-            "active" => Ok(Self::Active),
-            "completed" => Ok(Self::Completed),
-            "expired" => Ok(Self::Expired),
-            other => Err(StoreError::Corrupt(format!("task state `{other}`"))),
-        }
-    }
-}
-
-/// A task row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskRecord {
-    /// The owner's SPIFFE ID.
-    pub owner: String,
-    /// The task id.
-    pub task_id: String,
-    /// Unix seconds: begun.
-    pub created_at: i64,
-    /// What the task is for.
-    pub purpose: String,
-    /// Ticket or change reference.
-    pub ticket: String,
-    /// Free-form labels.
-    pub labels: BTreeMap<String, String>,
-    /// Begun by a mint rather than by `BeginTask`.
-    pub implicit: bool,
-    /// Unix seconds: no credential of the task outlives this.
-    pub deadline: i64,
-    /// Lifecycle state.
-    pub state: TaskState,
-    /// Unix seconds: completed or expired.
-    pub ended_at: Option<i64>,
-    /// Accountable owner (team or person); empty if none.
-    pub accountable_owner: String,
-    /// Begun through break-glass.
-    pub break_glass: bool,
-    /// Break-glass justification.
-    pub justification: String,
-    /// Break-glass review, once an admin marked it reviewed.
-    pub review: Option<Review>,
-    /// The task this one was delegated from: (holder, task id).
-    pub parent: Option<(String, String)>,
-    /// Delegation depth: 0 for a task begun directly.
-    pub depth: u32,
-    /// Declared audiences; empty = not restricted.
-    pub audiences: Vec<String>,
-}
-
-impl TaskRecord {
-    /// A plain active task with nothing but its key and times set.
-    pub fn new(owner: &str, task_id: &str, created_at: i64, deadline: i64) -> Self {
-        Self {
-            owner: owner.to_owned(),
-            task_id: task_id.to_owned(),
-            created_at,
-            purpose: String::new(),
-            ticket: String::new(),
-            labels: BTreeMap::new(),
-            implicit: true,
-            deadline,
-            state: TaskState::Active,
-            ended_at: None,
-            accountable_owner: String::new(),
-            break_glass: false,
-            justification: String::new(),
-            review: None,
-            parent: None,
-            depth: 0,
-            audiences: Vec::new(),
-        }
-    }
-}
-
-/// An admin's review of a break-glass task.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Review {
-    /// Who reviewed it (SPIFFE ID).
-    pub by: String,
-    /// Unix seconds.
-    pub at: i64,
-    /// What the reviewer noted.
-    pub note: String,
-}
-
-/// Filters for the grant inventory (all optional, combined with AND).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GrantFilter {
-    /// Tasks held by this SPIFFE ID.
-    pub workload: Option<String>,
-    /// Tasks with this accountable owner.
-    pub owner: Option<String>,
-    /// Tasks with this id.
-    pub task_id: Option<String>,
-    /// Only break-glass tasks.
-    pub break_glass_only: bool,
-}
-
-/// What a revocation covers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RevokeScope {
-    /// One credential.
-    Credential(String),
-    /// Every credential of a task.
-    Task {
-        /// Owner SPIFFE ID.
-        owner: String,
-        /// Task id.
-        task_id: String,
+    /// The database cannot take the write now: the disk is full, an I/O
+    /// error, a lock that did not clear in time. The transaction was rolled
+    /// back, so nothing of it was stored; the same write may succeed later.
+    #[error("store unavailable: {condition}")]
+    Unavailable {
+        /// What happened, in words a caller may read (`the database disk is
+        /// full`); never a path or SQL.
+        condition: Condition,
+        /// The driver's own text, for the log.
+        detail: String,
     },
-    /// Every credential naming a SPIFFE ID.
-    Workload(String),
-    /// Every credential of a trust domain.
-    TrustDomain(String),
+    /// The store was closed (the server is shutting down).
+    #[error("the store is closed")]
+    Closed,
 }
 
-impl RevokeScope {
-    /// The event kind this scope produces.
-    pub fn kind(&self) -> &'static str {
+/// Why the store could not take a write (see [`StoreError::Unavailable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// No space left, or the configured size cap was reached.
+    DiskFull,
+    /// The operating system reported an I/O error.
+    Io,
+    /// The database stayed locked by another writer past the busy timeout.
+    Busy,
+    /// The database file cannot be written (permissions, read-only mount).
+    ReadOnly,
+    /// Out of memory.
+    OutOfMemory,
+}
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::DiskFull => "the database disk is full",
+            Self::Io => "the database reported an I/O error",
+            Self::Busy => "the database is locked by another writer",
+            Self::ReadOnly => "the database is read-only",
+            Self::OutOfMemory => "the database ran out of memory",
+        })
+    }
+}
+
+impl StoreError {
+    /// The condition, when the failure is one the same write may get past
+    /// later (as opposed to a bug or a corrupt row).
+    pub fn unavailable(&self) -> Option<Condition> {
         match self {
-            Self::Credential(_) => "credential",
-            Self::Task { .. } => "task",
-            Self::Workload(_) => "workload",
-            Self::TrustDomain(_) => "trust_domain",
+            Self::Unavailable { condition, .. } => Some(*condition),
+            _ => None,
         }
     }
 }
 
-/// One entry of the revocation log: the credentials of one task revoked at
-/// once. A workload or trust-domain revocation yields one event per task.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RevocationEvent {
-    /// Gap-free, in commit order.
-    pub seq: u64,
-    /// `credential`, `task`, `workload` or `trust_domain`: what was asked.
-    pub kind: String,
-    /// Revoked credential ids.
-    pub credential_ids: Vec<String>,
-    /// Task owner.
-    pub task_owner: String,
-    /// Task id.
-    pub task_id: String,
-    /// SPIFFE ID the credentials name.
-    pub spiffe_id: String,
-    /// Trust domain of `spiffe_id`.
-    pub trust_domain: String,
-    /// Why.
-    pub reason: String,
-    /// Unix seconds.
-    pub revoked_at: i64,
-    /// Unix seconds: latest expiry of the revoked credentials; enforcers keep
-    /// a deny entry until then.
-    pub expires_at: i64,
-    /// The event as a signed Security Event Token.
-    pub set_jwt: String,
-}
-
-/// Signs a revocation event as a SET (given everything but `set_jwt`).
-pub type SetSigner<'a> = &'a (dyn Fn(&RevocationEvent) -> Result<String, String> + Send + Sync);
-
-/// A revocation to carry out.
-#[derive(Debug, Clone)]
-pub struct RevokeRequest {
-    /// What to revoke.
-    pub scope: RevokeScope,
-    /// Why.
-    pub reason: String,
-    /// Unix seconds.
-    pub now: i64,
-    /// Also end the task (for `Task` scope): completed or expired. Ending a
-    /// task closes out all its unrevoked credentials, expired ones included.
-    pub end_task: Option<TaskState>,
-    /// Apply the same to every task delegated from the tasks in scope
-    /// (`Task` and `Workload` scopes), transitively.
-    pub cascade: bool,
-    /// The audit event of the request itself, written first in the same
-    /// transaction; one `revoked` event per revocation event follows it.
-    pub audit: AuditDraft,
-}
-
-/// A subscriber's acknowledgement.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AckRecord {
-    /// Subscriber name.
-    pub subscriber: String,
-    /// Who acknowledged.
-    pub spiffe_id: String,
-    /// Highest acknowledged sequence.
-    pub acked_seq: u64,
-    /// Unix seconds.
-    pub acked_at: i64,
-}
-
-/// A revoked, unexpired X.509 credential for the CRL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CrlEntry {
-    /// Serial, hex.
-    pub serial_hex: String,
-    /// Unix seconds.
-    pub revoked_at: i64,
-    /// Reason text.
-    pub reason: String,
-}
-
-/// Why a credential could not be recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecordRefusal {
-    /// The task is completed or expired.
-    TaskEnded(TaskState),
-    /// The predecessor already has a successor.
-    AlreadyRenewed(String),
-    /// The predecessor was revoked in the meantime.
-    PredecessorRevoked,
-    /// The task already has this many active credentials (the limit).
-    TooManyActive(u32),
-}
-
-/// What marking a break-glass task reviewed did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReviewOutcome {
-    /// No such task.
-    NotFound,
-    /// The task was not begun through break-glass.
-    NotBreakGlass,
-    /// It was reviewed before; nothing changed.
-    AlreadyReviewed(TaskRecord),
-    /// Marked now.
-    Reviewed(TaskRecord),
-}
-
-/// Durable state. Implementations commit before they return `Ok`, and
-/// serialise writers so revocation sequence numbers are gap-free in commit
-/// order.
+/// Durable state. Implementations commit before they return `Ok`; a write
+/// that returns an error stored nothing of itself (its transaction was rolled
+/// back before any other write ran). Writers are serialised so revocation
+/// sequence numbers are gap-free in commit order and never handed out twice.
+/// [`conformance`] holds the behaviour every implementation must pass.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates a task and writes `audit` with it; returns the existing row
@@ -405,7 +146,7 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke(
         &self,
         req: &RevokeRequest,
-        sign: SetSigner<'_>,
+        sign: SetSigner,
     ) -> Result<Vec<RevocationEvent>, StoreError>;
 
     /// Active tasks whose deadline is at or before `now`.

@@ -1,102 +1,167 @@
-//! The group-commit writer: a thread that owns its own connection to the
-//! database (rusqlite, on the same libsqlite3 as sqlx) and runs the hot
-//! writes — recording a credential, beginning a task, appending audit
-//! events — a whole batch at a time.
+//! The one write path: a thread that owns the only connection that writes
+//! (rusqlite, on the same libsqlite3 as the readers) and runs every write of
+//! the store — credentials, tasks, audit appends, revocations, acks, reviews,
+//! CRL numbers, the bundle sequence, pruning — as a job.
 //!
 //! Every queued job (up to [`MAX_BATCH`]) goes into one transaction, each in
-//! its own savepoint so one failure does not undo the others; the batch
+//! its own savepoint so one refused job does not undo the others; the batch
 //! commits once (one fsync) and only then is each job answered. While a batch
 //! commits the next one queues, so the busier the issuer, the larger the
-//! batches. Running the statements on the thread that owns the connection
-//! keeps the per-statement cost at SQLite's own: the profile had a
-//! cross-thread hand-off per statement through sqlx's worker as the largest
-//! share of the issuer's CPU after signing.
+//! batches.
 //!
-//! The writer takes the store's write turn for each batch, so it and the
-//! other writes (sqlx, on the `writer` pool) never hold a write transaction
-//! at the same time: writes stay serialised, as the store promises.
+//! A failure of the database itself (disk full, I/O error, a lock that did
+//! not clear) rolls the whole batch back at once, before anything else runs,
+//! and answers every job of it with that failure: SQLite may already have
+//! rolled the transaction back on its own after such an error, so no job of
+//! the batch can be trusted to be stored. Nothing is answered as done that
+//! was not committed, and the next batch starts from a clean connection, so
+//! writes resume by themselves once the condition clears.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
 
-use super::{AUDIT_INSERT, Head, TASK_INSERT};
-use crate::audit::{self, AuditDraft, AuditEvent};
-use crate::store::{CredentialRecord, RecordRefusal, StoreError, TaskRecord, TaskState};
+use super::audit::Head;
+use crate::audit::{AuditDraft, AuditEvent};
+use crate::store::{Condition, StoreError};
 
 /// Most jobs one transaction takes.
 pub(super) const MAX_BATCH: usize = 256;
 
-/// A write that rides the group commit.
-pub(super) enum Job {
-    /// Record a credential if its task allows it.
-    Record {
-        cred: CredentialRecord,
-        max_active: u32,
-        audit: Vec<AuditDraft>,
-        reply: oneshot::Sender<Result<Result<(), RecordRefusal>, StoreError>>,
-    },
-    /// Create a task unless it exists; answers whether it was created.
-    Begin {
-        task: TaskRecord,
-        audit: Vec<AuditDraft>,
-        reply: oneshot::Sender<Result<bool, StoreError>>,
-    },
-    /// Append audit events.
-    Append {
-        events: Vec<AuditDraft>,
-        reply: oneshot::Sender<Result<Vec<AuditEvent>, StoreError>>,
-    },
+/// What a job sees while it runs: the writer's connection, inside the
+/// batch's transaction, and the audit chain's head as of its savepoint.
+pub(super) struct Write<'a> {
+    /// The writer's connection.
+    pub conn: &'a Connection,
+    head: &'a mut Head,
 }
 
-/// What the writer thread receives. (Jobs travel by value, as before this
-/// wrapper; boxing them would add an allocation to every mint for the sake
-/// of one message per store.)
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Msg {
-    /// A write to batch.
-    Job(Job),
+impl Write<'_> {
+    /// Chains `drafts` after the head and inserts them, in this transaction.
+    pub fn append(
+        &mut self,
+        drafts: impl IntoIterator<Item = AuditDraft>,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        super::audit::append(self.conn, self.head, drafts)
+    }
+}
+
+/// A write queued for the writer thread, holding its own result until the
+/// batch's fate is known.
+trait Job: Send {
+    /// Runs the write; on error the job keeps the error for its answer.
+    fn run(&mut self, w: &mut Write<'_>) -> Result<(), StoreError>;
+    /// Answers with the job's own result (its batch committed).
+    fn answer(self: Box<Self>);
+    /// Answers with `e` (its batch did not commit).
+    fn fail(self: Box<Self>, e: StoreError);
+}
+
+struct Typed<T, F> {
+    work: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Job for Typed<T, F>
+where
+    T: Send,
+    F: FnOnce(&mut Write<'_>) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, w: &mut Write<'_>) -> Result<(), StoreError> {
+        let Some(work) = self.work.take() else {
+            return Err(StoreError::Corrupt("a write job ran twice".into()));
+        };
+        let r = work(w);
+        let out = r.as_ref().map(|_| ()).map_err(Clone::clone);
+        self.result = Some(r);
+        out
+    }
+
+    fn answer(self: Box<Self>) {
+        // A receiver that went away (a cancelled call) is fine to ignore:
+        // the write is committed either way.
+        let r = self.result.unwrap_or(Err(StoreError::Closed));
+        let _ = self.reply.send(r);
+    }
+
+    fn fail(self: Box<Self>, e: StoreError) {
+        let _ = self.reply.send(Err(e));
+    }
+}
+
+enum Msg {
+    Job(Box<dyn Job>),
     /// Finish the jobs queued before this, close the connection and stop;
     /// answered once the connection is closed.
     Close(oneshot::Sender<()>),
 }
 
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Record { .. } => "Job::Record",
-            Self::Begin { .. } => "Job::Begin",
-            Self::Append { .. } => "Job::Append",
-        })
+/// The handle the store submits writes through.
+#[derive(Debug, Clone)]
+pub(super) struct Writer {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Writer {
+    /// Opens the writer's connection to the (already migrated) database at
+    /// `path` and starts its thread; the thread ends when every handle is
+    /// gone or [`Writer::close`] is called.
+    pub fn start(path: &Path) -> Result<Self, String> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| e.to_string())?;
+        // A commit is on disk before any job is answered.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(|e| e.to_string())?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        std::thread::Builder::new()
+            .name("taskmint-writer".into())
+            .spawn(move || run(conn, rx))
+            .map_err(|e| e.to_string())?;
+        Ok(Self { tx })
+    }
+
+    /// Runs `work` on the writer thread inside a batch's transaction and
+    /// returns its result once the batch has committed — or the batch's
+    /// failure, in which case nothing of `work` was stored.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Write<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = Typed {
+            work: Some(work),
+            result: None,
+            reply,
+        };
+        self.tx
+            .send(Msg::Job(Box::new(job)))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Finishes the queued writes and closes the connection; later writes
+    /// fail with [`StoreError::Closed`].
+    pub async fn close(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.tx.send(Msg::Close(reply)).await.is_ok() {
+            let _ = done.await;
+        }
     }
 }
 
-/// Opens the writer's connection to the (already migrated) database at
-/// `path` and starts its thread; the thread ends when every sender is gone.
-pub(super) fn start(path: &Path, turn: Arc<Mutex<()>>) -> Result<mpsc::Sender<Msg>, String> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| e.to_string())?;
-    // The same durability as the sqlx connections: a commit is on disk
-    // before any job is answered.
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-        .map_err(|e| e.to_string())?;
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
-    let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-    std::thread::Builder::new()
-        .name("taskmint-writer".into())
-        .spawn(move || run(conn, rx, &turn))
-        .map_err(|e| e.to_string())?;
-    Ok(tx)
-}
-
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, turn: &Mutex<()>) {
+fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>) {
     // Set once the loop must end: with the reply of a `Close`, or with
     // `None` when every sender is gone.
     let mut closed = None;
@@ -121,16 +186,8 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, turn: &Mutex<()>) {
                 None => break,
             }
         }
-        if jobs.is_empty() {
-            continue;
-        }
-        let mut done = Vec::with_capacity(jobs.len());
-        let commit = {
-            let _turn = turn.blocking_lock();
-            run_batch(&mut conn, jobs, &mut done)
-        };
-        for d in done {
-            d.send(&commit);
+        if !jobs.is_empty() {
+            run_batch(&conn, jobs);
         }
     }
     // Later submissions fail at the channel: the store is closed.
@@ -143,311 +200,112 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, turn: &Mutex<()>) {
     }
 }
 
-/// Job results held until their transaction commits. (A batch holds a few
-/// hundred at most; boxing a variant would only add an allocation.)
-enum Done {
-    Record(
-        oneshot::Sender<Result<Result<(), RecordRefusal>, StoreError>>,
-        Result<Result<(), RecordRefusal>, StoreError>,
-    ),
-    Begin(
-        oneshot::Sender<Result<bool, StoreError>>,
-        Result<bool, StoreError>,
-    ),
-    Append(
-        oneshot::Sender<Result<Vec<AuditEvent>, StoreError>>,
-        Result<Vec<AuditEvent>, StoreError>,
-    ),
-}
-
-impl Done {
-    fn is_ok(&self) -> bool {
-        match self {
-            Self::Record(_, r) => r.is_ok(),
-            Self::Begin(_, r) => r.is_ok(),
-            Self::Append(_, r) => r.is_ok(),
-        }
+/// Runs one batch; every job is answered before this returns.
+fn run_batch(conn: &Connection, jobs: Vec<Box<dyn Job>>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let e = StoreError::from(e);
+        log_failure(&e, jobs.len());
+        jobs.into_iter().for_each(|j| j.fail(e.clone()));
+        return;
     }
-
-    fn send(self, commit: &Result<(), String>) {
-        let fail = |e: &String| StoreError::Batch(e.clone());
-        // Receivers that went away (cancelled RPCs) are fine to ignore: the
-        // write is committed either way.
-        match (self, commit) {
-            (Self::Record(tx, r), Ok(())) => drop(tx.send(r)),
-            (Self::Record(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
-            (Self::Begin(tx, r), Ok(())) => drop(tx.send(r)),
-            (Self::Begin(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
-            (Self::Append(tx, r), Ok(())) => drop(tx.send(r)),
-            (Self::Append(tx, _), Err(e)) => drop(tx.send(Err(fail(e)))),
-        }
-    }
-}
-
-fn failed(job: Job, e: &str) -> Done {
-    let err = || StoreError::Batch(e.to_owned());
-    match job {
-        Job::Record { reply, .. } => Done::Record(reply, Err(err())),
-        Job::Begin { reply, .. } => Done::Begin(reply, Err(err())),
-        Job::Append { reply, .. } => Done::Append(reply, Err(err())),
-    }
-}
-
-fn sql_err(e: rusqlite::Error) -> StoreError {
-    StoreError::Batch(e.to_string())
-}
-
-fn run_batch(conn: &mut Connection, jobs: Vec<Job>, done: &mut Vec<Done>) -> Result<(), String> {
-    let fail_all = |jobs: Vec<Job>, done: &mut Vec<Done>, e: String| {
-        done.extend(jobs.into_iter().map(|j| failed(j, &e)));
-        Err(e)
-    };
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => return fail_all(jobs, done, e.to_string()),
-    };
-    let mut head = match load_head(&tx) {
+    let mut head = match super::audit::load_head(conn) {
         Ok(h) => h,
-        Err(e) => return fail_all(jobs, done, e.to_string()),
+        Err(e) => return abort(conn, jobs, e),
     };
-    let mut jobs = jobs.into_iter();
-    while let Some(job) = jobs.next() {
+    let mut ran: Vec<Box<dyn Job>> = Vec::with_capacity(jobs.len());
+    let mut pending = jobs.into_iter();
+    while let Some(mut job) = pending.next() {
         let before = head.clone();
-        let sp = match tx.savepoint() {
-            Ok(sp) => sp,
-            Err(e) => {
-                done.push(failed(job, &e.to_string()));
-                continue;
-            }
-        };
-        let d = match job {
-            Job::Record {
-                cred,
-                max_active,
-                audit,
-                reply,
-            } => Done::Record(reply, record_in(&sp, &mut head, &cred, max_active, audit)),
-            Job::Begin { task, audit, reply } => {
-                Done::Begin(reply, begin_in(&sp, &mut head, &task, audit))
-            }
-            Job::Append { events, reply } => {
-                Done::Append(reply, append_in(&sp, &mut head, events).map_err(sql_err))
-            }
-        };
-        // A savepoint dropped without commit rolls back to where it began.
-        let end = if d.is_ok() {
-            sp.commit()
-        } else {
-            head = before;
-            sp.finish()
-        };
-        done.push(d);
-        if let Err(e) = end {
-            // The transaction is in an unknown state: fail the batch,
-            // including the jobs it had not reached.
-            return fail_all(jobs.collect(), done, e.to_string());
+        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            ran.push(job);
+            ran.extend(pending);
+            return abort(conn, ran, e.into());
         }
-    }
-    store_head(&tx, &head).map_err(|e| e.to_string())?;
-    tx.commit().map_err(|e| e.to_string())
-}
-
-fn load_head(conn: &Connection) -> rusqlite::Result<Head> {
-    let head = conn
-        .prepare_cached("SELECT seq, hash FROM audit_head WHERE id = 1")?
-        .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-        .optional()?;
-    Ok(match head {
-        Some((seq, hash)) => Head {
-            seq: seq as u64,
-            hash,
-            dirty: false,
-        },
-        None => Head {
-            seq: 0,
-            hash: audit::GENESIS.to_owned(),
-            dirty: false,
-        },
-    })
-}
-
-fn store_head(conn: &Connection, head: &Head) -> rusqlite::Result<()> {
-    if head.dirty {
-        conn.prepare_cached(super::HEAD_UPSERT)?
-            .execute(params![head.seq as i64, head.hash])?;
-    }
-    Ok(())
-}
-
-/// Chains `drafts` after `head` and inserts them.
-fn append_in(
-    conn: &Connection,
-    head: &mut Head,
-    drafts: Vec<AuditDraft>,
-) -> rusqlite::Result<Vec<AuditEvent>> {
-    let mut insert = conn.prepare_cached(AUDIT_INSERT)?;
-    let mut out = Vec::with_capacity(drafts.len());
-    for d in drafts {
-        let e = audit::seal(head.seq, &head.hash, d);
-        let b = &e.body;
-        insert.execute(params![
-            e.seq as i64,
-            b.time,
-            e.prev_hash,
-            e.hash,
-            b.kind,
-            b.actor,
-            b.task_owner,
-            b.task_id,
-            b.credential_id,
-            b.decision,
-            b.policies.join(","),
-            b.reason,
-            b.break_glass,
-            b.ref_seq.map(|s| s as i64),
-            b.subject,
-        ])?;
-        head.seq = e.seq;
-        head.hash.clone_from(&e.hash);
-        head.dirty = true;
-        out.push(e);
-    }
-    Ok(out)
-}
-
-/// Creates a task (with its audit events) unless it exists.
-fn begin_in(
-    conn: &Connection,
-    head: &mut Head,
-    t: &TaskRecord,
-    audit: Vec<AuditDraft>,
-) -> Result<bool, StoreError> {
-    let exists = conn
-        .prepare_cached("SELECT 1 FROM tasks WHERE owner = ?1 AND task_id = ?2")
-        .and_then(|mut s| s.exists(params![t.owner, t.task_id]))
-        .map_err(sql_err)?;
-    if exists {
-        return Ok(false);
-    }
-    let labels = serde_json::to_string(&t.labels).expect("labels serialise");
-    let audiences = serde_json::to_string(&t.audiences).expect("audiences serialise");
-    conn.prepare_cached(TASK_INSERT)
-        .and_then(|mut s| {
-            s.execute(params![
-                t.owner,
-                t.task_id,
-                t.created_at,
-                t.purpose,
-                t.ticket,
-                labels,
-                t.implicit,
-                t.deadline,
-                t.state.as_str(),
-                t.ended_at,
-                t.accountable_owner,
-                t.break_glass,
-                t.justification,
-                t.review.as_ref().map(|r| &r.by),
-                t.review.as_ref().map(|r| r.at),
-                t.review.as_ref().map(|r| &r.note),
-                t.parent.as_ref().map(|p| &p.0),
-                t.parent.as_ref().map(|p| &p.1),
-                i64::from(t.depth),
-                audiences,
-            ])
-        })
-        .map_err(sql_err)?;
-    append_in(conn, head, audit).map_err(sql_err)?;
-    Ok(true)
-}
-
-/// Records a credential (with its audit events) if its task allows it.
-fn record_in(
-    conn: &Connection,
-    head: &mut Head,
-    c: &CredentialRecord,
-    max_active: u32,
-    audit: Vec<AuditDraft>,
-) -> Result<Result<(), RecordRefusal>, StoreError> {
-    // The task's state and its active credentials (counted up to the limit
-    // only, so a task with many credentials costs no more) in one query.
-    let row = conn
-        .prepare_cached(
-            "SELECT state, (SELECT COUNT(*) FROM (SELECT 1 FROM credentials \
-                WHERE task_owner = ?1 AND task_id = ?2 AND revoked_at IS NULL AND not_after > ?3 \
-                LIMIT ?4)) AS active \
-             FROM tasks WHERE owner = ?1 AND task_id = ?2",
-        )
-        .and_then(|mut s| {
-            s.query_row(
-                params![c.task_owner, c.task_id, c.issued_at, i64::from(max_active)],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
-            )
-            .optional()
-        })
-        .map_err(sql_err)?;
-    let Some((state, active)) = row else {
-        return Err(StoreError::Corrupt(format!(
-            "task `{}` has no row",
-            c.task_id
-        )));
-    };
-    match TaskState::parse(&state)? {
-        TaskState::Active => {}
-        ended => return Ok(Err(RecordRefusal::TaskEnded(ended))),
-    }
-    if let Some(pred) = &c.predecessor {
-        let revoked = conn
-            .prepare_cached("SELECT revoked_at FROM credentials WHERE id = ?1")
-            .and_then(|mut s| {
-                s.query_row([pred], |r| r.get::<_, Option<i64>>(0))
-                    .optional()
-            })
-            .map_err(sql_err)?;
-        match revoked {
-            None => return Err(StoreError::Corrupt(format!("predecessor `{pred}` missing"))),
-            Some(Some(_)) => return Ok(Err(RecordRefusal::PredecessorRevoked)),
-            Some(None) => {}
-        }
-    }
-    if active >= i64::from(max_active) {
-        return Ok(Err(RecordRefusal::TooManyActive(max_active)));
-    }
-    let inserted = conn
-        .prepare_cached(super::CREDENTIAL_INSERT)
-        .and_then(|mut s| {
-            s.execute(params![
-                c.id,
-                c.kind.as_str(),
-                c.spiffe_id,
-                c.task_owner,
-                c.task_id,
-                c.audience,
-                c.not_before,
-                c.not_after,
-                c.caller_cert_sha256,
-                c.issued_at,
-                c.predecessor,
-                c.renewal_count as i64,
-            ])
+        let outcome = job.run(&mut Write {
+            conn,
+            head: &mut head,
         });
-    match inserted {
-        Err(rusqlite::Error::SqliteFailure(e, msg))
-            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
-        {
-            // The partial unique index on `predecessor` is what makes a
-            // renewal single-use; any other uniqueness is the id.
-            if msg.as_deref().is_some_and(|m| m.contains("predecessor")) {
-                let pred = c.predecessor.clone().unwrap_or_default();
-                return Ok(Err(RecordRefusal::AlreadyRenewed(pred)));
+        ran.push(job);
+        // After a failure of the database itself SQLite may have rolled the
+        // whole transaction back already; nothing of the batch is certain.
+        let failed = match outcome {
+            Ok(()) => conn
+                .execute_batch("RELEASE job")
+                .err()
+                .map(StoreError::from),
+            Err(e) if e.unavailable().is_some() => Some(e),
+            Err(_) => {
+                head = before;
+                conn.execute_batch("ROLLBACK TO job; RELEASE job")
+                    .err()
+                    .map(StoreError::from)
             }
-            return Err(StoreError::Duplicate(c.id.clone()));
-        }
-        other => {
-            other.map_err(sql_err)?;
+        };
+        let failed = failed.or_else(|| {
+            conn.is_autocommit().then(|| StoreError::Unavailable {
+                condition: Condition::Io,
+                detail: "the transaction ended before its commit".into(),
+            })
+        });
+        if let Some(e) = failed {
+            ran.extend(pending);
+            return abort(conn, ran, e);
         }
     }
-    append_in(conn, head, audit).map_err(sql_err)?;
-    Ok(Ok(()))
+    let committed = super::audit::store_head(conn, &head)
+        .and_then(|()| conn.execute_batch("COMMIT").map_err(StoreError::from));
+    match committed {
+        Ok(()) => ran.into_iter().for_each(|j| j.answer()),
+        Err(e) => abort(conn, ran, e),
+    }
+}
+
+/// Rolls the transaction back (if SQLite has not already) and answers every
+/// job with `e`.
+fn abort(conn: &Connection, jobs: Vec<Box<dyn Job>>, e: StoreError) {
+    if !conn.is_autocommit()
+        && let Err(rb) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::error!(error = %rb, "rolling back a failed batch failed");
+    }
+    log_failure(&e, jobs.len());
+    jobs.into_iter().for_each(|j| j.fail(e.clone()));
+}
+
+fn log_failure(e: &StoreError, jobs: usize) {
+    match e {
+        StoreError::Unavailable { condition, detail } => tracing::error!(
+            %condition, %detail, jobs,
+            "a write batch was rolled back; nothing of it was stored"
+        ),
+        other => tracing::error!(error = %other, jobs, "a write batch was rolled back"),
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) => match classify(f.extended_code) {
+                Some(condition) => Self::Unavailable {
+                    condition,
+                    detail: e.to_string(),
+                },
+                None => Self::Query(e.to_string()),
+            },
+            _ => Self::Query(e.to_string()),
+        }
+    }
+}
+
+/// The conditions of SQLite's result codes that a later retry may get past.
+pub(super) fn classify(extended_code: i32) -> Option<Condition> {
+    use rusqlite::ffi;
+    match extended_code & 0xff {
+        ffi::SQLITE_FULL => Some(Condition::DiskFull),
+        ffi::SQLITE_IOERR | ffi::SQLITE_CANTOPEN | ffi::SQLITE_PROTOCOL => Some(Condition::Io),
+        ffi::SQLITE_BUSY | ffi::SQLITE_LOCKED => Some(Condition::Busy),
+        ffi::SQLITE_READONLY => Some(Condition::ReadOnly),
+        ffi::SQLITE_NOMEM => Some(Condition::OutOfMemory),
+        _ => None,
+    }
 }

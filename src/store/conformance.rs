@@ -1,0 +1,449 @@
+//! The behaviour every [`Store`] backend must have, written once: commit
+//! before reply, gap-free revocation sequence in commit order, a mint racing
+//! its task's completion, one renewal per credential, the active-credential
+//! limit, a task begun once, the audit chain and its head, acknowledgements
+//! that never move backwards, pruning, and failed writes that store nothing.
+//!
+//! A backend's tests instantiate the suite with [`store_conformance!`]
+//! (crate::store_conformance), giving it a [`Harness`] that opens handles on
+//! one fresh database. The races run many calls at once through separate
+//! tasks on a multi-threaded runtime, so a backend that checks outside the
+//! transaction that acts, or numbers outside its commit, fails them.
+
+use std::sync::Arc;
+
+use super::{
+    AckRecord, CredentialKind, CredentialRecord, RecordRefusal, RevokeRequest, RevokeScope,
+    SetSigner, Store, TaskRecord, TaskState,
+};
+use crate::audit::{AuditDraft, Verifier, kind};
+
+/// Opens handles on one database that a test owns.
+#[async_trait::async_trait]
+pub trait Harness: Send + Sync {
+    /// A new handle on the same database: its own connections, seeing only
+    /// what other handles have committed.
+    async fn open(&self) -> Arc<dyn Store>;
+}
+
+const HOLDER: &str = "spiffe://example.org/workload/agent";
+const FAR: i64 = 4_000_000_000;
+
+fn task(id: &str) -> TaskRecord {
+    TaskRecord::new(HOLDER, id, 100, FAR)
+}
+
+fn cred(id: &str, task_id: &str) -> CredentialRecord {
+    CredentialRecord {
+        id: id.into(),
+        kind: CredentialKind::Jwt,
+        spiffe_id: HOLDER.into(),
+        task_owner: HOLDER.into(),
+        task_id: task_id.into(),
+        audience: Some("db".into()),
+        not_before: 100,
+        not_after: FAR,
+        caller_cert_sha256: "ab".repeat(32),
+        issued_at: 100,
+        predecessor: None,
+        renewal_count: 0,
+        revocation: None,
+    }
+}
+
+fn signer() -> SetSigner {
+    Arc::new(|e| Ok(format!("set-{}", e.seq)))
+}
+
+fn revoke_req(scope: RevokeScope, end_task: Option<TaskState>) -> RevokeRequest {
+    RevokeRequest {
+        scope,
+        reason: "test".into(),
+        now: 200,
+        end_task,
+        cascade: true,
+        audit: AuditDraft::new(kind::REVOKE, HOLDER, 200),
+    }
+}
+
+fn draft(n: usize) -> AuditDraft {
+    AuditDraft::new(kind::STATUS_CHECK, HOLDER, 100).because(format!("event {n}"))
+}
+
+/// Everything a call returned OK for is visible to a fresh handle.
+pub async fn commit_before_reply(h: &dyn Harness) {
+    let s = h.open().await;
+    assert!(s.begin_task(&task("t"), &[draft(0)]).await.unwrap().1);
+    s.record_credential(&cred("c1", "t"), 10, &[draft(1)])
+        .await
+        .unwrap()
+        .unwrap();
+    let events = s
+        .revoke(
+            &revoke_req(RevokeScope::Credential("c1".into()), None),
+            signer(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    let ack = AckRecord {
+        subscriber: "sidecar".into(),
+        spiffe_id: HOLDER.into(),
+        acked_seq: 1,
+        acked_at: 300,
+    };
+    s.ack(&ack, AuditDraft::new(kind::ACK, HOLDER, 300))
+        .await
+        .unwrap();
+    let appended = s.append_audit(&[draft(2)]).await.unwrap();
+
+    let fresh = h.open().await;
+    assert_eq!(fresh.task(HOLDER, "t").await.unwrap().unwrap().task_id, "t");
+    let c = fresh.credential("c1").await.unwrap().unwrap();
+    assert_eq!(c.revocation.map(|r| r.seq), Some(1));
+    assert_eq!(fresh.current_seq().await.unwrap(), 1);
+    assert_eq!(fresh.events_after(0, 10).await.unwrap(), events);
+    assert_eq!(fresh.acks().await.unwrap(), vec![ack]);
+    let head = fresh.audit_head().await.unwrap().unwrap();
+    assert_eq!(head, (appended[0].seq, appended[0].hash.clone()));
+}
+
+/// Revocations from many concurrent calls get every number from 1 to n once,
+/// in the order they were committed (the log's order is the order the
+/// numbers were handed out), each event signed with its own number.
+pub async fn revocation_sequence_is_gap_free(h: &dyn Harness) {
+    const N: usize = 24;
+    let s = h.open().await;
+    for i in 0..N {
+        let t = format!("t{i}");
+        s.begin_task(&task(&t), &[]).await.unwrap();
+        s.record_credential(&cred(&format!("c{i}"), &t), 10, &[])
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let calls: Vec<_> = (0..N)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let scope = RevokeScope::Credential(format!("c{i}"));
+                s.revoke(&revoke_req(scope, None), signer()).await.unwrap()
+            })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for c in calls {
+        let events = c.await.unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].set_jwt, format!("set-{}", events[0].seq));
+        seqs.push(events[0].seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=N as u64).collect::<Vec<_>>());
+    let log = h.open().await.events_after(0, 1000).await.unwrap();
+    let logged: Vec<u64> = log.iter().map(|e| e.seq).collect();
+    assert_eq!(logged, (1..=N as u64).collect::<Vec<_>>());
+    for e in &log {
+        let c = s.credential(&e.credential_ids[0]).await.unwrap().unwrap();
+        assert_eq!(c.revocation.map(|r| r.seq), Some(e.seq));
+    }
+    // Revoking again is a no-op: no event, no number.
+    let again = s
+        .revoke(
+            &revoke_req(RevokeScope::Credential("c0".into()), None),
+            signer(),
+        )
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+    assert_eq!(s.current_seq().await.unwrap(), N as u64);
+}
+
+/// Mints racing the completion of their task: every credential recorded
+/// before the completion is revoked by it, every later one is refused, and
+/// none is left active on the ended task.
+pub async fn mint_racing_complete_leaves_nothing_active(h: &dyn Harness) {
+    const N: usize = 40;
+    let s = h.open().await;
+    s.begin_task(&task("race"), &[]).await.unwrap();
+    let mint = |i: usize| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.record_credential(&cred(&format!("m{i}"), "race"), 1000, &[])
+                .await
+                .unwrap()
+        })
+    };
+    // Mints before, around and after the completion is sent.
+    let mut mints: Vec<_> = (0..N / 2).map(mint).collect();
+    let complete = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let scope = RevokeScope::Task {
+                owner: HOLDER.into(),
+                task_id: "race".into(),
+            };
+            s.revoke(&revoke_req(scope, Some(TaskState::Completed)), signer())
+                .await
+                .unwrap()
+        })
+    };
+    mints.extend((N / 2..N).map(mint));
+    let mut recorded = 0;
+    for m in mints {
+        match m.await.unwrap() {
+            Ok(()) => recorded += 1,
+            Err(RecordRefusal::TaskEnded(TaskState::Completed)) => {}
+            Err(other) => panic!("unexpected refusal {other:?}"),
+        }
+    }
+    let events = complete.await.unwrap();
+    // Whatever came first, a mint after the completion is refused.
+    assert_eq!(
+        mint(N).await.unwrap(),
+        Err(RecordRefusal::TaskEnded(TaskState::Completed))
+    );
+    let revoked: usize = events.iter().map(|e| e.credential_ids.len()).sum();
+    assert_eq!(
+        revoked, recorded,
+        "the completion revokes exactly what was recorded"
+    );
+    let fresh = h.open().await;
+    assert_eq!(
+        fresh.task(HOLDER, "race").await.unwrap().unwrap().state,
+        TaskState::Completed
+    );
+    let creds = fresh.task_credentials(HOLDER, "race").await.unwrap();
+    assert_eq!(creds.len(), recorded);
+    assert!(creds.iter().all(|c| c.revocation.is_some()));
+}
+
+/// Of many concurrent renewals of one credential, exactly one is recorded.
+pub async fn one_renewal_per_credential(h: &dyn Harness) {
+    let s = h.open().await;
+    s.begin_task(&task("t"), &[]).await.unwrap();
+    s.record_credential(&cred("base", "t"), 1000, &[])
+        .await
+        .unwrap()
+        .unwrap();
+    let calls: Vec<_> = (0..12)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut c = cred(&format!("r{i}"), "t");
+                c.predecessor = Some("base".into());
+                c.renewal_count = 1;
+                s.record_credential(&c, 1000, &[]).await.unwrap()
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(RecordRefusal::AlreadyRenewed(p)) => assert_eq!(p, "base"),
+            Err(other) => panic!("unexpected refusal {other:?}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(s.task_credentials(HOLDER, "t").await.unwrap().len(), 2);
+}
+
+/// Concurrent mints never exceed a task's active-credential limit.
+pub async fn active_credential_limit_holds(h: &dyn Harness) {
+    const LIMIT: u32 = 5;
+    let s = h.open().await;
+    s.begin_task(&task("t"), &[]).await.unwrap();
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.record_credential(&cred(&format!("c{i}"), "t"), LIMIT, &[])
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(RecordRefusal::TooManyActive(n)) => assert_eq!(n, LIMIT),
+            Err(other) => panic!("unexpected refusal {other:?}"),
+        }
+    }
+    assert_eq!(ok, LIMIT);
+}
+
+/// Of many concurrent begins of one task, exactly one creates it; the others
+/// get the stored row.
+pub async fn task_is_begun_once(h: &dyn Harness) {
+    let s = h.open().await;
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut t = task("once");
+                t.purpose = format!("attempt {i}");
+                s.begin_task(&t, &[]).await.unwrap()
+            })
+        })
+        .collect();
+    let mut created = Vec::new();
+    let mut seen = Vec::new();
+    for c in calls {
+        let (t, new) = c.await.unwrap();
+        if new {
+            created.push(t.purpose.clone());
+        }
+        seen.push(t.purpose);
+    }
+    assert_eq!(created.len(), 1);
+    assert!(seen.iter().all(|p| *p == created[0]), "{seen:?}");
+}
+
+/// Appends from concurrent calls form one chain that verifies, with the
+/// head on its newest event.
+pub async fn audit_chain_and_head(h: &dyn Harness) {
+    let s = h.open().await;
+    let calls: Vec<_> = (0..30)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.append_audit(&[draft(i), draft(100 + i)]).await.unwrap() })
+        })
+        .collect();
+    for c in calls {
+        let events = c.await.unwrap();
+        assert_eq!(
+            events[1].seq,
+            events[0].seq + 1,
+            "one call's events stay together"
+        );
+        assert_eq!(events[1].prev_hash, events[0].hash);
+    }
+    let fresh = h.open().await;
+    let head = fresh.audit_head().await.unwrap();
+    let mut v = Verifier::default();
+    let mut after = 0;
+    loop {
+        let page = fresh.audit_after(after, 7).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in &page {
+            v.check(e).unwrap();
+        }
+    }
+    assert_eq!(v.finish(head.clone()).unwrap(), 60);
+    assert_eq!(head.map(|h| h.0), Some(60));
+}
+
+/// An acknowledgement never lowers what is stored, and is audited only when
+/// it rises.
+pub async fn acks_never_move_backwards(h: &dyn Harness) {
+    let s = h.open().await;
+    let ack = |seq| AckRecord {
+        subscriber: "sidecar".into(),
+        spiffe_id: HOLDER.into(),
+        acked_seq: seq,
+        acked_at: 300,
+    };
+    let audit = || AuditDraft::new(kind::ACK, HOLDER, 300).subject("sidecar");
+    assert_eq!(s.ack(&ack(5), audit()).await.unwrap().acked_seq, 5);
+    assert_eq!(s.ack(&ack(3), audit()).await.unwrap().acked_seq, 5);
+    assert_eq!(s.ack(&ack(5), audit()).await.unwrap().acked_seq, 5);
+    assert_eq!(s.ack(&ack(7), audit()).await.unwrap().acked_seq, 7);
+    let acks = h.open().await.audit_after(0, 100).await.unwrap();
+    let refs: Vec<_> = acks.iter().map(|e| e.body.ref_seq).collect();
+    assert_eq!(refs, vec![Some(5), Some(7)]);
+}
+
+/// Pruning removes a prefix of expired events only and remembers where it
+/// stopped; numbering goes on after it.
+pub async fn pruning_takes_an_expired_prefix(h: &dyn Harness) {
+    let s = h.open().await;
+    for (i, exp) in [(0, 300), (1, 900), (2, 300)] {
+        let t = format!("t{i}");
+        s.begin_task(&task(&t), &[]).await.unwrap();
+        let mut c = cred(&format!("c{i}"), &t);
+        c.not_after = exp;
+        s.record_credential(&c, 10, &[]).await.unwrap().unwrap();
+        let scope = RevokeScope::Credential(format!("c{i}"));
+        s.revoke(&revoke_req(scope, None), signer()).await.unwrap();
+    }
+    // seq 1 expired at 300, seq 2 at 900, seq 3 at 300: only seq 1 may go.
+    assert_eq!(s.prune_events(500).await.unwrap(), 1);
+    assert_eq!(s.pruned_through().await.unwrap(), 1);
+    assert_eq!(s.prune_events(500).await.unwrap(), 0);
+    let left: Vec<u64> = s
+        .events_after(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(left, vec![2, 3]);
+    assert_eq!(s.prune_events(1000).await.unwrap(), 2);
+    assert_eq!(s.pruned_through().await.unwrap(), 3);
+    assert_eq!(s.current_seq().await.unwrap(), 3);
+}
+
+/// A write that fails stores nothing of itself and leaves the others alone.
+pub async fn failed_writes_store_nothing(h: &dyn Harness) {
+    let s = h.open().await;
+    s.begin_task(&task("t"), &[]).await.unwrap();
+    s.record_credential(&cred("c", "t"), 10, &[draft(0)])
+        .await
+        .unwrap()
+        .unwrap();
+    let head = s.audit_head().await.unwrap();
+    // The same id again (a random id colliding) fails with its audit event.
+    assert!(
+        s.record_credential(&cred("c", "t"), 10, &[draft(1)])
+            .await
+            .is_err()
+    );
+    // A credential for a task that does not exist fails too.
+    assert!(
+        s.record_credential(&cred("d", "missing"), 10, &[draft(2)])
+            .await
+            .is_err()
+    );
+    let fresh = h.open().await;
+    assert_eq!(fresh.audit_head().await.unwrap(), head);
+    assert_eq!(fresh.count_credentials().await.unwrap(), 1);
+    // And the store goes on.
+    fresh
+        .record_credential(&cred("e", "t"), 10, &[draft(3)])
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Instantiates the suite as `#[tokio::test]`s in the calling module, each
+/// with a new harness from `$harness` (an expression evaluated per test).
+#[macro_export]
+macro_rules! store_conformance {
+    ($harness:expr) => {
+        $crate::store_conformance!(@tests $harness;
+            commit_before_reply,
+            revocation_sequence_is_gap_free,
+            mint_racing_complete_leaves_nothing_active,
+            one_renewal_per_credential,
+            active_credential_limit_holds,
+            task_is_begun_once,
+            audit_chain_and_head,
+            acks_never_move_backwards,
+            pruning_takes_an_expired_prefix,
+            failed_writes_store_nothing
+        );
+    };
+    (@tests $harness:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let h = $harness;
+                $crate::store::conformance::$name(&h).await;
+            }
+        )*
+    };
+}

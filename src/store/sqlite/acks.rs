@@ -1,0 +1,74 @@
+//! Subscriber acknowledgements in SQLite: the highest sequence each
+//! subscriber enforced. An acknowledgement runs on the writer thread and
+//! never lowers what is stored.
+
+use rusqlite::{OptionalExtension, params};
+use sqlx::SqlitePool;
+
+use super::Cols;
+use super::writer::Write;
+use crate::audit::AuditDraft;
+use crate::store::{AckRecord, StoreError};
+
+fn from_row(r: &impl Cols) -> Result<AckRecord, StoreError> {
+    Ok(AckRecord {
+        subscriber: r.text("subscriber")?,
+        spiffe_id: r.text("spiffe_id")?,
+        acked_seq: r.int("acked_seq")? as u64,
+        acked_at: r.int("acked_at")?,
+    })
+}
+
+/// Raises a subscriber's acknowledged sequence; writes `audit` (with
+/// `ref_seq` set) when it rose.
+pub(super) fn ack(
+    w: &mut Write<'_>,
+    a: &AckRecord,
+    mut audit: AuditDraft,
+) -> Result<AckRecord, StoreError> {
+    let before: Option<i64> = w
+        .conn
+        .prepare_cached("SELECT acked_seq FROM subscriber_acks WHERE subscriber = ?1")?
+        .query_row([&a.subscriber], |r| r.get(0))
+        .optional()?;
+    w.conn
+        .prepare_cached(
+            "INSERT INTO subscriber_acks (subscriber, spiffe_id, acked_seq, acked_at) \
+             VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (subscriber) DO UPDATE SET \
+               spiffe_id = excluded.spiffe_id, \
+               acked_at = excluded.acked_at, \
+               acked_seq = MAX(subscriber_acks.acked_seq, excluded.acked_seq)",
+        )?
+        .execute(params![
+            a.subscriber,
+            a.spiffe_id,
+            a.acked_seq.min(i64::MAX as u64) as i64,
+            a.acked_at
+        ])?;
+    let mut stmt = w.conn.prepare_cached(
+        "SELECT subscriber, spiffe_id, acked_seq, acked_at FROM subscriber_acks \
+         WHERE subscriber = ?1",
+    )?;
+    let mut rows = stmt.query([&a.subscriber])?;
+    let row = rows
+        .next()?
+        .ok_or_else(|| StoreError::Corrupt(format!("ack of `{}` vanished", a.subscriber)))?;
+    let after = from_row(row)?;
+    if before.is_none_or(|b| (b as u64) < after.acked_seq) {
+        audit.ref_seq = Some(after.acked_seq);
+        w.append([audit])?;
+    }
+    Ok(after)
+}
+
+/// Every acknowledgement, by subscriber name.
+pub(super) async fn all(pool: &SqlitePool) -> Result<Vec<AckRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT subscriber, spiffe_id, acked_seq, acked_at FROM subscriber_acks \
+         ORDER BY subscriber",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(from_row).collect()
+}

@@ -1,0 +1,286 @@
+//! The revocation log in SQLite: the `revocations` table and the counters
+//! that number it. A revocation runs on the writer thread, which hands out
+//! its sequence numbers inside the transaction that commits it: gap-free, in
+//! commit order, never twice (a rolled-back revocation takes its number back
+//! with it).
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, params};
+use sqlx::SqlitePool;
+
+use super::writer::Write;
+use super::{Cols, credentials, tasks};
+use crate::audit::{self, AuditDraft};
+use crate::store::{
+    CredentialRecord, RevocationEvent, RevokeRequest, RevokeScope, SetSigner, StoreError,
+};
+
+const COLUMNS: &str = "seq, kind, credential_ids, task_holder, task_id, spiffe_id, \
+     trust_domain, reason, revoked_at, expires_at, set_jwt";
+
+fn from_row(r: &impl Cols) -> Result<RevocationEvent, StoreError> {
+    Ok(RevocationEvent {
+        seq: r.int("seq")? as u64,
+        kind: r.text("kind")?,
+        credential_ids: serde_json::from_str(&r.text("credential_ids")?)
+            .map_err(|e| StoreError::Corrupt(format!("credential_ids: {e}")))?,
+        task_owner: r.text("task_holder")?,
+        task_id: r.text("task_id")?,
+        spiffe_id: r.text("spiffe_id")?,
+        trust_domain: r.text("trust_domain")?,
+        reason: r.text("reason")?,
+        revoked_at: r.int("revoked_at")?,
+        expires_at: r.int("expires_at")?,
+        set_jwt: r.text("set_jwt")?,
+    })
+}
+
+/// A counter's value, in the writer's transaction.
+pub(super) fn counter(conn: &Connection, name: &str) -> Result<u64, StoreError> {
+    let v: i64 = conn
+        .prepare_cached("SELECT value FROM counters WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))?;
+    Ok(v as u64)
+}
+
+/// Raises a counter by one and returns the new value.
+pub(super) fn bump(conn: &Connection, name: &str) -> Result<u64, StoreError> {
+    let v: i64 = conn
+        .prepare_cached("UPDATE counters SET value = value + 1 WHERE name = ?1 RETURNING value")?
+        .query_row([name], |r| r.get(0))?;
+    Ok(v as u64)
+}
+
+fn trust_domain_of(spiffe_id: &str) -> String {
+    spiffe_id
+        .strip_prefix("spiffe://")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// Revokes every credential in scope, one event per task, each signed by
+/// `sign`; optionally ends the task and its descendants. All in the batch's
+/// transaction.
+pub(super) fn revoke(
+    w: &mut Write<'_>,
+    req: &RevokeRequest,
+    sign: &SetSigner,
+) -> Result<Vec<RevocationEvent>, StoreError> {
+    // Ending a task that already ended (a concurrent completion, or a
+    // delegated task the reaper lists but a cascade ended first) does and
+    // records nothing.
+    if let (Some(_), RevokeScope::Task { owner, task_id }) = (req.end_task, &req.scope)
+        && tasks::state_in(w.conn, owner, task_id)? != Some(crate::store::TaskState::Active)
+    {
+        return Ok(Vec::new());
+    }
+    let td_exact;
+    let td_like;
+    let (filter, binds): (&str, Vec<&str>) = match &req.scope {
+        RevokeScope::Credential(id) => ("id = ?1", vec![id.as_str()]),
+        RevokeScope::Task { owner, task_id } => (
+            "task_holder = ?1 AND task_id = ?2",
+            vec![owner.as_str(), task_id.as_str()],
+        ),
+        RevokeScope::Workload(id) => ("spiffe_id = ?1", vec![id.as_str()]),
+        RevokeScope::TrustDomain(td) => {
+            td_exact = format!("spiffe://{td}");
+            td_like = format!("spiffe://{}/%", like_escape(td));
+            (
+                "(spiffe_id = ?1 OR spiffe_id LIKE ?2 ESCAPE '\\')",
+                vec![td_exact.as_str(), td_like.as_str()],
+            )
+        }
+    };
+    // Tasks delegated from the ones in scope get the same treatment.
+    let cascaded = match (&req.scope, req.cascade) {
+        (RevokeScope::Task { owner, task_id }, true) => {
+            tasks::descendants(w.conn, "SELECT ?1, ?2", &[owner, task_id])?
+        }
+        (RevokeScope::Workload(id), true) => tasks::descendants(
+            w.conn,
+            "SELECT holder, task_id FROM tasks WHERE holder = ?1",
+            &[id],
+        )?,
+        _ => Vec::new(),
+    };
+    // Ending a task closes out every credential it ever had, expired or not,
+    // so each one's record says how it ended; a plain revocation touches only
+    // what is still valid.
+    let valid_at = req.end_task.is_none().then_some(req.now);
+    let mut creds = credentials::unrevoked_in(w.conn, filter, &binds, valid_at)?;
+    for (h, t) in &cascaded {
+        creds.extend(credentials::unrevoked_in(
+            w.conn,
+            "task_holder = ?1 AND task_id = ?2",
+            &[h, t],
+            valid_at,
+        )?);
+    }
+    creds.sort_by(|a, b| a.id.cmp(&b.id));
+    creds.dedup_by(|a, b| a.id == b.id);
+
+    // One event per task, in a stable order.
+    let mut by_task: BTreeMap<(String, String), Vec<CredentialRecord>> = BTreeMap::new();
+    for c in creds {
+        by_task
+            .entry((c.task_owner.clone(), c.task_id.clone()))
+            .or_default()
+            .push(c);
+    }
+    let mut audit_events = Vec::new();
+    if !req.audit.kind.is_empty() {
+        let mut a = req.audit.clone();
+        if !a.task_id.is_empty() {
+            let key = (a.task_owner.clone(), a.task_id.clone());
+            a.break_glass |= tasks::break_glass_of(w.conn, &key)?;
+        }
+        audit_events.push(a);
+    }
+    let mut events = Vec::with_capacity(by_task.len());
+    for ((holder, task_id), creds) in by_task {
+        let seq = bump(w.conn, "revocation_seq")?;
+        let spiffe_id = creds[0].spiffe_id.clone();
+        let mut event = RevocationEvent {
+            seq,
+            kind: req.scope.kind().to_owned(),
+            credential_ids: creds.iter().map(|c| c.id.clone()).collect(),
+            task_owner: holder,
+            task_id,
+            trust_domain: trust_domain_of(&spiffe_id),
+            spiffe_id,
+            reason: req.reason.clone(),
+            revoked_at: req.now,
+            expires_at: creds.iter().map(|c| c.not_after).max().unwrap_or(req.now),
+            set_jwt: String::new(),
+        };
+        event.set_jwt = sign(&event).map_err(StoreError::Corrupt)?;
+        insert(w.conn, &event)?;
+        for c in &creds {
+            credentials::mark_revoked(w.conn, &c.id, req.now, &req.reason, seq)?;
+        }
+        let key = (event.task_owner.clone(), event.task_id.clone());
+        let mut a = AuditDraft::new(audit::kind::REVOKED, &req.audit.actor, req.now)
+            .task(
+                &event.task_owner,
+                &event.task_id,
+                tasks::break_glass_of(w.conn, &key)?,
+            )
+            .decided(&req.audit.decision, &req.audit.policies)
+            .credential(&event.credential_ids.join(","))
+            .because(if cascaded.contains(&key) {
+                format!("{} (cascaded to a delegated task)", req.reason)
+            } else {
+                req.reason.clone()
+            });
+        a.ref_seq = Some(seq);
+        audit_events.push(a);
+        events.push(event);
+    }
+    if let Some(state) = req.end_task {
+        let mut ended: Vec<(String, String)> = Vec::new();
+        if let RevokeScope::Task { owner, task_id } = &req.scope {
+            ended.push((owner.clone(), task_id.clone()));
+        }
+        ended.extend(cascaded.iter().cloned());
+        for key @ (holder, task_id) in &ended {
+            let changed = tasks::end(w.conn, holder, task_id, state, req.now)?;
+            if changed && cascaded.contains(key) {
+                audit_events.push(
+                    AuditDraft::new(&req.audit.kind, &req.audit.actor, req.now)
+                        .task(holder, task_id, tasks::break_glass_of(w.conn, key)?)
+                        .decided(&req.audit.decision, &req.audit.policies)
+                        .because(format!(
+                            "{}: its parent task `{}` of `{}` ended",
+                            state.as_str(),
+                            req.audit.task_id,
+                            req.audit.task_owner
+                        )),
+                );
+            }
+        }
+    }
+    w.append(audit_events)?;
+    Ok(events)
+}
+
+fn insert(conn: &Connection, e: &RevocationEvent) -> Result<(), StoreError> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO revocations ({COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+    ))?
+    .execute(params![
+        e.seq as i64,
+        e.kind,
+        serde_json::to_string(&e.credential_ids).expect("ids serialise"),
+        e.task_owner,
+        e.task_id,
+        e.spiffe_id,
+        e.trust_domain,
+        e.reason,
+        e.revoked_at,
+        e.expires_at,
+        e.set_jwt,
+    ])?;
+    Ok(())
+}
+
+/// Deletes a prefix of the log: events that expired before `before`, up to
+/// the first one still retained (a cursor is valid iff it is at or after
+/// `pruned_through`, so nothing after a retained event may go).
+pub(super) fn prune(w: &mut Write<'_>, before: i64) -> Result<u64, StoreError> {
+    let first_kept: Option<i64> = w
+        .conn
+        .prepare_cached("SELECT MIN(seq) FROM revocations WHERE expires_at >= ?1")?
+        .query_row([before], |r| r.get(0))?;
+    let current = counter(w.conn, "revocation_seq")? as i64;
+    let through = first_kept.map(|s| s - 1).unwrap_or(current);
+    let pruned = counter(w.conn, "pruned_through")? as i64;
+    if through <= pruned {
+        return Ok(0);
+    }
+    let n = w
+        .conn
+        .prepare_cached("DELETE FROM revocations WHERE seq <= ?1")?
+        .execute([through])?;
+    w.conn
+        .prepare_cached("UPDATE counters SET value = ?1 WHERE name = 'pruned_through'")?
+        .execute([through])?;
+    Ok(n as u64)
+}
+
+/// Events with `seq > after`, in order, at most `limit`.
+pub(super) async fn after(
+    pool: &SqlitePool,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<RevocationEvent>, StoreError> {
+    super::seq_page(pool, (COLUMNS, "revocations"), after, limit, from_row).await
+}
+
+/// Events whose revoked credentials have not all expired at `now`.
+pub(super) async fn unexpired(
+    pool: &SqlitePool,
+    now: i64,
+) -> Result<Vec<RevocationEvent>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM revocations WHERE expires_at > ? ORDER BY seq");
+    let rows = sqlx::query(&sql).bind(now).fetch_all(pool).await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// A counter's committed value.
+pub(super) async fn read_counter(pool: &SqlitePool, name: &str) -> Result<u64, StoreError> {
+    let v: i64 = sqlx::query_scalar("SELECT value FROM counters WHERE name = ?")
+        .bind(name)
+        .fetch_one(pool)
+        .await?;
+    Ok(v as u64)
+}

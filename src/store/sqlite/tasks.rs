@@ -1,0 +1,281 @@
+//! Tasks in SQLite: the `tasks` table, keyed by (holder, task id). Begins
+//! and reviews run on the writer thread; the rest are reads.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use sqlx::SqlitePool;
+
+use super::Cols;
+use super::writer::Write;
+use crate::audit::AuditDraft;
+use crate::store::{GrantFilter, Review, ReviewOutcome, StoreError, TaskRecord, TaskState};
+
+pub(super) const COLUMNS: &str = "holder, task_id, created_at, purpose, ticket, labels, \
+     implicit, deadline, state, ended_at, owner, break_glass, justification, reviewed_by, \
+     reviewed_at, review_note, parent_holder, parent_task_id, depth, audiences";
+
+const INSERT: &str = "INSERT INTO tasks (holder, task_id, created_at, purpose, ticket, \
+     labels, implicit, deadline, state, ended_at, owner, break_glass, justification, \
+     reviewed_by, reviewed_at, review_note, parent_holder, parent_task_id, depth, audiences) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+     ?19, ?20)";
+
+pub(super) fn from_row(r: &impl Cols) -> Result<TaskRecord, StoreError> {
+    Ok(TaskRecord {
+        owner: r.text("holder")?,
+        task_id: r.text("task_id")?,
+        created_at: r.int("created_at")?,
+        purpose: r.text("purpose")?,
+        ticket: r.text("ticket")?,
+        labels: serde_json::from_str(&r.text("labels")?)
+            .map_err(|e| StoreError::Corrupt(format!("task labels: {e}")))?,
+        implicit: r.flag("implicit")?,
+        deadline: r.int("deadline")?,
+        state: TaskState::parse(&r.text("state")?)?,
+        ended_at: r.opt_int("ended_at")?,
+        accountable_owner: r.text("owner")?,
+        break_glass: r.flag("break_glass")?,
+        justification: r.text("justification")?,
+        review: match r.opt_text("reviewed_by")? {
+            None => None,
+            Some(by) => Some(Review {
+                by,
+                at: r.opt_int("reviewed_at")?.unwrap_or(0),
+                note: r.opt_text("review_note")?.unwrap_or_default(),
+            }),
+        },
+        parent: match (r.opt_text("parent_holder")?, r.opt_text("parent_task_id")?) {
+            (Some(h), Some(t)) => Some((h, t)),
+            _ => None,
+        },
+        depth: r.int("depth")? as u32,
+        audiences: serde_json::from_str(&r.text("audiences")?)
+            .map_err(|e| StoreError::Corrupt(format!("task audiences: {e}")))?,
+    })
+}
+
+/// Creates a task (with its audit events) unless it exists; whether it did.
+pub(super) fn begin(
+    w: &mut Write<'_>,
+    t: &TaskRecord,
+    audit: Vec<AuditDraft>,
+) -> Result<bool, StoreError> {
+    if get_in(w.conn, &t.owner, &t.task_id)?.is_some() {
+        return Ok(false);
+    }
+    let labels = serde_json::to_string(&t.labels).expect("labels serialise");
+    let audiences = serde_json::to_string(&t.audiences).expect("audiences serialise");
+    w.conn.prepare_cached(INSERT)?.execute(params![
+        t.owner,
+        t.task_id,
+        t.created_at,
+        t.purpose,
+        t.ticket,
+        labels,
+        t.implicit,
+        t.deadline,
+        t.state.as_str(),
+        t.ended_at,
+        t.accountable_owner,
+        t.break_glass,
+        t.justification,
+        t.review.as_ref().map(|r| &r.by),
+        t.review.as_ref().map(|r| r.at),
+        t.review.as_ref().map(|r| &r.note),
+        t.parent.as_ref().map(|p| &p.0),
+        t.parent.as_ref().map(|p| &p.1),
+        i64::from(t.depth),
+        audiences,
+    ])?;
+    w.append(audit)?;
+    Ok(true)
+}
+
+/// One task, read inside the writer's transaction.
+pub(super) fn get_in(
+    conn: &Connection,
+    holder: &str,
+    task_id: &str,
+) -> Result<Option<TaskRecord>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM tasks WHERE holder = ?1 AND task_id = ?2");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params![holder, task_id])?;
+    rows.next()?.map(from_row).transpose()
+}
+
+/// Marks a break-glass task reviewed, with its audit event.
+pub(super) fn mark_reviewed(
+    w: &mut Write<'_>,
+    holder: &str,
+    task_id: &str,
+    review: &Review,
+    audit: AuditDraft,
+) -> Result<ReviewOutcome, StoreError> {
+    let Some(t) = get_in(w.conn, holder, task_id)? else {
+        return Ok(ReviewOutcome::NotFound);
+    };
+    if !t.break_glass {
+        return Ok(ReviewOutcome::NotBreakGlass);
+    }
+    if t.review.is_some() {
+        return Ok(ReviewOutcome::AlreadyReviewed(t));
+    }
+    w.conn
+        .prepare_cached(
+            "UPDATE tasks SET reviewed_by = ?1, reviewed_at = ?2, review_note = ?3 \
+             WHERE holder = ?4 AND task_id = ?5",
+        )?
+        .execute(params![review.by, review.at, review.note, holder, task_id])?;
+    w.append([audit])?;
+    let t = get_in(w.conn, holder, task_id)?
+        .ok_or_else(|| StoreError::Corrupt(format!("task `{task_id}` vanished")))?;
+    Ok(ReviewOutcome::Reviewed(t))
+}
+
+/// Whether a task was begun through break-glass (false if it has no row).
+pub(super) fn break_glass_of(
+    conn: &Connection,
+    (holder, task_id): &(String, String),
+) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT break_glass FROM tasks WHERE holder = ?1 AND task_id = ?2")?
+        .query_row(params![holder, task_id], |r| r.get::<_, bool>(0))
+        .optional()?
+        .unwrap_or(false))
+}
+
+/// A task's state, read inside the writer's transaction.
+pub(super) fn state_in(
+    conn: &Connection,
+    holder: &str,
+    task_id: &str,
+) -> Result<Option<TaskState>, StoreError> {
+    conn.prepare_cached("SELECT state FROM tasks WHERE holder = ?1 AND task_id = ?2")?
+        .query_row(params![holder, task_id], |r| r.get::<_, String>(0))
+        .optional()?
+        .map(|s| TaskState::parse(&s))
+        .transpose()
+}
+
+/// Tasks delegated (transitively) from the tasks `roots_sql` selects (a
+/// query yielding `holder, task_id` with its parameters in `binds`).
+pub(super) fn descendants(
+    conn: &Connection,
+    roots_sql: &str,
+    binds: &[&str],
+) -> Result<Vec<(String, String)>, StoreError> {
+    let sql = format!(
+        "WITH RECURSIVE roots(holder, task_id) AS ({roots_sql}), \
+         sub(holder, task_id) AS ( \
+           SELECT t.holder, t.task_id FROM tasks t JOIN roots r \
+             ON t.parent_holder = r.holder AND t.parent_task_id = r.task_id \
+           UNION \
+           SELECT t.holder, t.task_id FROM tasks t JOIN sub s \
+             ON t.parent_holder = s.holder AND t.parent_task_id = s.task_id) \
+         SELECT holder, task_id FROM sub ORDER BY holder, task_id"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(binds), |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Ends a task that is still active; whether it did.
+pub(super) fn end(
+    conn: &Connection,
+    holder: &str,
+    task_id: &str,
+    state: TaskState,
+    at: i64,
+) -> Result<bool, StoreError> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE tasks SET state = ?1, ended_at = ?2 \
+             WHERE holder = ?3 AND task_id = ?4 AND state = 'active'",
+        )?
+        .execute(params![state.as_str(), at, holder, task_id])?;
+    Ok(changed > 0)
+}
+
+/// One task by holder and id.
+pub(super) async fn get(
+    pool: &SqlitePool,
+    holder: &str,
+    task_id: &str,
+) -> Result<Option<TaskRecord>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM tasks WHERE holder = ? AND task_id = ?");
+    let row = sqlx::query(&sql)
+        .bind(holder)
+        .bind(task_id)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Active tasks whose deadline is at or before `now`.
+pub(super) async fn due(pool: &SqlitePool, now: i64) -> Result<Vec<(String, String)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT holder, task_id FROM tasks WHERE state = 'active' AND deadline <= ? \
+         ORDER BY deadline",
+    )
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.text("holder")?, r.text("task_id")?)))
+        .collect()
+}
+
+/// Active tasks matching `filter`, a page at a time.
+pub(super) async fn active(
+    pool: &SqlitePool,
+    filter: &GrantFilter,
+    now: i64,
+    after: Option<(String, String)>,
+    limit: u32,
+) -> Result<Vec<TaskRecord>, StoreError> {
+    let (after_holder, after_task) = after.unwrap_or_default();
+    let sql = format!(
+        "SELECT {COLUMNS} FROM tasks \
+         WHERE state = 'active' AND deadline > ? \
+           AND (? IS NULL OR holder = ?) \
+           AND (? IS NULL OR owner = ?) \
+           AND (? IS NULL OR task_id = ?) \
+           AND (? = 0 OR break_glass) \
+           AND (holder > ? OR (holder = ? AND task_id > ?)) \
+         ORDER BY holder, task_id LIMIT ?"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(now)
+        .bind(&filter.workload)
+        .bind(&filter.workload)
+        .bind(&filter.owner)
+        .bind(&filter.owner)
+        .bind(&filter.task_id)
+        .bind(&filter.task_id)
+        .bind(filter.break_glass_only)
+        .bind(&after_holder)
+        .bind(&after_holder)
+        .bind(&after_task)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Break-glass tasks, newest first.
+pub(super) async fn break_glass(
+    pool: &SqlitePool,
+    include_reviewed: bool,
+) -> Result<Vec<TaskRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM tasks \
+         WHERE break_glass AND (? OR reviewed_at IS NULL) \
+         ORDER BY created_at DESC, holder, task_id"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(include_reviewed)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
