@@ -5,6 +5,7 @@
 //! compile error rather than a production-wide denial. This is the only place
 //! a context becomes a Cedar value; the conversion builds Cedar values
 //! directly (Cedar's generic JSON reader was 40% of the policy cost per mint).
+//! A unit test checks one sample of every action against the shipped schema.
 
 use cedar_policy::{Context, EntityUid, RestrictedExpression};
 
@@ -303,3 +304,118 @@ impl Request {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::schema;
+
+    /// One request of every action, with a resource of a type the action
+    /// applies to.
+    fn samples() -> Vec<(Request, EntityUid)> {
+        let task = uid("Task", "spiffe://example.org/agent#t");
+        let mint = MintContext {
+            task_id: "t".into(),
+            ttl_seconds: 300,
+            break_glass: false,
+            depth: 0,
+        };
+        let begin = BeginContext {
+            lifetime_seconds: 3600,
+            owner: "team-a".into(),
+            owner_requested: true,
+            justification: "incident".into(),
+            ticket: "INC-1".into(),
+        };
+        vec![
+            (Request::MintX509(mint.clone()), task.clone()),
+            (Request::MintJwt(mint), uid("Audience", "db")),
+            (
+                Request::Renew(RenewContext {
+                    ttl_seconds: 300,
+                    renewal_count: 1,
+                    kind: "jwt",
+                    audience: "db".into(),
+                }),
+                task.clone(),
+            ),
+            (Request::BeginTask(begin.clone()), task.clone()),
+            (Request::BreakGlass(begin), task.clone()),
+            (
+                Request::Delegate(DelegateContext {
+                    delegate: SpiffeId::new("spiffe://example.org/sidecar").unwrap(),
+                    task_id: "t.sub".into(),
+                    audiences: vec!["db".into()],
+                    lifetime_seconds: 60,
+                    depth: 1,
+                }),
+                task.clone(),
+            ),
+            (Request::CompleteTask, task.clone()),
+            (Request::ReadTask, task.clone()),
+            (
+                Request::Revoke(RevokeContext {
+                    scope: "task",
+                    reason: "revoked".into(),
+                }),
+                task,
+            ),
+            (
+                Request::Watch(WatchContext {
+                    operation: WatchOperation::Ack,
+                    subscriber: "enforcer".into(),
+                }),
+                uid("Issuer", "taskmint"),
+            ),
+            (
+                Request::Admin(AdminContext {
+                    operation: "list_grants",
+                }),
+                uid("Issuer", "taskmint"),
+            ),
+        ]
+    }
+
+    /// Runs in every build (the per-request check is debug-only): a context
+    /// that drifts from the schema would otherwise ship and be denied.
+    #[test]
+    fn every_action_context_matches_the_shipped_schema() {
+        let schema = schema();
+        let principal = uid("Workload", "spiffe://example.org/agent");
+        let samples = samples();
+        for action in Action::ALL {
+            let (request, resource) = samples
+                .iter()
+                .find(|(r, _)| r.action() == action)
+                .unwrap_or_else(|| panic!("no sample context for action `{}`", action.as_str()));
+            let context = request.clone().into_context().unwrap();
+            if let Err(e) = cedar_policy::Request::new(
+                principal.clone(),
+                action.uid(),
+                resource.clone(),
+                context,
+                Some(&schema),
+            ) {
+                panic!(
+                    "the context of `{}` does not match the schema: {e}",
+                    action.as_str()
+                );
+            }
+        }
+        // The check has teeth: a misspelt key is refused.
+        let misspelt = Context::from_pairs([
+            ("operation".to_owned(), string("watch")),
+            ("subscribr".to_owned(), string("enforcer")),
+        ])
+        .unwrap();
+        assert!(
+            cedar_policy::Request::new(
+                principal,
+                Action::Watch.uid(),
+                uid("Issuer", "taskmint"),
+                misspelt,
+                Some(&schema),
+            )
+            .is_err()
+        );
+    }
+}
