@@ -40,6 +40,50 @@ pub struct BeginTask {
     pub justification: String,
 }
 
+impl BeginTask {
+    /// Checks the free-form fields; returns the audiences (deduplicated)
+    /// and the owner asked for, if any.
+    fn checked(&self) -> Result<(Vec<String>, Option<String>), Error> {
+        check_text("purpose", &self.purpose, 1024)?;
+        check_text("ticket", &self.ticket, 256)?;
+        check_text("justification", &self.justification, MAX_JUSTIFICATION_LEN)?;
+        if self.labels.len() > 32 {
+            return Err(Error::InvalidArgument(format!(
+                "{} labels given; at most 32 are allowed",
+                self.labels.len()
+            )));
+        }
+        for (k, v) in &self.labels {
+            check_text("label key", k, 256)?;
+            check_text("label value", v, 256)?;
+            if k.is_empty() {
+                return Err(Error::InvalidArgument("label key is empty".into()));
+            }
+        }
+        let audiences = validate_audiences(&self.audiences)?;
+        let requested_owner = match self.owner.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(o) => {
+                check_text("owner", o, 256)?;
+                Some(o.to_owned())
+            }
+        };
+        if self.break_glass {
+            if self.justification.trim().is_empty() {
+                return Err(Error::InvalidArgument(
+                    "break-glass needs a justification: say why normal access is not enough".into(),
+                ));
+            }
+            if self.ticket.trim().is_empty() {
+                return Err(Error::InvalidArgument(
+                    "break-glass needs a ticket (incident or change reference)".into(),
+                ));
+            }
+        }
+        Ok((audiences, requested_owner))
+    }
+}
+
 /// `DelegateTask`, decoded.
 #[derive(Debug, Clone)]
 pub struct Delegate {
@@ -120,42 +164,7 @@ impl Issuer {
             req.break_glass,
         );
         self.gate.mintable(&caller.spiffe_id, &early).await?;
-        check_text("purpose", &req.purpose, 1024)?;
-        check_text("ticket", &req.ticket, 256)?;
-        check_text("justification", &req.justification, MAX_JUSTIFICATION_LEN)?;
-        if req.labels.len() > 32 {
-            return Err(Error::InvalidArgument(format!(
-                "{} labels given; at most 32 are allowed",
-                req.labels.len()
-            )));
-        }
-        for (k, v) in &req.labels {
-            check_text("label key", k, 256)?;
-            check_text("label value", v, 256)?;
-            if k.is_empty() {
-                return Err(Error::InvalidArgument("label key is empty".into()));
-            }
-        }
-        let audiences = validate_audiences(&req.audiences)?;
-        let requested_owner = match req.owner.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(o) => {
-                check_text("owner", o, 256)?;
-                Some(o.to_owned())
-            }
-        };
-        if req.break_glass {
-            if req.justification.trim().is_empty() {
-                return Err(Error::InvalidArgument(
-                    "break-glass needs a justification: say why normal access is not enough".into(),
-                ));
-            }
-            if req.ticket.trim().is_empty() {
-                return Err(Error::InvalidArgument(
-                    "break-glass needs a ticket (incident or change reference)".into(),
-                ));
-            }
-        }
+        let (audiences, requested_owner) = req.checked()?;
         let (max, what) = if req.break_glass {
             (self.limits.break_glass_max_lifetime, "break-glass maximum")
         } else {
