@@ -1,0 +1,242 @@
+//! Administration: the inventory of grants, the audit trail and a task's
+//! timeline, the break-glass review list, and the policy in force (status,
+//! reload, the record of it at start).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+
+use super::validate::check_text;
+use super::{Issuer, TaskRef};
+use crate::Error;
+use crate::audit::{AuditDraft, AuditEvent, decision, kind};
+use crate::clock::{now_unix, rfc3339};
+use crate::identity::Caller;
+use crate::policy::{self, PolicyStatus, Reload};
+use crate::store::{CredentialRecord, GrantFilter, Review, ReviewOutcome, TaskRecord};
+
+/// Largest inventory page.
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+/// An active task and its active credentials (the inventory).
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The task.
+    pub task: TaskRecord,
+    /// Its unrevoked, unexpired credentials.
+    pub credentials: Vec<CredentialRecord>,
+    /// Seconds until the task's deadline.
+    pub remaining: i64,
+}
+
+/// A task's story from the audit trail.
+#[derive(Debug, Clone)]
+pub struct Timeline {
+    /// The task now.
+    pub task: TaskRecord,
+    /// Every audit event about it, in order.
+    pub events: Vec<AuditEvent>,
+    /// For each revocation of it (by sequence): the first acknowledgement of
+    /// each subscriber that covers it.
+    pub acks: Vec<(u64, Vec<AuditEvent>)>,
+}
+
+// Reading and reviewing what was granted.
+impl Issuer {
+    /// The inventory: active tasks with their active credentials, a page at a
+    /// time (`page_token` is the last page's `next`).
+    pub async fn list_grants(
+        &self,
+        caller: &Caller,
+        filter: GrantFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<Grant>, String), Error> {
+        self.gate.admin(caller, "list_grants").await?;
+        let limit = match page_size {
+            0 => 100,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            let bad = || {
+                Error::InvalidArgument(
+                    "page_token is not one this server returned; start again without one".into(),
+                )
+            };
+            let raw = B64URL.decode(page_token).map_err(|_| bad())?;
+            let text = String::from_utf8(raw).map_err(|_| bad())?;
+            let (o, t) = text.split_once('\n').ok_or_else(bad)?;
+            Some((o.to_owned(), t.to_owned()))
+        };
+        let now = now_unix();
+        let tasks = self.store.active_tasks(&filter, now, after, limit).await?;
+        let next = match tasks.last() {
+            Some(t) if tasks.len() as u32 == limit => {
+                B64URL.encode(format!("{}\n{}", t.owner, t.task_id))
+            }
+            _ => String::new(),
+        };
+        let mut grants = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let credentials = self
+                .store
+                .task_credentials(&t.owner, &t.task_id)
+                .await?
+                .into_iter()
+                .filter(|c| c.revocation.is_none() && c.not_after > now)
+                .collect();
+            grants.push(Grant {
+                remaining: t.deadline - now,
+                task: t,
+                credentials,
+            });
+        }
+        Ok((grants, next))
+    }
+
+    /// The audit trail after `after`, at most `limit` events, with the head.
+    pub async fn audit_export(
+        &self,
+        caller: &Caller,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditEvent>, Option<(u64, String)>), Error> {
+        self.gate.admin(caller, "audit_export").await?;
+        let limit = limit.clamp(1, 1000);
+        let events = self.store.audit_after(after, limit).await?;
+        Ok((events, self.store.audit_head().await?))
+    }
+
+    /// A task's timeline: every audit event about it, and who acknowledged
+    /// each of its revocations.
+    pub async fn timeline(&self, caller: &Caller, r: TaskRef) -> Result<Timeline, Error> {
+        let (task, holder) = self.holder_of(caller, &r)?;
+        let t = self.find_task(&holder, &task).await?;
+        self.read_task(caller, &t, "timeline read").await?;
+        let events = self.store.task_audit(&holder, task.as_str()).await?;
+        let mut acks = Vec::new();
+        for e in &events {
+            if e.body.kind == kind::REVOKED
+                && let Some(seq) = e.body.ref_seq
+            {
+                acks.push((seq, self.store.acks_covering(seq).await?));
+            }
+        }
+        Ok(Timeline {
+            task: t,
+            events,
+            acks,
+        })
+    }
+
+    /// Break-glass tasks awaiting review (or all of them).
+    pub async fn break_glass_list(
+        &self,
+        caller: &Caller,
+        include_reviewed: bool,
+    ) -> Result<Vec<TaskRecord>, Error> {
+        self.gate.admin(caller, "review_list").await?;
+        Ok(self.store.break_glass_tasks(include_reviewed).await?)
+    }
+
+    /// Marks a break-glass task reviewed.
+    pub async fn mark_reviewed(
+        &self,
+        caller: &Caller,
+        r: TaskRef,
+        note: &str,
+    ) -> Result<TaskRecord, Error> {
+        check_text("note", note, 1024)?;
+        let (task, holder) = self.holder_of(caller, &r)?;
+        let d = self.gate.admin(caller, "mark_reviewed").await?;
+        let now = now_unix();
+        let me = caller.spiffe_id.to_string();
+        let review = Review {
+            by: me.clone(),
+            at: now,
+            note: note.to_owned(),
+        };
+        let event = AuditDraft::new(kind::REVIEW, &me, now)
+            .task(&holder, task.as_str(), true)
+            .decided(decision::ALLOW, &d.policies)
+            .because(if note.is_empty() {
+                "marked reviewed".to_owned()
+            } else {
+                format!("marked reviewed: {note}")
+            });
+        match self
+            .store
+            .mark_reviewed(&holder, task.as_str(), &review, event)
+            .await?
+        {
+            ReviewOutcome::Reviewed(t) => Ok(t),
+            ReviewOutcome::AlreadyReviewed(t) => Err(Error::FailedPrecondition(format!(
+                "task `{task}` was already reviewed by `{}` at {}",
+                t.review.as_ref().map(|r| r.by.as_str()).unwrap_or_default(),
+                rfc3339(t.review.as_ref().map(|r| r.at).unwrap_or_default())
+            ))),
+            ReviewOutcome::NotBreakGlass => Err(Error::FailedPrecondition(format!(
+                "task `{task}` of `{holder}` was not begun through break-glass"
+            ))),
+            ReviewOutcome::NotFound => Err(Error::NotFound(format!(
+                "task `{task}` of `{holder}` is unknown"
+            ))),
+        }
+    }
+}
+
+// The policy in force.
+impl Issuer {
+    /// The policy in force and the last reload error.
+    pub async fn policy_status(&self, caller: &Caller) -> Result<PolicyStatus, Error> {
+        self.gate.admin(caller, "policy_status").await?;
+        Ok(self.gate.policy().status())
+    }
+
+    /// Re-reads the policy file (`force`: now, as on SIGHUP; otherwise once
+    /// new content is seen twice). A change is audited before it is put in
+    /// force; a refusal is logged at error and audited, and the policy in
+    /// force stays.
+    pub async fn reload_policy(&self, force: bool) -> Result<Reload, Error> {
+        let now = now_unix();
+        let attempt = self.gate.policy().attempt(force);
+        let event = AuditDraft::new(kind::POLICY_RELOAD, &self.jwt_issuer, now);
+        let event = match &attempt {
+            policy::Attempt::Unchanged => return Ok(Reload::Unchanged),
+            policy::Attempt::Load(doc) => event
+                .decided(decision::ALLOW, &doc.ids)
+                .because(format!("policy sha256 {} in force", doc.sha256)),
+            policy::Attempt::Refuse(e) => event
+                .decided(decision::REFUSED, &[])
+                .because(format!("{e}; the previous policy stays in force")),
+        };
+        if let Err(e) = self.store.append_audit(&[event]).await {
+            // Not recorded, so not applied: the next poll tries again.
+            self.gate.policy().forget_attempt();
+            return Err(e.into());
+        }
+        let r = self.gate.policy().apply(attempt, now);
+        match &r {
+            Reload::Loaded { sha256, ids } => {
+                tracing::info!(%sha256, policies = ids.len(), "policy reloaded")
+            }
+            Reload::Refused(e) => {
+                tracing::error!(error = %e, "policy file refused; the previous policy stays in force")
+            }
+            Reload::Unchanged => {}
+        }
+        Ok(r)
+    }
+
+    /// Records the policy in force at start (a file edited while the issuer
+    /// was down shows up in the trail by its hash).
+    pub async fn audit_policy_in_force(&self) -> Result<(), crate::store::StoreError> {
+        let st = self.gate.policy().status();
+        let event = AuditDraft::new(kind::POLICY_RELOAD, &self.jwt_issuer, now_unix())
+            .decided(decision::ALLOW, &st.ids)
+            .because(format!("policy sha256 {} in force at start", st.sha256));
+        self.store.append_audit(&[event]).await?;
+        Ok(())
+    }
+}

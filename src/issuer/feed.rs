@@ -1,0 +1,116 @@
+//! The revocation feed's calls on the issuer: opening a feed,
+//! acknowledging it, and the delivery state of every expected subscriber.
+
+use super::Issuer;
+use super::validate::check_text;
+use crate::Error;
+use crate::audit::{AuditDraft, decision, kind};
+use crate::clock::now_unix;
+use crate::identity::Caller;
+use crate::policy::{Request, Resource, WatchContext, WatchOperation};
+
+impl Issuer {
+    /// Authorizes opening a revocation feed (and audits it).
+    pub async fn authorize_watch(
+        &self,
+        caller: &Caller,
+        after: Option<u64>,
+        subscriber: &str,
+    ) -> Result<(), Error> {
+        let me = caller.spiffe_id.to_string();
+        let mut draft = AuditDraft::new(kind::WATCH, &me, now_unix())
+            .subject(subscriber)
+            .because(match after {
+                Some(s) => format!("resume after seq {s}"),
+                None => "snapshot".to_owned(),
+            });
+        draft.ref_seq = after;
+        let request = Request::Watch(WatchContext {
+            operation: WatchOperation::Watch,
+            subscriber: subscriber.to_owned(),
+        });
+        self.gate
+            .authorize_recorded(caller, request, &Resource::Issuer, draft)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a subscriber's acknowledgement.
+    pub async fn ack(&self, caller: &Caller, subscriber: &str, up_to: u64) -> Result<u64, Error> {
+        check_text("subscriber", subscriber, 128)?;
+        if subscriber.is_empty() {
+            return Err(Error::InvalidArgument("subscriber name is empty".into()));
+        }
+        let me = caller.spiffe_id.to_string();
+        let draft = AuditDraft::new(kind::ACK, &me, now_unix()).subject(subscriber);
+        let request = Request::Watch(WatchContext {
+            operation: WatchOperation::Ack,
+            subscriber: subscriber.to_owned(),
+        });
+        let d = self
+            .gate
+            .authorize(caller, request, &Resource::Issuer, &draft)
+            .await?;
+        // A configured name belongs to its configured SPIFFE ID; any other
+        // name belongs to the first workload that acknowledged under it.
+        let owner = match self.feed.subscribers.iter().find(|s| s.name == subscriber) {
+            Some(s) => Some(s.spiffe_id.clone()),
+            None => self
+                .store
+                .acks()
+                .await?
+                .into_iter()
+                .find(|a| a.subscriber == subscriber)
+                .map(|a| a.spiffe_id),
+        };
+        if let Some(owner) = owner
+            && owner != me
+        {
+            let e = Error::PermissionDenied(format!(
+                "subscriber `{subscriber}` acknowledges as `{owner}`, not `{me}`"
+            ));
+            return Err(self.gate.refuse(draft, decision::DENY, e).await);
+        }
+        let current = self.store.current_seq().await?;
+        if up_to > current {
+            let e = Error::InvalidArgument(format!(
+                "cannot acknowledge up to {up_to}: the current sequence is {current}"
+            ));
+            return Err(self
+                .gate
+                .refuse(
+                    draft.decided(decision::ALLOW, &d.policies),
+                    decision::REFUSED,
+                    e,
+                )
+                .await);
+        }
+        let a = self
+            .store
+            .ack(
+                &crate::store::AckRecord {
+                    subscriber: subscriber.to_owned(),
+                    spiffe_id: me,
+                    acked_seq: up_to,
+                    acked_at: now_unix(),
+                },
+                draft.decided(decision::ALLOW, &d.policies).because(format!(
+                    "`{subscriber}` enforced every revocation through seq {up_to}"
+                )),
+            )
+            .await?;
+        Ok(a.acked_seq)
+    }
+
+    /// Delivery state of every expected subscriber.
+    pub async fn delivery_status(
+        &self,
+        caller: &Caller,
+    ) -> Result<(u64, Vec<crate::revocation::delivery::SubscriberDelivery>), Error> {
+        self.gate.admin(caller, "delivery_status").await?;
+        let current = self.store.current_seq().await?;
+        let s = crate::revocation::delivery::status(self.store.as_ref(), &self.feed, now_unix())
+            .await?;
+        Ok((current, s))
+    }
+}

@@ -1,0 +1,207 @@
+//! The domain service: tasks, minting, renewal, revocation, status and CRL,
+//! from an authenticated caller and a decoded request to durable state.
+//!
+//! Every capability goes through one gate (`gate.rs`): who is calling ->
+//! rate limit -> policy decision -> audit of the decision -> refusal with the
+//! right error. Then the capability does its work, one file each:
+//!
+//! - `tasks.rs`: begin (plain or break-glass), delegate, complete and read
+//!   tasks; [`BeginTask`], [`Delegate`], [`TaskRef`]; the cache of tasks
+//!   seen active.
+//! - `mint.rs`: first mints ([`MintX509`], [`MintJwt`], [`Minted`]) and the
+//!   issuance steps they share with renewals (window, sign, record).
+//! - `renew.rs`: renewals ([`Renew`]).
+//! - `revoke.rs`: revocation, credential status and the CRL
+//!   ([`RevokeTarget`], [`RevokeOutcome`], [`CredentialState`], [`Crl`]).
+//! - `feed.rs`: opening and acknowledging the revocation feed, delivery
+//!   state.
+//! - `admin.rs`: inventory, audit export, timelines, break-glass review and
+//!   the policy in force ([`Grant`], [`Timeline`]).
+//! - `bundle.rs`: the trust bundle.
+//! - `validate.rs`: input checks the capabilities share.
+//!
+//! This file holds the [`Issuer`] itself and the helpers several
+//! capabilities use (who holds a task, its accountable owner).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngCore;
+
+use crate::Error;
+use crate::ca::SigningCa;
+pub use crate::clock::now_unix;
+use crate::config::{Config, FeedConfig, LimitsConfig};
+use crate::identity::{Caller, SpiffeId, SpiffePattern, TaskId, TrustDomain};
+use crate::jwt::JwtSigner;
+use crate::policy::{Engine, TaskFacts};
+use crate::revocation::Revocations;
+use crate::store::{Store, TaskRecord};
+use crate::tls::TlsMaterial;
+
+mod admin;
+mod bundle;
+mod feed;
+mod gate;
+mod mint;
+mod renew;
+mod revoke;
+mod tasks;
+mod validate;
+
+pub use admin::{Grant, MAX_PAGE_SIZE, Timeline};
+pub use mint::{BACKDATE_SECS, MintJwt, MintX509, Minted};
+pub use renew::Renew;
+pub use revoke::{
+    CredentialState, Crl, REASON_COMPLETED, REASON_SUPERSEDED, RevokeOutcome, RevokeTarget,
+};
+pub use tasks::{BeginTask, Delegate, TaskRef};
+pub use validate::{MAX_AUDIENCE_LEN, MAX_JUSTIFICATION_LEN};
+
+use gate::Gate;
+use tasks::TaskCache;
+
+/// The issuer.
+pub struct Issuer {
+    trust_domain: TrustDomain,
+    jwt_issuer: String,
+    limits: LimitsConfig,
+    feed: FeedConfig,
+    crl_validity: Duration,
+    ca: SigningCa,
+    jwt: Arc<JwtSigner>,
+    store: Arc<dyn Store>,
+    revocations: Arc<Revocations>,
+    material: Arc<TlsMaterial>,
+    gate: Gate,
+    owner_rules: Vec<(SpiffePattern, String)>,
+    require_owner: bool,
+    tasks: TaskCache,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issuer")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::rng().fill_bytes(&mut b);
+    b
+}
+
+/// What policies see of a task.
+fn facts(t: &TaskRecord) -> TaskFacts {
+    TaskFacts {
+        holder: t.owner.clone(),
+        task_id: t.task_id.clone(),
+        owner: t.accountable_owner.clone(),
+        break_glass: t.break_glass,
+        depth: t.depth,
+        audiences: t.audiences.clone(),
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    d.as_secs() as i64
+}
+
+impl Issuer {
+    /// Assembles the issuer from loaded parts.
+    pub fn new(
+        cfg: &Config,
+        ca: SigningCa,
+        jwt: Arc<JwtSigner>,
+        revocations: Arc<Revocations>,
+        material: Arc<TlsMaterial>,
+        policy: Arc<Engine>,
+    ) -> Self {
+        Self {
+            trust_domain: TrustDomain::new(&cfg.trust_domain).expect("validated at config load"),
+            jwt_issuer: cfg.jwt_issuer(),
+            limits: cfg.limits.clone(),
+            feed: cfg.feed.clone(),
+            crl_validity: cfg.ca.crl_validity,
+            ca,
+            jwt,
+            store: revocations.store().clone(),
+            gate: Gate::new(cfg, policy, revocations.store().clone()),
+            revocations,
+            material,
+            owner_rules: cfg
+                .ownership
+                .rules
+                .iter()
+                .map(|r| {
+                    (
+                        SpiffePattern::parse(&r.pattern).expect("validated at config load"),
+                        r.owner.clone(),
+                    )
+                })
+                .collect(),
+            require_owner: cfg.ownership.require_owner,
+            tasks: TaskCache::default(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The revocation hub.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
+    }
+
+    /// Feed settings.
+    pub fn feed_config(&self) -> &FeedConfig {
+        &self.feed
+    }
+
+    /// The issuer's own name in the audit trail (expiry, reloads).
+    pub fn system_actor(&self) -> &str {
+        &self.jwt_issuer
+    }
+
+    /// The accountable owner the config maps `holder` to.
+    fn mapped_owner(&self, holder: &str) -> Option<&str> {
+        self.owner_rules
+            .iter()
+            .find(|(p, _)| p.matches(holder))
+            .map(|(_, o)| o.as_str())
+    }
+
+    fn check_owned(&self, t: &TaskRecord) -> Result<(), Error> {
+        if self.require_owner && t.accountable_owner.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "task `{}` would have no accountable owner: no ownership rule matches `{}` and \
+                 require_owner is set; begin it with an owner",
+                t.task_id, t.owner
+            )));
+        }
+        Ok(())
+    }
+
+    /// The task's holder: the caller, or someone else if the policy allows.
+    fn holder_of(&self, caller: &Caller, r: &TaskRef) -> Result<(TaskId, String), Error> {
+        let task = TaskId::parse(&r.task_id)?;
+        let holder = match r.owner.as_deref().filter(|o| !o.is_empty()) {
+            None => caller.spiffe_id.to_string(),
+            Some(o) => SpiffeId::new(o)
+                .map_err(|e| Error::InvalidArgument(format!("task owner `{o}`: {e}")))?
+                .to_string(),
+        };
+        Ok((task, holder))
+    }
+
+    async fn find_task(&self, holder: &str, task: &TaskId) -> Result<TaskRecord, Error> {
+        self.store
+            .task(holder, task.as_str())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("task `{task}` of `{holder}` is unknown")))
+    }
+}
