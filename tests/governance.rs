@@ -967,3 +967,33 @@ async fn limits_expiry_and_overdue_delivery_are_enforced_and_audited() {
     assert_eq!(refused, 1, "the over-limit mint");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn an_exported_trail_verifies_after_the_wire_round_trip() {
+    // Kind and decision travel as enums; converted back, every event must
+    // hash as stored, or `audit verify` over an export would be useless.
+    let mut s = start().await;
+    let mut agent = s.client("agent").await;
+    let mut admin = s.client("admin").await;
+    let m = agent.mint_jwt("rt-1", "db", None).await.unwrap();
+    agent.check_status(&m.credential.unwrap().id).await.unwrap();
+    assert!(agent.policy_status().await.is_err(), "agents are no admins");
+    agent.complete_task("rt-1").await.unwrap();
+    let events = audit(&mut admin).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.decision == pb::AuditDecision::Deny as i32)
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.kind != pb::AuditKind::Unspecified as i32
+                && e.decision != pb::AuditDecision::Unspecified as i32)
+    );
+    let mut v = taskmint::audit::Verifier::default();
+    for e in events {
+        v.check(&taskmint::grpc::audit_from_pb(e)).unwrap();
+    }
+    s.stop().await;
+}
