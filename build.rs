@@ -1,9 +1,16 @@
 //! Compiles `proto/` with protox (pure Rust), so the build needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "proto/taskmint/v1/issuer.proto";
+    // common.proto is imported by the three services; listing it too keeps
+    // every file compiled even if an import is dropped.
+    let protos = [
+        "proto/taskmint/v1/common.proto",
+        "proto/taskmint/v1/issuer.proto",
+        "proto/taskmint/v1/revocations.proto",
+        "proto/taskmint/v1/admin.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile([proto], ["proto"])?;
+    let fds = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -1,6 +1,7 @@
 //! A Rust client for workloads: connects with the workload's X.509-SVID,
 //! verifies the issuer by its SPIFFE ID (not a DNS name) against the bundle,
-//! and exposes the RPCs.
+//! and exposes the RPCs of the three services (`Issuer`, `Revocations`,
+//! `Admin`) over one channel.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +19,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::grpc::pb;
+use crate::grpc::pb::admin_client::AdminClient;
 use crate::grpc::pb::issuer_client::IssuerClient;
+use crate::grpc::pb::revocations_client::RevocationsClient;
 
 /// Why a client could not be set up or connect.
 #[derive(Debug, thiserror::Error)]
@@ -83,10 +86,13 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
     })
 }
 
-/// The client.
+/// The client: one channel (one mTLS connection), a generated client per
+/// service on it.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: IssuerClient<Channel>,
+    issuer: IssuerClient<Channel>,
+    revocations: RevocationsClient<Channel>,
+    admin: AdminClient<Channel>,
     health: HealthClient<Channel>,
 }
 
@@ -175,7 +181,9 @@ impl Client {
                 reason: error_chain(&e),
             })?;
         Ok(Self {
-            inner: IssuerClient::new(channel.clone()),
+            issuer: IssuerClient::new(channel.clone()),
+            revocations: RevocationsClient::new(channel.clone()),
+            admin: AdminClient::new(channel.clone()),
             health: HealthClient::new(channel),
         })
     }
@@ -194,6 +202,18 @@ impl Client {
             .await?
             .into_inner();
         Ok(serving_status(r.status))
+    }
+
+    /// `grpc.health.v1.Health/Check` of the server and of each service, in
+    /// the order of [`crate::grpc::SERVICE_NAMES`].
+    pub async fn health_all(
+        &mut self,
+    ) -> Result<Vec<(&'static str, tonic_health::ServingStatus)>, tonic::Status> {
+        let mut out = Vec::with_capacity(crate::grpc::SERVICE_NAMES.len());
+        for name in crate::grpc::SERVICE_NAMES {
+            out.push((name, self.health(name).await?));
+        }
+        Ok(out)
     }
 
     /// `grpc.health.v1.Health/Watch` of `service`: the current status, then
@@ -216,7 +236,7 @@ impl Client {
         Ok(stream.map(|r| r.map(|r| serving_status(r.status))))
     }
 
-    /// `MintJwt`.
+    /// `Issuer.MintJwt`.
     pub async fn mint_jwt(
         &mut self,
         task_id: &str,
@@ -228,10 +248,10 @@ impl Client {
             audience: audience.into(),
             ttl_seconds: ttl.map(|d| d.as_secs()).unwrap_or(0),
         };
-        Ok(self.inner.mint_jwt(req).await?.into_inner())
+        Ok(self.issuer.mint_jwt(req).await?.into_inner())
     }
 
-    /// `MintX509` with a CSR the caller built.
+    /// `Issuer.MintX509` with a CSR the caller built.
     pub async fn mint_x509(
         &mut self,
         task_id: &str,
@@ -243,13 +263,13 @@ impl Client {
             csr: csr_der,
             ttl_seconds: ttl.map(|d| d.as_secs()).unwrap_or(0),
         };
-        Ok(self.inner.mint_x509(req).await?.into_inner())
+        Ok(self.issuer.mint_x509(req).await?.into_inner())
     }
 
-    /// `GetTrustBundle`.
+    /// `Issuer.GetTrustBundle`.
     pub async fn trust_bundle(&mut self) -> Result<pb::GetTrustBundleResponse, tonic::Status> {
         Ok(self
-            .inner
+            .issuer
             .get_trust_bundle(pb::GetTrustBundleRequest {})
             .await?
             .into_inner())
@@ -257,62 +277,62 @@ impl Client {
 }
 
 impl Client {
-    /// `BeginTask`.
+    /// `Issuer.BeginTask`.
     pub async fn begin_task(
         &mut self,
         req: pb::BeginTaskRequest,
     ) -> Result<pb::Task, tonic::Status> {
-        let r = self.inner.begin_task(req).await?.into_inner();
+        let r = self.issuer.begin_task(req).await?.into_inner();
         r.task
             .ok_or_else(|| tonic::Status::internal("response without task"))
     }
 
-    /// `CompleteTask` of the caller's own task.
+    /// `Issuer.CompleteTask` of the caller's own task.
     pub async fn complete_task(
         &mut self,
         task_id: &str,
     ) -> Result<pb::CompleteTaskResponse, tonic::Status> {
         let task = Some(pb::TaskRef {
             task_id: task_id.into(),
-            owner: String::new(),
+            holder: String::new(),
         });
         Ok(self
-            .inner
+            .issuer
             .complete_task(pb::CompleteTaskRequest { task })
             .await?
             .into_inner())
     }
 
-    /// `CompleteTask` of any task (another owner's: admins only).
+    /// `Issuer.CompleteTask` of any task (another holder's: admins only).
     pub async fn complete_task_ref(
         &mut self,
         task: Option<pb::TaskRef>,
     ) -> Result<pb::CompleteTaskResponse, tonic::Status> {
         Ok(self
-            .inner
+            .issuer
             .complete_task(pb::CompleteTaskRequest { task })
             .await?
             .into_inner())
     }
 
-    /// `GetTask`; `owner` empty = the caller.
+    /// `Issuer.GetTask`; `holder` empty = the caller.
     pub async fn get_task(
         &mut self,
         task_id: &str,
-        owner: &str,
+        holder: &str,
     ) -> Result<pb::GetTaskResponse, tonic::Status> {
         let task = Some(pb::TaskRef {
             task_id: task_id.into(),
-            owner: owner.into(),
+            holder: holder.into(),
         });
         Ok(self
-            .inner
+            .issuer
             .get_task(pb::GetTaskRequest { task })
             .await?
             .into_inner())
     }
 
-    /// `Revoke`.
+    /// `Issuer.Revoke`.
     pub async fn revoke(
         &mut self,
         target: pb::revoke_request::Target,
@@ -322,18 +342,18 @@ impl Client {
             target: Some(target),
             reason: reason.into(),
         };
-        Ok(self.inner.revoke(req).await?.into_inner())
+        Ok(self.issuer.revoke(req).await?.into_inner())
     }
 
-    /// `Renew`; `csr` is needed for X.509 credentials.
+    /// `Issuer.Renew`; `csr` is needed for X.509 credentials.
     pub async fn renew(
         &mut self,
         req: pb::RenewRequest,
     ) -> Result<pb::RenewResponse, tonic::Status> {
-        Ok(self.inner.renew(req).await?.into_inner())
+        Ok(self.issuer.renew(req).await?.into_inner())
     }
 
-    /// `CheckStatus`.
+    /// `Revocations.CheckStatus`.
     pub async fn check_status(
         &mut self,
         id: &str,
@@ -341,127 +361,131 @@ impl Client {
         let req = pb::CheckStatusRequest {
             credential_id: id.into(),
         };
-        Ok(self.inner.check_status(req).await?.into_inner())
+        Ok(self.revocations.check_status(req).await?.into_inner())
     }
 
-    /// `GetCrl`.
+    /// `Revocations.GetCrl`.
     pub async fn crl(&mut self) -> Result<pb::GetCrlResponse, tonic::Status> {
-        Ok(self.inner.get_crl(pb::GetCrlRequest {}).await?.into_inner())
+        Ok(self
+            .revocations
+            .get_crl(pb::GetCrlRequest {})
+            .await?
+            .into_inner())
     }
 
-    /// `AckRevocations`.
+    /// `Revocations.AckRevocations`.
     pub async fn ack(&mut self, subscriber: &str, up_to_seq: u64) -> Result<u64, tonic::Status> {
         let req = pb::AckRevocationsRequest {
             subscriber: subscriber.into(),
             up_to_seq,
         };
         Ok(self
-            .inner
+            .revocations
             .ack_revocations(req)
             .await?
             .into_inner()
             .acked_seq)
     }
 
-    /// `GetDeliveryStatus`.
+    /// `Admin.GetDeliveryStatus`.
     pub async fn delivery_status(
         &mut self,
     ) -> Result<pb::GetDeliveryStatusResponse, tonic::Status> {
         Ok(self
-            .inner
+            .admin
             .get_delivery_status(pb::GetDeliveryStatusRequest {})
             .await?
             .into_inner())
     }
 
-    /// `DelegateTask`.
+    /// `Issuer.DelegateTask`.
     pub async fn delegate_task(
         &mut self,
         req: pb::DelegateTaskRequest,
     ) -> Result<pb::Task, tonic::Status> {
-        let r = self.inner.delegate_task(req).await?.into_inner();
+        let r = self.issuer.delegate_task(req).await?.into_inner();
         r.task
             .ok_or_else(|| tonic::Status::internal("response without task"))
     }
 
-    /// `ListGrants` (one page).
+    /// `Admin.ListGrants` (one page).
     pub async fn list_grants(
         &mut self,
         req: pb::ListGrantsRequest,
     ) -> Result<pb::ListGrantsResponse, tonic::Status> {
-        Ok(self.inner.list_grants(req).await?.into_inner())
+        Ok(self.admin.list_grants(req).await?.into_inner())
     }
 
-    /// `ExportAudit` (one page).
+    /// `Admin.ExportAudit` (one page).
     pub async fn export_audit(
         &mut self,
         after_seq: u64,
         limit: u32,
     ) -> Result<pb::ExportAuditResponse, tonic::Status> {
         let req = pb::ExportAuditRequest { after_seq, limit };
-        Ok(self.inner.export_audit(req).await?.into_inner())
+        Ok(self.admin.export_audit(req).await?.into_inner())
     }
 
-    /// `GetTaskTimeline`; `owner` empty = the caller.
+    /// `Admin.GetTaskTimeline`; `holder` empty = the caller.
     pub async fn task_timeline(
         &mut self,
         task_id: &str,
-        owner: &str,
+        holder: &str,
     ) -> Result<pb::GetTaskTimelineResponse, tonic::Status> {
         let task = Some(pb::TaskRef {
             task_id: task_id.into(),
-            owner: owner.into(),
+            holder: holder.into(),
         });
         Ok(self
-            .inner
+            .admin
             .get_task_timeline(pb::GetTaskTimelineRequest { task })
             .await?
             .into_inner())
     }
 
-    /// `ListBreakGlass`.
+    /// `Admin.ListBreakGlass`.
     pub async fn list_break_glass(
         &mut self,
         include_reviewed: bool,
     ) -> Result<Vec<pb::Task>, tonic::Status> {
         let req = pb::ListBreakGlassRequest { include_reviewed };
-        Ok(self.inner.list_break_glass(req).await?.into_inner().tasks)
+        Ok(self.admin.list_break_glass(req).await?.into_inner().tasks)
     }
 
-    /// `MarkReviewed`.
+    /// `Admin.MarkReviewed`; `holder` is the SPIFFE ID holding the task.
     pub async fn mark_reviewed(
         &mut self,
         task_id: &str,
-        owner: &str,
+        holder: &str,
         note: &str,
     ) -> Result<pb::Task, tonic::Status> {
         let req = pb::MarkReviewedRequest {
             task: Some(pb::TaskRef {
                 task_id: task_id.into(),
-                owner: owner.into(),
+                holder: holder.into(),
             }),
             note: note.into(),
         };
-        let r = self.inner.mark_reviewed(req).await?.into_inner();
+        let r = self.admin.mark_reviewed(req).await?.into_inner();
         r.task
             .ok_or_else(|| tonic::Status::internal("response without task"))
     }
 
-    /// `GetPolicyStatus`.
+    /// `Admin.GetPolicyStatus`.
     pub async fn policy_status(&mut self) -> Result<pb::GetPolicyStatusResponse, tonic::Status> {
         Ok(self
-            .inner
+            .admin
             .get_policy_status(pb::GetPolicyStatusRequest {})
             .await?
             .into_inner())
     }
 
-    /// One `WatchRevocations` stream, no reconnection (see [`Watcher`]).
+    /// One `Revocations.WatchRevocations` stream, no reconnection (see [`Watcher`]).
     pub async fn watch_once(
         &mut self,
         req: pb::WatchRevocationsRequest,
     ) -> Result<tonic::Streaming<pb::WatchRevocationsResponse>, tonic::Status> {
-        Ok(self.inner.watch_revocations(req).await?.into_inner())
+        Ok(self.revocations.watch_revocations(req).await?.into_inner())
     }
 
     /// A revocation watcher that reconnects and resumes by itself.

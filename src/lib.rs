@@ -22,13 +22,11 @@
 //! - [`grpc`]: the only protobuf/`tonic::Status` code; accept loop and auth gate.
 //! - [`server`]: assembly from config; `serve` and the tests start here.
 //! - [`client`]: a Rust client for workloads.
-//! - [`bench`](mod@bench): `taskmint bench`, measurements shipped with the product.
 //! - [`devca`]: a development trust domain (used by `dev init` and tests).
 //! - [`cli`]: the `taskmint` command line.
 #![forbid(unsafe_code)]
 
 pub mod audit;
-pub mod bench;
 pub mod ca;
 pub mod cli;
 pub mod client;

@@ -1,4 +1,10 @@
 //! The `taskmint` binary: parse the command line, set up logging, dispatch.
+//! `taskmint bench` is dispatched to the binary's own `bench` module (with
+//! the default `bench` feature); everything else to the library's `cli`.
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "bench")]
+mod bench;
 
 use clap::Parser as _;
 use taskmint::cli::{Cli, Command};
@@ -32,7 +38,16 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match taskmint::cli::run(cli).await {
+    let result = match cli.command {
+        #[cfg(feature = "bench")]
+        Command::Bench(b) => bench::run(b).await,
+        #[cfg(not(feature = "bench"))]
+        Command::Bench(_) => Err(anyhow::anyhow!(
+            "this `taskmint` was built without the `bench` feature"
+        )),
+        _ => taskmint::cli::run(cli).await,
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

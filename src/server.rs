@@ -10,7 +10,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::ca::{CaError, SigningCa};
 use crate::config::Config;
-use crate::grpc::{self, IssuerService};
+use crate::grpc;
 use crate::identity::SpiffePattern;
 use crate::issuer::Issuer;
 use crate::jwt::{JwtError, JwtSigner};
@@ -133,7 +133,6 @@ impl Server {
             self.cfg.policy.reload_interval,
             stop_rx_reaper,
         ));
-        let service = IssuerService::new(self.issuer.clone(), self.material.clone());
         let revocations = self.issuer.revocations().clone();
         let shutdown = async move {
             shutdown.await;
@@ -142,7 +141,7 @@ impl Server {
             revocations.close();
         };
         let result = grpc::serve(
-            service,
+            self.issuer.clone(),
             self.material.clone(),
             listener,
             self.cfg.listen.handshake_timeout,

@@ -22,8 +22,8 @@ fn ts(unix: i64) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp(unix).unwrap()
 }
 
-/// Mints (JWT and X.509), fetches the bundle and checks health as `who`;
-/// every call must be refused with UNAUTHENTICATED and a message containing
+/// Mints (JWT and X.509), fetches the bundle, calls one RPC of each other
+/// service and checks health as `who`; every call must be refused with UNAUTHENTICATED and a message containing
 /// `fragment`.
 async fn assert_refused(s: &TestServer, who: Option<&Issued>, fragment: &str) {
     let mut c = s.client_with(who.map(identity)).await;
@@ -37,6 +37,8 @@ async fn assert_refused(s: &TestServer, who: Option<&Issued>, fragment: &str) {
         c.mint_jwt("t", "db", None).await.map(|_| ()),
         c.mint_x509("t", csr, None).await.map(|_| ()),
         c.trust_bundle().await.map(|_| ()),
+        c.check_status("0a").await.map(|_| ()),
+        c.policy_status().await.map(|_| ()),
         c.health("").await.map(|_| ()),
         c.health_watch("").await.map(|_| ()),
     ];
@@ -97,6 +99,62 @@ async fn health_checks_answer_workloads_with_an_svid() {
         .await
         .expect("the watch ends before the drain's grace period");
     assert!(end.is_none(), "{end:?}");
+    tokio::time::timeout(Duration::from_secs(3), stopping)
+        .await
+        .expect("shutdown does not wait out the grace period")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn health_reports_each_of_the_three_services() {
+    let s = start().await;
+    let mut c = s.client("agent").await;
+    let names = [
+        "",
+        "taskmint.v1.Issuer",
+        "taskmint.v1.Revocations",
+        "taskmint.v1.Admin",
+    ];
+    for service in names {
+        assert_eq!(
+            c.health(service).await.unwrap(),
+            tonic_health::ServingStatus::Serving,
+            "`{service}`"
+        );
+    }
+    let all = c.health_all().await.unwrap();
+    assert_eq!(all.iter().map(|(n, _)| *n).collect::<Vec<_>>(), names);
+    assert!(
+        all.iter()
+            .all(|(_, st)| *st == tonic_health::ServingStatus::Serving),
+        "{all:?}"
+    );
+    // Each service is reported NOT_SERVING once shutdown begins.
+    use tokio_stream::StreamExt;
+    let mut watches = Vec::new();
+    for service in names {
+        let mut w = Box::pin(c.health_watch(service).await.unwrap());
+        assert_eq!(
+            w.next().await.unwrap().unwrap(),
+            tonic_health::ServingStatus::Serving,
+            "`{service}`"
+        );
+        watches.push((service, w));
+    }
+    let mut s = s;
+    let stopping = tokio::spawn(async move {
+        s.stop().await;
+    });
+    for (service, w) in &mut watches {
+        let next = tokio::time::timeout(Duration::from_secs(3), w.next())
+            .await
+            .expect("a status change before the drain ends");
+        assert_eq!(
+            next.unwrap().unwrap(),
+            tonic_health::ServingStatus::NotServing,
+            "`{service}`"
+        );
+    }
     tokio::time::timeout(Duration::from_secs(3), stopping)
         .await
         .expect("shutdown does not wait out the grace period")

@@ -431,7 +431,7 @@ fn the_cli_governs_policy_break_glass_delegation_audit_and_inventory() {
             ],
         )
     }));
-    assert_eq!(parent["accountable_owner"], "team-agents");
+    assert_eq!(parent["owner"], "team-agents");
     assert_eq!(parent["audiences"], serde_json::json!(["db", "queue"]));
 
     // Policies are checked and tried offline.
@@ -492,7 +492,7 @@ fn the_cli_governs_policy_break_glass_delegation_audit_and_inventory() {
             "--json",
         ],
     ));
-    assert_eq!(child["owner"], "spiffe://example.org/workload/sidecar");
+    assert_eq!(child["holder"], "spiffe://example.org/workload/sidecar");
     assert_eq!(child["depth"], 1);
     let j = json_of(&as_(
         "sidecar",
@@ -577,7 +577,7 @@ fn the_cli_governs_policy_break_glass_delegation_audit_and_inventory() {
             "task",
             "--task",
             "P.sub",
-            "--owner",
+            "--holder",
             "spiffe://example.org/workload/sidecar",
         ],
     );

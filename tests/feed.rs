@@ -321,9 +321,9 @@ async fn each_event_carries_a_set_verifiable_with_the_served_jwks() {
             "{claims}"
         );
     }
-    assert_eq!(events[0].kind, "credential");
+    assert_eq!(events[0].kind, pb::RevocationKind::Credential as i32);
     assert_eq!(events[0].reason, "leaked");
-    assert_eq!(events[1].kind, "task");
+    assert_eq!(events[1].kind, pb::RevocationKind::Task as i32);
     assert_eq!(events[1].reason, "task_completed");
     s.stop().await;
 }

@@ -13,8 +13,8 @@ use common::{TD, eventually, start, start_with};
 use rcgen::{CertificateParams, KeyPair};
 use serde_json::Value;
 use taskmint::client::Client;
-use taskmint::grpc::pb;
 use taskmint::grpc::pb::revoke_request::Target;
+use taskmint::grpc::{audit_decision_text, audit_kind_text, pb};
 use taskmint::store::Store;
 use tonic::Code;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -118,27 +118,34 @@ async fn decisions_name_their_policies_and_denials_are_audited() {
     let events = audit(&mut admin).await;
     let issued = events
         .iter()
-        .find(|e| e.kind == "mint_jwt" && e.decision == "allow")
+        .find(|e| {
+            e.kind == pb::AuditKind::MintJwt as i32 && e.decision == pb::AuditDecision::Allow as i32
+        })
         .unwrap();
     assert_eq!(issued.policies, vec!["workloads-mint-own-tasks"]);
     assert_eq!(issued.credential_id, ok.credential.unwrap().id);
     assert!(
         events
             .iter()
-            .any(|e| e.kind == "mint_jwt" && e.decision == "deny" && e.policies.is_empty())
-    );
-    assert!(events.iter().any(|e| e.kind == "mint_jwt"
-        && e.decision == "deny"
-        && e.policies == vec!["no-prod-tokens".to_owned()]));
-    assert!(
-        events
-            .iter()
-            .any(|e| e.kind == "admin" && e.decision == "deny" && e.actor == AGENT)
+            .any(|e| e.kind == pb::AuditKind::MintJwt as i32
+                && e.decision == pb::AuditDecision::Deny as i32
+                && e.policies.is_empty())
     );
     assert!(
         events
             .iter()
-            .any(|e| e.kind == "policy_reload" && e.decision == "allow")
+            .any(|e| e.kind == pb::AuditKind::MintJwt as i32
+                && e.decision == pb::AuditDecision::Deny as i32
+                && e.policies == vec!["no-prod-tokens".to_owned()])
+    );
+    assert!(events.iter().any(|e| e.kind == pb::AuditKind::Admin as i32
+        && e.decision == pb::AuditDecision::Deny as i32
+        && e.actor == AGENT));
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == pb::AuditKind::PolicyReload as i32
+                && e.decision == pb::AuditDecision::Allow as i32)
     );
     // Nothing secret in the trail.
     let dump = format!("{events:?}");
@@ -235,8 +242,8 @@ async fn a_bad_policy_file_is_refused_and_the_old_one_stays() {
     let events = audit(&mut admin).await;
     let reloads: Vec<_> = events
         .iter()
-        .filter(|e| e.kind == "policy_reload")
-        .map(|e| e.decision.as_str())
+        .filter(|e| e.kind == pb::AuditKind::PolicyReload as i32)
+        .map(|e| audit_decision_text(e.decision))
         .collect();
     // The policy in force at start, two refusals, the new policy.
     assert_eq!(reloads, vec!["allow", "refused", "refused", "allow"]);
@@ -253,7 +260,7 @@ async fn owners_come_from_rules_or_the_request_and_can_be_required() {
 
     let m = agent.mint_jwt("o-1", "db", None).await.unwrap();
     let cred = m.credential.unwrap();
-    assert_eq!(cred.accountable_owner, "team-agents");
+    assert_eq!(cred.owner, "team-agents");
     assert_eq!(claims(&m.token)["owner"], "team-agents");
 
     // No rule maps the sidecar, and owners are required.
@@ -283,7 +290,7 @@ async fn owners_come_from_rules_or_the_request_and_can_be_required() {
     assert_eq!(err.code(), Code::PermissionDenied);
     // ...and does for admins.
     let t = admin.begin_task(begin("team-sec")).await.unwrap();
-    assert_eq!(t.accountable_owner, "team-sec");
+    assert_eq!(t.owner, "team-sec");
     let err = admin
         .begin_task(pb::BeginTaskRequest {
             task_id: "o-4".into(),
@@ -365,7 +372,10 @@ async fn break_glass_is_justified_flagged_everywhere_and_reviewed() {
     let begun = timeline
         .events
         .iter()
-        .find(|e| e.kind == "break_glass" && e.decision == "allow")
+        .find(|e| {
+            e.kind == pb::AuditKind::BreakGlass as i32
+                && e.decision == pb::AuditDecision::Allow as i32
+        })
         .unwrap();
     assert!(begun.reason.contains("INC-7"), "{}", begun.reason);
     // The refused attempts are in the trail too, flagged.
@@ -373,7 +383,8 @@ async fn break_glass_is_justified_flagged_everywhere_and_reviewed() {
         timeline
             .events
             .iter()
-            .any(|e| e.decision == "refused" && e.reason.contains("break-glass maximum"))
+            .any(|e| e.decision == pb::AuditDecision::Refused as i32
+                && e.reason.contains("break-glass maximum"))
     );
 
     let open = admin.list_break_glass(false).await.unwrap();
@@ -417,7 +428,7 @@ async fn delegation_narrows_chains_and_cascades() {
     let delegate = |to: &str, parent: &str, auds: &[&str], lifetime: u64| pb::DelegateTaskRequest {
         parent: Some(pb::TaskRef {
             task_id: parent.into(),
-            owner: String::new(),
+            holder: String::new(),
         }),
         delegate: to.into(),
         audiences: auds.iter().map(|a| a.to_string()).collect(),
@@ -465,7 +476,7 @@ async fn delegation_narrows_chains_and_cascades() {
         .delegate_task(pb::DelegateTaskRequest {
             parent: Some(pb::TaskRef {
                 task_id: "plan".into(),
-                owner: AGENT.into(),
+                holder: AGENT.into(),
             }),
             ..delegate(HELPER2, "plan", &["db"], 0)
         })
@@ -477,10 +488,10 @@ async fn delegation_narrows_chains_and_cascades() {
         .delegate_task(delegate(HELPER, "plan", &["db"], 0))
         .await
         .unwrap();
-    assert_eq!(child.owner, HELPER);
+    assert_eq!(child.holder, HELPER);
     assert_eq!(child.depth, 1);
     assert_eq!(child.deadline, parent.deadline);
-    assert_eq!(child.accountable_owner, parent.accountable_owner);
+    assert_eq!(child.owner, parent.owner);
     assert_eq!(child.parent.as_ref().unwrap().task_id, "plan");
 
     let j = helper.mint_jwt(&child.task_id, "db", None).await.unwrap();
@@ -533,7 +544,7 @@ async fn delegation_narrows_chains_and_cascades() {
         .revoke(
             Target::Task(pb::TaskRef {
                 task_id: "plan".into(),
-                owner: String::new(),
+                holder: String::new(),
             }),
             "incident",
         )
@@ -592,7 +603,7 @@ async fn the_timeline_tells_the_whole_story() {
     sidecar.ack("sidecar", last).await.unwrap();
 
     let t = agent.task_timeline("story", "").await.unwrap();
-    let kinds: Vec<_> = t.events.iter().map(|e| e.kind.as_str()).collect();
+    let kinds: Vec<_> = t.events.iter().map(|e| audit_kind_text(e.kind)).collect();
     assert_eq!(
         kinds,
         vec![
@@ -725,14 +736,14 @@ async fn the_inventory_pages_and_filters() {
         .await
         .unwrap();
     assert_eq!(by_owner.grants.len(), 4);
-    let by_workload = admin
+    let by_holder = admin
         .list_grants(pb::ListGrantsRequest {
-            workload: "spiffe://example.org/workload/sidecar".into(),
+            holder: "spiffe://example.org/workload/sidecar".into(),
             ..Default::default()
         })
         .await
         .unwrap();
-    assert_eq!(by_workload.grants.len(), 2);
+    assert_eq!(by_holder.grants.len(), 2);
     let bg = admin
         .list_grants(pb::ListGrantsRequest {
             break_glass_only: true,
@@ -951,8 +962,38 @@ async fn limits_expiry_and_overdue_delivery_are_enforced_and_audited() {
     let refused = audit(&mut admin)
         .await
         .into_iter()
-        .filter(|e| e.decision == "refused")
+        .filter(|e| e.decision == pb::AuditDecision::Refused as i32)
         .count();
     assert_eq!(refused, 1, "the over-limit mint");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_exported_trail_verifies_after_the_wire_round_trip() {
+    // Kind and decision travel as enums; converted back, every event must
+    // hash as stored, or `audit verify` over an export would be useless.
+    let mut s = start().await;
+    let mut agent = s.client("agent").await;
+    let mut admin = s.client("admin").await;
+    let m = agent.mint_jwt("rt-1", "db", None).await.unwrap();
+    agent.check_status(&m.credential.unwrap().id).await.unwrap();
+    assert!(agent.policy_status().await.is_err(), "agents are no admins");
+    agent.complete_task("rt-1").await.unwrap();
+    let events = audit(&mut admin).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.decision == pb::AuditDecision::Deny as i32)
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.kind != pb::AuditKind::Unspecified as i32
+                && e.decision != pb::AuditDecision::Unspecified as i32)
+    );
+    let mut v = taskmint::audit::Verifier::default();
+    for e in events {
+        v.check(&taskmint::grpc::audit_from_pb(e)).unwrap();
+    }
     s.stop().await;
 }

@@ -352,7 +352,7 @@ async fn revoke_is_authorized_and_idempotent() {
         Target::SpiffeId(AGENT.into()),
         Target::Task(pb::TaskRef {
             task_id: "t1".into(),
-            owner: AGENT.into(),
+            holder: AGENT.into(),
         }),
         Target::TrustDomain("example.org".into()),
     ] {

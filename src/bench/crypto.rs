@@ -11,9 +11,9 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::EcdsaKeyPair;
 use serde::Serialize;
 
-use crate::ca::{self, SigningCa, X509Template};
-use crate::identity::{SpiffeId, TaskId};
-use crate::jwt::{Claims, Confirmation, JwtSigner};
+use taskmint::ca::{self, SigningCa, X509Template};
+use taskmint::identity::{SpiffeId, TaskId};
+use taskmint::jwt::{Claims, Confirmation, JwtSigner};
 
 /// One ceiling figure.
 #[derive(Debug, Clone, Serialize)]
@@ -43,7 +43,7 @@ pub struct Material {
 }
 
 fn claims(i: u64) -> Claims {
-    let now = crate::clock::now_unix();
+    let now = taskmint::clock::now_unix();
     Claims {
         sub: "spiffe://example.org/workload/bench-0".into(),
         aud: "db".into(),
@@ -147,7 +147,7 @@ pub fn ceilings(m: Arc<Material>, d: Duration) -> Vec<Ceiling> {
                 let mut serial = [0u8; 19];
                 serial[0] = 0x40;
                 serial[11..].copy_from_slice(&i.to_be_bytes());
-                let now = crate::clock::now_unix();
+                let now = taskmint::clock::now_unix();
                 let t = X509Template {
                     spiffe_id: &id,
                     task_id: &task,

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::client::{Client, Identity};
-use crate::devca::DevRoot;
+use taskmint::client::{Client, Identity};
+use taskmint::devca::DevRoot;
 
 /// The trust domain benchmarks use.
 pub const TD: &str = "example.org";
@@ -40,14 +40,14 @@ impl BenchEnv {
         let dir = std::env::temp_dir().join(format!(
             "taskmint-bench-{label}-{}-{}",
             std::process::id(),
-            crate::clock::now_unix()
+            taskmint::clock::now_unix()
         ));
         std::fs::create_dir_all(&dir)?;
-        let workloads: Vec<String> = crate::devca::DEFAULT_WORKLOADS
+        let workloads: Vec<String> = taskmint::devca::DEFAULT_WORKLOADS
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let init = crate::devca::init(&dir, TD, &workloads, "127.0.0.1:0", true)?;
+        let init = taskmint::devca::init(&dir, TD, &workloads, "127.0.0.1:0", true)?;
         let text = std::fs::read_to_string(&init.config)?
             .replace("subscriber_buffer = 1024", "subscriber_buffer = 65536")
             .replace(
@@ -59,7 +59,7 @@ impl BenchEnv {
                 "rate = { per_second = 1000000.0, burst = 1000000 }",
             );
         std::fs::write(&init.config, text)?;
-        let roots = crate::pem::certs(&std::fs::read(dir.join("bundle.pem"))?)
+        let roots = taskmint::pem::certs(&std::fs::read(dir.join("bundle.pem"))?)
             .map_err(anyhow::Error::msg)?;
         Ok(Self {
             config: init.config,
@@ -74,7 +74,7 @@ impl BenchEnv {
     /// `agent` and `sidecar` SVIDs, as `dev init` writes them. Its rate
     /// limit must allow the load.
     pub fn existing(dir: &Path) -> anyhow::Result<Self> {
-        let roots = crate::pem::certs(&std::fs::read(dir.join("bundle.pem"))?)
+        let roots = taskmint::pem::certs(&std::fs::read(dir.join("bundle.pem"))?)
             .map_err(anyhow::Error::msg)?;
         Ok(Self {
             config: dir.join("taskmint.toml"),
@@ -136,9 +136,9 @@ impl BenchEnv {
 
 /// Reads `<dir>/<name>.pem` and `.key`.
 pub fn read_identity(dir: &Path, name: &str) -> anyhow::Result<Identity> {
-    let chain = crate::pem::certs(&std::fs::read(dir.join(format!("{name}.pem")))?)
+    let chain = taskmint::pem::certs(&std::fs::read(dir.join(format!("{name}.pem")))?)
         .map_err(anyhow::Error::msg)?;
-    let key = crate::pem::pkcs8_key(&std::fs::read(dir.join(format!("{name}.key")))?)
+    let key = taskmint::pem::pkcs8_key(&std::fs::read(dir.join(format!("{name}.key")))?)
         .map_err(anyhow::Error::msg)?;
     Ok(Identity {
         chain,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::proc_stats::Proc;
-use crate::client::Client;
+use taskmint::client::Client;
 
 /// Credentials a caller mints per task before it moves to the next task.
 pub const PER_TASK: usize = 50;

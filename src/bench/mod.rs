@@ -1,4 +1,4 @@
-//! `taskmint bench`: measurements that ship with the product, so users can
+//! `taskmint bench`: measurements that ship with the binary, so users can
 //! measure their own deployment. One run covers the in-process signing
 //! ceiling, mint throughput and latency over mTLS at several concurrencies,
 //! server CPU per credential, revocation delivery to many subscribers and
@@ -7,8 +7,14 @@
 //! The issuer under test is a child process (`taskmint serve` on a fresh
 //! dev trust domain, durable SQLite store, policy and audit on), so its CPU
 //! and memory are read from `/proc` apart from the load generator's.
+//!
+//! This module belongs to the binary, not the library (behind the default
+//! `bench` feature): its load generator and plotting dependencies stay out
+//! of every program that links `taskmint` as a library. It reaches the
+//! library through its public API only.
 
 pub mod cfssl;
+mod command;
 pub mod crypto;
 pub mod env;
 pub mod load;
@@ -22,13 +28,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use command::run;
 pub use revocation::{LatencyRow, RevocationBench, revocation_latency, table};
 
-use crate::client::Client;
-use crate::config::Config;
 use env::BenchEnv;
 use load::{Kind, LoadRow};
 use proc_stats::{ServerProc, free_addr};
+use taskmint::client::Client;
+use taskmint::config::Config;
 
 /// Settings of a full run.
 #[derive(Debug, Clone)]
@@ -145,22 +152,22 @@ fn machine() -> Machine {
 /// `n` P-256 CSRs, made before any measurement.
 pub fn csrs(n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     (0..n)
-        .map(|_| Ok(crate::client::new_key_and_csr()?.0))
+        .map(|_| Ok(taskmint::client::new_key_and_csr()?.0))
         .collect()
 }
 
 fn material(env: &BenchEnv, csrs: Vec<Vec<u8>>) -> anyhow::Result<crypto::Material> {
     let cfg = Config::load(&env.config)?;
     let pem = std::fs::read(&cfg.jwt.key)?;
-    let der = crate::pem::pkcs8_key(&pem).map_err(anyhow::Error::msg)?;
+    let der = taskmint::pem::pkcs8_key(&pem).map_err(anyhow::Error::msg)?;
     let raw = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
         &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
         &der,
     )
     .map_err(|e| anyhow::anyhow!("JWT key: {e}"))?;
     Ok(crypto::Material {
-        jwt: crate::jwt::JwtSigner::load(&cfg.jwt.key)?,
-        ca: crate::ca::SigningCa::load(&cfg.ca)?,
+        jwt: taskmint::jwt::JwtSigner::load(&cfg.jwt.key)?,
+        ca: taskmint::ca::SigningCa::load(&cfg.ca)?,
         raw,
         csrs,
     })
@@ -280,9 +287,9 @@ pub async fn run_all(o: &Options, progress: impl Fn(&str)) -> anyhow::Result<Rep
         let empty = measure("empty").await?;
         progress(&format!("seeding {} credentials", o.stored));
         let started = std::time::Instant::now();
-        let store = crate::store::SqliteStore::open(&env.store_path()).await?;
+        let store = taskmint::store::SqliteStore::open(&env.store_path()).await?;
         store
-            .seed_credentials(o.stored, crate::clock::now_unix())
+            .seed_credentials(o.stored, taskmint::clock::now_unix())
             .await?;
         store.close().await;
         let seed_seconds = started.elapsed().as_secs_f64();

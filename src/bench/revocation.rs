@@ -14,8 +14,8 @@ use tokio::sync::{Notify, mpsc};
 use super::env::BenchEnv;
 use super::load::percentile;
 use super::proc_stats::{Proc, ServerProc, free_addr};
-use crate::client::Client;
-use crate::grpc::pb::{self, revoke_request::Target, watch_revocations_response::Msg};
+use taskmint::client::Client;
+use taskmint::grpc::pb::{self, revoke_request::Target, watch_revocations_response::Msg};
 
 /// Settings of one revocation-latency run.
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use super::task::task_json;
 use super::{ConnArgs, rfc3339, status_line};
 use crate::audit::Verifier;
 use crate::config::Config;
-use crate::grpc::pb;
+use crate::grpc::{audit_decision_text, audit_kind_text, pb};
 use crate::store::{SqliteStore, Store};
 
 /// `audit` subcommands.
@@ -52,9 +52,9 @@ pub struct TaskArgs {
     /// Task id.
     #[arg(long)]
     pub task: String,
-    /// The task's holder [default: you].
+    /// SPIFFE ID holding the task [default: you].
     #[arg(long, default_value = "")]
-    pub owner: String,
+    pub holder: String,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -72,9 +72,9 @@ pub struct ReviewArgs {
     /// Mark this break-glass task reviewed.
     #[arg(long, value_name = "TASK")]
     pub mark_reviewed: Option<String>,
-    /// Holder of the task to mark (SPIFFE ID).
-    #[arg(long, default_value = "")]
-    pub owner: String,
+    /// SPIFFE ID holding the task to mark [default: you].
+    #[arg(long, default_value = "", requires = "mark_reviewed")]
+    pub holder: String,
     /// Review note.
     #[arg(long, default_value = "")]
     pub note: String,
@@ -91,7 +91,7 @@ pub struct ReviewArgs {
 pub struct InventoryArgs {
     /// Only tasks held by this SPIFFE ID.
     #[arg(long)]
-    pub workload: Option<String>,
+    pub holder: Option<String>,
     /// Only tasks with this accountable owner.
     #[arg(long)]
     pub owner: Option<String>,
@@ -117,12 +117,12 @@ pub fn event_json(e: &pb::AuditEvent) -> Value {
     json!({
         "seq": e.seq,
         "time": rfc3339(e.time),
-        "kind": e.kind,
+        "kind": audit_kind_text(e.kind),
         "actor": e.actor,
-        "task_owner": e.task_owner,
+        "task_holder": e.task_holder,
         "task_id": e.task_id,
         "credential_id": e.credential_id,
-        "decision": e.decision,
+        "decision": audit_decision_text(e.decision),
         "policies": e.policies,
         "reason": e.reason,
         "break_glass": e.break_glass,
@@ -192,7 +192,7 @@ pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Task(a) => {
             let mut c = a.conn.connect().await?;
             let t = c
-                .task_timeline(&a.task, &a.owner)
+                .task_timeline(&a.task, &a.holder)
                 .await
                 .map_err(|s| status_line(&s))?;
             if a.json {
@@ -213,15 +213,15 @@ pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             let mut c = a.conn.connect().await?;
             if let Some(task) = &a.mark_reviewed {
                 let t = c
-                    .mark_reviewed(task, &a.owner, &a.note)
+                    .mark_reviewed(task, &a.holder, &a.note)
                     .await
                     .map_err(|s| status_line(&s))?;
                 if a.json {
                     println!("{}", task_json(&t));
                 } else {
                     println!(
-                        "break-glass task {} of {} marked reviewed by {}",
-                        t.task_id, t.owner, t.reviewed_by
+                        "break-glass task {} held by {} marked reviewed by {}",
+                        t.task_id, t.holder, t.reviewed_by
                     );
                 }
                 return Ok(());
@@ -241,7 +241,7 @@ pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                     println!(
                         "{}  {}  task {}  ticket {}  {}  justification: {}",
                         rfc3339(t.created_at),
-                        t.owner,
+                        t.holder,
                         t.task_id,
                         t.ticket,
                         if t.reviewed_by.is_empty() {
@@ -267,20 +267,21 @@ pub fn render_timeline(t: &pb::GetTaskTimelineResponse) -> String {
         out,
         "task {} held by {} (owner: {}){}",
         task.task_id,
-        task.owner,
-        if task.accountable_owner.is_empty() {
+        task.holder,
+        if task.owner.is_empty() {
             "none"
         } else {
-            &task.accountable_owner
+            &task.owner
         },
         if task.break_glass { " BREAK-GLASS" } else { "" }
     );
     for e in &t.events {
-        let verb = match e.kind.as_str() {
+        let (kind, decision) = (audit_kind_text(e.kind), audit_decision_text(e.decision));
+        let verb = match kind {
             "task_begin" | "break_glass" => "begun",
-            "mint_x509" | "mint_jwt" if e.decision == "allow" => "issued",
+            "mint_x509" | "mint_jwt" if decision == "allow" => "issued",
             "mint_x509" | "mint_jwt" => "requested",
-            "renew" if e.decision == "allow" => "renewed",
+            "renew" if decision == "allow" => "renewed",
             "status_check" => "used (status checked)",
             "revoked" => "revoked",
             "revoke" => "revocation requested",
@@ -291,7 +292,7 @@ pub fn render_timeline(t: &pb::GetTaskTimelineResponse) -> String {
             "break_glass_review" => "reviewed",
             other => other,
         };
-        let decided = match (e.decision.as_str(), e.policies.is_empty()) {
+        let decided = match (decision, e.policies.is_empty()) {
             ("", _) => String::new(),
             (d, true) => format!(" [{d}]"),
             (d, false) => format!(" [{d} by {}]", e.policies.join(", ")),
@@ -310,7 +311,7 @@ pub fn render_timeline(t: &pb::GetTaskTimelineResponse) -> String {
             e.actor,
             e.reason
         );
-        if e.kind == "revoked" {
+        if kind == "revoked" {
             for r in t.acks.iter().filter(|r| r.seq == e.ref_seq) {
                 if r.acks.is_empty() {
                     let _ = writeln!(out, "           not acknowledged by any subscriber yet");
@@ -341,7 +342,7 @@ pub(super) async fn inventory(a: InventoryArgs) -> anyhow::Result<()> {
             .list_grants(pb::ListGrantsRequest {
                 page_size: a.page_size,
                 page_token: token.clone(),
-                workload: a.workload.clone().unwrap_or_default(),
+                holder: a.holder.clone().unwrap_or_default(),
                 owner: a.owner.clone().unwrap_or_default(),
                 task_id: a.task.clone().unwrap_or_default(),
                 break_glass_only: a.break_glass,
@@ -369,14 +370,10 @@ pub(super) async fn inventory(a: InventoryArgs) -> anyhow::Result<()> {
                 println!("{v}");
             } else {
                 println!(
-                    "{}  task {}  owner {}  {} active credential(s)  audiences [{}]  {}s left{}",
-                    t.owner,
+                    "holder {}  task {}  owner {}  {} active credential(s)  audiences [{}]  {}s left{}",
+                    t.holder,
                     t.task_id,
-                    if t.accountable_owner.is_empty() {
-                        "-"
-                    } else {
-                        &t.accountable_owner
-                    },
+                    if t.owner.is_empty() { "-" } else { &t.owner },
                     g.credentials.len(),
                     t.audiences.join(", "),
                     g.remaining_seconds,

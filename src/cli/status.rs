@@ -51,12 +51,12 @@ pub struct RevokeArgs {
     /// One credential.
     #[arg(long)]
     pub credential: Option<String>,
-    /// Every credential of a task (yours, or --owner's for admins).
+    /// Every credential of a task (yours, or --holder's for admins).
     #[arg(long)]
     pub task: Option<String>,
-    /// Owner of --task [default: you].
+    /// SPIFFE ID holding --task [default: you].
     #[arg(long, default_value = "", requires = "task")]
-    pub owner: String,
+    pub holder: String,
     /// Every active credential of a workload (the incident switch).
     #[arg(long, value_name = "SPIFFE_ID")]
     pub workload: Option<String>,
@@ -81,7 +81,7 @@ pub(super) async fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
     } else if let Some(t) = a.task {
         Target::Task(pb::TaskRef {
             task_id: t,
-            owner: a.owner,
+            holder: a.holder,
         })
     } else if let Some(w) = a.workload {
         Target::SpiffeId(w)

@@ -92,9 +92,9 @@ pub struct RefArgs {
     /// Task id.
     #[arg(long)]
     pub task: String,
-    /// Owner SPIFFE ID (admins only) [default: you].
+    /// SPIFFE ID holding the task (another's: admins only) [default: you].
     #[arg(long, default_value = "")]
-    pub owner: String,
+    pub holder: String,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -108,7 +108,7 @@ pub fn task_json(t: &pb::Task) -> Value {
     let state = pb::TaskState::try_from(t.state).unwrap_or(pb::TaskState::Unspecified);
     json!({
         "task_id": t.task_id,
-        "owner": t.owner,
+        "holder": t.holder,
         "state": state.as_str_name().trim_start_matches("TASK_STATE_").to_lowercase(),
         "purpose": t.purpose,
         "ticket": t.ticket,
@@ -117,13 +117,13 @@ pub fn task_json(t: &pb::Task) -> Value {
         "created_at": rfc3339(t.created_at),
         "deadline": rfc3339(t.deadline),
         "ended_at": (t.ended_at != 0).then(|| rfc3339(t.ended_at)),
-        "accountable_owner": t.accountable_owner,
+        "owner": t.owner,
         "audiences": t.audiences,
         "break_glass": t.break_glass,
         "justification": t.justification,
         "reviewed_by": (!t.reviewed_by.is_empty()).then_some(&t.reviewed_by),
         "reviewed_at": (t.reviewed_at != 0).then(|| rfc3339(t.reviewed_at)),
-        "parent": t.parent.as_ref().map(|p| json!({"task_id": p.task_id, "owner": p.owner})),
+        "parent": t.parent.as_ref().map(|p| json!({"task_id": p.task_id, "holder": p.holder})),
         "depth": t.depth,
     })
 }
@@ -160,11 +160,7 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<()> {
                     "task {} begun, deadline {}, owner {}{}",
                     t.task_id,
                     rfc3339(t.deadline),
-                    if t.accountable_owner.is_empty() {
-                        "-"
-                    } else {
-                        &t.accountable_owner
-                    },
+                    if t.owner.is_empty() { "-" } else { &t.owner },
                     if t.break_glass {
                         " (BREAK-GLASS: on the review list until an admin marks it reviewed)"
                     } else {
@@ -179,7 +175,7 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<()> {
                 .delegate_task(pb::DelegateTaskRequest {
                     parent: Some(pb::TaskRef {
                         task_id: a.task,
-                        owner: String::new(),
+                        holder: String::new(),
                     }),
                     delegate: a.to,
                     audiences: a.audiences,
@@ -194,7 +190,7 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<()> {
                 println!(
                     "task {} delegated to {} (depth {}), audiences [{}], deadline {}",
                     t.task_id,
-                    t.owner,
+                    t.holder,
                     t.depth,
                     t.audiences.join(", "),
                     rfc3339(t.deadline)
@@ -205,7 +201,7 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<()> {
             let mut c = a.conn.connect().await?;
             let task = Some(pb::TaskRef {
                 task_id: a.task,
-                owner: a.owner,
+                holder: a.holder,
             });
             let r = c
                 .complete_task_ref(task)
@@ -225,7 +221,7 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<()> {
         TaskCommand::Show(a) => {
             let mut c = a.conn.connect().await?;
             let r = c
-                .get_task(&a.task, &a.owner)
+                .get_task(&a.task, &a.holder)
                 .await
                 .map_err(|s| status_line(&s))?;
             let mut v = task_json(&r.task.unwrap_or_default());

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{ConnArgs, rfc3339, status_line};
 use crate::client::WatchItem;
-use crate::grpc::pb;
+use crate::grpc::{pb, revocation_kind_text};
 
 /// Arguments of `watch`.
 #[derive(Debug, Args)]
@@ -54,10 +54,10 @@ pub(super) async fn run(a: WatchArgs) -> anyhow::Result<()> {
             WatchItem::Event(e) => {
                 let line = json!({
                     "seq": e.seq,
-                    "kind": e.kind,
+                    "kind": revocation_kind_text(e.kind),
                     "credential_ids": e.credential_ids,
                     "task_id": e.task_id,
-                    "task_owner": e.task_owner,
+                    "task_holder": e.task_holder,
                     "spiffe_id": e.spiffe_id,
                     "reason": e.reason,
                     "revoked_at": rfc3339(e.revoked_at),

@@ -2,15 +2,31 @@
 //! `tonic::Status`. [`serve`] takes a bound listener and a shutdown future, so
 //! `main` and the tests drive the same entry point.
 //!
+//! Three services share one listener and one auth gate: `Issuer` for
+//! workloads that mint (`issuer.rs`), `Revocations` for relying parties and
+//! sidecars (`revocations.rs`), `Admin` for operators (`admin.rs`). Their
+//! handlers share the request wrapper in `call.rs` and the conversions in
+//! `convert.rs`.
+//!
 //! Connections are accepted here, TLS handshakes run in their own tasks under
 //! a timeout (a slow or silent peer holds only its own task), and each
 //! finished handshake is judged once before tonic sees the connection.
 
+mod admin;
 pub mod auth;
+mod call;
+mod convert;
 mod issuer;
+mod revocations;
 mod status;
 
-pub use issuer::{IssuerService, audit_from_pb, credential_pb};
+pub use admin::AdminService;
+pub use convert::{
+    audit_decision_text, audit_from_pb, audit_kind_text, credential_pb, event_pb,
+    revocation_kind_text,
+};
+pub use issuer::IssuerService;
+pub use revocations::RevocationsService;
 
 /// Generated protobuf and gRPC types for `taskmint.v1`.
 #[allow(missing_docs, clippy::all)]
@@ -26,6 +42,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::issuer::Issuer;
 use crate::tls::TlsMaterial;
 
 /// Largest request accepted, in bytes (a CSR is a few hundred).
@@ -34,9 +51,19 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// How long shutdown waits for open connections to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves `service` on `listener` until `shutdown` resolves.
+/// The gRPC service names, as health checks report them: `""` (the server
+/// as a whole) and one per service.
+pub const SERVICE_NAMES: [&str; 4] = [
+    "",
+    <pb::issuer_server::IssuerServer<IssuerService> as tonic::server::NamedService>::NAME,
+    <pb::revocations_server::RevocationsServer<RevocationsService> as tonic::server::NamedService>::NAME,
+    <pb::admin_server::AdminServer<AdminService> as tonic::server::NamedService>::NAME,
+];
+
+/// Serves the three services of `issuer` on `listener` until `shutdown`
+/// resolves.
 pub async fn serve(
-    service: IssuerService,
+    issuer: Arc<Issuer>,
     material: Arc<TlsMaterial>,
     listener: TcpListener,
     handshake_timeout: Duration,
@@ -48,20 +75,32 @@ pub async fn serve(
     let accept = tokio::spawn(accept_loop(
         listener,
         acceptor,
-        material,
+        material.clone(),
         handshake_timeout,
         tx,
     ));
 
-    let svc =
-        pb::issuer_server::IssuerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
+    // One auth gate for all three: the layer judged the connection, each
+    // handler asks it for the caller.
+    let issuer_svc =
+        pb::issuer_server::IssuerServer::new(IssuerService::new(issuer.clone(), material.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let revocations_svc = pb::revocations_server::RevocationsServer::new(RevocationsService::new(
+        issuer.clone(),
+        material.clone(),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let admin_svc = pb::admin_server::AdminServer::new(AdminService::new(issuer, material.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     // Standard gRPC health checks (for probes and load balancers). They
     // reveal only serving or not, but still answer only callers with a
     // valid SVID, like every call.
     let (mut health, health_svc) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<pb::issuer_server::IssuerServer<IssuerService>>()
-        .await;
+    for name in SERVICE_NAMES {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     let health_svc = tonic::service::interceptor::InterceptedService::new(
         health_svc,
         move |req: tonic::Request<()>| match auth::caller(&req, &health_material) {
@@ -72,7 +111,9 @@ pub async fn serve(
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .add_service(health_svc)
-        .add_service(svc)
+        .add_service(issuer_svc)
+        .add_service(revocations_svc)
+        .add_service(admin_svc)
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), async {
             let _ = drain_rx.await;
         });
@@ -82,16 +123,18 @@ pub async fn serve(
     let result = tokio::select! {
         r = &mut server => r,
         _ = shutdown => {
-            health.set_not_serving::<pb::issuer_server::IssuerServer<IssuerService>>().await;
-            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            for name in SERVICE_NAMES {
+                health
+                    .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
             // Unregistering ends every health Watch stream once it has sent
             // NOT_SERVING; an open Watch would otherwise hold the drain for
             // the whole grace period (client-side health checking keeps one
             // open on every connection).
-            health.clear_service_status("").await;
-            health
-                .clear_service_status(<pb::issuer_server::IssuerServer<IssuerService> as tonic::server::NamedService>::NAME)
-                .await;
+            for name in SERVICE_NAMES {
+                health.clear_service_status(name).await;
+            }
             accept.abort();
             let _ = drain_tx.send(());
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {

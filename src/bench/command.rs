@@ -1,0 +1,79 @@
+//! `taskmint bench` from its parsed arguments (defined in the library's
+//! `cli`): runs the part asked for, prints it, writes the files.
+
+use std::time::Duration;
+
+use taskmint::cli::bench::{BenchArgs, BenchCommand};
+
+use super::{self as bench, RevocationBench};
+
+/// Runs `taskmint bench` as parsed.
+pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    match a.cmd {
+        None => {
+            let o = a.all;
+            let report = bench::run_all(
+                &bench::Options {
+                    exe,
+                    concurrency: o.concurrency,
+                    window: o.window,
+                    ceiling_window: o.ceiling_window,
+                    subscribers: o.subscribers,
+                    events: o.events,
+                    stored: o.stored,
+                    stored_concurrency: o.stored_concurrency,
+                    target: o.server.map(|addr| bench::Target {
+                        addr,
+                        dir: o.trust_dir.clone().unwrap_or_default(),
+                        pid: o.server_pid,
+                    }),
+                },
+                |step| eprintln!("bench: {step}"),
+            )
+            .await?;
+            print!("{}", bench::render(&report));
+            std::fs::create_dir_all(&o.out)?;
+            let json = o.out.join("results.json");
+            std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+            let plot = o.out.join("plot.svg");
+            bench::plot::draw(&report.load, &plot)?;
+            eprintln!("bench: wrote {} and {}", json.display(), plot.display());
+        }
+        Some(BenchCommand::Revocation(a)) => {
+            let rows = bench::revocation_latency(
+                &exe,
+                &RevocationBench {
+                    subscribers: a.subscribers,
+                    events: a.events,
+                    gap: Duration::from_millis(a.gap_ms),
+                    streams_per_connection: a.streams_per_connection,
+                },
+            )
+            .await?;
+            print!("{}", bench::table(&rows));
+            if let Some(path) = a.json {
+                std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+            }
+        }
+        Some(BenchCommand::Cfssl(a)) => {
+            let rows = bench::compare_cfssl(
+                &exe,
+                &bench::CfsslOptions {
+                    url: a.url,
+                    pid: a.cfssl_pid,
+                    profile: a.profile,
+                    concurrency: a.concurrency,
+                    window: a.window,
+                    rounds: a.rounds,
+                },
+            )
+            .await?;
+            print!("{}", bench::cfssl_table(&rows));
+            if let Some(path) = a.json {
+                std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! The request wrapper every handler of every service goes through:
+//! authenticate the caller from its connection, run the handler, log one
+//! line, and turn a crate error into a `tonic::Status` (via `status.rs`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Request, Response, Status};
+
+use super::auth;
+use crate::Error;
+use crate::identity::Caller;
+use crate::issuer::Issuer;
+use crate::tls::TlsMaterial;
+
+/// What every service holds: the domain issuer and the TLS material the
+/// caller's SVID is judged against. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(super) struct Calls {
+    pub(super) issuer: Arc<Issuer>,
+    material: Arc<TlsMaterial>,
+}
+
+impl Calls {
+    pub(super) fn new(issuer: Arc<Issuer>, material: Arc<TlsMaterial>) -> Self {
+        Self { issuer, material }
+    }
+
+    /// Authenticates, runs `f`, logs one line, maps the error. `task` names
+    /// the task of the request for the log line; `f` returns the reply and
+    /// the credential id it concerns (empty if none), also for the log.
+    pub(super) async fn handle<Req, Resp, F, Fut>(
+        &self,
+        rpc: &'static str,
+        req: Request<Req>,
+        task: impl FnOnce(&Req) -> String,
+        f: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        F: FnOnce(Caller, Req) -> Fut,
+        Fut: Future<Output = Result<(Resp, String), Error>>,
+    {
+        let started = Instant::now();
+        let peer = req
+            .extensions()
+            .get::<auth::ConnInfo>()
+            .map(|i| i.peer.to_string())
+            .unwrap_or_default();
+        let caller = auth::caller(&req, &self.material);
+        let who = caller
+            .as_ref()
+            .map(|c| c.spiffe_id.to_string())
+            .unwrap_or_else(|_| "-".into());
+        let body = req.into_inner();
+        let task = task(&body);
+        let result = match caller {
+            Ok(c) => f(c, body).await,
+            Err(e) => Err(Error::from(e)),
+        };
+        let micros = started.elapsed().as_micros() as u64;
+        match result {
+            Ok((resp, credential_id)) => {
+                tracing::info!(rpc, %peer, caller = %who, task, credential_id, code = "OK", micros);
+                Ok(Response::new(resp))
+            }
+            Err(e) => {
+                let status = Status::from(e);
+                tracing::info!(rpc, %peer, caller = %who, task, code = ?status.code(), error = status.message(), micros);
+                Err(status)
+            }
+        }
+    }
+}
