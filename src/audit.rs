@@ -81,7 +81,7 @@ pub struct AuditDraft {
     /// SPIFFE ID of the caller (the issuer's own for expiry and reloads).
     pub actor: String,
     /// Holder (SPIFFE ID) of the task concerned, if any.
-    pub task_owner: String,
+    pub task_holder: String,
     /// Task id concerned, if any.
     pub task_id: String,
     /// Credential id concerned, if any.
@@ -114,7 +114,7 @@ impl AuditDraft {
 
     /// Names the task.
     pub fn task(mut self, holder: &str, task_id: &str, break_glass: bool) -> Self {
-        self.task_owner = holder.to_owned();
+        self.task_holder = holder.to_owned();
         self.task_id = task_id.to_owned();
         self.break_glass = break_glass;
         self
@@ -172,7 +172,7 @@ pub fn hash(seq: u64, prev_hash: &str, d: &AuditDraft) -> String {
         time.as_bytes(),
         d.kind.as_bytes(),
         d.actor.as_bytes(),
-        d.task_owner.as_bytes(),
+        d.task_holder.as_bytes(),
         d.task_id.as_bytes(),
         d.credential_id.as_bytes(),
         d.decision.as_bytes(),

@@ -71,9 +71,9 @@ pub struct X509Template<'a> {
     /// The task.
     pub task_id: &'a TaskId,
     /// The task's holder (SPIFFE ID).
-    pub task_owner: &'a str,
+    pub task_holder: &'a str,
     /// The task's accountable owner; empty if none.
-    pub accountable_owner: &'a str,
+    pub owner: &'a str,
     /// The task was begun through break-glass.
     pub break_glass: bool,
     /// Serial number bytes (positive, >= 128 random bits).
@@ -249,8 +249,8 @@ impl SigningCa {
         let t = X509Template {
             spiffe_id: &id,
             task_id: &task,
-            task_owner: "spiffe://self-test.invalid/probe",
-            accountable_owner: "",
+            task_holder: "spiffe://self-test.invalid/probe",
+            owner: "",
             break_glass: false,
             serial: &[0x40; 16],
             not_before: now - 1,
@@ -457,8 +457,8 @@ fn build_template(t: &X509Template<'_>) -> Result<CertificateParams, CaError> {
         TASK_EXTENSION_OID,
         task_extension_der(&TaskBinding {
             task_id: t.task_id.to_string(),
-            holder: t.task_owner.to_owned(),
-            owner: t.accountable_owner.to_owned(),
+            holder: t.task_holder.to_owned(),
+            owner: t.owner.to_owned(),
             break_glass: t.break_glass,
         }),
     );
@@ -614,8 +614,8 @@ mod tests {
         let t = X509Template {
             spiffe_id: &id,
             task_id: &task,
-            task_owner: "spiffe://example.org/workload/a",
-            accountable_owner: "",
+            task_holder: "spiffe://example.org/workload/a",
+            owner: "",
             break_glass: false,
             serial: &[0x41; 16],
             not_before: now,

@@ -52,7 +52,7 @@ pub struct Claims {
     /// The task the token is for.
     pub task_id: String,
     /// SPIFFE ID of the workload holding the task.
-    pub task_owner: String,
+    pub task_holder: String,
     /// The task's accountable owner (team or person), when it has one.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub owner: String,
@@ -158,7 +158,7 @@ impl JwtSigner {
             jti: "00".repeat(16),
             iss: "spiffe://self-test.invalid/taskmint".into(),
             task_id: "self-test".into(),
-            task_owner: "spiffe://self-test.invalid/probe".into(),
+            task_holder: "spiffe://self-test.invalid/probe".into(),
             owner: String::new(),
             break_glass: false,
             act: None,
@@ -294,7 +294,7 @@ mod tests {
             jti: "00".repeat(16),
             iss: "spiffe://example.org/taskmint".into(),
             task_id: "build-42".into(),
-            task_owner: "spiffe://example.org/workload/agent".into(),
+            task_holder: "spiffe://example.org/workload/agent".into(),
             owner: String::new(),
             break_glass: false,
             act: None,

@@ -97,7 +97,7 @@ async fn jwt_svid_validates_with_the_spiffe_crate_and_every_claim_is_right() {
     assert_eq!(c["aud"], "db");
     assert_eq!(c["iss"], "spiffe://example.org/taskmint");
     assert_eq!(c["task_id"], "build-42");
-    assert_eq!(c["task_owner"], AGENT);
+    assert_eq!(c["task_holder"], AGENT);
     assert_eq!(c["jti"], cred.id.as_str());
     assert_eq!(cred.id.len(), 32, "jti is 128 random bits, hex");
     let iat = c["iat"].as_i64().unwrap();
@@ -363,7 +363,7 @@ async fn expiry_is_clamped_by_the_callers_svid() {
 }
 
 #[tokio::test]
-async fn task_ids_are_scoped_to_their_owner() {
+async fn task_ids_are_scoped_to_their_holder() {
     let mut s = start().await;
     let mut agent = s.client("agent").await;
     let mut sidecar = s.client("sidecar").await;
@@ -394,7 +394,7 @@ async fn task_ids_are_scoped_to_their_owner() {
             .await
             .unwrap()
             .unwrap()
-            .owner,
+            .holder,
         sidecar_id
     );
     s.stop().await;

@@ -42,7 +42,7 @@ impl pb::admin_server::Admin for AdminService {
                 |r| r.task_id.clone(),
                 |c, r| async move {
                     let filter = GrantFilter {
-                        workload: non_empty(r.holder),
+                        holder: non_empty(r.holder),
                         owner: non_empty(r.owner),
                         task_id: non_empty(r.task_id),
                         break_glass_only: r.break_glass_only,

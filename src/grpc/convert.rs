@@ -1,8 +1,6 @@
-//! Record <-> protobuf conversion: the one place the wire names meet the
-//! domain names. On the wire, `holder` is the SPIFFE ID holding a task and
-//! `owner` the accountable team or person; the domain records still call the
-//! holder `owner`/`task_owner` and the owner `accountable_owner`, so every
-//! mapping between the two is spelled out here.
+//! Record <-> protobuf conversion. The wire and the domain use the same
+//! words: `holder` is the SPIFFE ID holding a task, `owner` the accountable
+//! team or person.
 
 use std::time::Duration;
 
@@ -36,10 +34,8 @@ pub fn credential_pb(r: &CredentialRecord, task: Option<&TaskRecord>) -> pb::Cre
         issued_at: r.issued_at,
         not_before: r.not_before,
         expires_at: r.not_after,
-        task_holder: r.task_owner.clone(),
-        owner: task
-            .map(|t| t.accountable_owner.clone())
-            .unwrap_or_default(),
+        task_holder: r.task_holder.clone(),
+        owner: task.map(|t| t.owner.clone()).unwrap_or_default(),
         break_glass: task.is_some_and(|t| t.break_glass),
     }
 }
@@ -48,7 +44,7 @@ pub fn credential_pb(r: &CredentialRecord, task: Option<&TaskRecord>) -> pb::Cre
 pub(super) fn task_pb(t: &TaskRecord) -> pb::Task {
     pb::Task {
         task_id: t.task_id.clone(),
-        holder: t.owner.clone(),
+        holder: t.holder.clone(),
         purpose: t.purpose.clone(),
         ticket: t.ticket.clone(),
         labels: t.labels.clone().into_iter().collect(),
@@ -61,7 +57,7 @@ pub(super) fn task_pb(t: &TaskRecord) -> pb::Task {
             TaskState::Expired => pb::TaskState::Expired,
         } as i32,
         ended_at: t.ended_at.unwrap_or(0),
-        owner: t.accountable_owner.clone(),
+        owner: t.owner.clone(),
         break_glass: t.break_glass,
         justification: t.justification.clone(),
         reviewed_by: t.review.as_ref().map(|r| r.by.clone()).unwrap_or_default(),
@@ -85,7 +81,7 @@ pub(super) fn task_ref(r: Option<pb::TaskRef>) -> Result<TaskRef, Error> {
     let r = r.ok_or_else(|| Error::InvalidArgument("task is required".into()))?;
     Ok(TaskRef {
         task_id: r.task_id,
-        owner: non_empty(r.holder),
+        holder: non_empty(r.holder),
     })
 }
 
@@ -190,7 +186,7 @@ pub(super) fn audit_pb(e: &AuditEvent) -> pb::AuditEvent {
         hash: e.hash.clone(),
         kind: to_wire(&AUDIT_KINDS, &b.kind, "audit kind"),
         actor: b.actor.clone(),
-        task_holder: b.task_owner.clone(),
+        task_holder: b.task_holder.clone(),
         task_id: b.task_id.clone(),
         credential_id: b.credential_id.clone(),
         decision: to_wire(&AUDIT_DECISIONS, &b.decision, "audit decision"),
@@ -213,7 +209,7 @@ pub fn audit_from_pb(e: pb::AuditEvent) -> AuditEvent {
             time: e.time,
             kind: audit_kind_text(e.kind).to_owned(),
             actor: e.actor,
-            task_owner: e.task_holder,
+            task_holder: e.task_holder,
             task_id: e.task_id,
             credential_id: e.credential_id,
             decision: audit_decision_text(e.decision).to_owned(),
@@ -273,7 +269,7 @@ pub fn event_pb(e: &RevocationEvent) -> pb::RevocationEvent {
         kind: to_wire(&REVOCATION_KINDS, &e.kind, "revocation kind"),
         credential_ids: e.credential_ids.clone(),
         task_id: e.task_id.clone(),
-        task_holder: e.task_owner.clone(),
+        task_holder: e.task_holder.clone(),
         spiffe_id: e.spiffe_id.clone(),
         trust_domain: e.trust_domain.clone(),
         reason: e.reason.clone(),

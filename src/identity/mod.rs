@@ -46,7 +46,7 @@ pub enum TaskIdError {
     },
 }
 
-/// A task id: 1-128 characters of `[A-Za-z0-9._:-]`. Scoped to its owner.
+/// A task id: 1-128 characters of `[A-Za-z0-9._:-]`. Scoped to its holder.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskId(String);
 

@@ -1,4 +1,4 @@
-//! SPIFFE ID patterns for config rules (policy groups, task owners):
+//! SPIFFE ID patterns for config rules (policy groups, ownership rules):
 //! `spiffe://example.org/ci/*` matches one path segment in place of `*`,
 //! a trailing `/**` matches any (non-empty) rest of the path, and anything
 //! else must match exactly.

@@ -73,7 +73,7 @@ impl Issuer {
         let tasks = self.store.active_tasks(&filter, now, after, limit).await?;
         let next = match tasks.last() {
             Some(t) if tasks.len() as u32 == limit => {
-                B64URL.encode(format!("{}\n{}", t.owner, t.task_id))
+                B64URL.encode(format!("{}\n{}", t.holder, t.task_id))
             }
             _ => String::new(),
         };
@@ -81,7 +81,7 @@ impl Issuer {
         for t in tasks {
             let credentials = self
                 .store
-                .task_credentials(&t.owner, &t.task_id)
+                .task_credentials(&t.holder, &t.task_id)
                 .await?
                 .into_iter()
                 .filter(|c| c.revocation.is_none() && c.not_after > now)

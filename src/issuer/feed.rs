@@ -53,7 +53,7 @@ impl Issuer {
             .await?;
         // A configured name belongs to its configured SPIFFE ID; any other
         // name belongs to the first workload that acknowledged under it.
-        let owner = match self.feed.subscribers.iter().find(|s| s.name == subscriber) {
+        let bound_to = match self.feed.subscribers.iter().find(|s| s.name == subscriber) {
             Some(s) => Some(s.spiffe_id.clone()),
             None => self
                 .store
@@ -63,11 +63,11 @@ impl Issuer {
                 .find(|a| a.subscriber == subscriber)
                 .map(|a| a.spiffe_id),
         };
-        if let Some(owner) = owner
-            && owner != me
+        if let Some(bound_to) = bound_to
+            && bound_to != me
         {
             let e = Error::PermissionDenied(format!(
-                "subscriber `{subscriber}` acknowledges as `{owner}`, not `{me}`"
+                "subscriber `{subscriber}` acknowledges as `{bound_to}`, not `{me}`"
             ));
             return Err(self.gate.refuse(draft, decision::DENY, e).await);
         }

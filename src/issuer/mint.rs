@@ -160,7 +160,7 @@ impl Issuer {
                     now,
                     now + secs(self.limits.default_task_lifetime),
                 );
-                t.accountable_owner = self.mapped_owner(&holder).unwrap_or_default().to_owned();
+                t.owner = self.mapped_owner(&holder).unwrap_or_default().to_owned();
                 t
             }
         };
@@ -178,7 +178,7 @@ impl Issuer {
                 );
                 let request = Request::BeginTask(BeginContext {
                     lifetime_seconds: secs(self.limits.default_task_lifetime),
-                    owner: t.accountable_owner.clone(),
+                    owner: t.owner.clone(),
                     owner_requested: false,
                     justification: String::new(),
                     ticket: String::new(),
@@ -227,7 +227,7 @@ impl Issuer {
                     let mut begin = draft.clone().because(format!(
                         "begun implicitly by a mint, until {}; owner `{}`",
                         rfc3339(t.deadline),
-                        t.accountable_owner
+                        t.owner
                     ));
                     begin.kind = kind::TASK_BEGIN.into();
                     begin.policies = begun
@@ -299,7 +299,7 @@ impl Issuer {
         {
             Ok(()) => Ok(()),
             Err(RecordRefusal::TaskEnded(state)) => {
-                self.tasks.forget(&record.task_owner, &record.task_id);
+                self.tasks.forget(&record.task_holder, &record.task_id);
                 Err(Error::FailedPrecondition(format!(
                     "task `{}` is {}; no more credentials are minted for it",
                     record.task_id,
@@ -341,8 +341,8 @@ impl Issuer {
         let template = X509Template {
             spiffe_id: &caller.spiffe_id,
             task_id: &task_id,
-            task_owner: &task.owner,
-            accountable_owner: &task.accountable_owner,
+            task_holder: &task.holder,
+            owner: &task.owner,
             break_glass: task.break_glass,
             serial: &serial,
             not_before,
@@ -353,7 +353,7 @@ impl Issuer {
             id: hex::encode(serial),
             kind: CredentialKind::X509,
             spiffe_id: caller.spiffe_id.to_string(),
-            task_owner: task.owner.clone(),
+            task_holder: task.holder.clone(),
             task_id: task.task_id.clone(),
             audience: None,
             not_before,
@@ -403,8 +403,8 @@ impl Issuer {
             jti: jti.clone(),
             iss: self.jwt_issuer.clone(),
             task_id: task.task_id.clone(),
-            task_owner: task.owner.clone(),
-            owner: task.accountable_owner.clone(),
+            task_holder: task.holder.clone(),
+            owner: task.owner.clone(),
             break_glass: task.break_glass,
             act,
             cnf: Confirmation {
@@ -416,7 +416,7 @@ impl Issuer {
             id: jti,
             kind: CredentialKind::Jwt,
             spiffe_id: caller.spiffe_id.to_string(),
-            task_owner: task.owner.clone(),
+            task_holder: task.holder.clone(),
             task_id: task.task_id.clone(),
             audience: Some(audience.to_owned()),
             not_before: nbf,

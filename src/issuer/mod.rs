@@ -96,9 +96,9 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 /// What policies see of a task.
 fn facts(t: &TaskRecord) -> TaskFacts {
     TaskFacts {
-        holder: t.owner.clone(),
+        holder: t.holder.clone(),
         task_id: t.task_id.clone(),
-        owner: t.accountable_owner.clone(),
+        owner: t.owner.clone(),
         break_glass: t.break_glass,
         depth: t.depth,
         audiences: t.audiences.clone(),
@@ -176,11 +176,11 @@ impl Issuer {
     }
 
     fn check_owned(&self, t: &TaskRecord) -> Result<(), Error> {
-        if self.require_owner && t.accountable_owner.is_empty() {
+        if self.require_owner && t.owner.is_empty() {
             return Err(Error::FailedPrecondition(format!(
                 "task `{}` would have no accountable owner: no ownership rule matches `{}` and \
                  require_owner is set; begin it with an owner",
-                t.task_id, t.owner
+                t.task_id, t.holder
             )));
         }
         Ok(())
@@ -189,10 +189,10 @@ impl Issuer {
     /// The task's holder: the caller, or someone else if the policy allows.
     fn holder_of(&self, caller: &Caller, r: &TaskRef) -> Result<(TaskId, String), Error> {
         let task = TaskId::parse(&r.task_id)?;
-        let holder = match r.owner.as_deref().filter(|o| !o.is_empty()) {
+        let holder = match r.holder.as_deref().filter(|o| !o.is_empty()) {
             None => caller.spiffe_id.to_string(),
             Some(o) => SpiffeId::new(o)
-                .map_err(|e| Error::InvalidArgument(format!("task owner `{o}`: {e}")))?
+                .map_err(|e| Error::InvalidArgument(format!("task holder `{o}`: {e}")))?
                 .to_string(),
         };
         Ok((task, holder))

@@ -41,11 +41,11 @@ impl Issuer {
             })?;
         let task = self
             .store
-            .task(&pred.task_owner, &pred.task_id)
+            .task(&pred.task_holder, &pred.task_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("task `{}` is unknown", pred.task_id)))?;
         let draft = AuditDraft::new(kind::RENEW, &me, now)
-            .task(&task.owner, &task.task_id, task.break_glass)
+            .task(&task.holder, &task.task_id, task.break_glass)
             .subject(&pred.id);
         if pred.spiffe_id != me {
             // The credential is bound to its workload's key: no policy can
@@ -149,7 +149,7 @@ impl Issuer {
                     end_task: None,
                     cascade: false,
                     audit: AuditDraft::new(kind::REVOKE, &me, now)
-                        .task(&task.owner, &task.task_id, task.break_glass)
+                        .task(&task.holder, &task.task_id, task.break_glass)
                         .credential(&pred.id)
                         .decided(decision::ALLOW, &d.policies)
                         .because(format!("superseded by renewal `{}`", minted.record.id)),

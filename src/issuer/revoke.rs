@@ -103,11 +103,11 @@ impl Issuer {
                     .ok_or_else(|| Error::NotFound(format!("credential `{id}` is unknown")))?;
                 let t = self
                     .store
-                    .task(&c.task_owner, &c.task_id)
+                    .task(&c.task_holder, &c.task_id)
                     .await?
                     .ok_or_else(|| Error::NotFound(format!("task `{}` is unknown", c.task_id)))?;
                 draft = draft
-                    .task(&t.owner, &t.task_id, t.break_glass)
+                    .task(&t.holder, &t.task_id, t.break_glass)
                     .credential(&id);
                 if let Some(r) = &c.revocation {
                     already = Some(format!(
@@ -130,10 +130,10 @@ impl Issuer {
             RevokeTarget::Task(r) => {
                 let (task, holder) = self.holder_of(caller, &r)?;
                 let t = self.find_task(&holder, &task).await?;
-                draft = draft.task(&t.owner, &t.task_id, t.break_glass);
+                draft = draft.task(&t.holder, &t.task_id, t.break_glass);
                 (
                     RevokeScope::Task {
-                        owner: holder,
+                        holder: holder,
                         task_id: task.to_string(),
                     },
                     Resource::Task(facts(&t)),
@@ -222,12 +222,12 @@ impl Issuer {
             });
         if let Some(c) = &c {
             // The break-glass flag never changes: the cache serves most checks.
-            let task = match self.tasks.get(&c.task_owner, &c.task_id) {
+            let task = match self.tasks.get(&c.task_holder, &c.task_id) {
                 Some(t) => Some(t),
-                None => self.store.task(&c.task_owner, &c.task_id).await?,
+                None => self.store.task(&c.task_holder, &c.task_id).await?,
             };
             let bg = task.is_some_and(|t| t.break_glass);
-            event = event.task(&c.task_owner, &c.task_id, bg);
+            event = event.task(&c.task_holder, &c.task_id, bg);
         }
         self.store.append_audit(&[event]).await?;
         Ok(state)

@@ -99,13 +99,13 @@ pub struct Delegate {
     pub task_id: Option<String>,
 }
 
-/// A task named by id and (optionally) owner.
+/// A task named by id and (optionally) holder.
 #[derive(Debug, Clone)]
 pub struct TaskRef {
     /// Raw task id.
     pub task_id: String,
-    /// Owner SPIFFE ID; `None` = the caller.
-    pub owner: Option<String>,
+    /// The holder's SPIFFE ID; `None` = the caller.
+    pub holder: Option<String>,
 }
 
 /// Tasks seen active, by (holder, task id): what policies read of a task
@@ -135,7 +135,7 @@ impl TaskCache {
         if m.len() >= TASK_CACHE_MAX {
             m.clear();
         }
-        m.insert((t.owner.clone(), t.task_id.clone()), t.clone());
+        m.insert((t.holder.clone(), t.task_id.clone()), t.clone());
     }
 
     pub(super) fn forget(&self, holder: &str, task_id: &str) {
@@ -198,7 +198,7 @@ impl Issuer {
         record.ticket = req.ticket;
         record.labels = req.labels;
         record.implicit = false;
-        record.accountable_owner = owner;
+        record.owner = owner;
         record.break_glass = req.break_glass;
         record.justification = req.justification;
         record.audiences = audiences;
@@ -211,7 +211,7 @@ impl Issuer {
             AuditDraft::new(event_kind, &holder, now).task(&holder, task.as_str(), req.break_glass);
         let context = BeginContext {
             lifetime_seconds: secs(lifetime),
-            owner: record.accountable_owner.clone(),
+            owner: record.owner.clone(),
             owner_requested: requested_owner.is_some(),
             justification: record.justification.clone(),
             ticket: record.ticket.clone(),
@@ -231,7 +231,7 @@ impl Issuer {
             let mut event = draft.clone().because(format!(
                 "begun until {}; owner `{}`",
                 rfc3339(record.deadline),
-                record.accountable_owner
+                record.owner
             ));
             if req.break_glass {
                 event.reason = format!(
@@ -326,7 +326,7 @@ impl Issuer {
             Some(d) => secs(d),
         };
         let draft = AuditDraft::new(kind::TASK_DELEGATE, &me, now)
-            .task(&parent.owner, &parent.task_id, parent.break_glass)
+            .task(&parent.holder, &parent.task_id, parent.break_glass)
             .subject(delegate.as_str());
         self.gate.mintable(&delegate_id, &draft).await?;
         let request = Request::Delegate(DelegateContext {
@@ -372,12 +372,12 @@ impl Issuer {
             }
             let mut child = TaskRecord::new(delegate.as_str(), child_id.as_str(), now, now + lifetime);
             child.implicit = false;
-            child.purpose = format!("delegated by `{}` from task `{}`", parent.owner, parent.task_id);
+            child.purpose = format!("delegated by `{}` from task `{}`", parent.holder, parent.task_id);
             child.ticket = parent.ticket.clone();
-            child.accountable_owner = parent.accountable_owner.clone();
+            child.owner = parent.owner.clone();
             child.break_glass = parent.break_glass;
             child.justification = parent.justification.clone();
-            child.parent = Some((parent.owner.clone(), parent.task_id.clone()));
+            child.parent = Some((parent.holder.clone(), parent.task_id.clone()));
             child.depth = depth;
             child.audiences = audiences.clone();
             self.check_owned(&child)?;
@@ -390,7 +390,7 @@ impl Issuer {
             let on_parent = draft.clone().because(reason.clone());
             let mut on_child = draft.clone().because(reason);
             on_child.kind = kind::TASK_BEGIN.into();
-            on_child.task_owner = child.owner.clone();
+            on_child.task_holder = child.holder.clone();
             on_child.task_id = child.task_id.clone();
             let (stored, created) = self.store.begin_task(&child, &[on_parent, on_child]).await?;
             if !created {
@@ -422,7 +422,7 @@ impl Issuer {
         let t = self.find_task(&holder, &task).await?;
         let now = now_unix();
         let draft = AuditDraft::new(kind::TASK_COMPLETE, &caller.spiffe_id.to_string(), now).task(
-            &t.owner,
+            &t.holder,
             &t.task_id,
             t.break_glass,
         );
@@ -457,7 +457,7 @@ impl Issuer {
             .revocations
             .revoke(&RevokeRequest {
                 scope: RevokeScope::Task {
-                    owner: holder.clone(),
+                    holder: holder.clone(),
                     task_id: task.to_string(),
                 },
                 reason: REASON_COMPLETED.into(),
@@ -503,7 +503,7 @@ impl Issuer {
         what: &str,
     ) -> Result<(), Error> {
         let draft = AuditDraft::new(kind::TASK_READ, &caller.spiffe_id.to_string(), now_unix())
-            .task(&t.owner, &t.task_id, t.break_glass)
+            .task(&t.holder, &t.task_id, t.break_glass)
             .because(what);
         let resource = Resource::Task(facts(t));
         self.gate

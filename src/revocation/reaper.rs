@@ -26,11 +26,11 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 pub async fn expire_due_tasks(revs: &Arc<Revocations>, actor: &str) -> Result<usize, StoreError> {
     let now = now_unix();
     let due = revs.store().due_tasks(now).await?;
-    for (owner, task_id) in &due {
+    for (holder, task_id) in &due {
         let events = revs
             .revoke(&RevokeRequest {
                 scope: RevokeScope::Task {
-                    owner: owner.clone(),
+                    holder: holder.clone(),
                     task_id: task_id.clone(),
                 },
                 reason: REASON_DEADLINE.into(),
@@ -38,11 +38,11 @@ pub async fn expire_due_tasks(revs: &Arc<Revocations>, actor: &str) -> Result<us
                 end_task: Some(TaskState::Expired),
                 cascade: true,
                 audit: AuditDraft::new(audit::kind::TASK_EXPIRED, actor, now)
-                    .task(owner, task_id, false)
+                    .task(holder, task_id, false)
                     .because("the task reached its deadline"),
             })
             .await?;
-        tracing::info!(%owner, task = %task_id, revoked_events = events.len(), "task deadline reached");
+        tracing::info!(%holder, task = %task_id, revoked_events = events.len(), "task deadline reached");
     }
     Ok(due.len())
 }

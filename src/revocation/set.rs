@@ -48,7 +48,7 @@ pub fn set_claims(iss: &str, e: &RevocationEvent) -> serde_json::Value {
             "kind": e.kind,
             "credential_ids": e.credential_ids,
             "task_id": e.task_id,
-            "task_owner": e.task_owner,
+            "task_holder": e.task_holder,
             "trust_domain": e.trust_domain,
             "reason": e.reason,
             "expires_at": e.expires_at,

@@ -38,7 +38,7 @@ fn cred(id: &str, task_id: &str) -> CredentialRecord {
         id: id.into(),
         kind: CredentialKind::Jwt,
         spiffe_id: HOLDER.into(),
-        task_owner: HOLDER.into(),
+        task_holder: HOLDER.into(),
         task_id: task_id.into(),
         audience: Some("db".into()),
         not_before: 100,
@@ -180,7 +180,7 @@ pub async fn mint_racing_complete_leaves_nothing_active(h: &dyn Harness) {
         let s = s.clone();
         tokio::spawn(async move {
             let scope = RevokeScope::Task {
-                owner: HOLDER.into(),
+                holder: HOLDER.into(),
                 task_id: "race".into(),
             };
             s.revoke(&revoke_req(scope, Some(TaskState::Completed)), signer())

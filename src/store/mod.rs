@@ -129,12 +129,12 @@ pub trait Store: Send + Sync + 'static {
     /// Credentials of one task, oldest first.
     async fn task_credentials(
         &self,
-        owner: &str,
+        holder: &str,
         task_id: &str,
     ) -> Result<Vec<CredentialRecord>, StoreError>;
 
-    /// One task by owner and id.
-    async fn task(&self, owner: &str, task_id: &str) -> Result<Option<TaskRecord>, StoreError>;
+    /// One task by holder and id.
+    async fn task(&self, holder: &str, task_id: &str) -> Result<Option<TaskRecord>, StoreError>;
 
     /// How many credentials are stored.
     async fn count_credentials(&self) -> Result<u64, StoreError>;
@@ -199,7 +199,7 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError>;
 
     /// Every audit event about one task, in order.
-    async fn task_audit(&self, owner: &str, task_id: &str) -> Result<Vec<AuditEvent>, StoreError>;
+    async fn task_audit(&self, holder: &str, task_id: &str) -> Result<Vec<AuditEvent>, StoreError>;
 
     /// For each subscriber, its first acknowledgement event covering `seq`.
     async fn acks_covering(&self, seq: u64) -> Result<Vec<AuditEvent>, StoreError>;
@@ -223,7 +223,7 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a break-glass task reviewed, with its audit event.
     async fn mark_reviewed(
         &self,
-        owner: &str,
+        holder: &str,
         task_id: &str,
         review: &Review,
         audit: AuditDraft,

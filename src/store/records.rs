@@ -44,8 +44,8 @@ pub struct CredentialRecord {
     /// The SPIFFE ID the credential names.
     pub spiffe_id: String,
     /// Owner of the task (a SPIFFE ID).
-    pub task_owner: String,
-    /// The task id, scoped to its owner.
+    pub task_holder: String,
+    /// The task id, scoped to its holder.
     pub task_id: String,
     /// JWT audience; `None` for X.509.
     pub audience: Option<String>,
@@ -81,7 +81,7 @@ pub struct Revocation {
 pub enum TaskState {
     /// Credentials may be minted until the deadline.
     Active,
-    /// Completed by its owner or an admin.
+    /// Completed by its holder or an admin.
     Completed,
     /// Its deadline passed.
     Expired,
@@ -110,8 +110,8 @@ impl TaskState {
 /// A task row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskRecord {
-    /// The owner's SPIFFE ID.
-    pub owner: String,
+    /// The holder: the SPIFFE ID the task's credentials are bound to.
+    pub holder: String,
     /// The task id.
     pub task_id: String,
     /// Unix seconds: begun.
@@ -131,7 +131,7 @@ pub struct TaskRecord {
     /// Unix seconds: completed or expired.
     pub ended_at: Option<i64>,
     /// Accountable owner (team or person); empty if none.
-    pub accountable_owner: String,
+    pub owner: String,
     /// Begun through break-glass.
     pub break_glass: bool,
     /// Break-glass justification.
@@ -148,9 +148,9 @@ pub struct TaskRecord {
 
 impl TaskRecord {
     /// A plain active task with nothing but its key and times set.
-    pub fn new(owner: &str, task_id: &str, created_at: i64, deadline: i64) -> Self {
+    pub fn new(holder: &str, task_id: &str, created_at: i64, deadline: i64) -> Self {
         Self {
-            owner: owner.to_owned(),
+            holder: holder.to_owned(),
             task_id: task_id.to_owned(),
             created_at,
             purpose: String::new(),
@@ -160,7 +160,7 @@ impl TaskRecord {
             deadline,
             state: TaskState::Active,
             ended_at: None,
-            accountable_owner: String::new(),
+            owner: String::new(),
             break_glass: false,
             justification: String::new(),
             review: None,
@@ -186,7 +186,7 @@ pub struct Review {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GrantFilter {
     /// Tasks held by this SPIFFE ID.
-    pub workload: Option<String>,
+    pub holder: Option<String>,
     /// Tasks with this accountable owner.
     pub owner: Option<String>,
     /// Tasks with this id.
@@ -202,8 +202,8 @@ pub enum RevokeScope {
     Credential(String),
     /// Every credential of a task.
     Task {
-        /// Owner SPIFFE ID.
-        owner: String,
+        /// The holder's SPIFFE ID.
+        holder: String,
         /// Task id.
         task_id: String,
     },
@@ -235,8 +235,8 @@ pub struct RevocationEvent {
     pub kind: String,
     /// Revoked credential ids.
     pub credential_ids: Vec<String>,
-    /// Task owner.
-    pub task_owner: String,
+    /// The task's holder.
+    pub task_holder: String,
     /// Task id.
     pub task_id: String,
     /// SPIFFE ID the credentials name.

@@ -32,7 +32,7 @@ pub(super) fn from_row(r: &impl Cols) -> Result<CredentialRecord, StoreError> {
         id: r.text("id")?,
         kind: CredentialKind::parse(&r.text("kind")?)?,
         spiffe_id: r.text("spiffe_id")?,
-        task_owner: r.text("task_holder")?,
+        task_holder: r.text("task_holder")?,
         task_id: r.text("task_id")?,
         audience: r.opt_text("audience")?,
         not_before: r.int("not_before")?,
@@ -65,7 +65,7 @@ pub(super) fn record(
              FROM tasks WHERE holder = ?1 AND task_id = ?2",
         )?
         .query_row(
-            params![c.task_owner, c.task_id, c.issued_at, i64::from(max_active)],
+            params![c.task_holder, c.task_id, c.issued_at, i64::from(max_active)],
             |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
         )
         .optional()?;
@@ -98,7 +98,7 @@ pub(super) fn record(
         c.id,
         c.kind.as_str(),
         c.spiffe_id,
-        c.task_owner,
+        c.task_holder,
         c.task_id,
         c.audience,
         c.not_before,

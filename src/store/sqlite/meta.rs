@@ -45,7 +45,7 @@ pub(super) fn seed(w: &mut Write<'_>, n: u64, now: i64) -> Result<(), StoreError
             now,
             now + 8 * 3600,
         );
-        t.accountable_owner = "team-seed".into();
+        t.owner = "team-seed".into();
         tasks::begin(w, &t, Vec::new())?;
     }
     let mut rng = rand::rng();

@@ -220,7 +220,7 @@ impl Store for SqliteStore {
                 if tasks::begin(w, &task, audit)? {
                     return Ok((task, true));
                 }
-                let existing = tasks::get_in(w.conn, &task.owner, &task.task_id)?;
+                let existing = tasks::get_in(w.conn, &task.holder, &task.task_id)?;
                 existing
                     .map(|t| (t, false))
                     .ok_or_else(|| StoreError::Corrupt(format!("task `{}` vanished", task.task_id)))
@@ -392,16 +392,16 @@ mod tests {
     use super::*;
     use crate::store::{CredentialKind, RevokeScope, TaskState};
 
-    fn task(owner: &str, id: &str, deadline: i64) -> TaskRecord {
-        TaskRecord::new(owner, id, 100, deadline)
+    fn task(holder: &str, id: &str, deadline: i64) -> TaskRecord {
+        TaskRecord::new(holder, id, 100, deadline)
     }
 
-    fn record(id: &str, owner: &str, task: &str) -> CredentialRecord {
+    fn record(id: &str, holder: &str, task: &str) -> CredentialRecord {
         CredentialRecord {
             id: id.into(),
             kind: CredentialKind::Jwt,
-            spiffe_id: owner.into(),
-            task_owner: owner.into(),
+            spiffe_id: holder.into(),
+            task_holder: holder.into(),
             task_id: task.into(),
             audience: Some("db".into()),
             not_before: 100,
@@ -440,7 +440,7 @@ mod tests {
     });
 
     #[tokio::test]
-    async fn records_survive_reopen_and_tasks_are_scoped_to_owner() {
+    async fn records_survive_reopen_and_tasks_are_scoped_to_holder() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/taskmint.db");
         let store = SqliteStore::open(&path).await.unwrap();
@@ -553,7 +553,7 @@ mod tests {
         assert_eq!(ev[0].credential_ids, vec!["2".to_owned()]);
         assert_eq!(ev[1].set_jwt, "set-3");
         let scope = RevokeScope::Task {
-            owner: a.into(),
+            holder: a.into(),
             task_id: "t1".into(),
         };
         assert!(

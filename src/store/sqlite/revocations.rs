@@ -25,7 +25,7 @@ fn from_row(r: &impl Cols) -> Result<RevocationEvent, StoreError> {
         kind: r.text("kind")?,
         credential_ids: serde_json::from_str(&r.text("credential_ids")?)
             .map_err(|e| StoreError::Corrupt(format!("credential_ids: {e}")))?,
-        task_owner: r.text("task_holder")?,
+        task_holder: r.text("task_holder")?,
         task_id: r.text("task_id")?,
         spiffe_id: r.text("spiffe_id")?,
         trust_domain: r.text("trust_domain")?,
@@ -77,8 +77,8 @@ pub(super) fn revoke(
     // Ending a task that already ended (a concurrent completion, or a
     // delegated task the reaper lists but a cascade ended first) does and
     // records nothing.
-    if let (Some(_), RevokeScope::Task { owner, task_id }) = (req.end_task, &req.scope)
-        && tasks::state_in(w.conn, owner, task_id)? != Some(crate::store::TaskState::Active)
+    if let (Some(_), RevokeScope::Task { holder, task_id }) = (req.end_task, &req.scope)
+        && tasks::state_in(w.conn, holder, task_id)? != Some(crate::store::TaskState::Active)
     {
         return Ok(Vec::new());
     }
@@ -86,9 +86,9 @@ pub(super) fn revoke(
     let td_like;
     let (filter, binds): (&str, Vec<&str>) = match &req.scope {
         RevokeScope::Credential(id) => ("id = ?1", vec![id.as_str()]),
-        RevokeScope::Task { owner, task_id } => (
+        RevokeScope::Task { holder, task_id } => (
             "task_holder = ?1 AND task_id = ?2",
-            vec![owner.as_str(), task_id.as_str()],
+            vec![holder.as_str(), task_id.as_str()],
         ),
         RevokeScope::Workload(id) => ("spiffe_id = ?1", vec![id.as_str()]),
         RevokeScope::TrustDomain(td) => {
@@ -102,8 +102,8 @@ pub(super) fn revoke(
     };
     // Tasks delegated from the ones in scope get the same treatment.
     let cascaded = match (&req.scope, req.cascade) {
-        (RevokeScope::Task { owner, task_id }, true) => {
-            tasks::descendants(w.conn, "SELECT ?1, ?2", &[owner, task_id])?
+        (RevokeScope::Task { holder, task_id }, true) => {
+            tasks::descendants(w.conn, "SELECT ?1, ?2", &[holder, task_id])?
         }
         (RevokeScope::Workload(id), true) => tasks::descendants(
             w.conn,
@@ -132,7 +132,7 @@ pub(super) fn revoke(
     let mut by_task: BTreeMap<(String, String), Vec<CredentialRecord>> = BTreeMap::new();
     for c in creds {
         by_task
-            .entry((c.task_owner.clone(), c.task_id.clone()))
+            .entry((c.task_holder.clone(), c.task_id.clone()))
             .or_default()
             .push(c);
     }
@@ -140,7 +140,7 @@ pub(super) fn revoke(
     if !req.audit.kind.is_empty() {
         let mut a = req.audit.clone();
         if !a.task_id.is_empty() {
-            let key = (a.task_owner.clone(), a.task_id.clone());
+            let key = (a.task_holder.clone(), a.task_id.clone());
             a.break_glass |= tasks::break_glass_of(w.conn, &key)?;
         }
         audit_events.push(a);
@@ -153,7 +153,7 @@ pub(super) fn revoke(
             seq,
             kind: req.scope.kind().to_owned(),
             credential_ids: creds.iter().map(|c| c.id.clone()).collect(),
-            task_owner: holder,
+            task_holder: holder,
             task_id,
             trust_domain: trust_domain_of(&spiffe_id),
             spiffe_id,
@@ -167,10 +167,10 @@ pub(super) fn revoke(
         for c in &creds {
             credentials::mark_revoked(w.conn, &c.id, req.now, &req.reason, seq)?;
         }
-        let key = (event.task_owner.clone(), event.task_id.clone());
+        let key = (event.task_holder.clone(), event.task_id.clone());
         let mut a = AuditDraft::new(audit::kind::REVOKED, &req.audit.actor, req.now)
             .task(
-                &event.task_owner,
+                &event.task_holder,
                 &event.task_id,
                 tasks::break_glass_of(w.conn, &key)?,
             )
@@ -187,8 +187,8 @@ pub(super) fn revoke(
     }
     if let Some(state) = req.end_task {
         let mut ended: Vec<(String, String)> = Vec::new();
-        if let RevokeScope::Task { owner, task_id } = &req.scope {
-            ended.push((owner.clone(), task_id.clone()));
+        if let RevokeScope::Task { holder, task_id } = &req.scope {
+            ended.push((holder.clone(), task_id.clone()));
         }
         ended.extend(cascaded.iter().cloned());
         for key @ (holder, task_id) in &ended {
@@ -202,7 +202,7 @@ pub(super) fn revoke(
                             "{}: its parent task `{}` of `{}` ended",
                             state.as_str(),
                             req.audit.task_id,
-                            req.audit.task_owner
+                            req.audit.task_holder
                         )),
                 );
             }
@@ -221,7 +221,7 @@ fn insert(conn: &Connection, e: &RevocationEvent) -> Result<(), StoreError> {
         e.seq as i64,
         e.kind,
         serde_json::to_string(&e.credential_ids).expect("ids serialise"),
-        e.task_owner,
+        e.task_holder,
         e.task_id,
         e.spiffe_id,
         e.trust_domain,

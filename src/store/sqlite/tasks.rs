@@ -21,7 +21,7 @@ const INSERT: &str = "INSERT INTO tasks (holder, task_id, created_at, purpose, t
 
 pub(super) fn from_row(r: &impl Cols) -> Result<TaskRecord, StoreError> {
     Ok(TaskRecord {
-        owner: r.text("holder")?,
+        holder: r.text("holder")?,
         task_id: r.text("task_id")?,
         created_at: r.int("created_at")?,
         purpose: r.text("purpose")?,
@@ -32,7 +32,7 @@ pub(super) fn from_row(r: &impl Cols) -> Result<TaskRecord, StoreError> {
         deadline: r.int("deadline")?,
         state: TaskState::parse(&r.text("state")?)?,
         ended_at: r.opt_int("ended_at")?,
-        accountable_owner: r.text("owner")?,
+        owner: r.text("owner")?,
         break_glass: r.flag("break_glass")?,
         justification: r.text("justification")?,
         review: match r.opt_text("reviewed_by")? {
@@ -59,13 +59,13 @@ pub(super) fn begin(
     t: &TaskRecord,
     audit: Vec<AuditDraft>,
 ) -> Result<bool, StoreError> {
-    if get_in(w.conn, &t.owner, &t.task_id)?.is_some() {
+    if get_in(w.conn, &t.holder, &t.task_id)?.is_some() {
         return Ok(false);
     }
     let labels = serde_json::to_string(&t.labels).expect("labels serialise");
     let audiences = serde_json::to_string(&t.audiences).expect("audiences serialise");
     w.conn.prepare_cached(INSERT)?.execute(params![
-        t.owner,
+        t.holder,
         t.task_id,
         t.created_at,
         t.purpose,
@@ -75,7 +75,7 @@ pub(super) fn begin(
         t.deadline,
         t.state.as_str(),
         t.ended_at,
-        t.accountable_owner,
+        t.owner,
         t.break_glass,
         t.justification,
         t.review.as_ref().map(|r| &r.by),
@@ -247,8 +247,8 @@ pub(super) async fn active(
     );
     let rows = sqlx::query(&sql)
         .bind(now)
-        .bind(&filter.workload)
-        .bind(&filter.workload)
+        .bind(&filter.holder)
+        .bind(&filter.holder)
         .bind(&filter.owner)
         .bind(&filter.owner)
         .bind(&filter.task_id)
