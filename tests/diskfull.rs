@@ -62,13 +62,21 @@ async fn a_full_store_acknowledges_nothing_it_did_not_commit_and_recovers() {
             ..Default::default()
         });
     assert_eq!(watcher.next().await.unwrap(), WatchItem::Synced(0));
+    // Collects what the watcher sees live, up to the revocation made once
+    // the store has room again (reason `after`).
     let live = tokio::spawn(async move {
         let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
-            match tokio::time::timeout(Duration::from_secs(3), watcher.next()).await {
-                Ok(Ok(WatchItem::Event(e))) => seen.push((e.seq, e.credential_ids)),
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) | Err(_) => return seen,
+            let item = tokio::time::timeout_at(deadline, watcher.next()).await;
+            if let Ok(Ok(WatchItem::Event(e))) = item {
+                let last = e.reason == "after";
+                seen.push((e.seq, e.credential_ids));
+                if last {
+                    return seen;
+                }
+            } else if item.is_err() {
+                return seen;
             }
         }
     });
@@ -80,6 +88,7 @@ async fn a_full_store_acknowledges_nothing_it_did_not_commit_and_recovers() {
     // Mixed mints and revocations until the store has refused for a while.
     let mut acked: BTreeMap<u64, String> = BTreeMap::new();
     let mut minted = Vec::new();
+    let mut all_minted = Vec::new();
     let (mut refusals, mut revoke_refusals) = (0, 0);
     let mut i = 0;
     while refusals < 30 {
@@ -105,7 +114,11 @@ async fn a_full_store_acknowledges_nothing_it_did_not_commit_and_recovers() {
             agent
                 .mint_jwt(&format!("full-{}", i % 7), "db", None)
                 .await
-                .map(|m| minted.push(m.credential.unwrap().id))
+                .map(|m| {
+                    let id = m.credential.unwrap().id;
+                    all_minted.push(id.clone());
+                    minted.push(id)
+                })
         };
         if let Err(st) = result {
             assert_eq!(st.code(), tonic::Code::Unavailable, "{st:?}");
@@ -171,6 +184,10 @@ async fn a_full_store_acknowledges_nothing_it_did_not_commit_and_recovers() {
     for (seq, id) in &acked {
         let c = reopened.credential(id).await.unwrap().unwrap();
         assert_eq!(c.revocation.map(|r| r.seq), Some(*seq));
+    }
+    // And every mint that was answered OK is stored.
+    for id in &all_minted {
+        assert!(reopened.credential(id).await.unwrap().is_some(), "{id}");
     }
     reopened.close().await;
     let n = taskmint::cli::verify_audit_store(&s.cfg.store.path)

@@ -138,7 +138,7 @@ pub async fn verify_store(path: &std::path::Path) -> anyhow::Result<u64> {
     if !path.exists() {
         anyhow::bail!("no store at `{}`", path.display());
     }
-    let store = SqliteStore::open(path).await?;
+    let store = SqliteStore::open_read_only(path).await?;
     // The head first: a running issuer keeps appending, and what comes
     // after this head is not part of what is verified.
     let head = store.audit_head().await?;

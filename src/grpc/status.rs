@@ -7,6 +7,7 @@
 use tonic::{Code, Status};
 
 use crate::Error;
+use crate::store::StoreError;
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
@@ -30,15 +31,23 @@ impl From<Error> for Status {
                 );
                 return s;
             }
-            Error::Store(se) if se.unavailable().is_some() => {
+            Error::Store(StoreError::Unavailable { condition, detail }) => {
                 // The condition is the operator's to fix and the caller's to
-                // wait out: say which, and that nothing was recorded. The
-                // driver's detail stays in the log.
-                let condition = se.unavailable().expect("checked above");
-                tracing::error!(error = %e, "store unavailable");
+                // wait out: say which. The driver's detail stays in the log.
+                tracing::error!(%condition, %detail, "store unavailable");
+                let outcome = if condition.nothing_stored() {
+                    "nothing was recorded"
+                } else {
+                    "the request may not have been recorded"
+                };
                 return Status::unavailable(format!(
-                    "store unavailable: {condition}; nothing was recorded, retry later"
+                    "store unavailable: {condition}; {outcome}, retry later"
                 ));
+            }
+            Error::Store(StoreError::Closed) => {
+                return Status::unavailable(
+                    "the issuer is shutting down; retry on another replica",
+                );
             }
             Error::Store(_) | Error::Ca(_) | Error::Jwt(_) | Error::Policy(_) => {
                 tracing::error!(error = %e, "internal error");

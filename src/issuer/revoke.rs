@@ -133,7 +133,7 @@ impl Issuer {
                 draft = draft.task(&t.holder, &t.task_id, t.break_glass);
                 (
                     RevokeScope::Task {
-                        holder: holder,
+                        holder,
                         task_id: task.to_string(),
                     },
                     Resource::Task(facts(&t)),

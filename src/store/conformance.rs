@@ -4,9 +4,9 @@
 //! limit, a task begun once, the audit chain and its head, acknowledgements
 //! that never move backwards, pruning, and failed writes that store nothing.
 //!
-//! A backend's tests instantiate the suite with [`store_conformance!`]
-//! (crate::store_conformance), giving it a [`Harness`] that opens handles on
-//! one fresh database. The races run many calls at once through separate
+//! A backend's tests instantiate the suite with `store_conformance!`, giving
+//! it a [`Harness`] that opens handles on one fresh database. It is compiled
+//! into test builds only. The races run many calls at once through separate
 //! tasks on a multi-threaded runtime, so a backend that checks outside the
 //! transaction that acts, or numbers outside its commit, fails them.
 
@@ -147,6 +147,15 @@ pub async fn revocation_sequence_is_gap_free(h: &dyn Harness) {
         let c = s.credential(&e.credential_ids[0]).await.unwrap().unwrap();
         assert_eq!(c.revocation.map(|r| r.seq), Some(e.seq));
     }
+    // The trail records them in commit order too: each `revoked` event's
+    // sequence rises with its place in the chain.
+    let trail = h.open().await.audit_after(0, 1000).await.unwrap();
+    let refs: Vec<u64> = trail
+        .iter()
+        .filter(|e| e.body.kind == kind::REVOKED)
+        .filter_map(|e| e.body.ref_seq)
+        .collect();
+    assert_eq!(refs, (1..=N as u64).collect::<Vec<_>>());
     // Revoking again is a no-op: no event, no number.
     let again = s
         .revoke(
@@ -419,12 +428,49 @@ pub async fn failed_writes_store_nothing(h: &dyn Harness) {
         .unwrap();
 }
 
+/// A revocation that fails part-way (here: its second event cannot be
+/// signed) stores nothing — no event, no revoked credential, no audit event —
+/// and gives its sequence numbers back: the next revocation gets number 1.
+pub async fn failed_revocation_hands_its_numbers_back(h: &dyn Harness) {
+    let s = h.open().await;
+    for t in ["a", "b"] {
+        s.begin_task(&task(t), &[]).await.unwrap();
+        s.record_credential(&cred(&format!("c-{t}"), t), 10, &[])
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let head = s.audit_head().await.unwrap();
+    let failing: SetSigner = Arc::new(|e| {
+        if e.seq >= 2 {
+            Err("signer failed".into())
+        } else {
+            Ok(format!("set-{}", e.seq))
+        }
+    });
+    let scope = RevokeScope::Workload(HOLDER.into());
+    assert!(s.revoke(&revoke_req(scope, None), failing).await.is_err());
+    let fresh = h.open().await;
+    assert_eq!(fresh.current_seq().await.unwrap(), 0);
+    assert!(fresh.events_after(0, 10).await.unwrap().is_empty());
+    assert_eq!(fresh.audit_head().await.unwrap(), head);
+    for t in ["a", "b"] {
+        let c = fresh.credential(&format!("c-{t}")).await.unwrap().unwrap();
+        assert_eq!(c.revocation, None);
+    }
+    let scope = RevokeScope::Credential("c-b".into());
+    let events = fresh
+        .revoke(&revoke_req(scope, None), signer())
+        .await
+        .unwrap();
+    assert_eq!(events[0].seq, 1);
+}
+
 /// Instantiates the suite as `#[tokio::test]`s in the calling module, each
 /// with a new harness from `$harness` (an expression evaluated per test).
-#[macro_export]
 macro_rules! store_conformance {
     ($harness:expr) => {
-        $crate::store_conformance!(@tests $harness;
+        $crate::store::conformance::store_conformance!(@tests $harness;
             commit_before_reply,
             revocation_sequence_is_gap_free,
             mint_racing_complete_leaves_nothing_active,
@@ -434,7 +480,8 @@ macro_rules! store_conformance {
             audit_chain_and_head,
             acks_never_move_backwards,
             pruning_takes_an_expired_prefix,
-            failed_writes_store_nothing
+            failed_writes_store_nothing,
+            failed_revocation_hands_its_numbers_back
         );
     };
     (@tests $harness:expr; $($name:ident),*) => {
@@ -447,3 +494,5 @@ macro_rules! store_conformance {
         )*
     };
 }
+
+pub(crate) use store_conformance;

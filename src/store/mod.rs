@@ -6,14 +6,15 @@
 //! # Layout
 //!
 //! - [`records`](self): the records every backend keeps (re-exported here).
-//! - [`conformance`]: the behaviour every backend must have, written once and
-//!   run against each backend's own tests.
+//! - `conformance` (test builds): the behaviour every backend must have,
+//!   written once and run in each backend's own tests.
 //! - [`SqliteStore`]: the embedded default; one writer thread owns every
 //!   write.
 //!
 //! Timestamps are Unix seconds in `BIGINT` columns and conflicts use
 //! `ON CONFLICT`, so the schema carries over to PostgreSQL.
 
+#[cfg(test)]
 pub mod conformance;
 mod records;
 mod sqlite;
@@ -80,10 +81,19 @@ impl std::fmt::Display for Condition {
         f.write_str(match self {
             Self::DiskFull => "the database disk is full",
             Self::Io => "the database reported an I/O error",
-            Self::Busy => "the database is locked by another writer",
+            Self::Busy => "the database is busy (locked, or no connection free in time)",
             Self::ReadOnly => "the database is read-only",
             Self::OutOfMemory => "the database ran out of memory",
         })
+    }
+}
+
+impl Condition {
+    /// Whether a write that failed this way certainly stored nothing. An
+    /// I/O error may strike after the commit reached the disk (a failed
+    /// fsync), so a caller cannot be told it did not happen.
+    pub fn nothing_stored(self) -> bool {
+        !matches!(self, Self::Io)
     }
 }
 

@@ -46,7 +46,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations"
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     reader: SqlitePool,
-    writer: Writer,
+    /// `None` for a store opened read-only.
+    writer: Option<Writer>,
 }
 
 impl SqliteStore {
@@ -84,7 +85,59 @@ impl SqliteStore {
             .map_err(|e| open_err(e.to_string()))?;
         let writer =
             Writer::start(path).map_err(|e| open_err(format!("cannot start the writer: {e}")))?;
-        Ok(Self { reader, writer })
+        Ok(Self {
+            reader,
+            writer: Some(writer),
+        })
+    }
+
+    /// Opens an existing database for reading only, beside a running issuer:
+    /// no migration runs and no writer starts, so a tool of another version
+    /// cannot change the schema under the issuer. A database whose schema is
+    /// not the one this build knows is refused, naming both versions.
+    pub async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        if !path.exists() {
+            return Err(open_err("no such file".into()));
+        }
+        let opts = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(|e| open_err(e.to_string()))?
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(10));
+        let reader = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts)
+            .await
+            .map_err(|e| open_err(e.to_string()))?;
+        let expected = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&reader)
+                .await
+                .unwrap_or(None);
+        if found != Some(expected) {
+            reader.close().await;
+            let found = found.map_or("none".to_owned(), |v| v.to_string());
+            return Err(open_err(format!(
+                "its schema version is {found}, this taskmint reads version {expected}: \
+                 use the taskmint that runs on it (starting the issuer migrates it)"
+            )));
+        }
+        Ok(Self {
+            reader,
+            writer: None,
+        })
+    }
+
+    fn writer(&self) -> Result<&Writer, StoreError> {
+        self.writer.as_ref().ok_or(StoreError::Unavailable {
+            condition: super::Condition::ReadOnly,
+            detail: "the store was opened read-only".into(),
+        })
     }
 
     /// Caps the database at `pages` pages (SQLite's `max_page_count`; a page
@@ -93,15 +146,7 @@ impl SqliteStore {
     /// exactly as a full disk does; the tests use it to fill the store
     /// without a small filesystem.
     pub async fn set_max_pages(&self, pages: Option<u32>) -> Result<u32, StoreError> {
-        self.writer
-            .run(move |w| {
-                let n = pages.unwrap_or(u32::MAX - 1);
-                Ok(w.conn
-                    .query_row(&format!("PRAGMA max_page_count = {n}"), [], |r| {
-                        r.get::<_, i64>(0)
-                    })? as u32)
-            })
-            .await
+        self.writer()?.set_max_pages(pages).await
     }
 
     /// Fills the store with `n` active JWT credentials (1000 workloads, one
@@ -109,14 +154,16 @@ impl SqliteStore {
     /// transaction: the "large store" of `taskmint bench`. Not for production
     /// data.
     pub async fn seed_credentials(&self, n: u64, now: i64) -> Result<(), StoreError> {
-        self.writer.run(move |w| meta::seed(w, n, now)).await
+        self.writer()?.run(move |w| meta::seed(w, n, now)).await
     }
 
     /// Finishes the queued writes and closes the writer's connection, then
     /// the readers (waiting for their connections to be returned). Writes
     /// submitted afterwards fail with [`StoreError::Closed`].
     pub async fn close(&self) {
-        self.writer.close().await;
+        if let Some(w) = &self.writer {
+            w.close().await;
+        }
         self.reader.close().await;
     }
 }
@@ -215,7 +262,7 @@ impl Store for SqliteStore {
         audit: &[AuditDraft],
     ) -> Result<(TaskRecord, bool), StoreError> {
         let (task, audit) = (t.clone(), audit.to_vec());
-        self.writer
+        self.writer()?
             .run(move |w| {
                 if tasks::begin(w, &task, audit)? {
                     return Ok((task, true));
@@ -235,7 +282,7 @@ impl Store for SqliteStore {
         audit: &[AuditDraft],
     ) -> Result<Result<(), RecordRefusal>, StoreError> {
         let (c, audit) = (c.clone(), audit.to_vec());
-        self.writer
+        self.writer()?
             .run(move |w| credentials::record(w, &c, max_active, audit))
             .await
     }
@@ -266,7 +313,7 @@ impl Store for SqliteStore {
         sign: SetSigner,
     ) -> Result<Vec<RevocationEvent>, StoreError> {
         let req = req.clone();
-        self.writer
+        self.writer()?
             .run(move |w| revocations::revoke(w, &req, &sign))
             .await
     }
@@ -296,14 +343,14 @@ impl Store for SqliteStore {
     }
 
     async fn prune_events(&self, before: i64) -> Result<u64, StoreError> {
-        self.writer
+        self.writer()?
             .run(move |w| revocations::prune(w, before))
             .await
     }
 
     async fn ack(&self, a: &AckRecord, audit: AuditDraft) -> Result<AckRecord, StoreError> {
         let a = a.clone();
-        self.writer.run(move |w| acks::ack(w, &a, audit)).await
+        self.writer()?.run(move |w| acks::ack(w, &a, audit)).await
     }
 
     async fn acks(&self) -> Result<Vec<AckRecord>, StoreError> {
@@ -315,7 +362,7 @@ impl Store for SqliteStore {
     }
 
     async fn next_crl_number(&self) -> Result<u64, StoreError> {
-        self.writer.run(meta::next_crl_number).await
+        self.writer()?.run(meta::next_crl_number).await
     }
 
     async fn bundle_sequence(&self, content_hash: &str) -> Result<u64, StoreError> {
@@ -330,14 +377,14 @@ impl Store for SqliteStore {
             return Ok(r.int("sequence")? as u64);
         }
         let hash = content_hash.to_owned();
-        self.writer
+        self.writer()?
             .run(move |w| meta::bundle_sequence(w, &hash))
             .await
     }
 
     async fn append_audit(&self, events: &[AuditDraft]) -> Result<Vec<AuditEvent>, StoreError> {
         let events = events.to_vec();
-        self.writer.run(move |w| w.append(events)).await
+        self.writer()?.run(move |w| w.append(events)).await
     }
 
     async fn audit_after(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
@@ -381,7 +428,7 @@ impl Store for SqliteStore {
         audit: AuditDraft,
     ) -> Result<ReviewOutcome, StoreError> {
         let (holder, task_id, review) = (holder.to_owned(), task_id.to_owned(), review.clone());
-        self.writer
+        self.writer()?
             .run(move |w| tasks::mark_reviewed(w, &holder, &task_id, &review, audit))
             .await
     }
@@ -435,7 +482,7 @@ mod tests {
         }
     }
 
-    crate::store_conformance!(Harness {
+    crate::store::conformance::store_conformance!(Harness {
         dir: tempfile::tempdir().unwrap()
     });
 
@@ -580,5 +627,131 @@ mod tests {
         assert_eq!(store.prune_events(500).await.unwrap(), 3);
         assert_eq!(store.pruned_through().await.unwrap(), 3);
         assert_eq!(store.current_seq().await.unwrap(), 3);
+    }
+
+    /// A database written before the holder/owner renaming (schema 0005),
+    /// with rows in every renamed table, opens with its data intact and its
+    /// keys pointing at the renamed columns.
+    #[tokio::test]
+    async fn renaming_migration_keeps_rows_and_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("migrations-0005");
+        std::fs::create_dir(&old).unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/migrations");
+        for e in std::fs::read_dir(&src).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            if name.as_str() < "0006" {
+                std::fs::copy(e.path(), old.join(&name)).unwrap();
+            }
+        }
+        let db = dir.path().join("old.db");
+        let opts = SqliteConnectOptions::from_str("sqlite:")
+            .unwrap()
+            .filename(&db)
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = SqlitePool::connect_with(opts.clone()).await.unwrap();
+        sqlx::migrate::Migrator::new(old.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        let a = "spiffe://example.org/workload/a";
+        for q in [
+            format!(
+                "INSERT INTO tasks (owner, task_id, created_at, deadline, accountable_owner) \
+                 VALUES ('{a}', 't', 1, 1000, 'team-a')"
+            ),
+            format!(
+                "INSERT INTO credentials (id, kind, spiffe_id, task_owner, task_id, audience, \
+                 not_before, not_after, caller_cert_sha256, issued_at) \
+                 VALUES ('c1', 'jwt', '{a}', '{a}', 't', 'db', 1, 900, '00', 1)"
+            ),
+            format!(
+                "INSERT INTO revocations (seq, kind, credential_ids, task_owner, task_id, \
+                 spiffe_id, trust_domain, reason, revoked_at, expires_at, set_jwt) \
+                 VALUES (1, 'task', '[\"c1\"]', '{a}', 't', '{a}', 'example.org', 'r', 2, 900, 's')"
+            ),
+            format!(
+                "INSERT INTO audit (seq, time, prev_hash, hash, kind, actor, task_owner, task_id, \
+                 credential_id, decision, policies, reason, break_glass, subject) \
+                 VALUES (1, 1, 'p', 'h', 'revoked', '{a}', '{a}', 't', 'c1', '', '', '', 0, '')"
+            ),
+        ] {
+            sqlx::query(&q).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+
+        let store = SqliteStore::open(&db).await.unwrap();
+        let t = store.task(a, "t").await.unwrap().unwrap();
+        assert_eq!((t.holder.as_str(), t.owner.as_str()), (a, "team-a"));
+        let c = store.credential("c1").await.unwrap().unwrap();
+        assert_eq!(c.task_holder, a);
+        assert_eq!(store.events_after(0, 10).await.unwrap()[0].task_holder, a);
+        assert_eq!(
+            store.audit_after(0, 10).await.unwrap()[0].body.task_holder,
+            a
+        );
+        assert_eq!(store.task_audit(a, "t").await.unwrap().len(), 1);
+        // The credential's foreign key follows the renamed columns, and
+        // still refuses a credential of a task that does not exist.
+        assert!(
+            store
+                .record_credential(&record("c2", a, "missing"), 10, &[])
+                .await
+                .is_err()
+        );
+        store.close().await;
+        let pool = SqlitePool::connect_with(opts).await.unwrap();
+        let broken = sqlx::query("PRAGMA foreign_key_check")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert!(broken.is_empty());
+        let keys = sqlx::query("PRAGMA foreign_key_list(credentials)")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let to: Vec<String> = keys.iter().map(|r| r.get::<String, _>("to")).collect();
+        assert_eq!(to, vec!["holder".to_owned(), "task_id".to_owned()]);
+        pool.close().await;
+    }
+
+    /// A batch whose COMMIT fails (here a deferred foreign key, checked only
+    /// at commit) is rolled back whole: every job of it fails, none of it is
+    /// stored, and the next batch commits normally.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_fails_the_whole_batch_and_the_next_one_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        let a = "spiffe://example.org/workload/a";
+        store.begin_task(&task(a, "t", 1000), &[]).await.unwrap();
+        let orphan = store.writer().unwrap().run(|w| {
+            w.conn.execute_batch(
+                "PRAGMA defer_foreign_keys = ON; \
+                 INSERT INTO credentials (id, kind, spiffe_id, task_holder, task_id, \
+                   not_before, not_after, caller_cert_sha256, issued_at) \
+                 VALUES ('orphan', 'jwt', 'x', 'nobody', 'none', 1, 2, '00', 1)",
+            )?;
+            Ok(())
+        });
+        let n = record("n", a, "t");
+        let neighbour = store.record_credential(&n, 100, &[]);
+        let (orphan, neighbour) = tokio::join!(orphan, neighbour);
+        assert!(orphan.is_err(), "{orphan:?}");
+        assert!(store.credential("orphan").await.unwrap().is_none());
+        // Its neighbour either rode the same batch and failed with it, or
+        // committed in a batch of its own: never answered OK and missing.
+        let stored = store.credential("n").await.unwrap().is_some();
+        assert_eq!(neighbour.is_ok(), stored, "{neighbour:?}");
+        store
+            .record_credential(&record("after", a, "t"), 100, &[])
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.credential("after").await.unwrap().is_some());
+        store.close().await;
     }
 }

@@ -94,6 +94,9 @@ where
 
 enum Msg {
     Job(Box<dyn Job>),
+    /// Set the connection's page cap (`None`: lift it), between batches;
+    /// answered with the cap in force.
+    MaxPages(Option<u32>, oneshot::Sender<Result<u32, StoreError>>),
     /// Finish the jobs queued before this, close the connection and stop;
     /// answered once the connection is closed.
     Close(oneshot::Sender<()>),
@@ -110,24 +113,25 @@ impl Writer {
     /// `path` and starts its thread; the thread ends when every handle is
     /// gone or [`Writer::close`] is called.
     pub fn start(path: &Path) -> Result<Self, String> {
-        let conn = Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| e.to_string())?;
-        // A commit is on disk before any job is answered.
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
-        )
-        .map_err(|e| e.to_string())?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
+        let conn = connect(path).map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        let path = path.to_owned();
         std::thread::Builder::new()
             .name("taskmint-writer".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(conn, &path, rx))
             .map_err(|e| e.to_string())?;
         Ok(Self { tx })
+    }
+
+    /// Caps the database at `pages` pages (`None`: no cap); see
+    /// [`super::SqliteStore::set_max_pages`]. Applied between batches.
+    pub async fn set_max_pages(&self, pages: Option<u32>) -> Result<u32, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::MaxPages(pages, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Runs `work` on the writer thread inside a batch's transaction and
@@ -161,12 +165,28 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>) {
+/// The writer's connection: WAL, and a commit on disk before any job is
+/// answered.
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+fn run(mut conn: Connection, path: &Path, mut rx: mpsc::Receiver<Msg>) {
     // Set once the loop must end: with the reply of a `Close`, or with
     // `None` when every sender is gone.
     let mut closed = None;
     while closed.is_none() {
         let mut jobs = Vec::new();
+        // A control message ends the batch; it runs once the batch is done.
+        let mut control = None;
         while jobs.len() < MAX_BATCH {
             let next = if jobs.is_empty() {
                 rx.blocking_recv()
@@ -174,11 +194,11 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>) {
                 rx.try_recv().ok()
             };
             match next {
-                Some(Msg::Close(reply)) => {
-                    closed = Some(Some(reply));
+                Some(Msg::Job(j)) => jobs.push(j),
+                Some(other) => {
+                    control = Some(other);
                     break;
                 }
-                Some(Msg::Job(j)) => jobs.push(j),
                 None if jobs.is_empty() => {
                     closed = Some(None);
                     break;
@@ -187,7 +207,26 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         if !jobs.is_empty() {
-            run_batch(&conn, jobs);
+            if let Err(e) = ensure_clean(&mut conn, path) {
+                log_failure(&e, jobs.len());
+                jobs.into_iter().for_each(|j| j.fail(e.clone()));
+            } else {
+                run_batch(&conn, jobs);
+            }
+        }
+        match control {
+            Some(Msg::Close(reply)) => closed = Some(Some(reply)),
+            Some(Msg::MaxPages(pages, reply)) => {
+                let n = pages.unwrap_or(u32::MAX - 1);
+                let r = conn
+                    .query_row(&format!("PRAGMA max_page_count = {n}"), [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .map(|v| v as u32)
+                    .map_err(StoreError::from);
+                let _ = reply.send(r);
+            }
+            Some(Msg::Job(_)) | None => {}
         }
     }
     // Later submissions fail at the channel: the store is closed.
@@ -198,6 +237,25 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>) {
     if let Some(Some(reply)) = closed {
         let _ = reply.send(());
     }
+}
+
+/// Makes sure no transaction is left open from a batch whose rollback
+/// failed: rolls it back, or, if even that fails, opens the connection
+/// afresh. A writer that cannot get a clean connection fails the batch with
+/// the condition and tries again with the next one.
+fn ensure_clean(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    if conn.is_autocommit() {
+        return Ok(());
+    }
+    if conn.execute_batch("ROLLBACK").is_ok() && conn.is_autocommit() {
+        return Ok(());
+    }
+    tracing::warn!("the writer's connection was left inside a transaction; reopening it");
+    let fresh = connect(path)?;
+    // The old connection is closed by the drop, which rolls back what it
+    // held.
+    *conn = fresh;
+    Ok(())
 }
 
 /// Runs one batch; every job is answered before this returns.
