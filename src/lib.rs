@@ -8,22 +8,39 @@
 //!
 //! # Layout
 //!
+//! Every module, each owning one thing; the doors between them are narrow:
+//! only [`grpc`] knows protobuf and `tonic::Status`, only [`store`] knows
+//! SQL, only [`policy`] knows Cedar, only [`ca`] and [`jwt`] hold signing
+//! keys. `docs/ARCHITECTURE.md` draws a mint and a revocation through them.
+//!
 //! - [`clock`]: Unix seconds and RFC 3339.
 //! - [`config`]: the `taskmint.toml` tree and its validation.
-//! - [`identity`]: SPIFFE IDs, task ids, trust bundles, the caller-SVID rules.
+//! - [`pem`]: PEM reading for certificates and keys.
+//! - [`identity`]: SPIFFE IDs, task ids, ID patterns, trust bundles, the
+//!   caller-SVID rules.
 //! - [`tls`]: rustls server config, the hot-reloaded bundles and serving SVID.
-//! - [`ca`]: the per-task X.509 signing CA (template, sign, validate).
+//! - [`ca`]: the per-task X.509 signing CA (template, sign, validate, CRL).
 //! - [`jwt`]: JWT-SVID claims, ES256 signing, the JWK.
 //! - [`trust`]: the trust bundle document served to relying parties.
-//! - [`store`]: the `Store` trait and its SQLite backend; the only SQL.
-//! - [`issuer`]: tasks, minting, renewal, revocation, status, CRL.
+//! - [`audit`]: audit events, the hash chain and its verification.
+//! - [`ratelimit`]: per-workload token buckets.
+//! - [`policy`]: Cedar: actions and their typed contexts, entities, the
+//!   policy document and its reload, evaluation.
+//! - [`store`]: the `Store` trait, its records and conformance suite, the
+//!   SQLite backend (one writer thread owns every write).
+//! - [`issuer`]: the gate (rate limit, policy, audit, refusal) and one file
+//!   per capability: tasks, mint, renew, revoke, feed, admin, bundle.
 //! - [`revocation`]: the ordered revocation log, live hub, watch feed,
 //!   delivery evidence, deadline reaper, SETs.
-//! - [`grpc`]: the only protobuf/`tonic::Status` code; accept loop and auth gate.
+//! - [`grpc`]: the three services (`Issuer`, `Revocations`, `Admin`), one
+//!   file each, the accept loop and auth gate, the one Error -> Status map.
 //! - [`server`]: assembly from config; `serve` and the tests start here.
-//! - [`client`]: a Rust client for workloads.
+//! - [`client`]: a Rust client for workloads, with a resuming feed watcher.
 //! - [`devca`]: a development trust domain (used by `dev init` and tests).
-//! - [`cli`]: the `taskmint` command line.
+//! - [`cli`]: the `taskmint` command line, one file per subcommand.
+//!
+//! `taskmint bench` lives in the binary (`src/bench/`), not here, so the
+//! library pulls in no benchmarking or plotting dependencies.
 #![forbid(unsafe_code)]
 
 pub mod audit;

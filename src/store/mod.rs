@@ -112,7 +112,7 @@ impl StoreError {
 /// that returns an error stored nothing of itself (its transaction was rolled
 /// back before any other write ran). Writers are serialised so revocation
 /// sequence numbers are gap-free in commit order and never handed out twice.
-/// [`conformance`] holds the behaviour every implementation must pass.
+/// `conformance.rs` (test builds) holds the behaviour every implementation must pass.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates a task and writes `audit` with it; returns the existing row
