@@ -39,6 +39,7 @@ async fn assert_refused(s: &TestServer, who: Option<&Issued>, fragment: &str) {
         c.trust_bundle().await.map(|_| ()),
         c.check_status("0a").await.map(|_| ()),
         c.policy_status().await.map(|_| ()),
+        c.watch_once(Default::default()).await.map(|_| ()),
         c.health("").await.map(|_| ()),
         c.health_watch("").await.map(|_| ()),
     ];

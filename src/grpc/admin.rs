@@ -24,7 +24,7 @@ impl AdminService {
     /// judged against.
     pub fn new(issuer: Arc<Issuer>, material: Arc<TlsMaterial>) -> Self {
         Self {
-            calls: Calls::new(issuer, material),
+            calls: Calls::new("Admin", issuer, material),
         }
     }
 }

@@ -20,11 +20,22 @@ use crate::tls::TlsMaterial;
 pub(super) struct Calls {
     pub(super) issuer: Arc<Issuer>,
     material: Arc<TlsMaterial>,
+    /// The service's short name (`Issuer`, `Revocations`, `Admin`), logged
+    /// with each call: `GetTrustBundle` is served by two.
+    service: &'static str,
 }
 
 impl Calls {
-    pub(super) fn new(issuer: Arc<Issuer>, material: Arc<TlsMaterial>) -> Self {
-        Self { issuer, material }
+    pub(super) fn new(
+        service: &'static str,
+        issuer: Arc<Issuer>,
+        material: Arc<TlsMaterial>,
+    ) -> Self {
+        Self {
+            issuer,
+            material,
+            service,
+        }
     }
 
     /// Authenticates, runs `f`, logs one line, maps the error. `task` names
@@ -59,14 +70,15 @@ impl Calls {
             Err(e) => Err(Error::from(e)),
         };
         let micros = started.elapsed().as_micros() as u64;
+        let service = self.service;
         match result {
             Ok((resp, credential_id)) => {
-                tracing::info!(rpc, %peer, caller = %who, task, credential_id, code = "OK", micros);
+                tracing::info!(service, rpc, %peer, caller = %who, task, credential_id, code = "OK", micros);
                 Ok(Response::new(resp))
             }
             Err(e) => {
                 let status = Status::from(e);
-                tracing::info!(rpc, %peer, caller = %who, task, code = ?status.code(), error = status.message(), micros);
+                tracing::info!(service, rpc, %peer, caller = %who, task, code = ?status.code(), error = status.message(), micros);
                 Err(status)
             }
         }

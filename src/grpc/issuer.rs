@@ -26,7 +26,7 @@ impl IssuerService {
     /// judged against.
     pub fn new(issuer: Arc<Issuer>, material: Arc<TlsMaterial>) -> Self {
         Self {
-            calls: Calls::new(issuer, material),
+            calls: Calls::new("Issuer", issuer, material),
         }
     }
 }

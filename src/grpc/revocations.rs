@@ -27,7 +27,7 @@ impl RevocationsService {
     /// judged against.
     pub fn new(issuer: Arc<Issuer>, material: Arc<TlsMaterial>) -> Self {
         Self {
-            calls: Calls::new(issuer, material),
+            calls: Calls::new("Revocations", issuer, material),
         }
     }
 }

@@ -183,6 +183,8 @@ fn run(mut conn: Connection, path: &Path, mut rx: mpsc::Receiver<Msg>) {
     // Set once the loop must end: with the reply of a `Close`, or with
     // `None` when every sender is gone.
     let mut closed = None;
+    // The page cap in force, set again on a reopened connection.
+    let mut cap: Option<u32> = None;
     while closed.is_none() {
         let mut jobs = Vec::new();
         // A control message ends the batch; it runs once the batch is done.
@@ -207,7 +209,7 @@ fn run(mut conn: Connection, path: &Path, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         if !jobs.is_empty() {
-            if let Err(e) = ensure_clean(&mut conn, path) {
+            if let Err(e) = ensure_clean(&mut conn, path, cap) {
                 log_failure(&e, jobs.len());
                 jobs.into_iter().for_each(|j| j.fail(e.clone()));
             } else {
@@ -217,13 +219,10 @@ fn run(mut conn: Connection, path: &Path, mut rx: mpsc::Receiver<Msg>) {
         match control {
             Some(Msg::Close(reply)) => closed = Some(Some(reply)),
             Some(Msg::MaxPages(pages, reply)) => {
-                let n = pages.unwrap_or(u32::MAX - 1);
-                let r = conn
-                    .query_row(&format!("PRAGMA max_page_count = {n}"), [], |r| {
-                        r.get::<_, i64>(0)
-                    })
-                    .map(|v| v as u32)
-                    .map_err(StoreError::from);
+                let r = apply_cap(&conn, pages);
+                if r.is_ok() {
+                    cap = pages;
+                }
                 let _ = reply.send(r);
             }
             Some(Msg::Job(_)) | None => {}
@@ -243,7 +242,7 @@ fn run(mut conn: Connection, path: &Path, mut rx: mpsc::Receiver<Msg>) {
 /// failed: rolls it back, or, if even that fails, opens the connection
 /// afresh. A writer that cannot get a clean connection fails the batch with
 /// the condition and tries again with the next one.
-fn ensure_clean(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+fn ensure_clean(conn: &mut Connection, path: &Path, cap: Option<u32>) -> Result<(), StoreError> {
     if conn.is_autocommit() {
         return Ok(());
     }
@@ -252,10 +251,23 @@ fn ensure_clean(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     }
     tracing::warn!("the writer's connection was left inside a transaction; reopening it");
     let fresh = connect(path)?;
+    if cap.is_some() {
+        apply_cap(&fresh, cap)?;
+    }
     // The old connection is closed by the drop, which rolls back what it
     // held.
     *conn = fresh;
     Ok(())
+}
+
+/// Sets the connection's page cap (`None`: none); the cap now in force.
+fn apply_cap(conn: &Connection, pages: Option<u32>) -> Result<u32, StoreError> {
+    let n = pages.unwrap_or(u32::MAX - 1);
+    Ok(
+        conn.query_row(&format!("PRAGMA max_page_count = {n}"), [], |r| {
+            r.get::<_, i64>(0)
+        })? as u32,
+    )
 }
 
 /// Runs one batch; every job is answered before this returns.
