@@ -83,4 +83,22 @@ impl Calls {
             }
         }
     }
+
+    /// `GetTrustBundle`, which the `Issuer` and `Revocations` services both
+    /// serve.
+    pub(super) async fn trust_bundle(
+        &self,
+        req: Request<super::pb::GetTrustBundleRequest>,
+    ) -> Result<Response<super::pb::GetTrustBundleResponse>, Status> {
+        self.handle(
+            "GetTrustBundle",
+            req,
+            |_| String::new(),
+            |_, _| async move {
+                let b = self.issuer.trust_bundle().await?;
+                Ok((super::convert::bundle_pb(b), String::new()))
+            },
+        )
+        .await
+    }
 }

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::call::Calls;
 use super::convert::{
-    bundle_pb, credential_pb, non_empty, outcome_pb, status_pb, task_id_of, task_pb, task_ref, ttl,
+    credential_pb, non_empty, outcome_pb, status_pb, task_id_of, task_pb, task_ref, ttl,
 };
 use super::pb;
 use crate::Error;
@@ -296,16 +296,6 @@ impl pb::issuer_server::Issuer for IssuerService {
         &self,
         req: Request<pb::GetTrustBundleRequest>,
     ) -> Result<Response<pb::GetTrustBundleResponse>, Status> {
-        self.calls
-            .handle(
-                "GetTrustBundle",
-                req,
-                |_| String::new(),
-                |_, _| async move {
-                    let b = self.calls.issuer.trust_bundle().await?;
-                    Ok((bundle_pb(b), String::new()))
-                },
-            )
-            .await
+        self.calls.trust_bundle(req).await
     }
 }

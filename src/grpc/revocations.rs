@@ -9,7 +9,7 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
 use super::call::Calls;
-use super::convert::{bundle_pb, event_pb, non_empty, status_pb};
+use super::convert::{event_pb, non_empty, status_pb};
 use super::pb;
 use crate::Error;
 use crate::issuer::Issuer;
@@ -144,16 +144,6 @@ impl pb::revocations_server::Revocations for RevocationsService {
         &self,
         req: Request<pb::GetTrustBundleRequest>,
     ) -> Result<Response<pb::GetTrustBundleResponse>, Status> {
-        self.calls
-            .handle(
-                "GetTrustBundle",
-                req,
-                |_| String::new(),
-                |_, _| async move {
-                    let b = self.calls.issuer.trust_bundle().await?;
-                    Ok((bundle_pb(b), String::new()))
-                },
-            )
-            .await
+        self.calls.trust_bundle(req).await
     }
 }
