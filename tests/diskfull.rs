@@ -12,6 +12,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use taskmint::client::WatchItem;
@@ -41,6 +42,19 @@ async fn boot(
             .unwrap();
     });
     (store, tx, join)
+}
+
+/// Concurrent callers filling the store.
+const WORKERS: usize = 4;
+
+/// What one caller got through, and what was refused.
+#[derive(Default)]
+struct Filled {
+    calls: usize,
+    acked: BTreeMap<u64, String>,
+    minted: Vec<String>,
+    refusals: usize,
+    revoke_refusals: usize,
 }
 
 fn revoke_target(id: &str) -> pb::revoke_request::Target {
@@ -83,52 +97,73 @@ async fn a_full_store_acknowledges_nothing_it_did_not_commit_and_recovers() {
 
     // Room for a little more than what is there now.
     let pages = store.set_max_pages(Some(1)).await.unwrap();
-    store.set_max_pages(Some(pages + 6)).await.unwrap();
+    store.set_max_pages(Some(pages + 16)).await.unwrap();
 
-    // Mixed mints and revocations until the store has refused for a while.
-    let mut acked: BTreeMap<u64, String> = BTreeMap::new();
-    let mut minted = Vec::new();
-    let mut all_minted = Vec::new();
-    let (mut refusals, mut revoke_refusals) = (0, 0);
-    let mut i = 0;
-    while refusals < 30 {
-        assert!(i < 5000, "the capped store never filled");
-        i += 1;
-        let result = if i % 3 == 0 && !minted.is_empty() {
-            let id: String = minted.remove(0);
-            let r = agent.revoke(revoke_target(&id), "full-test").await;
-            match r {
-                Ok(r) => {
-                    assert_eq!(r.seqs.len(), 1, "{r:?}");
-                    acked.insert(r.seqs[0], id);
-                    Ok(())
-                }
-                Err(st) => {
-                    // Not revoked: it stays on the list to try again.
-                    minted.push(id);
-                    revoke_refusals += 1;
-                    Err(st)
+    // Mixed mints and revocations from several callers at once (so the
+    // writer's batches hold several jobs, and a batch that fails takes
+    // others' work with it) until the store has refused for a while.
+    let refused = Arc::new(AtomicUsize::new(0));
+    let mut callers = Vec::new();
+    for w in 0..WORKERS {
+        let mut agent = s.client("agent").await;
+        let refused = refused.clone();
+        callers.push(tokio::spawn(async move {
+            let mut out = Filled::default();
+            let mut minted: Vec<String> = Vec::new();
+            let mut i = 0;
+            while refused.load(Ordering::SeqCst) < 30 {
+                assert!(i < 5000, "the capped store never filled");
+                i += 1;
+                out.calls += 1;
+                let result = if i % 3 == 0 && !minted.is_empty() {
+                    let id = minted.remove(0);
+                    match agent.revoke(revoke_target(&id), "full-test").await {
+                        Ok(r) => {
+                            assert_eq!(r.seqs.len(), 1, "{r:?}");
+                            out.acked.insert(r.seqs[0], id);
+                            Ok(())
+                        }
+                        Err(st) => {
+                            // Not revoked: it stays on the list to try again.
+                            minted.push(id);
+                            out.revoke_refusals += 1;
+                            Err(st)
+                        }
+                    }
+                } else {
+                    agent
+                        .mint_jwt(&format!("full-{w}-{}", i % 7), "db", None)
+                        .await
+                        .map(|m| {
+                            let id = m.credential.unwrap().id;
+                            out.minted.push(id.clone());
+                            minted.push(id)
+                        })
+                };
+                if let Err(st) = result {
+                    assert_eq!(st.code(), tonic::Code::Unavailable, "{st:?}");
+                    assert!(
+                        st.message().contains("the database disk is full"),
+                        "{}",
+                        st.message()
+                    );
+                    out.refusals += 1;
+                    refused.fetch_add(1, Ordering::SeqCst);
                 }
             }
-        } else {
-            agent
-                .mint_jwt(&format!("full-{}", i % 7), "db", None)
-                .await
-                .map(|m| {
-                    let id = m.credential.unwrap().id;
-                    all_minted.push(id.clone());
-                    minted.push(id)
-                })
-        };
-        if let Err(st) = result {
-            assert_eq!(st.code(), tonic::Code::Unavailable, "{st:?}");
-            assert!(
-                st.message().contains("the database disk is full"),
-                "{}",
-                st.message()
-            );
-            refusals += 1;
-        }
+            out
+        }));
+    }
+    let mut acked: BTreeMap<u64, String> = BTreeMap::new();
+    let mut all_minted = Vec::new();
+    let (mut calls, mut refusals, mut revoke_refusals) = (0, 0, 0);
+    for c in callers {
+        let f = c.await.unwrap();
+        acked.extend(f.acked);
+        all_minted.extend(f.minted);
+        calls += f.calls;
+        refusals += f.refusals;
+        revoke_refusals += f.revoke_refusals;
     }
     assert!(
         !acked.is_empty(),
@@ -137,6 +172,13 @@ async fn a_full_store_acknowledges_nothing_it_did_not_commit_and_recovers() {
     assert!(
         revoke_refusals >= 5,
         "only {revoke_refusals} revocations were refused"
+    );
+    eprintln!(
+        "capped at {} pages, {WORKERS} callers: {calls} calls, {} mints and {} revocations \
+         answered OK, {refusals} refused UNAVAILABLE ({revoke_refusals} of them revocations)",
+        pages + 16,
+        all_minted.len(),
+        acked.len()
     );
     let last_ok = *acked.keys().last().unwrap();
     let seqs: Vec<u64> = acked.keys().copied().collect();
