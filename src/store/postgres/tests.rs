@@ -391,3 +391,65 @@ fn sqlstates_map_to_conditions() {
     assert_eq!(classify("23505"), None);
     assert!(!Condition::Unreachable.nothing_stored());
 }
+
+/// The trail refuses updates and deletes in PostgreSQL too (the triggers),
+/// and a read-only open checks the schema version instead of migrating.
+#[tokio::test]
+async fn audit_is_append_only_and_read_only_opens_check_the_schema() {
+    let Some(h) = Harness::new().await else {
+        return;
+    };
+    let s = h.store().await;
+    s.append_audit(&[AuditDraft::new(crate::audit::kind::STATUS_CHECK, HOLDER, 1)])
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE audit SET reason = 'x'",
+        "DELETE FROM audit",
+        "TRUNCATE audit",
+    ] {
+        let err = sqlx::query(sql).execute(&s.pool).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    let ro = PgStore::open_read_only(&h.url, &PgPoolConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(ro.audit_head().await.unwrap().map(|h| h.0), Some(1));
+    // A database never migrated is refused, naming the version.
+    let Some(empty) = Harness::new().await else {
+        return;
+    };
+    let err = PgStore::open_read_only(&empty.url, &PgPoolConfig::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("schema version is none"), "{err}");
+}
+
+/// A server that does not answer fails the open within the connect timeout
+/// with the URL's password hidden.
+#[tokio::test]
+async fn an_unreachable_server_fails_the_open_without_the_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://tm:s3cret@127.0.0.1:{port}/taskmint");
+    let cfg = PgPoolConfig {
+        connect_timeout: std::time::Duration::from_secs(2),
+        ..PgPoolConfig::default()
+    };
+    let err = PgStore::open(&url, &cfg).await.unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+    // A failure of a running store's connection is "unreachable", and may
+    // have been stored.
+    let e = store_error(sqlx::Error::Io(std::io::Error::from(
+        std::io::ErrorKind::ConnectionReset,
+    )));
+    assert_eq!(e.unavailable(), Some(Condition::Unreachable));
+    assert_eq!(
+        store_error(sqlx::Error::PoolTimedOut).unavailable(),
+        Some(Condition::Busy)
+    );
+}
