@@ -85,8 +85,11 @@ pub enum Condition {
     /// Out of memory.
     OutOfMemory,
     /// The database server cannot be reached, or the connection to it was
-    /// lost (possibly while a commit was on its way).
+    /// lost before the commit (the server rolls such a transaction back).
     Unreachable,
+    /// The connection to the database was lost during the commit: the
+    /// server may have committed and only the answer was lost.
+    LostAtCommit,
     /// The database aborted the transaction in favour of a concurrent one
     /// (a deadlock or serialization failure), more often than retried.
     Conflict,
@@ -101,6 +104,7 @@ impl std::fmt::Display for Condition {
             Self::ReadOnly => "the database is read-only",
             Self::OutOfMemory => "the database ran out of memory",
             Self::Unreachable => "the database cannot be reached",
+            Self::LostAtCommit => "the connection to the database was lost during the commit",
             Self::Conflict => "the database kept aborting the write for concurrent ones",
         })
     }
@@ -112,7 +116,7 @@ impl Condition {
     /// fsync), and a connection may be lost after the server committed but
     /// before it said so, so a caller cannot be told it did not happen.
     pub fn nothing_stored(self) -> bool {
-        !matches!(self, Self::Io | Self::Unreachable)
+        !matches!(self, Self::Io | Self::LostAtCommit)
     }
 }
 

@@ -38,8 +38,8 @@ use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection, Row};
 
 use super::{
     AckRecord, Condition, CredentialRecord, CrlEntry, GrantFilter, RecordRefusal, Review,
@@ -80,6 +80,8 @@ impl Default for PgPoolConfig {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// For telling an unreachable database from a busy one.
+    opts: PgConnectOptions,
 }
 
 impl PgStore {
@@ -128,20 +130,26 @@ impl PgStore {
             reason,
         };
         let opts = PgConnectOptions::from_str(url).map_err(|e| open_err(e.to_string()))?;
+        // One connection first, bounded, outside the pool (which retries
+        // until its timeout and forgets why): a database that does not
+        // answer fails the start with the reason rather than hanging it.
+        match tokio::time::timeout(cfg.connect_timeout, PgConnection::connect_with(&opts)).await {
+            Ok(Ok(c)) => {
+                let _ = c.close().await;
+            }
+            Ok(Err(e)) => return Err(open_err(e.to_string())),
+            Err(_) => {
+                return Err(open_err(format!(
+                    "no connection within {}",
+                    humantime::format_duration(cfg.connect_timeout)
+                )));
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(cfg.max_connections)
             .acquire_timeout(cfg.acquire_timeout)
-            .connect_lazy_with(opts);
-        // The first connection, bounded: a database that does not answer
-        // fails the start rather than hanging it.
-        match tokio::time::timeout(cfg.connect_timeout, pool.acquire()).await {
-            Ok(Ok(_)) => Ok(Self { pool }),
-            Ok(Err(e)) => Err(open_err(e.to_string())),
-            Err(_) => Err(open_err(format!(
-                "no connection within {}",
-                humantime::format_duration(cfg.connect_timeout)
-            ))),
-        }
+            .connect_lazy_with(opts.clone());
+        Ok(Self { pool, opts })
     }
 
     /// Waits for the connections in use to be returned and closes them all;
@@ -163,10 +171,26 @@ impl PgStore {
             let result: Result<T, StoreError> = async {
                 let tx = self.pool.begin().await.pg()?;
                 let (out, tx) = work(tx).await?;
-                tx.commit().await.pg()?;
+                tx.commit().await.map_err(|e| match store_error(e) {
+                    // PostgreSQL rolls back what a lost connection left
+                    // open, but a connection lost during COMMIT may have
+                    // lost only the answer.
+                    StoreError::Unavailable {
+                        condition: Condition::Unreachable,
+                        detail,
+                    } => StoreError::Unavailable {
+                        condition: Condition::LostAtCommit,
+                        detail,
+                    },
+                    other => other,
+                })?;
                 Ok(out)
             }
             .await;
+            let result = match result {
+                Err(e) => Err(self.refine_err(e).await),
+                ok => ok,
+            };
             match result {
                 Err(e) if e.unavailable() == Some(Condition::Conflict) && attempt < ATTEMPTS => {
                     tracing::debug!(error = %e, attempt, "retrying a conflicting transaction");
@@ -176,6 +200,46 @@ impl PgStore {
                 }
                 other => return other,
             }
+        }
+    }
+}
+
+impl PgStore {
+    /// A pool that timed out waiting for a connection cannot tell a busy
+    /// database from one it cannot reach: one direct connection attempt
+    /// tells them apart.
+    async fn refine_err(&self, e: StoreError) -> StoreError {
+        let StoreError::Unavailable {
+            condition: Condition::Busy,
+            detail,
+        } = &e
+        else {
+            return e;
+        };
+        if *detail != sqlx::Error::PoolTimedOut.to_string() {
+            return e;
+        }
+        let probe = PgConnection::connect_with(&self.opts);
+        match tokio::time::timeout(Duration::from_secs(1), probe).await {
+            Ok(Ok(c)) => {
+                let _ = c.close().await;
+                e
+            }
+            Ok(Err(probe)) => StoreError::Unavailable {
+                condition: Condition::Unreachable,
+                detail: probe.to_string(),
+            },
+            Err(_) => StoreError::Unavailable {
+                condition: Condition::Unreachable,
+                detail: "no answer to a connection attempt within 1s".into(),
+            },
+        }
+    }
+
+    async fn refine<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        match r {
+            Err(e) => Err(self.refine_err(e).await),
+            ok => ok,
         }
     }
 }
@@ -332,7 +396,7 @@ impl Store for PgStore {
     }
 
     async fn credential(&self, id: &str) -> Result<Option<CredentialRecord>, StoreError> {
-        credentials::get(&self.pool, id).await
+        self.refine(credentials::get(&self.pool, id).await).await
     }
 
     async fn task_credentials(
@@ -340,15 +404,17 @@ impl Store for PgStore {
         holder: &str,
         task_id: &str,
     ) -> Result<Vec<CredentialRecord>, StoreError> {
-        credentials::of_task(&self.pool, holder, task_id).await
+        self.refine(credentials::of_task(&self.pool, holder, task_id).await)
+            .await
     }
 
     async fn task(&self, holder: &str, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
-        tasks::get(&self.pool, holder, task_id).await
+        self.refine(tasks::get(&self.pool, holder, task_id).await)
+            .await
     }
 
     async fn count_credentials(&self) -> Result<u64, StoreError> {
-        credentials::count(&self.pool).await
+        self.refine(credentials::count(&self.pool).await).await
     }
 
     async fn revoke(
@@ -365,7 +431,7 @@ impl Store for PgStore {
     }
 
     async fn due_tasks(&self, now: i64) -> Result<Vec<(String, String)>, StoreError> {
-        tasks::due(&self.pool, now).await
+        self.refine(tasks::due(&self.pool, now).await).await
     }
 
     async fn events_after(
@@ -373,19 +439,23 @@ impl Store for PgStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<RevocationEvent>, StoreError> {
-        revocations::after(&self.pool, after, limit).await
+        self.refine(revocations::after(&self.pool, after, limit).await)
+            .await
     }
 
     async fn unexpired_events(&self, now: i64) -> Result<Vec<RevocationEvent>, StoreError> {
-        revocations::unexpired(&self.pool, now).await
+        self.refine(revocations::unexpired(&self.pool, now).await)
+            .await
     }
 
     async fn current_seq(&self) -> Result<u64, StoreError> {
-        revocations::read_counter(&self.pool, "revocation_seq").await
+        self.refine(revocations::read_counter(&self.pool, "revocation_seq").await)
+            .await
     }
 
     async fn pruned_through(&self) -> Result<u64, StoreError> {
-        revocations::read_counter(&self.pool, "pruned_through").await
+        self.refine(revocations::read_counter(&self.pool, "pruned_through").await)
+            .await
     }
 
     async fn prune_events(&self, before: i64) -> Result<u64, StoreError> {
@@ -406,11 +476,12 @@ impl Store for PgStore {
     }
 
     async fn acks(&self) -> Result<Vec<AckRecord>, StoreError> {
-        acks::all(&self.pool).await
+        self.refine(acks::all(&self.pool).await).await
     }
 
     async fn crl_entries(&self, now: i64) -> Result<Vec<CrlEntry>, StoreError> {
-        credentials::crl_entries(&self.pool, now).await
+        self.refine(credentials::crl_entries(&self.pool, now).await)
+            .await
     }
 
     async fn next_crl_number(&self) -> Result<u64, StoreError> {
@@ -423,11 +494,12 @@ impl Store for PgStore {
 
     async fn bundle_sequence(&self, content_hash: &str) -> Result<u64, StoreError> {
         // The common case changes nothing: answer it without a write.
-        let current: Option<(String, i64)> =
+        let current: Result<Option<(String, i64)>, _> =
             sqlx::query_as("SELECT content_hash, sequence FROM bundle_sequence WHERE id = 1")
                 .fetch_optional(&self.pool)
                 .await
-                .pg()?;
+                .pg();
+        let current = self.refine(current).await?;
         if let Some((hash, seq)) = current
             && hash == content_hash
         {
@@ -449,19 +521,22 @@ impl Store for PgStore {
     }
 
     async fn audit_after(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
-        audit::after(&self.pool, after, limit).await
+        self.refine(audit::after(&self.pool, after, limit).await)
+            .await
     }
 
     async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError> {
-        audit::head(&self.pool).await
+        self.refine(audit::head(&self.pool).await).await
     }
 
     async fn task_audit(&self, holder: &str, task_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
-        audit::of_task(&self.pool, holder, task_id).await
+        self.refine(audit::of_task(&self.pool, holder, task_id).await)
+            .await
     }
 
     async fn acks_covering(&self, seq: u64) -> Result<Vec<AuditEvent>, StoreError> {
-        audit::acks_covering(&self.pool, seq).await
+        self.refine(audit::acks_covering(&self.pool, seq).await)
+            .await
     }
 
     async fn active_tasks(
@@ -471,14 +546,16 @@ impl Store for PgStore {
         after: Option<(String, String)>,
         limit: u32,
     ) -> Result<Vec<TaskRecord>, StoreError> {
-        tasks::active(&self.pool, filter, now, after, limit).await
+        self.refine(tasks::active(&self.pool, filter, now, after, limit).await)
+            .await
     }
 
     async fn break_glass_tasks(
         &self,
         include_reviewed: bool,
     ) -> Result<Vec<TaskRecord>, StoreError> {
-        tasks::break_glass(&self.pool, include_reviewed).await
+        self.refine(tasks::break_glass(&self.pool, include_reviewed).await)
+            .await
     }
 
     async fn mark_reviewed(

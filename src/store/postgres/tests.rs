@@ -389,7 +389,8 @@ fn sqlstates_map_to_conditions() {
     assert_eq!(classify("57P01"), Some(Condition::Unreachable));
     assert_eq!(classify("08006"), Some(Condition::Unreachable));
     assert_eq!(classify("23505"), None);
-    assert!(!Condition::Unreachable.nothing_stored());
+    assert!(Condition::Unreachable.nothing_stored());
+    assert!(!Condition::LostAtCommit.nothing_stored());
 }
 
 /// The trail refuses updates and deletes in PostgreSQL too (the triggers),
@@ -441,9 +442,9 @@ async fn an_unreachable_server_fails_the_open_without_the_password() {
     };
     let err = PgStore::open(&url, &cfg).await.unwrap_err();
     assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    assert!(err.to_string().contains("refused"), "{err}");
     assert!(!err.to_string().contains("s3cret"), "{err}");
-    // A failure of a running store's connection is "unreachable", and may
-    // have been stored.
+    // A failure of a running store's connection is "unreachable".
     let e = store_error(sqlx::Error::Io(std::io::Error::from(
         std::io::ErrorKind::ConnectionReset,
     )));
