@@ -157,12 +157,99 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
 }
 
-/// Durable state.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The environment variable whose PostgreSQL URL overrides `[store] url`,
+/// so a password need not sit in the file.
+pub const STORE_URL_ENV: &str = "TASKMINT_STORE_URL";
+
+/// Durable state: exactly one of `path` (SQLite) and `url` (PostgreSQL).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// SQLite database file; created with its directory if missing.
-    pub path: PathBuf,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// PostgreSQL URL (`postgres://user@host:port/db`); the environment
+    /// variable [`STORE_URL_ENV`] wins over it.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// PostgreSQL: most connections the pool opens.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// PostgreSQL: how long a query waits for a free connection.
+    #[serde(default = "default_acquire_timeout", with = "humantime_serde_compat")]
+    pub acquire_timeout: Duration,
+    /// PostgreSQL: how long the start waits for the first connection.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("StoreConfig")
+            .field("path", &self.path)
+            .field("url", &self.url.as_deref().map(crate::store::redact_url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl StoreConfig {
+    /// The PostgreSQL pool settings.
+    pub fn pool(&self) -> crate::store::PgPoolConfig {
+        crate::store::PgPoolConfig {
+            max_connections: self.max_connections,
+            acquire_timeout: self.acquire_timeout,
+            connect_timeout: self.connect_timeout,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match (&self.path, &self.url) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "store.path (SQLite) and store.url (PostgreSQL, or {STORE_URL_ENV}) are both \
+                     set: choose one"
+                ));
+            }
+            (None, None) => {
+                return Err("set store.path (SQLite) or store.url (PostgreSQL)".into());
+            }
+            (None, Some(url)) => {
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(format!(
+                        "store.url `{}` is not a `postgres://` URL",
+                        crate::store::redact_url(url)
+                    ));
+                }
+            }
+            (Some(_), None) => {}
+        }
+        if self.max_connections == 0 || self.max_connections > 10_000 {
+            return Err("store.max_connections must be 1-10000".into());
+        }
+        for (name, d) in [
+            ("acquire_timeout", self.acquire_timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                return Err(format!("store.{name} must be at least 100ms"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_max_connections() -> u32 {
+    crate::store::PgPoolConfig::default().max_connections
+}
+fn default_acquire_timeout() -> Duration {
+    crate::store::PgPoolConfig::default().acquire_timeout
+}
+fn default_connect_timeout() -> Duration {
+    crate::store::PgPoolConfig::default().connect_timeout
 }
 
 /// Minting limits.
@@ -420,7 +507,8 @@ mod humantime_serde_compat {
 }
 
 impl Config {
-    /// Reads, resolves and validates the config at `path`.
+    /// Reads, resolves and validates the config at `path`; a PostgreSQL URL
+    /// in [`STORE_URL_ENV`] replaces `[store] url`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -430,7 +518,8 @@ impl Config {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        Self::from_toml(&text, base).map_err(|e| match e {
+        let env_url = std::env::var(STORE_URL_ENV).ok().filter(|u| !u.is_empty());
+        Self::from_toml_env(&text, base, env_url).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
@@ -441,10 +530,23 @@ impl Config {
 
     /// Parses TOML text, resolving relative paths against `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        Self::from_toml_env(text, base_dir, None)
+    }
+
+    /// [`Config::from_toml`], with `store_url` (from the environment) in
+    /// place of `[store] url` when given.
+    fn from_toml_env(
+        text: &str,
+        base_dir: &Path,
+        store_url: Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
             message: e.to_string(),
         })?;
+        if store_url.is_some() {
+            cfg.store.url = store_url;
+        }
         cfg.base_dir = base_dir.to_owned();
         cfg.resolve_paths();
         cfg.validate()?;
@@ -469,7 +571,9 @@ impl Config {
         fix(&mut self.ca.cert);
         fix(&mut self.ca.key);
         fix(&mut self.jwt.key);
-        fix(&mut self.store.path);
+        if let Some(p) = &mut self.store.path {
+            fix(p);
+        }
         fix(&mut self.policy.file);
     }
 
@@ -494,6 +598,7 @@ impl Config {
                 self.trust_domain
             ));
         }
+        self.store.validate().map_err(ConfigError::Invalid)?;
         if self.trust.reload_interval < Duration::from_millis(100) {
             return invalid("trust.reload_interval must be at least 100ms".into());
         }
@@ -638,7 +743,10 @@ mod tests {
     #[test]
     fn paths_resolve_against_the_config_directory() {
         let cfg = Config::from_toml(MINIMAL, Path::new("/etc/tm")).unwrap();
-        assert_eq!(cfg.store.path, Path::new("/etc/tm/data/taskmint.db"));
+        assert_eq!(
+            cfg.store.path.as_deref(),
+            Some(Path::new("/etc/tm/data/taskmint.db"))
+        );
         assert_eq!(cfg.trust.domains[0].bundle, Path::new("/etc/tm/bundle.pem"));
         assert_eq!(cfg.limits.default_ttl, Duration::from_secs(300));
         assert_eq!(cfg.jwt_issuer(), "spiffe://example.org/taskmint");
@@ -680,6 +788,52 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("invalid duration `soon`"), "{err}");
+    }
+
+    #[test]
+    fn store_is_sqlite_or_postgres_and_the_environment_url_wins() {
+        let pg = MINIMAL.replace(
+            "path = \"data/taskmint.db\"",
+            "url = \"postgres://tm@db.internal:5432/taskmint\"\nmax_connections = 4",
+        );
+        let cfg = Config::from_toml(&pg, Path::new(".")).unwrap();
+        assert_eq!(cfg.store.path, None);
+        assert_eq!(cfg.store.max_connections, 4);
+        assert_eq!(cfg.store.acquire_timeout, Duration::from_secs(10));
+        let env = Some("postgres://tm:secret@db2:5432/taskmint".to_owned());
+        let cfg = Config::from_toml_env(&pg, Path::new("."), env.clone()).unwrap();
+        assert_eq!(cfg.store.url, env);
+        assert!(!format!("{cfg:?}").contains("secret"));
+        // Both backends named: refused, naming both.
+        let err = Config::from_toml_env(MINIMAL, Path::new("."), env).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("store.path") && msg.contains("store.url"),
+            "{msg}"
+        );
+        assert!(msg.contains(STORE_URL_ENV), "{msg}");
+        let both = MINIMAL.replace(
+            "path = \"data/taskmint.db\"",
+            "path = \"data/taskmint.db\"\nurl = \"postgres://db/tm\"",
+        );
+        assert!(Config::from_toml(&both, Path::new(".")).is_err());
+        // Neither, a URL that is not PostgreSQL's, a zero pool, a tiny timeout.
+        for (from, to) in [
+            ("path = \"data/taskmint.db\"", ""),
+            ("path = \"data/taskmint.db\"", "url = \"mysql://db/tm\""),
+            (
+                "path = \"data/taskmint.db\"",
+                "url = \"postgres://db/tm\"\nmax_connections = 0",
+            ),
+            (
+                "path = \"data/taskmint.db\"",
+                "url = \"postgres://db/tm\"\nconnect_timeout = \"0s\"",
+            ),
+        ] {
+            let text = MINIMAL.replace(from, to);
+            let err = Config::from_toml(&text, Path::new(".")).unwrap_err();
+            assert!(err.to_string().contains("store"), "{err}");
+        }
     }
 
     #[test]

@@ -27,7 +27,8 @@
 //! - [`policy`]: Cedar: actions and their typed contexts, entities, the
 //!   policy document and its reload, evaluation.
 //! - [`store`]: the `Store` trait, its records and conformance suite, the
-//!   SQLite backend (one writer thread owns every write).
+//!   SQLite backend (one writer thread owns every write) and the PostgreSQL
+//!   backend (row locks in each transaction).
 //! - [`issuer`]: the gate (rate limit, policy, audit, refusal) and one file
 //!   per capability: tasks, mint, renew, revoke, feed, admin, bundle.
 //! - [`revocation`]: the ordered revocation log, live hub, watch feed,

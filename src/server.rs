@@ -16,7 +16,7 @@ use crate::issuer::Issuer;
 use crate::jwt::{JwtError, JwtSigner};
 use crate::policy::{Engine, Groups};
 use crate::revocation::{Revocations, reaper};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{AnyStore, SqliteStore, StoreError};
 use crate::tls::{MaterialSources, TlsError, TlsMaterial};
 
 /// Why the server could not start.
@@ -53,7 +53,7 @@ pub struct Server {
     cfg: Config,
     issuer: Arc<Issuer>,
     material: Arc<TlsMaterial>,
-    store: Arc<SqliteStore>,
+    store: AnyStore,
 }
 
 impl Server {
@@ -70,8 +70,8 @@ impl Server {
             policy_groups(&cfg),
             crate::clock::now_unix(),
         )?);
-        let store = Arc::new(SqliteStore::open(&cfg.store.path).await?);
-        let dyn_store: Arc<dyn Store> = store.clone();
+        let store = crate::store::open(&cfg.store).await?;
+        let dyn_store = store.as_dyn();
         let revocations = Arc::new(Revocations::new(dyn_store, jwt.clone(), cfg.jwt_issuer()));
         // Catch up on deadlines that passed while the issuer was down, before
         // anyone can mint or watch.
@@ -102,10 +102,15 @@ impl Server {
         &self.issuer
     }
 
-    /// The store the issuer writes to (for operations and tests, such as
-    /// capping its size with [`SqliteStore::set_max_pages`]).
-    pub fn store(&self) -> &Arc<SqliteStore> {
+    /// The store the issuer writes to.
+    pub fn store(&self) -> &AnyStore {
         &self.store
+    }
+
+    /// The SQLite store, when that is the backend (for operations and
+    /// tests, such as capping its size with [`SqliteStore::set_max_pages`]).
+    pub fn sqlite_store(&self) -> Option<&Arc<SqliteStore>> {
+        self.store.sqlite()
     }
 
     /// Serves on `listener` until `shutdown` resolves, reloading TLS material

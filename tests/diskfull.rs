@@ -31,7 +31,7 @@ async fn boot(
 ) {
     let listener = tokio::net::TcpListener::bind(s.addr).await.unwrap();
     let server = Server::build(s.cfg.clone()).await.unwrap();
-    let store = server.store().clone();
+    let store = server.sqlite_store().expect("a SQLite store").clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let join = tokio::spawn(async move {
         server
@@ -216,7 +216,9 @@ async fn a_full_store_acknowledges_nothing_it_did_not_commit_and_recovers() {
     // After a restart every OK'd revocation is there, with its number.
     stop.send(()).unwrap();
     join.await.unwrap();
-    let reopened = SqliteStore::open(&s.cfg.store.path).await.unwrap();
+    let reopened = SqliteStore::open(s.cfg.store.path.as_deref().unwrap())
+        .await
+        .unwrap();
     let log = reopened.events_after(0, 10_000).await.unwrap();
     let logged: BTreeMap<u64, String> = log
         .iter()
@@ -232,7 +234,7 @@ async fn a_full_store_acknowledges_nothing_it_did_not_commit_and_recovers() {
         assert!(reopened.credential(id).await.unwrap().is_some(), "{id}");
     }
     reopened.close().await;
-    let n = taskmint::cli::verify_audit_store(&s.cfg.store.path)
+    let n = taskmint::cli::verify_audit_store(s.cfg.store.path.as_deref().unwrap())
         .await
         .unwrap();
     assert!(n > 0);

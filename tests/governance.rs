@@ -817,7 +817,7 @@ async fn audit_verify_catches_edited_deleted_and_reordered_rows() {
     agent.complete_task("a-0").await.unwrap();
     s.stop().await;
 
-    let db = s.cfg.store.path.clone();
+    let db = s.cfg.store.path.clone().unwrap();
     let n = taskmint::cli::verify_audit_store(&db).await.unwrap();
     assert!(n >= 8, "{n}");
     let (ok, out) = verify(s.dir.path(), &db);

@@ -12,7 +12,7 @@ use super::{ConnArgs, rfc3339, status_line};
 use crate::audit::Verifier;
 use crate::config::Config;
 use crate::grpc::{audit_decision_text, audit_kind_text, pb};
-use crate::store::{SqliteStore, Store};
+use crate::store::{PgPoolConfig, PgStore, SqliteStore, Store};
 
 /// `audit` subcommands.
 #[derive(Debug, Subcommand)]
@@ -139,6 +139,21 @@ pub async fn verify_store(path: &std::path::Path) -> anyhow::Result<u64> {
         anyhow::bail!("no store at `{}`", path.display());
     }
     let store = SqliteStore::open_read_only(path).await?;
+    let n = verify_chain(&store).await;
+    store.close().await;
+    n
+}
+
+/// Verifies the audit chain of the PostgreSQL store at `url` (opened
+/// without migrating it); the last good sequence.
+pub async fn verify_pg_store(url: &str, pool: &PgPoolConfig) -> anyhow::Result<u64> {
+    let store = PgStore::open_read_only(url, pool).await?;
+    let n = verify_chain(&store).await;
+    store.close().await;
+    n
+}
+
+async fn verify_chain(store: &dyn Store) -> anyhow::Result<u64> {
     // The head first: a running issuer keeps appending, and what comes
     // after this head is not part of what is verified.
     let head = store.audit_head().await?;
@@ -153,20 +168,22 @@ pub async fn verify_store(path: &std::path::Path) -> anyhow::Result<u64> {
             v.check(e)?;
         }
     }
-    let n = v.finish(head)?;
-    store.close().await;
-    Ok(n)
+    Ok(v.finish(head)?)
 }
 
 pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::Verify(a) => {
             let cfg = Config::load(&a.config)?;
-            let n = verify_store(&cfg.store.path).await?;
-            println!(
-                "audit trail intact: {n} events, hash chain and head verified ({})",
-                cfg.store.path.display()
-            );
+            let (n, at) = match (&cfg.store.path, &cfg.store.url) {
+                (_, Some(url)) => (
+                    verify_pg_store(url, &cfg.store.pool()).await?,
+                    crate::store::redact_url(url),
+                ),
+                (Some(path), None) => (verify_store(path).await?, path.display().to_string()),
+                (None, None) => anyhow::bail!("the config names no store"),
+            };
+            println!("audit trail intact: {n} events, hash chain and head verified ({at})");
         }
         AuditCommand::Export(a) => {
             let mut c = a.conn.connect().await?;

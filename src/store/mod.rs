@@ -10,17 +10,27 @@
 //!   written once and run in each backend's own tests.
 //! - [`SqliteStore`]: the embedded default; one writer thread owns every
 //!   write.
+//! - [`PgStore`]: PostgreSQL; row locks inside each transaction keep it
+//!   correct when several processes write.
+//! - [`open`] / [`AnyStore`]: the backend the config names.
 //!
 //! Timestamps are Unix seconds in `BIGINT` columns and conflicts use
 //! `ON CONFLICT`, so the schema carries over to PostgreSQL.
 
 #[cfg(test)]
 pub mod conformance;
+mod postgres;
 mod records;
 mod sqlite;
 
+use std::sync::Arc;
+
+pub(crate) use postgres::redact as redact_url;
+pub use postgres::{PgPoolConfig, PgStore};
 pub use records::*;
 pub use sqlite::SqliteStore;
+
+use crate::config::StoreConfig;
 
 use crate::audit::{AuditDraft, AuditEvent};
 
@@ -74,6 +84,15 @@ pub enum Condition {
     ReadOnly,
     /// Out of memory.
     OutOfMemory,
+    /// The database server cannot be reached, or the connection to it was
+    /// lost before the commit (the server rolls such a transaction back).
+    Unreachable,
+    /// The connection to the database was lost during the commit: the
+    /// server may have committed and only the answer was lost.
+    LostAtCommit,
+    /// The database aborted the transaction in favour of a concurrent one
+    /// (a deadlock or serialization failure), more often than retried.
+    Conflict,
 }
 
 impl std::fmt::Display for Condition {
@@ -84,6 +103,9 @@ impl std::fmt::Display for Condition {
             Self::Busy => "the database is busy (locked, or no connection free in time)",
             Self::ReadOnly => "the database is read-only",
             Self::OutOfMemory => "the database ran out of memory",
+            Self::Unreachable => "the database cannot be reached",
+            Self::LostAtCommit => "the connection to the database was lost during the commit",
+            Self::Conflict => "the database kept aborting the write for concurrent ones",
         })
     }
 }
@@ -91,9 +113,10 @@ impl std::fmt::Display for Condition {
 impl Condition {
     /// Whether a write that failed this way certainly stored nothing. An
     /// I/O error may strike after the commit reached the disk (a failed
-    /// fsync), so a caller cannot be told it did not happen.
+    /// fsync), and a connection may be lost after the server committed but
+    /// before it said so, so a caller cannot be told it did not happen.
     pub fn nothing_stored(self) -> bool {
-        !matches!(self, Self::Io)
+        !matches!(self, Self::Io | Self::LostAtCommit)
     }
 }
 
@@ -238,4 +261,55 @@ pub trait Store: Send + Sync + 'static {
         review: &Review,
         audit: AuditDraft,
     ) -> Result<ReviewOutcome, StoreError>;
+}
+
+/// The store the config names, opened (and migrated).
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// The embedded SQLite store (`[store] path`).
+    Sqlite(Arc<SqliteStore>),
+    /// A PostgreSQL database (`[store] url`).
+    Postgres(Arc<PgStore>),
+}
+
+impl AnyStore {
+    /// The store behind the [`Store`] trait.
+    pub fn as_dyn(&self) -> Arc<dyn Store> {
+        match self {
+            Self::Sqlite(s) => s.clone(),
+            Self::Postgres(s) => s.clone(),
+        }
+    }
+
+    /// The SQLite store, if that is the backend (for what only it has, such
+    /// as [`SqliteStore::set_max_pages`]).
+    pub fn sqlite(&self) -> Option<&Arc<SqliteStore>> {
+        match self {
+            Self::Sqlite(s) => Some(s),
+            Self::Postgres(_) => None,
+        }
+    }
+
+    /// Finishes or waits for the writes in flight and closes the store.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(s) => s.close().await,
+            Self::Postgres(s) => s.close().await,
+        }
+    }
+}
+
+/// Opens the backend `cfg` names: PostgreSQL when it has a URL, otherwise
+/// the SQLite file at its path.
+pub async fn open(cfg: &StoreConfig) -> Result<AnyStore, StoreError> {
+    match (&cfg.url, &cfg.path) {
+        (Some(url), _) => Ok(AnyStore::Postgres(Arc::new(
+            PgStore::open(url, &cfg.pool()).await?,
+        ))),
+        (None, Some(path)) => Ok(AnyStore::Sqlite(Arc::new(SqliteStore::open(path).await?))),
+        (None, None) => Err(StoreError::Open {
+            path: String::new(),
+            reason: "the config names no store (`store.path` or `store.url`)".into(),
+        }),
+    }
 }

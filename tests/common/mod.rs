@@ -144,7 +144,9 @@ impl TestServer {
 
     /// A second connection to the same database.
     pub async fn store(&self) -> SqliteStore {
-        SqliteStore::open(&self.cfg.store.path).await.unwrap()
+        SqliteStore::open(self.cfg.store.path.as_deref().unwrap())
+            .await
+            .unwrap()
     }
 
     pub async fn credential_count(&self) -> u64 {

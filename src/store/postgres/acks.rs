@@ -1,0 +1,101 @@
+//! Subscriber acknowledgements in PostgreSQL: the highest sequence each
+//! subscriber enforced. The subscriber's row is locked before it is read, so
+//! of concurrent acknowledgements each sees the one before it, the stored
+//! value never moves backwards (`GREATEST`), and only a rise is audited.
+
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool};
+
+use super::{Cols, Pg, append};
+use crate::audit::AuditDraft;
+use crate::store::{AckRecord, StoreError};
+
+fn from_row(r: &PgRow) -> Result<AckRecord, StoreError> {
+    Ok(AckRecord {
+        subscriber: r.text("subscriber")?,
+        spiffe_id: r.text("spiffe_id")?,
+        acked_seq: r.int("acked_seq")? as u64,
+        acked_at: r.int("acked_at")?,
+    })
+}
+
+async fn locked_seq(conn: &mut PgConnection, subscriber: &str) -> Result<Option<i64>, StoreError> {
+    sqlx::query_scalar("SELECT acked_seq FROM subscriber_acks WHERE subscriber = $1 FOR UPDATE")
+        .bind(subscriber)
+        .fetch_optional(conn)
+        .await
+        .pg()
+}
+
+/// Raises a subscriber's acknowledged sequence; writes `audit` (with
+/// `ref_seq` set) when it rose.
+pub(super) async fn ack(
+    conn: &mut PgConnection,
+    a: &AckRecord,
+    mut audit: AuditDraft,
+) -> Result<AckRecord, StoreError> {
+    let seq = a.acked_seq.min(i64::MAX as u64) as i64;
+    let mut before = locked_seq(conn, &a.subscriber).await?;
+    let mut inserted = false;
+    if before.is_none() {
+        // The first acknowledgement: of two racing ones, one inserts and the
+        // other waits for it, then finds (and locks) its row.
+        inserted = sqlx::query(
+            "INSERT INTO subscriber_acks (subscriber, spiffe_id, acked_seq, acked_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (subscriber) DO NOTHING",
+        )
+        .bind(&a.subscriber)
+        .bind(&a.spiffe_id)
+        .bind(seq)
+        .bind(a.acked_at)
+        .execute(&mut *conn)
+        .await
+        .pg()?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            before = locked_seq(conn, &a.subscriber).await?;
+        }
+    }
+    if !inserted {
+        sqlx::query(
+            "UPDATE subscriber_acks SET spiffe_id = $2, acked_at = $4, \
+               acked_seq = GREATEST(acked_seq, $3) \
+             WHERE subscriber = $1",
+        )
+        .bind(&a.subscriber)
+        .bind(&a.spiffe_id)
+        .bind(seq)
+        .bind(a.acked_at)
+        .execute(&mut *conn)
+        .await
+        .pg()?;
+    }
+    let row = sqlx::query(
+        "SELECT subscriber, spiffe_id, acked_seq, acked_at FROM subscriber_acks \
+         WHERE subscriber = $1",
+    )
+    .bind(&a.subscriber)
+    .fetch_optional(&mut *conn)
+    .await
+    .pg()?
+    .ok_or_else(|| StoreError::Corrupt(format!("ack of `{}` vanished", a.subscriber)))?;
+    let after = from_row(&row)?;
+    if before.is_none_or(|b| (b as u64) < after.acked_seq) {
+        audit.ref_seq = Some(after.acked_seq);
+        append(conn, [audit]).await?;
+    }
+    Ok(after)
+}
+
+/// Every acknowledgement, by subscriber name.
+pub(super) async fn all(pool: &PgPool) -> Result<Vec<AckRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT subscriber, spiffe_id, acked_seq, acked_at FROM subscriber_acks \
+         ORDER BY subscriber",
+    )
+    .fetch_all(pool)
+    .await
+    .pg()?;
+    rows.iter().map(from_row).collect()
+}

@@ -1,0 +1,304 @@
+//! The revocation log in PostgreSQL: the `revocations` table and the
+//! counters that number it. A revocation takes its sequence number with
+//! `UPDATE counters ... RETURNING`, whose row lock is held until the
+//! transaction ends: revocations from every process are numbered one at a
+//! time, gap-free, in commit order, and a rolled-back revocation takes its
+//! number back with it.
+
+use std::collections::BTreeMap;
+
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool};
+
+use super::{Cols, Pg, append, credentials, tasks};
+use crate::audit::{self, AuditDraft};
+use crate::store::{
+    CredentialRecord, RevocationEvent, RevokeRequest, RevokeScope, SetSigner, StoreError, TaskState,
+};
+
+const COLUMNS: &str = "seq, kind, credential_ids, task_holder, task_id, spiffe_id, \
+     trust_domain, reason, revoked_at, expires_at, set_jwt";
+
+pub(super) fn from_row(r: &PgRow) -> Result<RevocationEvent, StoreError> {
+    Ok(RevocationEvent {
+        seq: r.int("seq")? as u64,
+        kind: r.text("kind")?,
+        credential_ids: serde_json::from_str(&r.text("credential_ids")?)
+            .map_err(|e| StoreError::Corrupt(format!("credential_ids: {e}")))?,
+        task_holder: r.text("task_holder")?,
+        task_id: r.text("task_id")?,
+        spiffe_id: r.text("spiffe_id")?,
+        trust_domain: r.text("trust_domain")?,
+        reason: r.text("reason")?,
+        revoked_at: r.int("revoked_at")?,
+        expires_at: r.int("expires_at")?,
+        set_jwt: r.text("set_jwt")?,
+    })
+}
+
+/// Raises a counter by one and returns the new value; the counter's row
+/// stays locked until the transaction ends.
+pub(super) async fn bump(conn: &mut PgConnection, name: &str) -> Result<u64, StoreError> {
+    let v: i64 =
+        sqlx::query_scalar("UPDATE counters SET value = value + 1 WHERE name = $1 RETURNING value")
+            .bind(name)
+            .fetch_one(conn)
+            .await
+            .pg()?;
+    Ok(v as u64)
+}
+
+fn trust_domain_of(spiffe_id: &str) -> String {
+    spiffe_id
+        .strip_prefix("spiffe://")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// Revokes every credential in scope, one event per task, each signed by
+/// `sign`; optionally ends the task and its descendants. All in one
+/// transaction. Lock order, the same in every write: task rows, then
+/// credential rows, then the sequence counter, then the audit head.
+pub(super) async fn revoke(
+    conn: &mut PgConnection,
+    req: &RevokeRequest,
+    sign: &SetSigner,
+) -> Result<Vec<RevocationEvent>, StoreError> {
+    // The task's row is locked before its state is read: a mint of the task
+    // either committed before (and its credential is revoked here) or waits
+    // and then sees the task ended.
+    if let RevokeScope::Task { holder, task_id } = &req.scope {
+        let state = tasks::lock_state(conn, holder, task_id).await?;
+        // Ending a task that already ended (a concurrent completion, or a
+        // delegated task the reaper lists but a cascade ended first) does
+        // and records nothing.
+        if req.end_task.is_some() && state != Some(TaskState::Active) {
+            return Ok(Vec::new());
+        }
+    }
+    let td_exact;
+    let td_like;
+    let (filter, binds): (&str, Vec<&str>) = match &req.scope {
+        RevokeScope::Credential(id) => ("id = $1", vec![id.as_str()]),
+        RevokeScope::Task { holder, task_id } => (
+            "task_holder = $1 AND task_id = $2",
+            vec![holder.as_str(), task_id.as_str()],
+        ),
+        RevokeScope::Workload(id) => ("spiffe_id = $1", vec![id.as_str()]),
+        RevokeScope::TrustDomain(td) => {
+            td_exact = format!("spiffe://{td}");
+            td_like = format!("spiffe://{}/%", like_escape(td));
+            (
+                "(spiffe_id = $1 OR spiffe_id LIKE $2 ESCAPE '\\')",
+                vec![td_exact.as_str(), td_like.as_str()],
+            )
+        }
+    };
+    // Tasks delegated from the ones in scope get the same treatment.
+    let cascaded = match (&req.scope, req.cascade) {
+        (RevokeScope::Task { holder, task_id }, true) => {
+            tasks::descendants(conn, "SELECT $1::text, $2::text", &[holder, task_id]).await?
+        }
+        (RevokeScope::Workload(id), true) => {
+            tasks::descendants(
+                conn,
+                "SELECT holder, task_id FROM tasks WHERE holder = $1",
+                &[id],
+            )
+            .await?
+        }
+        _ => Vec::new(),
+    };
+    if req.end_task.is_some() {
+        tasks::lock_all(conn, &cascaded).await?;
+    }
+    // Ending a task closes out every credential it ever had, expired or not,
+    // so each one's record says how it ended; a plain revocation touches only
+    // what is still valid.
+    let valid_at = req.end_task.is_none().then_some(req.now);
+    let mut creds = credentials::unrevoked_in(conn, filter, &binds, valid_at).await?;
+    for (h, t) in &cascaded {
+        creds.extend(
+            credentials::unrevoked_in(conn, "task_holder = $1 AND task_id = $2", &[h, t], valid_at)
+                .await?,
+        );
+    }
+    creds.sort_by(|a, b| a.id.cmp(&b.id));
+    creds.dedup_by(|a, b| a.id == b.id);
+
+    // One event per task, in a stable order.
+    let mut by_task: BTreeMap<(String, String), Vec<CredentialRecord>> = BTreeMap::new();
+    for c in creds {
+        by_task
+            .entry((c.task_holder.clone(), c.task_id.clone()))
+            .or_default()
+            .push(c);
+    }
+    let mut audit_events = Vec::new();
+    if !req.audit.kind.is_empty() {
+        let mut a = req.audit.clone();
+        if !a.task_id.is_empty() {
+            let key = (a.task_holder.clone(), a.task_id.clone());
+            a.break_glass |= tasks::break_glass_of(conn, &key).await?;
+        }
+        audit_events.push(a);
+    }
+    let mut events = Vec::with_capacity(by_task.len());
+    for ((holder, task_id), creds) in by_task {
+        let seq = bump(conn, "revocation_seq").await?;
+        let spiffe_id = creds[0].spiffe_id.clone();
+        let mut event = RevocationEvent {
+            seq,
+            kind: req.scope.kind().to_owned(),
+            credential_ids: creds.iter().map(|c| c.id.clone()).collect(),
+            task_holder: holder,
+            task_id,
+            trust_domain: trust_domain_of(&spiffe_id),
+            spiffe_id,
+            reason: req.reason.clone(),
+            revoked_at: req.now,
+            expires_at: creds.iter().map(|c| c.not_after).max().unwrap_or(req.now),
+            set_jwt: String::new(),
+        };
+        event.set_jwt = sign(&event).map_err(StoreError::Corrupt)?;
+        insert(conn, &event).await?;
+        for c in &creds {
+            credentials::mark_revoked(conn, &c.id, req.now, &req.reason, seq).await?;
+        }
+        let key = (event.task_holder.clone(), event.task_id.clone());
+        let mut a = AuditDraft::new(audit::kind::REVOKED, &req.audit.actor, req.now)
+            .task(
+                &event.task_holder,
+                &event.task_id,
+                tasks::break_glass_of(conn, &key).await?,
+            )
+            .decided(&req.audit.decision, &req.audit.policies)
+            .credential(&event.credential_ids.join(","))
+            .because(if cascaded.contains(&key) {
+                format!("{} (cascaded to a delegated task)", req.reason)
+            } else {
+                req.reason.clone()
+            });
+        a.ref_seq = Some(seq);
+        audit_events.push(a);
+        events.push(event);
+    }
+    if let Some(state) = req.end_task {
+        let mut ended: Vec<(String, String)> = Vec::new();
+        if let RevokeScope::Task { holder, task_id } = &req.scope {
+            ended.push((holder.clone(), task_id.clone()));
+        }
+        ended.extend(cascaded.iter().cloned());
+        for key @ (holder, task_id) in &ended {
+            let changed = tasks::end(conn, holder, task_id, state, req.now).await?;
+            if changed && cascaded.contains(key) {
+                audit_events.push(
+                    AuditDraft::new(&req.audit.kind, &req.audit.actor, req.now)
+                        .task(holder, task_id, tasks::break_glass_of(conn, key).await?)
+                        .decided(&req.audit.decision, &req.audit.policies)
+                        .because(format!(
+                            "{}: its parent task `{}` of `{}` ended",
+                            state.as_str(),
+                            req.audit.task_id,
+                            req.audit.task_holder
+                        )),
+                );
+            }
+        }
+    }
+    append(conn, audit_events).await?;
+    Ok(events)
+}
+
+async fn insert(conn: &mut PgConnection, e: &RevocationEvent) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "INSERT INTO revocations ({COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    ))
+    .bind(e.seq as i64)
+    .bind(&e.kind)
+    .bind(serde_json::to_string(&e.credential_ids).expect("ids serialise"))
+    .bind(&e.task_holder)
+    .bind(&e.task_id)
+    .bind(&e.spiffe_id)
+    .bind(&e.trust_domain)
+    .bind(&e.reason)
+    .bind(e.revoked_at)
+    .bind(e.expires_at)
+    .bind(&e.set_jwt)
+    .execute(conn)
+    .await
+    .pg()?;
+    Ok(())
+}
+
+/// Deletes a prefix of the log: events that expired before `before`, up to
+/// the first one still retained (a cursor is valid iff it is at or after
+/// `pruned_through`, so nothing after a retained event may go). The
+/// `pruned_through` row is locked first, so prunes run one at a time.
+pub(super) async fn prune(conn: &mut PgConnection, before: i64) -> Result<u64, StoreError> {
+    let pruned: i64 =
+        sqlx::query_scalar("SELECT value FROM counters WHERE name = 'pruned_through' FOR UPDATE")
+            .fetch_one(&mut *conn)
+            .await
+            .pg()?;
+    let first_kept: Option<i64> =
+        sqlx::query_scalar("SELECT MIN(seq) FROM revocations WHERE expires_at >= $1")
+            .bind(before)
+            .fetch_one(&mut *conn)
+            .await
+            .pg()?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT value FROM counters WHERE name = 'revocation_seq'")
+            .fetch_one(&mut *conn)
+            .await
+            .pg()?;
+    let through = first_kept.map(|s| s - 1).unwrap_or(current);
+    if through <= pruned {
+        return Ok(0);
+    }
+    let n = sqlx::query("DELETE FROM revocations WHERE seq <= $1")
+        .bind(through)
+        .execute(&mut *conn)
+        .await
+        .pg()?;
+    sqlx::query("UPDATE counters SET value = $1 WHERE name = 'pruned_through'")
+        .bind(through)
+        .execute(conn)
+        .await
+        .pg()?;
+    Ok(n.rows_affected())
+}
+
+/// Events with `seq > after`, in order, at most `limit`.
+pub(super) async fn after(
+    pool: &PgPool,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<RevocationEvent>, StoreError> {
+    super::seq_page(pool, (COLUMNS, "revocations"), after, limit, from_row).await
+}
+
+/// Events whose revoked credentials have not all expired at `now`.
+pub(super) async fn unexpired(pool: &PgPool, now: i64) -> Result<Vec<RevocationEvent>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM revocations WHERE expires_at > $1 ORDER BY seq");
+    let rows = sqlx::query(&sql).bind(now).fetch_all(pool).await.pg()?;
+    rows.iter().map(from_row).collect()
+}
+
+/// A counter's committed value.
+pub(super) async fn read_counter(pool: &PgPool, name: &str) -> Result<u64, StoreError> {
+    let v: i64 = sqlx::query_scalar("SELECT value FROM counters WHERE name = $1")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .pg()?;
+    Ok(v as u64)
+}

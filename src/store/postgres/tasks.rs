@@ -1,0 +1,335 @@
+//! Tasks in PostgreSQL: the `tasks` table, keyed by (holder, task id). A
+//! task row is the lock every write about its task takes first (`FOR
+//! UPDATE`), so checks against it hold until the acting transaction commits.
+
+use sqlx::PgConnection;
+use sqlx::PgPool;
+use sqlx::postgres::PgRow;
+
+use super::{Cols, Pg, append};
+use crate::audit::AuditDraft;
+use crate::store::{GrantFilter, Review, ReviewOutcome, StoreError, TaskRecord, TaskState};
+
+pub(super) const COLUMNS: &str = "holder, task_id, created_at, purpose, ticket, labels, \
+     implicit, deadline, state, ended_at, owner, break_glass, justification, reviewed_by, \
+     reviewed_at, review_note, parent_holder, parent_task_id, depth, audiences";
+
+pub(super) fn from_row(r: &PgRow) -> Result<TaskRecord, StoreError> {
+    Ok(TaskRecord {
+        holder: r.text("holder")?,
+        task_id: r.text("task_id")?,
+        created_at: r.int("created_at")?,
+        purpose: r.text("purpose")?,
+        ticket: r.text("ticket")?,
+        labels: serde_json::from_str(&r.text("labels")?)
+            .map_err(|e| StoreError::Corrupt(format!("task labels: {e}")))?,
+        implicit: r.flag("implicit")?,
+        deadline: r.int("deadline")?,
+        state: TaskState::parse(&r.text("state")?)?,
+        ended_at: r.opt_int("ended_at")?,
+        owner: r.text("owner")?,
+        break_glass: r.flag("break_glass")?,
+        justification: r.text("justification")?,
+        review: match r.opt_text("reviewed_by")? {
+            None => None,
+            Some(by) => Some(Review {
+                by,
+                at: r.opt_int("reviewed_at")?.unwrap_or(0),
+                note: r.opt_text("review_note")?.unwrap_or_default(),
+            }),
+        },
+        parent: match (r.opt_text("parent_holder")?, r.opt_text("parent_task_id")?) {
+            (Some(h), Some(t)) => Some((h, t)),
+            _ => None,
+        },
+        depth: r.int("depth")? as u32,
+        audiences: serde_json::from_str(&r.text("audiences")?)
+            .map_err(|e| StoreError::Corrupt(format!("task audiences: {e}")))?,
+    })
+}
+
+/// Creates a task (with its audit events) unless it exists; whether it did.
+/// `ON CONFLICT DO NOTHING` waits for a concurrent insert of the same key to
+/// commit or roll back, so of racing begins exactly one creates the row.
+pub(super) async fn begin(
+    conn: &mut PgConnection,
+    t: &TaskRecord,
+    audit: &[AuditDraft],
+) -> Result<bool, StoreError> {
+    let labels = serde_json::to_string(&t.labels).expect("labels serialise");
+    let audiences = serde_json::to_string(&t.audiences).expect("audiences serialise");
+    let inserted = sqlx::query(
+        "INSERT INTO tasks (holder, task_id, created_at, purpose, ticket, labels, implicit, \
+         deadline, state, ended_at, owner, break_glass, justification, reviewed_by, \
+         reviewed_at, review_note, parent_holder, parent_task_id, depth, audiences) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+         $18, $19, $20) ON CONFLICT (holder, task_id) DO NOTHING",
+    )
+    .bind(&t.holder)
+    .bind(&t.task_id)
+    .bind(t.created_at)
+    .bind(&t.purpose)
+    .bind(&t.ticket)
+    .bind(labels)
+    .bind(t.implicit)
+    .bind(t.deadline)
+    .bind(t.state.as_str())
+    .bind(t.ended_at)
+    .bind(&t.owner)
+    .bind(t.break_glass)
+    .bind(&t.justification)
+    .bind(t.review.as_ref().map(|r| &r.by))
+    .bind(t.review.as_ref().map(|r| r.at))
+    .bind(t.review.as_ref().map(|r| &r.note))
+    .bind(t.parent.as_ref().map(|p| &p.0))
+    .bind(t.parent.as_ref().map(|p| &p.1))
+    .bind(i64::from(t.depth))
+    .bind(audiences)
+    .execute(&mut *conn)
+    .await
+    .pg()?;
+    if inserted.rows_affected() == 0 {
+        return Ok(false);
+    }
+    append(conn, audit.iter().cloned()).await?;
+    Ok(true)
+}
+
+/// One task, read in the transaction; locked until it ends when `lock`.
+pub(super) async fn get_in(
+    conn: &mut PgConnection,
+    holder: &str,
+    task_id: &str,
+    lock: bool,
+) -> Result<Option<TaskRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM tasks WHERE holder = $1 AND task_id = $2{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let row = sqlx::query(&sql)
+        .bind(holder)
+        .bind(task_id)
+        .fetch_optional(conn)
+        .await
+        .pg()?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Locks a task's row for the rest of the transaction; its state (`None` if
+/// it has no row).
+pub(super) async fn lock_state(
+    conn: &mut PgConnection,
+    holder: &str,
+    task_id: &str,
+) -> Result<Option<TaskState>, StoreError> {
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM tasks WHERE holder = $1 AND task_id = $2 FOR UPDATE")
+            .bind(holder)
+            .bind(task_id)
+            .fetch_optional(conn)
+            .await
+            .pg()?;
+    state.map(|s| TaskState::parse(&s)).transpose()
+}
+
+/// Locks the rows of `keys` in key order (so two transactions locking
+/// overlapping sets cannot deadlock on them).
+pub(super) async fn lock_all(
+    conn: &mut PgConnection,
+    keys: &[(String, String)],
+) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let (holders, ids): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(h, t)| (h.as_str(), t.as_str())).unzip();
+    sqlx::query(
+        "SELECT 1 FROM tasks t JOIN UNNEST($1::text[], $2::text[]) AS k(holder, task_id) \
+           ON t.holder = k.holder AND t.task_id = k.task_id \
+         ORDER BY t.holder, t.task_id FOR UPDATE OF t",
+    )
+    .bind(holders)
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+    .pg()?;
+    Ok(())
+}
+
+/// Marks a break-glass task reviewed, with its audit event; the task row is
+/// locked first so two reviews cannot both succeed.
+pub(super) async fn mark_reviewed(
+    conn: &mut PgConnection,
+    holder: &str,
+    task_id: &str,
+    review: &Review,
+    audit: AuditDraft,
+) -> Result<ReviewOutcome, StoreError> {
+    let Some(t) = get_in(conn, holder, task_id, true).await? else {
+        return Ok(ReviewOutcome::NotFound);
+    };
+    if !t.break_glass {
+        return Ok(ReviewOutcome::NotBreakGlass);
+    }
+    if t.review.is_some() {
+        return Ok(ReviewOutcome::AlreadyReviewed(t));
+    }
+    sqlx::query(
+        "UPDATE tasks SET reviewed_by = $1, reviewed_at = $2, review_note = $3 \
+         WHERE holder = $4 AND task_id = $5",
+    )
+    .bind(&review.by)
+    .bind(review.at)
+    .bind(&review.note)
+    .bind(holder)
+    .bind(task_id)
+    .execute(&mut *conn)
+    .await
+    .pg()?;
+    append(conn, [audit]).await?;
+    let t = get_in(conn, holder, task_id, false)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("task `{task_id}` vanished")))?;
+    Ok(ReviewOutcome::Reviewed(t))
+}
+
+/// Whether a task was begun through break-glass (false if it has no row).
+pub(super) async fn break_glass_of(
+    conn: &mut PgConnection,
+    (holder, task_id): &(String, String),
+) -> Result<bool, StoreError> {
+    let flag: Option<bool> =
+        sqlx::query_scalar("SELECT break_glass FROM tasks WHERE holder = $1 AND task_id = $2")
+            .bind(holder)
+            .bind(task_id)
+            .fetch_optional(conn)
+            .await
+            .pg()?;
+    Ok(flag.unwrap_or(false))
+}
+
+/// Tasks delegated (transitively) from the tasks `roots_sql` selects (a
+/// query yielding `holder, task_id` with its parameters in `binds`).
+pub(super) async fn descendants(
+    conn: &mut PgConnection,
+    roots_sql: &str,
+    binds: &[&str],
+) -> Result<Vec<(String, String)>, StoreError> {
+    let sql = format!(
+        "WITH RECURSIVE roots(holder, task_id) AS ({roots_sql}), \
+         sub(holder, task_id) AS ( \
+           SELECT t.holder, t.task_id FROM tasks t JOIN roots r \
+             ON t.parent_holder = r.holder AND t.parent_task_id = r.task_id \
+           UNION \
+           SELECT t.holder, t.task_id FROM tasks t JOIN sub s \
+             ON t.parent_holder = s.holder AND t.parent_task_id = s.task_id) \
+         SELECT holder, task_id FROM sub ORDER BY holder, task_id"
+    );
+    let mut q = sqlx::query_as::<_, (String, String)>(&sql);
+    for b in binds {
+        q = q.bind(*b);
+    }
+    q.fetch_all(conn).await.pg()
+}
+
+/// Ends a task that is still active; whether it did.
+pub(super) async fn end(
+    conn: &mut PgConnection,
+    holder: &str,
+    task_id: &str,
+    state: TaskState,
+    at: i64,
+) -> Result<bool, StoreError> {
+    let changed = sqlx::query(
+        "UPDATE tasks SET state = $1, ended_at = $2 \
+         WHERE holder = $3 AND task_id = $4 AND state = 'active'",
+    )
+    .bind(state.as_str())
+    .bind(at)
+    .bind(holder)
+    .bind(task_id)
+    .execute(conn)
+    .await
+    .pg()?;
+    Ok(changed.rows_affected() > 0)
+}
+
+/// One task by holder and id.
+pub(super) async fn get(
+    pool: &PgPool,
+    holder: &str,
+    task_id: &str,
+) -> Result<Option<TaskRecord>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM tasks WHERE holder = $1 AND task_id = $2");
+    let row = sqlx::query(&sql)
+        .bind(holder)
+        .bind(task_id)
+        .fetch_optional(pool)
+        .await
+        .pg()?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Active tasks whose deadline is at or before `now`.
+pub(super) async fn due(pool: &PgPool, now: i64) -> Result<Vec<(String, String)>, StoreError> {
+    sqlx::query_as(
+        "SELECT holder, task_id FROM tasks WHERE state = 'active' AND deadline <= $1 \
+         ORDER BY deadline",
+    )
+    .bind(now)
+    .fetch_all(pool)
+    .await
+    .pg()
+}
+
+/// Active tasks matching `filter`, a page at a time.
+pub(super) async fn active(
+    pool: &PgPool,
+    filter: &GrantFilter,
+    now: i64,
+    after: Option<(String, String)>,
+    limit: u32,
+) -> Result<Vec<TaskRecord>, StoreError> {
+    let (after_holder, after_task) = after.unwrap_or_default();
+    let sql = format!(
+        "SELECT {COLUMNS} FROM tasks \
+         WHERE state = 'active' AND deadline > $1 \
+           AND ($2::text IS NULL OR holder = $2) \
+           AND ($3::text IS NULL OR owner = $3) \
+           AND ($4::text IS NULL OR task_id = $4) \
+           AND (NOT $5 OR break_glass) \
+           AND (holder > $6 OR (holder = $6 AND task_id > $7)) \
+         ORDER BY holder, task_id LIMIT $8"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(now)
+        .bind(&filter.holder)
+        .bind(&filter.owner)
+        .bind(&filter.task_id)
+        .bind(filter.break_glass_only)
+        .bind(&after_holder)
+        .bind(&after_task)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .pg()?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Break-glass tasks, newest first.
+pub(super) async fn break_glass(
+    pool: &PgPool,
+    include_reviewed: bool,
+) -> Result<Vec<TaskRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM tasks \
+         WHERE break_glass AND ($1 OR reviewed_at IS NULL) \
+         ORDER BY created_at DESC, holder, task_id"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(include_reviewed)
+        .fetch_all(pool)
+        .await
+        .pg()?;
+    rows.iter().map(from_row).collect()
+}
