@@ -15,7 +15,9 @@ use crate::audit::{AuditDraft, decision, kind};
 use crate::clock::{now_unix, rfc3339};
 use crate::identity::{Caller, SpiffeId, TaskId};
 use crate::policy::{BeginContext, DelegateContext, Request, Resource};
-use crate::store::{CredentialRecord, RevokeRequest, RevokeScope, TaskRecord, TaskState};
+use crate::store::{
+    CredentialRecord, RevokeRequest, RevokeScope, StoreError, TaskRecord, TaskState,
+};
 
 /// `BeginTask`, decoded.
 #[derive(Debug, Clone, Default)]
@@ -392,7 +394,18 @@ impl Issuer {
             on_child.kind = kind::TASK_BEGIN.into();
             on_child.task_holder = child.holder.clone();
             on_child.task_id = child.task_id.clone();
-            let (stored, created) = self.store.begin_task(&child, &[on_parent, on_child]).await?;
+            let began = self.store.begin_task(&child, &[on_parent, on_child]).await;
+            let (stored, created) = match began {
+                // The parent ended between the checks above and the begin.
+                Err(StoreError::ParentEnded(state)) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "task `{}` is {}; it cannot be delegated any more",
+                        parent.task_id,
+                        state.as_str()
+                    )));
+                }
+                other => other?,
+            };
             if !created {
                 return Err(Error::AlreadyExists(format!(
                     "`{delegate}` already has a task `{}`",

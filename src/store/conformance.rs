@@ -466,6 +466,61 @@ pub async fn failed_revocation_hands_its_numbers_back(h: &dyn Harness) {
     assert_eq!(events[0].seq, 1);
 }
 
+/// Delegations begun while their parent task completes: each child is
+/// either refused (the parent had ended) or begun and then ended by the
+/// completion's cascade — none is left active under an ended parent.
+pub async fn delegation_racing_complete_leaves_no_active_child(h: &dyn Harness) {
+    const N: usize = 16;
+    let s = h.open().await;
+    s.begin_task(&task("parent"), &[]).await.unwrap();
+    let child = |i: usize| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut t = task(&format!("parent.c{i}"));
+            t.parent = Some((HOLDER.into(), "parent".into()));
+            t.depth = 1;
+            s.begin_task(&t, &[]).await
+        })
+    };
+    let mut begins: Vec<_> = (0..N / 2).map(child).collect();
+    let complete = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let scope = RevokeScope::Task {
+                holder: HOLDER.into(),
+                task_id: "parent".into(),
+            };
+            s.revoke(&revoke_req(scope, Some(TaskState::Completed)), signer())
+                .await
+                .unwrap()
+        })
+    };
+    begins.extend((N / 2..N).map(child));
+    let mut begun = Vec::new();
+    for (i, b) in begins.into_iter().enumerate() {
+        match b.await.unwrap() {
+            Ok((t, true)) => begun.push(t.task_id),
+            Err(super::StoreError::ParentEnded(TaskState::Completed)) => {}
+            other => panic!("child {i}: {other:?}"),
+        }
+    }
+    complete.await.unwrap();
+    // Whatever came first, a delegation after the completion is refused.
+    assert!(matches!(
+        child(N).await.unwrap(),
+        Err(super::StoreError::ParentEnded(TaskState::Completed))
+    ));
+    let fresh = h.open().await;
+    for id in &begun {
+        let t = fresh.task(HOLDER, id).await.unwrap().unwrap();
+        assert_eq!(
+            t.state,
+            TaskState::Completed,
+            "child `{id}` outlived its parent"
+        );
+    }
+}
+
 /// Instantiates the suite as `#[tokio::test]`s in the calling module, each
 /// with a new harness from `$harness` (an expression evaluated per test).
 macro_rules! store_conformance {
@@ -481,7 +536,8 @@ macro_rules! store_conformance {
             acks_never_move_backwards,
             pruning_takes_an_expired_prefix,
             failed_writes_store_nothing,
-            failed_revocation_hands_its_numbers_back
+            failed_revocation_hands_its_numbers_back,
+            delegation_racing_complete_leaves_no_active_child
         );
     };
     (@tests $harness:expr; $($name:ident),*) => {

@@ -69,6 +69,10 @@ pub enum StoreError {
     /// The store was closed (the server is shutting down).
     #[error("the store is closed")]
     Closed,
+    /// A delegated task was not begun: its parent task had ended (checked
+    /// in the transaction that would have begun it).
+    #[error("the parent task is {}", .0.as_str())]
+    ParentEnded(TaskState),
 }
 
 /// Why the store could not take a write (see [`StoreError::Unavailable`]).
@@ -133,8 +137,9 @@ impl StoreError {
 
 /// Durable state. Implementations commit before they return `Ok`; a write
 /// that returns an error stored nothing of itself (its transaction was rolled
-/// back before any other write ran). Writers are serialised so revocation
-/// sequence numbers are gap-free in commit order and never handed out twice.
+/// back before any other write ran). Revocation sequence numbers are gap-free
+/// in commit order and never handed out twice: SQLite has one writer,
+/// PostgreSQL serialises revocations on the counter's row lock.
 /// `conformance.rs` (test builds) holds the behaviour every implementation must pass.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {

@@ -76,12 +76,21 @@ impl Default for PgPoolConfig {
     }
 }
 
-/// The PostgreSQL store.
-#[derive(Debug, Clone)]
+/// The PostgreSQL store. Its `Debug` names the pool only: the connect
+/// options hold the password.
+#[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
     /// For telling an unreachable database from a busy one.
     opts: PgConnectOptions,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("pool_size", &self.pool.size())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PgStore {
@@ -106,10 +115,18 @@ impl PgStore {
         let store = Self::connect(url, cfg).await?;
         let expected = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
         let found: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            match sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
                 .fetch_one(&store.pool)
                 .await
-                .unwrap_or(None);
+            {
+                Ok(v) => v,
+                // No migration table: not a taskmint database (yet).
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => None,
+                Err(e) => {
+                    store.pool.close().await;
+                    return Err(store_error(e));
+                }
+            };
         if found != Some(expected) {
             store.pool.close().await;
             let found = found.map_or("none".to_owned(), |v| v.to_string());
@@ -145,6 +162,15 @@ impl PgStore {
                 )));
             }
         }
+        // A replica that stalls or is cut off while holding a row lock (the
+        // audit head, a task) must not hold every other replica's writes:
+        // the server ends a transaction left idle, and a lock wait gives up
+        // after the same time a caller waits for a connection.
+        let lock_ms = cfg.acquire_timeout.as_millis().max(1).to_string();
+        let opts = opts.options([
+            ("idle_in_transaction_session_timeout", "30000"),
+            ("lock_timeout", lock_ms.as_str()),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(cfg.max_connections)
             .acquire_timeout(cfg.acquire_timeout)
@@ -251,14 +277,34 @@ pub(crate) fn redact(url: &str) -> String {
     };
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    let authority = match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split(':').next().unwrap_or_default();
             let hidden = if userinfo.contains(':') { ":***" } else { "" };
-            format!("{scheme}://{user}{hidden}@{host}{tail}")
+            format!("{user}{hidden}@{host}")
         }
-        None => url.to_owned(),
-    }
+        None => authority.to_owned(),
+    };
+    // A password may also ride in the query string (`?password=...`).
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _))
+                        if k.eq_ignore_ascii_case("password")
+                            || k.eq_ignore_ascii_case("sslpassword") =>
+                    {
+                        format!("{k}=***")
+                    }
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 /// Rows of `table` (an append-only log numbered by `seq`) after `after`, in

@@ -102,22 +102,32 @@ pub(super) async fn revoke(
         }
     };
     // Tasks delegated from the ones in scope get the same treatment.
-    let cascaded = match (&req.scope, req.cascade) {
+    let roots: Option<(&str, Vec<&str>)> = match (&req.scope, req.cascade) {
         (RevokeScope::Task { holder, task_id }, true) => {
-            tasks::descendants(conn, "SELECT $1::text, $2::text", &[holder, task_id]).await?
+            Some(("SELECT $1::text, $2::text", vec![holder, task_id]))
         }
-        (RevokeScope::Workload(id), true) => {
-            tasks::descendants(
-                conn,
-                "SELECT holder, task_id FROM tasks WHERE holder = $1",
-                &[id],
-            )
-            .await?
-        }
-        _ => Vec::new(),
+        (RevokeScope::Workload(id), true) => Some((
+            "SELECT holder, task_id FROM tasks WHERE holder = $1",
+            vec![id],
+        )),
+        _ => None,
     };
-    if req.end_task.is_some() {
-        tasks::lock_all(conn, &cascaded).await?;
+    let mut cascaded = Vec::new();
+    if let Some((roots_sql, binds)) = &roots {
+        cascaded = tasks::descendants(conn, roots_sql, binds).await?;
+        // A delegation begun while this transaction read the tree (a begin
+        // holds its parent's row FOR SHARE) commits before the parent's row
+        // can be locked here: read the tree again after locking what is
+        // known, until nothing new appears. Later begins wait for these
+        // locks and then see their parent ended.
+        while req.end_task.is_some() {
+            tasks::lock_all(conn, &cascaded).await?;
+            let again = tasks::descendants(conn, roots_sql, binds).await?;
+            if again == cascaded {
+                break;
+            }
+            cascaded = again;
+        }
     }
     // Ending a task closes out every credential it ever had, expired or not,
     // so each one's record says how it ended; a plain revocation touches only
@@ -249,14 +259,19 @@ pub(super) async fn prune(conn: &mut PgConnection, before: i64) -> Result<u64, S
             .fetch_one(&mut *conn)
             .await
             .pg()?;
-    let first_kept: Option<i64> =
-        sqlx::query_scalar("SELECT MIN(seq) FROM revocations WHERE expires_at >= $1")
-            .bind(before)
+    // The revocation counter is locked before the log is read: a
+    // revocation committing between the two reads (each statement sees its
+    // own snapshot under READ COMMITTED) could otherwise fall inside the
+    // pruned prefix unread. Revocations take the same row lock, so none
+    // commits while this prune decides.
+    let current: i64 =
+        sqlx::query_scalar("SELECT value FROM counters WHERE name = 'revocation_seq' FOR UPDATE")
             .fetch_one(&mut *conn)
             .await
             .pg()?;
-    let current: i64 =
-        sqlx::query_scalar("SELECT value FROM counters WHERE name = 'revocation_seq'")
+    let first_kept: Option<i64> =
+        sqlx::query_scalar("SELECT MIN(seq) FROM revocations WHERE expires_at >= $1")
+            .bind(before)
             .fetch_one(&mut *conn)
             .await
             .pg()?;

@@ -56,6 +56,29 @@ pub(super) async fn begin(
     t: &TaskRecord,
     audit: &[AuditDraft],
 ) -> Result<bool, StoreError> {
+    // A delegation is begun only while its parent is active. The parent's
+    // row is held FOR SHARE until commit, so a completion (which locks it
+    // FOR UPDATE) either comes first and is seen here, or waits and then
+    // finds this child in the tree it ends.
+    if let Some((holder, task_id)) = &t.parent {
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM tasks WHERE holder = $1 AND task_id = $2 FOR SHARE",
+        )
+        .bind(holder)
+        .bind(task_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .pg()?;
+        match state.as_deref().map(TaskState::parse).transpose()? {
+            Some(TaskState::Active) => {}
+            Some(ended) => return Err(StoreError::ParentEnded(ended)),
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "parent task `{task_id}` missing"
+                )));
+            }
+        }
+    }
     let labels = serde_json::to_string(&t.labels).expect("labels serialise");
     let audiences = serde_json::to_string(&t.audiences).expect("audiences serialise");
     let inserted = sqlx::query(

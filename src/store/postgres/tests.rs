@@ -373,6 +373,10 @@ fn urls_lose_their_password_and_change_database() {
     );
     assert_eq!(redact("postgres://tm@db/x"), "postgres://tm@db/x");
     assert_eq!(
+        redact("postgres://tm@db/x?sslmode=require&password=s3cret&sslpassword=k"),
+        "postgres://tm@db/x?sslmode=require&password=***&sslpassword=***"
+    );
+    assert_eq!(
         with_database("postgres://p@127.0.0.1:5/postgres", "t_1"),
         "postgres://p@127.0.0.1:5/t_1"
     );

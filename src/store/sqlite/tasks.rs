@@ -62,6 +62,19 @@ pub(super) fn begin(
     if get_in(w.conn, &t.holder, &t.task_id)?.is_some() {
         return Ok(false);
     }
+    // A delegation is begun only while its parent is active, checked here,
+    // on the one writer, so a completion cannot slip in between.
+    if let Some((holder, task_id)) = &t.parent {
+        match state_in(w.conn, holder, task_id)? {
+            Some(TaskState::Active) => {}
+            Some(ended) => return Err(StoreError::ParentEnded(ended)),
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "parent task `{task_id}` missing"
+                )));
+            }
+        }
+    }
     let labels = serde_json::to_string(&t.labels).expect("labels serialise");
     let audiences = serde_json::to_string(&t.audiences).expect("audiences serialise");
     w.conn.prepare_cached(INSERT)?.execute(params![

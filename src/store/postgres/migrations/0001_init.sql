@@ -1,6 +1,8 @@
 -- The whole schema of the SQLite migrations 0001-0006, in PostgreSQL's
 -- dialect: holder is the SPIFFE ID that holds a task, owner the accountable
--- team or person. Timestamps are Unix seconds.
+-- team or person. Timestamps are Unix seconds. Keys, join columns and sort
+-- columns use the "C" collation: byte order, as in SQLite, whatever the
+-- cluster's locale, and joins between them can use their indexes.
 CREATE TABLE tasks (
     holder          TEXT    COLLATE "C" NOT NULL,   -- byte order, as in SQLite
     task_id         TEXT    COLLATE "C" NOT NULL,
@@ -19,8 +21,8 @@ CREATE TABLE tasks (
     reviewed_by     TEXT,
     reviewed_at     BIGINT,
     review_note     TEXT,
-    parent_holder   TEXT,                               -- delegation: the parent task's key
-    parent_task_id  TEXT,
+    parent_holder   TEXT    COLLATE "C",                -- delegation: the parent task's key
+    parent_task_id  TEXT    COLLATE "C",
     depth           BIGINT  NOT NULL DEFAULT 0,
     audiences       TEXT    NOT NULL DEFAULT '[]',      -- JSON array
     PRIMARY KEY (holder, task_id)
@@ -31,11 +33,11 @@ CREATE INDEX tasks_by_break_glass ON tasks (break_glass, reviewed_at);
 
 -- Every credential ever minted, committed before it is returned.
 CREATE TABLE credentials (
-    id                  TEXT    NOT NULL PRIMARY KEY,   -- serial hex (x509) or jti (jwt)
+    id                  TEXT    COLLATE "C" NOT NULL PRIMARY KEY,   -- serial hex (x509) or jti (jwt)
     kind                TEXT    NOT NULL CHECK (kind IN ('x509', 'jwt')),
-    spiffe_id           TEXT    NOT NULL,
-    task_holder         TEXT    NOT NULL,
-    task_id             TEXT    NOT NULL,
+    spiffe_id           TEXT    COLLATE "C" NOT NULL,
+    task_holder         TEXT    COLLATE "C" NOT NULL,
+    task_id             TEXT    COLLATE "C" NOT NULL,
     audience            TEXT,
     not_before          BIGINT  NOT NULL,
     not_after           BIGINT  NOT NULL,
@@ -44,7 +46,7 @@ CREATE TABLE credentials (
     revoked_at          BIGINT,
     revoke_reason       TEXT,
     revocation_seq      BIGINT,
-    predecessor         TEXT,                           -- renewed from
+    predecessor         TEXT    COLLATE "C",            -- renewed from
     renewal_count       BIGINT  NOT NULL DEFAULT 0,
     FOREIGN KEY (task_holder, task_id) REFERENCES tasks (holder, task_id)
 );
@@ -60,9 +62,9 @@ CREATE TABLE revocations (
     seq             BIGINT  NOT NULL PRIMARY KEY,
     kind            TEXT    NOT NULL CHECK (kind IN ('credential', 'task', 'workload', 'trust_domain')),
     credential_ids  TEXT    NOT NULL,   -- JSON array
-    task_holder     TEXT    NOT NULL,
-    task_id         TEXT    NOT NULL,
-    spiffe_id       TEXT    NOT NULL,
+    task_holder     TEXT    COLLATE "C" NOT NULL,
+    task_id         TEXT    COLLATE "C" NOT NULL,
+    spiffe_id       TEXT    COLLATE "C" NOT NULL,
     trust_domain    TEXT    NOT NULL,
     reason          TEXT    NOT NULL,
     revoked_at      BIGINT  NOT NULL,
@@ -79,7 +81,7 @@ INSERT INTO counters (name, value) VALUES ('revocation_seq', 0), ('pruned_throug
 
 -- Delivery evidence: the highest sequence each subscriber acknowledged.
 CREATE TABLE subscriber_acks (
-    subscriber  TEXT    NOT NULL PRIMARY KEY,
+    subscriber  TEXT    COLLATE "C" NOT NULL PRIMARY KEY,
     spiffe_id   TEXT    NOT NULL,
     acked_seq   BIGINT  NOT NULL,
     acked_at    BIGINT  NOT NULL
