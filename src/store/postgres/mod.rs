@@ -18,10 +18,13 @@
 //!   write throughput by the database's commit latency; a later step may
 //!   replace it.
 //!
-//! Locks are taken in one order (task rows, credential rows, counters, the
-//! audit head) so transactions do not deadlock on each other; a deadlock or
-//! serialization failure PostgreSQL reports anyway is retried a few times
-//! here. Migrations run at open; sqlx takes an advisory lock around them, so
+//! Locks are taken kind by kind in one order (task rows, credential rows,
+//! counters, the audit head), which keeps most transactions from
+//! deadlocking; within a kind, a cascading revocation locks several sets one
+//! after another, so two overlapping cascades can still deadlock. PostgreSQL
+//! then aborts one of them, and a deadlock or serialization failure is
+//! retried a few times here (the whole transaction, from the start, so no
+//! step is applied twice). Migrations run at open; sqlx takes an advisory lock around them, so
 //! replicas starting together migrate once.
 //!
 //! One file per record kind — [`tasks`], [`credentials`], [`revocations`],
