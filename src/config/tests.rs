@@ -1,0 +1,127 @@
+//! Config parsing and validation tests: defaults, relative paths, every
+//! refusal, the store's path/url rules.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+    trust_domain = "example.org"
+    [[trust.domains]]
+    name = "example.org"
+    bundle = "bundle.pem"
+    [server]
+    cert = "server.pem"
+    key = "server.key"
+    [ca]
+    cert = "ca.pem"
+    key = "ca.key"
+    [jwt]
+    key = "jwt.key"
+    [store]
+    path = "data/taskmint.db"
+    [policy]
+    file = "policy.cedar"
+"#;
+
+#[test]
+fn paths_resolve_against_the_config_directory() {
+    let cfg = Config::from_toml(MINIMAL, Path::new("/etc/tm")).unwrap();
+    assert_eq!(
+        cfg.store.path.as_deref(),
+        Some(Path::new("/etc/tm/data/taskmint.db"))
+    );
+    assert_eq!(cfg.trust.domains[0].bundle, Path::new("/etc/tm/bundle.pem"));
+    assert_eq!(cfg.limits.default_ttl, Duration::from_secs(300));
+    assert_eq!(cfg.jwt_issuer(), "spiffe://example.org/taskmint");
+    assert_eq!(cfg.policy.file, Path::new("/etc/tm/policy.cedar"));
+}
+
+#[test]
+fn bad_group_and_owner_patterns_are_refused() {
+    let text =
+        format!("{MINIMAL}\n[[policy.groups]]\nname = \"ci\"\nmembers = [\"spiffe://*.org/x\"]\n");
+    let err = Config::from_toml(&text, Path::new(".")).unwrap_err();
+    assert!(err.to_string().contains("policy.groups `ci`"), "{err}");
+    let text = format!(
+        "{MINIMAL}\n[[ownership.rules]]\npattern = \"spiffe://example.org/a\"\nowner = \"\"\n"
+    );
+    let err = Config::from_toml(&text, Path::new(".")).unwrap_err();
+    assert!(err.to_string().contains("ownership.rules"), "{err}");
+}
+
+#[test]
+fn default_ttl_above_max_is_refused() {
+    let text = format!("{MINIMAL}\n[limits]\ndefault_ttl = \"2h\"\nmax_ttl = \"1h\"\n");
+    let err = Config::from_toml(&text, Path::new(".")).unwrap_err();
+    assert!(err.to_string().contains("exceeds limits.max_ttl"), "{err}");
+}
+
+#[test]
+fn unknown_keys_and_bad_durations_are_refused() {
+    let err = Config::from_toml(
+        &format!("{MINIMAL}\n[limits]\nmax_tl = \"1h\"\n"),
+        Path::new("."),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("max_tl"), "{err}");
+    let err = Config::from_toml(
+        &format!("{MINIMAL}\n[limits]\nmax_ttl = \"soon\"\n"),
+        Path::new("."),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("invalid duration `soon`"), "{err}");
+}
+
+#[test]
+fn store_is_sqlite_or_postgres_and_the_environment_url_wins() {
+    let pg = MINIMAL.replace(
+        "path = \"data/taskmint.db\"",
+        "url = \"postgres://tm@db.internal:5432/taskmint\"\nmax_connections = 4",
+    );
+    let cfg = Config::from_toml(&pg, Path::new(".")).unwrap();
+    assert_eq!(cfg.store.path, None);
+    assert_eq!(cfg.store.max_connections, 4);
+    assert_eq!(cfg.store.acquire_timeout, Duration::from_secs(10));
+    let env = Some("postgres://tm:secret@db2:5432/taskmint".to_owned());
+    let cfg = Config::from_toml_env(&pg, Path::new("."), env.clone()).unwrap();
+    assert_eq!(cfg.store.url, env);
+    assert!(!format!("{cfg:?}").contains("secret"));
+    // Both backends named: refused, naming both.
+    let err = Config::from_toml_env(MINIMAL, Path::new("."), env).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("store.path") && msg.contains("store.url"),
+        "{msg}"
+    );
+    assert!(msg.contains(STORE_URL_ENV), "{msg}");
+    let both = MINIMAL.replace(
+        "path = \"data/taskmint.db\"",
+        "path = \"data/taskmint.db\"\nurl = \"postgres://db/tm\"",
+    );
+    assert!(Config::from_toml(&both, Path::new(".")).is_err());
+    // Neither, a URL that is not PostgreSQL's, a zero pool, a tiny timeout.
+    for (from, to) in [
+        ("path = \"data/taskmint.db\"", ""),
+        ("path = \"data/taskmint.db\"", "url = \"mysql://db/tm\""),
+        (
+            "path = \"data/taskmint.db\"",
+            "url = \"postgres://db/tm\"\nmax_connections = 0",
+        ),
+        (
+            "path = \"data/taskmint.db\"",
+            "url = \"postgres://db/tm\"\nconnect_timeout = \"0s\"",
+        ),
+    ] {
+        let text = MINIMAL.replace(from, to);
+        let err = Config::from_toml(&text, Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("store"), "{err}");
+    }
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+    assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+    assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+    assert!(parse_duration("1.5s").is_err());
+    assert!(parse_duration("").is_err());
+}
