@@ -6,6 +6,7 @@
 //! # Layout
 //!
 //! - [`records`](self): the records every backend keeps (re-exported here).
+//! - `rows`: one row-to-record mapping per kind, shared by the backends.
 //! - `conformance` (test builds): the behaviour every backend must have,
 //!   written once and run in each backend's own tests.
 //! - [`SqliteStore`]: the embedded default; one writer thread owns every
@@ -21,6 +22,7 @@
 pub mod conformance;
 mod postgres;
 mod records;
+mod rows;
 mod sqlite;
 
 use std::sync::Arc;

@@ -3,21 +3,13 @@
 //! of concurrent acknowledgements each sees the one before it, the stored
 //! value never moves backwards (`GREATEST`), and only a rise is audited.
 
-use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool};
 
-use super::{Cols, Pg, append};
+use super::{Pg, append};
 use crate::audit::AuditDraft;
 use crate::store::{AckRecord, StoreError};
 
-fn from_row(r: &PgRow) -> Result<AckRecord, StoreError> {
-    Ok(AckRecord {
-        subscriber: r.text("subscriber")?,
-        spiffe_id: r.text("spiffe_id")?,
-        acked_seq: r.int("acked_seq")? as u64,
-        acked_at: r.int("acked_at")?,
-    })
-}
+use crate::store::rows::ack as from_row;
 
 async fn locked_seq(conn: &mut PgConnection, subscriber: &str) -> Result<Option<i64>, StoreError> {
     sqlx::query_scalar("SELECT acked_seq FROM subscriber_acks WHERE subscriber = $1 FOR UPDATE")

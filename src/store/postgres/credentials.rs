@@ -3,14 +3,12 @@
 //! its count of active credentials and the insert are one decision however
 //! many replicas record at once.
 
-use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, PgConnection, PgPool};
 
 use super::{Cols, Pg, append};
 use crate::audit::AuditDraft;
-use crate::store::{
-    CredentialKind, CredentialRecord, CrlEntry, RecordRefusal, Revocation, StoreError, TaskState,
-};
+use crate::store::{CredentialRecord, CrlEntry, RecordRefusal, StoreError, TaskState};
 
 pub(super) const COLUMNS: &str = "id, kind, spiffe_id, task_holder, task_id, audience, \
      not_before, not_after, caller_cert_sha256, issued_at, predecessor, renewal_count, \
@@ -23,31 +21,7 @@ const INSERT: &str = "INSERT INTO credentials (id, kind, spiffe_id, task_holder,
 /// The partial unique index that makes a renewal single-use.
 const ONE_SUCCESSOR: &str = "credentials_one_successor";
 
-pub(super) fn from_row(r: &PgRow) -> Result<CredentialRecord, StoreError> {
-    let revocation = match r.opt_int("revoked_at")? {
-        None => None,
-        Some(revoked_at) => Some(Revocation {
-            revoked_at,
-            reason: r.opt_text("revoke_reason")?.unwrap_or_default(),
-            seq: r.opt_int("revocation_seq")?.unwrap_or(0) as u64,
-        }),
-    };
-    Ok(CredentialRecord {
-        id: r.text("id")?,
-        kind: CredentialKind::parse(&r.text("kind")?)?,
-        spiffe_id: r.text("spiffe_id")?,
-        task_holder: r.text("task_holder")?,
-        task_id: r.text("task_id")?,
-        audience: r.opt_text("audience")?,
-        not_before: r.int("not_before")?,
-        not_after: r.int("not_after")?,
-        caller_cert_sha256: r.text("caller_cert_sha256")?,
-        issued_at: r.int("issued_at")?,
-        predecessor: r.opt_text("predecessor")?,
-        renewal_count: r.int("renewal_count")? as u32,
-        revocation,
-    })
-}
+pub(super) use crate::store::rows::credential as from_row;
 
 /// Records a credential (with its audit events) if its task allows it. The
 /// task row is locked (`FOR UPDATE`) before anything is read, so a

@@ -329,14 +329,7 @@ async fn seq_page<T>(
     rows.iter().map(map).collect()
 }
 
-/// Reading a row by column name.
-trait Cols {
-    fn text(&self, col: &str) -> Result<String, StoreError>;
-    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
-    fn int(&self, col: &str) -> Result<i64, StoreError>;
-    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError>;
-    fn flag(&self, col: &str) -> Result<bool, StoreError>;
-}
+use crate::store::rows::Cols;
 
 impl Cols for PgRow {
     fn text(&self, col: &str) -> Result<String, StoreError> {

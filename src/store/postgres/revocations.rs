@@ -7,10 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool};
 
-use super::{Cols, Pg, append, credentials, tasks};
+use super::{Pg, append, credentials, tasks};
 use crate::audit::{self, AuditDraft};
 use crate::store::{
     CredentialRecord, RevocationEvent, RevokeRequest, RevokeScope, SetSigner, StoreError, TaskState,
@@ -19,22 +18,7 @@ use crate::store::{
 const COLUMNS: &str = "seq, kind, credential_ids, task_holder, task_id, spiffe_id, \
      trust_domain, reason, revoked_at, expires_at, set_jwt";
 
-pub(super) fn from_row(r: &PgRow) -> Result<RevocationEvent, StoreError> {
-    Ok(RevocationEvent {
-        seq: r.int("seq")? as u64,
-        kind: r.text("kind")?,
-        credential_ids: serde_json::from_str(&r.text("credential_ids")?)
-            .map_err(|e| StoreError::Corrupt(format!("credential_ids: {e}")))?,
-        task_holder: r.text("task_holder")?,
-        task_id: r.text("task_id")?,
-        spiffe_id: r.text("spiffe_id")?,
-        trust_domain: r.text("trust_domain")?,
-        reason: r.text("reason")?,
-        revoked_at: r.int("revoked_at")?,
-        expires_at: r.int("expires_at")?,
-        set_jwt: r.text("set_jwt")?,
-    })
-}
+pub(super) use crate::store::rows::revocation_event as from_row;
 
 /// Raises a counter by one and returns the new value; the counter's row
 /// stays locked until the transaction ends.

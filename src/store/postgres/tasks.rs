@@ -4,9 +4,8 @@
 
 use sqlx::PgConnection;
 use sqlx::PgPool;
-use sqlx::postgres::PgRow;
 
-use super::{Cols, Pg, append};
+use super::{Pg, append};
 use crate::audit::AuditDraft;
 use crate::store::{GrantFilter, Review, ReviewOutcome, StoreError, TaskRecord, TaskState};
 
@@ -14,39 +13,7 @@ pub(super) const COLUMNS: &str = "holder, task_id, created_at, purpose, ticket, 
      implicit, deadline, state, ended_at, owner, break_glass, justification, reviewed_by, \
      reviewed_at, review_note, parent_holder, parent_task_id, depth, audiences";
 
-pub(super) fn from_row(r: &PgRow) -> Result<TaskRecord, StoreError> {
-    Ok(TaskRecord {
-        holder: r.text("holder")?,
-        task_id: r.text("task_id")?,
-        created_at: r.int("created_at")?,
-        purpose: r.text("purpose")?,
-        ticket: r.text("ticket")?,
-        labels: serde_json::from_str(&r.text("labels")?)
-            .map_err(|e| StoreError::Corrupt(format!("task labels: {e}")))?,
-        implicit: r.flag("implicit")?,
-        deadline: r.int("deadline")?,
-        state: TaskState::parse(&r.text("state")?)?,
-        ended_at: r.opt_int("ended_at")?,
-        owner: r.text("owner")?,
-        break_glass: r.flag("break_glass")?,
-        justification: r.text("justification")?,
-        review: match r.opt_text("reviewed_by")? {
-            None => None,
-            Some(by) => Some(Review {
-                by,
-                at: r.opt_int("reviewed_at")?.unwrap_or(0),
-                note: r.opt_text("review_note")?.unwrap_or_default(),
-            }),
-        },
-        parent: match (r.opt_text("parent_holder")?, r.opt_text("parent_task_id")?) {
-            (Some(h), Some(t)) => Some((h, t)),
-            _ => None,
-        },
-        depth: r.int("depth")? as u32,
-        audiences: serde_json::from_str(&r.text("audiences")?)
-            .map_err(|e| StoreError::Corrupt(format!("task audiences: {e}")))?,
-    })
-}
+pub(super) use crate::store::rows::task as from_row;
 
 /// Creates a task (with its audit events) unless it exists; whether it did.
 /// `ON CONFLICT DO NOTHING` waits for a concurrent insert of the same key to

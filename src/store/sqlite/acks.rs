@@ -5,19 +5,11 @@
 use rusqlite::{OptionalExtension, params};
 use sqlx::SqlitePool;
 
-use super::Cols;
 use super::writer::Write;
 use crate::audit::AuditDraft;
 use crate::store::{AckRecord, StoreError};
 
-fn from_row(r: &impl Cols) -> Result<AckRecord, StoreError> {
-    Ok(AckRecord {
-        subscriber: r.text("subscriber")?,
-        spiffe_id: r.text("spiffe_id")?,
-        acked_seq: r.int("acked_seq")? as u64,
-        acked_at: r.int("acked_at")?,
-    })
-}
+use crate::store::rows::ack as from_row;
 
 /// Raises a subscriber's acknowledged sequence; writes `audit` (with
 /// `ref_seq` set) when it rose.

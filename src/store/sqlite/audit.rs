@@ -90,32 +90,7 @@ pub(super) fn append(
     Ok(out)
 }
 
-fn from_row(r: &impl Cols) -> Result<AuditEvent, StoreError> {
-    let policies = r.text("policies")?;
-    Ok(AuditEvent {
-        seq: r.int("seq")? as u64,
-        prev_hash: r.text("prev_hash")?,
-        hash: r.text("hash")?,
-        body: AuditDraft {
-            time: r.int("time")?,
-            kind: r.text("kind")?,
-            actor: r.text("actor")?,
-            task_holder: r.text("task_holder")?,
-            task_id: r.text("task_id")?,
-            credential_id: r.text("credential_id")?,
-            decision: r.text("decision")?,
-            policies: if policies.is_empty() {
-                Vec::new()
-            } else {
-                policies.split(',').map(str::to_owned).collect()
-            },
-            reason: r.text("reason")?,
-            break_glass: r.flag("break_glass")?,
-            ref_seq: r.opt_int("ref_seq")?.map(|s| s as u64),
-            subject: r.text("subject")?,
-        },
-    })
-}
+use crate::store::rows::audit_event as from_row;
 
 /// Events with `seq > after`, in order, at most `limit`.
 pub(super) async fn after(

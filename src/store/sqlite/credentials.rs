@@ -7,9 +7,7 @@ use sqlx::SqlitePool;
 use super::Cols;
 use super::writer::Write;
 use crate::audit::AuditDraft;
-use crate::store::{
-    CredentialKind, CredentialRecord, CrlEntry, RecordRefusal, Revocation, StoreError, TaskState,
-};
+use crate::store::{CredentialRecord, CrlEntry, RecordRefusal, StoreError, TaskState};
 
 pub(super) const COLUMNS: &str = "id, kind, spiffe_id, task_holder, task_id, audience, \
      not_before, not_after, caller_cert_sha256, issued_at, predecessor, renewal_count, \
@@ -19,31 +17,7 @@ pub(super) const INSERT: &str = "INSERT INTO credentials (id, kind, spiffe_id, t
      task_id, audience, not_before, not_after, caller_cert_sha256, issued_at, predecessor, \
      renewal_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
-pub(super) fn from_row(r: &impl Cols) -> Result<CredentialRecord, StoreError> {
-    let revocation = match r.opt_int("revoked_at")? {
-        None => None,
-        Some(revoked_at) => Some(Revocation {
-            revoked_at,
-            reason: r.opt_text("revoke_reason")?.unwrap_or_default(),
-            seq: r.opt_int("revocation_seq")?.unwrap_or(0) as u64,
-        }),
-    };
-    Ok(CredentialRecord {
-        id: r.text("id")?,
-        kind: CredentialKind::parse(&r.text("kind")?)?,
-        spiffe_id: r.text("spiffe_id")?,
-        task_holder: r.text("task_holder")?,
-        task_id: r.text("task_id")?,
-        audience: r.opt_text("audience")?,
-        not_before: r.int("not_before")?,
-        not_after: r.int("not_after")?,
-        caller_cert_sha256: r.text("caller_cert_sha256")?,
-        issued_at: r.int("issued_at")?,
-        predecessor: r.opt_text("predecessor")?,
-        renewal_count: r.int("renewal_count")? as u32,
-        revocation,
-    })
-}
+pub(super) use crate::store::rows::credential as from_row;
 
 /// Records a credential (with its audit events) if its task allows it. The
 /// task's state and the count are read in the same transaction as the

@@ -187,15 +187,7 @@ async fn seq_page<T>(
     rows.iter().map(map).collect()
 }
 
-/// Reading a row by column name, the same for the readers' rows (sqlx) and
-/// the writer's (rusqlite), so each record kind has one mapping.
-trait Cols {
-    fn text(&self, col: &str) -> Result<String, StoreError>;
-    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
-    fn int(&self, col: &str) -> Result<i64, StoreError>;
-    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError>;
-    fn flag(&self, col: &str) -> Result<bool, StoreError>;
-}
+use crate::store::rows::Cols;
 
 impl Cols for SqliteRow {
     fn text(&self, col: &str) -> Result<String, StoreError> {

@@ -10,7 +10,7 @@ use rusqlite::{Connection, params};
 use sqlx::SqlitePool;
 
 use super::writer::Write;
-use super::{Cols, credentials, tasks};
+use super::{credentials, tasks};
 use crate::audit::{self, AuditDraft};
 use crate::store::{
     CredentialRecord, RevocationEvent, RevokeRequest, RevokeScope, SetSigner, StoreError,
@@ -19,22 +19,7 @@ use crate::store::{
 const COLUMNS: &str = "seq, kind, credential_ids, task_holder, task_id, spiffe_id, \
      trust_domain, reason, revoked_at, expires_at, set_jwt";
 
-fn from_row(r: &impl Cols) -> Result<RevocationEvent, StoreError> {
-    Ok(RevocationEvent {
-        seq: r.int("seq")? as u64,
-        kind: r.text("kind")?,
-        credential_ids: serde_json::from_str(&r.text("credential_ids")?)
-            .map_err(|e| StoreError::Corrupt(format!("credential_ids: {e}")))?,
-        task_holder: r.text("task_holder")?,
-        task_id: r.text("task_id")?,
-        spiffe_id: r.text("spiffe_id")?,
-        trust_domain: r.text("trust_domain")?,
-        reason: r.text("reason")?,
-        revoked_at: r.int("revoked_at")?,
-        expires_at: r.int("expires_at")?,
-        set_jwt: r.text("set_jwt")?,
-    })
-}
+use crate::store::rows::revocation_event as from_row;
 
 /// A counter's value, in the writer's transaction.
 pub(super) fn counter(conn: &Connection, name: &str) -> Result<u64, StoreError> {

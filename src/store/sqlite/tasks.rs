@@ -19,39 +19,7 @@ const INSERT: &str = "INSERT INTO tasks (holder, task_id, created_at, purpose, t
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
      ?19, ?20)";
 
-pub(super) fn from_row(r: &impl Cols) -> Result<TaskRecord, StoreError> {
-    Ok(TaskRecord {
-        holder: r.text("holder")?,
-        task_id: r.text("task_id")?,
-        created_at: r.int("created_at")?,
-        purpose: r.text("purpose")?,
-        ticket: r.text("ticket")?,
-        labels: serde_json::from_str(&r.text("labels")?)
-            .map_err(|e| StoreError::Corrupt(format!("task labels: {e}")))?,
-        implicit: r.flag("implicit")?,
-        deadline: r.int("deadline")?,
-        state: TaskState::parse(&r.text("state")?)?,
-        ended_at: r.opt_int("ended_at")?,
-        owner: r.text("owner")?,
-        break_glass: r.flag("break_glass")?,
-        justification: r.text("justification")?,
-        review: match r.opt_text("reviewed_by")? {
-            None => None,
-            Some(by) => Some(Review {
-                by,
-                at: r.opt_int("reviewed_at")?.unwrap_or(0),
-                note: r.opt_text("review_note")?.unwrap_or_default(),
-            }),
-        },
-        parent: match (r.opt_text("parent_holder")?, r.opt_text("parent_task_id")?) {
-            (Some(h), Some(t)) => Some((h, t)),
-            _ => None,
-        },
-        depth: r.int("depth")? as u32,
-        audiences: serde_json::from_str(&r.text("audiences")?)
-            .map_err(|e| StoreError::Corrupt(format!("task audiences: {e}")))?,
-    })
-}
+pub(super) use crate::store::rows::task as from_row;
 
 /// Creates a task (with its audit events) unless it exists; whether it did.
 pub(super) fn begin(
