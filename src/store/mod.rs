@@ -7,6 +7,8 @@
 //!
 //! - [`records`](self): the records every backend keeps (re-exported here).
 //! - `rows`: one row-to-record mapping per kind, shared by the backends.
+//! - `revoking`: the database-free parts of a revocation (scope filter,
+//!   one event per task, its audit events), shared by the backends.
 //! - `conformance` (test builds): the behaviour every backend must have,
 //!   written once and run in each backend's own tests.
 //! - [`SqliteStore`]: the embedded default; one writer thread owns every
@@ -22,6 +24,7 @@
 pub mod conformance;
 mod postgres;
 mod records;
+mod revoking;
 mod rows;
 mod sqlite;
 

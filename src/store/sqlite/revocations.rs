@@ -4,17 +4,13 @@
 //! commit order, never twice (a rolled-back revocation takes its number back
 //! with it).
 
-use std::collections::BTreeMap;
-
 use rusqlite::{Connection, params};
 use sqlx::SqlitePool;
 
 use super::writer::Write;
 use super::{credentials, tasks};
-use crate::audit::{self, AuditDraft};
-use crate::store::{
-    CredentialRecord, RevocationEvent, RevokeRequest, RevokeScope, SetSigner, StoreError,
-};
+use crate::store::revoking;
+use crate::store::{RevocationEvent, RevokeRequest, RevokeScope, SetSigner, StoreError};
 
 const COLUMNS: &str = "seq, kind, credential_ids, task_holder, task_id, spiffe_id, \
      trust_domain, reason, revoked_at, expires_at, set_jwt";
@@ -37,20 +33,6 @@ pub(super) fn bump(conn: &Connection, name: &str) -> Result<u64, StoreError> {
     Ok(v as u64)
 }
 
-fn trust_domain_of(spiffe_id: &str) -> String {
-    spiffe_id
-        .strip_prefix("spiffe://")
-        .and_then(|r| r.split('/').next())
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn like_escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_")
-}
-
 /// Revokes every credential in scope, one event per task, each signed by
 /// `sign`; optionally ends the task and its descendants. All in the batch's
 /// transaction.
@@ -67,24 +49,8 @@ pub(super) fn revoke(
     {
         return Ok(Vec::new());
     }
-    let td_exact;
-    let td_like;
-    let (filter, binds): (&str, Vec<&str>) = match &req.scope {
-        RevokeScope::Credential(id) => ("id = ?1", vec![id.as_str()]),
-        RevokeScope::Task { holder, task_id } => (
-            "task_holder = ?1 AND task_id = ?2",
-            vec![holder.as_str(), task_id.as_str()],
-        ),
-        RevokeScope::Workload(id) => ("spiffe_id = ?1", vec![id.as_str()]),
-        RevokeScope::TrustDomain(td) => {
-            td_exact = format!("spiffe://{td}");
-            td_like = format!("spiffe://{}/%", like_escape(td));
-            (
-                "(spiffe_id = ?1 OR spiffe_id LIKE ?2 ESCAPE '\\')",
-                vec![td_exact.as_str(), td_like.as_str()],
-            )
-        }
-    };
+    let (filter, binds) = revoking::scope_filter(&req.scope, '?');
+    let binds: Vec<&str> = binds.iter().map(String::as_str).collect();
     // Tasks delegated from the ones in scope get the same treatment.
     let cascaded = match (&req.scope, req.cascade) {
         (RevokeScope::Task { holder, task_id }, true) => {
@@ -101,7 +67,7 @@ pub(super) fn revoke(
     // so each one's record says how it ended; a plain revocation touches only
     // what is still valid.
     let valid_at = req.end_task.is_none().then_some(req.now);
-    let mut creds = credentials::unrevoked_in(w.conn, filter, &binds, valid_at)?;
+    let mut creds = credentials::unrevoked_in(w.conn, &filter, &binds, valid_at)?;
     for (h, t) in &cascaded {
         creds.extend(credentials::unrevoked_in(
             w.conn,
@@ -110,17 +76,7 @@ pub(super) fn revoke(
             valid_at,
         )?);
     }
-    creds.sort_by(|a, b| a.id.cmp(&b.id));
-    creds.dedup_by(|a, b| a.id == b.id);
-
-    // One event per task, in a stable order.
-    let mut by_task: BTreeMap<(String, String), Vec<CredentialRecord>> = BTreeMap::new();
-    for c in creds {
-        by_task
-            .entry((c.task_holder.clone(), c.task_id.clone()))
-            .or_default()
-            .push(c);
-    }
+    let by_task = revoking::by_task(creds);
     let mut audit_events = Vec::new();
     if !req.audit.kind.is_empty() {
         let mut a = req.audit.clone();
@@ -133,40 +89,15 @@ pub(super) fn revoke(
     let mut events = Vec::with_capacity(by_task.len());
     for ((holder, task_id), creds) in by_task {
         let seq = bump(w.conn, "revocation_seq")?;
-        let spiffe_id = creds[0].spiffe_id.clone();
-        let mut event = RevocationEvent {
-            seq,
-            kind: req.scope.kind().to_owned(),
-            credential_ids: creds.iter().map(|c| c.id.clone()).collect(),
-            task_holder: holder,
-            task_id,
-            trust_domain: trust_domain_of(&spiffe_id),
-            spiffe_id,
-            reason: req.reason.clone(),
-            revoked_at: req.now,
-            expires_at: creds.iter().map(|c| c.not_after).max().unwrap_or(req.now),
-            set_jwt: String::new(),
-        };
+        let mut event = revoking::event(req, seq, (holder, task_id), &creds);
         event.set_jwt = sign(&event).map_err(StoreError::Corrupt)?;
         insert(w.conn, &event)?;
         for c in &creds {
             credentials::mark_revoked(w.conn, &c.id, req.now, &req.reason, seq)?;
         }
         let key = (event.task_holder.clone(), event.task_id.clone());
-        let mut a = AuditDraft::new(audit::kind::REVOKED, &req.audit.actor, req.now)
-            .task(
-                &event.task_holder,
-                &event.task_id,
-                tasks::break_glass_of(w.conn, &key)?,
-            )
-            .decided(&req.audit.decision, &req.audit.policies)
-            .credential(&event.credential_ids.join(","))
-            .because(if cascaded.contains(&key) {
-                format!("{} (cascaded to a delegated task)", req.reason)
-            } else {
-                req.reason.clone()
-            });
-        a.ref_seq = Some(seq);
+        let break_glass = tasks::break_glass_of(w.conn, &key)?;
+        let a = revoking::revoked_audit(req, &event, break_glass, cascaded.contains(&key));
         audit_events.push(a);
         events.push(event);
     }
@@ -179,17 +110,8 @@ pub(super) fn revoke(
         for key @ (holder, task_id) in &ended {
             let changed = tasks::end(w.conn, holder, task_id, state, req.now)?;
             if changed && cascaded.contains(key) {
-                audit_events.push(
-                    AuditDraft::new(&req.audit.kind, &req.audit.actor, req.now)
-                        .task(holder, task_id, tasks::break_glass_of(w.conn, key)?)
-                        .decided(&req.audit.decision, &req.audit.policies)
-                        .because(format!(
-                            "{}: its parent task `{}` of `{}` ended",
-                            state.as_str(),
-                            req.audit.task_id,
-                            req.audit.task_holder
-                        )),
-                );
+                let break_glass = tasks::break_glass_of(w.conn, key)?;
+                audit_events.push(revoking::ended_audit(req, key, state, break_glass));
             }
         }
     }
