@@ -54,6 +54,9 @@ pub struct Server {
     issuer: Arc<Issuer>,
     material: Arc<TlsMaterial>,
     store: AnyStore,
+    /// The log's head when the store was opened: the follower publishes
+    /// what comes after it.
+    feed_from: u64,
 }
 
 impl Server {
@@ -72,6 +75,9 @@ impl Server {
         )?);
         let store = crate::store::open(&cfg.store).await?;
         let dyn_store = store.as_dyn();
+        // The hub publishes from here on; a watcher reads what came before
+        // from the log.
+        let feed_from = dyn_store.current_seq().await?;
         let revocations = Arc::new(Revocations::new(dyn_store, jwt.clone(), cfg.jwt_issuer()));
         // Catch up on deadlines that passed while the issuer was down, before
         // anyone can mint or watch.
@@ -94,6 +100,7 @@ impl Server {
             issuer,
             material,
             store,
+            feed_from,
         })
     }
 
@@ -127,10 +134,17 @@ impl Server {
             self.cfg.trust.reload_interval,
             stop_rx,
         ));
+        let follower = tokio::spawn(
+            self.issuer
+                .revocations()
+                .clone()
+                .follow(self.feed_from, self.store.commit_wakes()),
+        );
         let reaper = tokio::spawn(reaper::run(
             self.issuer.revocations().clone(),
             self.cfg.feed.clone(),
             self.issuer.system_actor().to_owned(),
+            self.store.leadership(),
             stop_rx_reaper.clone(),
         ));
         let policy_reload = tokio::spawn(policy_reload_loop(
@@ -156,6 +170,7 @@ impl Server {
         let _ = stop_tx.send(true);
         let _ = reload.await;
         let _ = reaper.await;
+        let _ = follower.await;
         let _ = policy_reload.await;
         self.store.close().await;
         Ok(result?)

@@ -66,6 +66,9 @@ impl Calls {
         let body = req.into_inner();
         let task = task(&body);
         let result = match caller {
+            // A replica that cannot read the database answers nothing from
+            // what it remembers: the caller retries on another.
+            Ok(_) if let Some(e) = self.issuer.revocations().unavailable() => Err(e.into()),
             Ok(c) => f(c, body).await,
             Err(e) => Err(Error::from(e)),
         };

@@ -90,6 +90,7 @@ pub async fn serve(
         material.clone(),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let store_health = issuer.revocations().health();
     let admin_svc = pb::admin_server::AdminServer::new(AdminService::new(issuer, material.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     // Standard gRPC health checks (for probes and load balancers). They
@@ -101,6 +102,9 @@ pub async fn serve(
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
     }
+    // A replica that cannot read its database is taken out of rotation,
+    // and put back once it can.
+    let follow_health = tokio::spawn(report_store_health(health.clone(), store_health));
     let health_svc = tonic::service::interceptor::InterceptedService::new(
         health_svc,
         move |req: tonic::Request<()>| match auth::caller(&req, &health_material) {
@@ -123,6 +127,7 @@ pub async fn serve(
     let result = tokio::select! {
         r = &mut server => r,
         _ = shutdown => {
+            follow_health.abort();
             for name in SERVICE_NAMES {
                 health
                     .set_service_status(name, tonic_health::ServingStatus::NotServing)
@@ -147,10 +152,31 @@ pub async fn serve(
         }
     };
     accept.abort();
+    follow_health.abort();
     if let Err(e) = result {
         tracing::error!(error = %e, "gRPC server stopped with an error");
     }
     Ok(())
+}
+
+/// Sets every service `NOT_SERVING` while the store cannot be read, and
+/// `SERVING` again once it can.
+async fn report_store_health(
+    health: tonic_health::server::HealthReporter,
+    mut store: tokio::sync::watch::Receiver<Option<crate::store::StoreError>>,
+) {
+    loop {
+        let status = match &*store.borrow_and_update() {
+            None => tonic_health::ServingStatus::Serving,
+            Some(_) => tonic_health::ServingStatus::NotServing,
+        };
+        for name in SERVICE_NAMES {
+            health.set_service_status(name, status).await;
+        }
+        if store.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 type Conn = auth::AuthedConn<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;

@@ -1,5 +1,8 @@
 //! One subscriber's view of the revocation log: snapshot or replay, then live
-//! events and heartbeats, pushed into a bounded per-subscriber buffer.
+//! events and heartbeats, pushed into a bounded per-subscriber buffer. The
+//! live events come from the hub, which the follower feeds from the log
+//! whichever replica committed them; a heartbeat carries the last sequence
+//! considered, which is the log's head as this process last read it.
 //!
 //! The forwarder subscribes to the hub *before* reading the log and drops
 //! live events it has already sent (by sequence), so the hand-over from log
@@ -318,7 +321,16 @@ impl Forwarder {
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 },
-                _ = tick.tick() => self.send(FeedItem::Heartbeat(self.last, now_unix()), false).await?,
+                _ = tick.tick() => {
+                    // A heartbeat vouches that nothing past `last` was
+                    // committed: not while the log cannot be read (another
+                    // replica may be revoking). The subscriber reconnects,
+                    // to a replica that can read it.
+                    if let Some(e) = self.revs.unavailable() {
+                        return Err(FeedError::Store(e).into());
+                    }
+                    self.send(FeedItem::Heartbeat(self.last, now_unix()), false).await?
+                }
                 _ = self.tx.closed() => return Err(Stop::Gone),
                 // Server shutdown: end the stream so the subscriber resumes
                 // elsewhere from its cursor.

@@ -1,10 +1,21 @@
 //! Revocation: the ordered log, the live hub, the watch feed, delivery
 //! evidence, the deadline reaper and the CRL.
 //!
-//! Every revocation goes through [`Revocations::revoke`], which holds one
-//! lock across "commit to the store" and "publish to the hub". Commit order,
-//! sequence order and publish order are therefore the same, and a watcher
-//! that subscribed before reading the log sees every event exactly once.
+//! Every revocation is committed through [`Revocations::revoke`], by this
+//! process or by another replica on the same database. The hub is fed by one
+//! follower per process ([`Revocations::follow`]) that reads the log table
+//! in sequence order after every wake-up — a local commit, a PostgreSQL
+//! notification of another replica's commit, a listener reconnect — and at
+//! least every [`POLL`]. Sequence numbers are gap-free in commit order
+//! (see the store), so publishing what the log holds past the last published
+//! number gives every watcher, on every replica, every revocation once and
+//! in order, whichever replica committed it. A watcher subscribes before
+//! reading the log, so the hand-over from log to hub has no gap either.
+//!
+//! The follower's reads are also this process's view of the database's
+//! health: when the log cannot be read, [`Revocations::unavailable`] says
+//! why, health checks report `NOT_SERVING`, calls are refused, and feeds
+//! end rather than send heartbeats for a head they cannot see.
 
 pub mod delivery;
 pub mod feed;
@@ -12,11 +23,12 @@ pub mod reaper;
 mod set;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::jwt::JwtSigner;
-use crate::store::{RevocationEvent, RevokeRequest, Store, StoreError};
+use crate::store::{CommitWakes, Condition, RevocationEvent, RevokeRequest, Store, StoreError};
 
 pub use set::set_claims;
 
@@ -24,14 +36,30 @@ pub use set::set_claims;
 /// behind is cut off (and resumes from the log), never silently skipped.
 pub const HUB_CAPACITY: usize = 4096;
 
+/// The follower reads the log at least this often, whether or not it was
+/// woken: it bounds how late a revocation whose notification was lost is
+/// published, and how soon a lost database is noticed.
+pub const POLL: Duration = Duration::from_secs(1);
+
+/// A read of the log that takes longer than this counts as the database
+/// being unreachable (the pool would otherwise wait its whole acquire
+/// timeout on a database that refuses connections).
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Events read per query while catching up.
+const PAGE: u32 = 512;
+
 /// The revocation log's writer and live hub.
 pub struct Revocations {
     store: Arc<dyn Store>,
     signer: Arc<JwtSigner>,
     iss: String,
     tx: broadcast::Sender<Arc<RevocationEvent>>,
-    write: tokio::sync::Mutex<()>,
-    closing: tokio::sync::watch::Sender<bool>,
+    /// Wakes the follower after a local commit.
+    committed: Notify,
+    /// `None` while the follower reads the log; otherwise why it cannot.
+    health: watch::Sender<Option<StoreError>>,
+    closing: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Revocations {
@@ -51,8 +79,9 @@ impl Revocations {
             signer,
             iss,
             tx,
-            write: tokio::sync::Mutex::new(()),
-            closing: tokio::sync::watch::channel(false).0,
+            committed: Notify::new(),
+            health: watch::channel(None).0,
+            closing: watch::channel(false).0,
         }
     }
 
@@ -61,27 +90,25 @@ impl Revocations {
         &self.store
     }
 
-    /// Commits a revocation and publishes its events, in order. Returns the
-    /// events written (none when nothing in scope was still active).
+    /// Commits a revocation and wakes the follower, which publishes its
+    /// events. Returns the events written (none when nothing in scope was
+    /// still active).
     ///
     /// The work runs in its own task: a caller that goes away mid-call (a
-    /// cancelled RPC) cannot leave an event committed but never published.
+    /// cancelled RPC) cannot cut a commit short and leave its outcome
+    /// unknown to the log.
     pub async fn revoke(
         self: &Arc<Self>,
         req: &RevokeRequest,
     ) -> Result<Vec<RevocationEvent>, StoreError> {
         let this = self.clone();
         let req = req.clone();
-        tokio::spawn(async move { this.commit_and_publish(&req).await })
+        tokio::spawn(async move { this.commit(&req).await })
             .await
             .map_err(|e| StoreError::Corrupt(format!("revocation task failed: {e}")))?
     }
 
-    async fn commit_and_publish(
-        &self,
-        req: &RevokeRequest,
-    ) -> Result<Vec<RevocationEvent>, StoreError> {
-        let _order = self.write.lock().await;
+    async fn commit(&self, req: &RevokeRequest) -> Result<Vec<RevocationEvent>, StoreError> {
         let (signer, iss) = (self.signer.clone(), self.iss.clone());
         let sign: crate::store::SetSigner = Arc::new(move |e: &RevocationEvent| {
             signer
@@ -99,10 +126,85 @@ impl Revocations {
                 credentials = e.credential_ids.len(),
                 "revoked"
             );
-            // No receiver is fine: nobody is watching.
-            let _ = self.tx.send(Arc::new(e.clone()));
+        }
+        if !events.is_empty() {
+            self.committed.notify_one();
         }
         Ok(events)
+    }
+
+    /// Publishes the log to the hub, in sequence order, from `after` on,
+    /// until [`Revocations::close`]: after every local commit, every
+    /// wake-up from `wakes`, and every [`POLL`].
+    pub async fn follow(self: Arc<Self>, mut after: u64, mut wakes: CommitWakes) {
+        let mut closing = self.closing();
+        let mut listener_down = false;
+        loop {
+            match self.publish_after(after).await {
+                Ok(last) => {
+                    after = last;
+                    self.health.send_if_modified(|h| h.take().is_some());
+                }
+                Err(e) => {
+                    if self.health.borrow().is_none() {
+                        tracing::error!(error = %e, "cannot read the revocation log: refusing calls until it can be read");
+                    }
+                    self.health.send_replace(Some(e));
+                }
+            }
+            tokio::select! {
+                _ = self.committed.notified() => {}
+                r = wakes.next() => match r {
+                    Ok(()) => listener_down = false,
+                    Err(e) => {
+                        if !listener_down {
+                            tracing::warn!(error = %e, "revocation notifications are down; reading the log every second");
+                            listener_down = true;
+                        }
+                        // Reconnects on the next call; not in a tight loop.
+                        tokio::time::sleep(POLL).await;
+                    }
+                },
+                _ = tokio::time::sleep(POLL) => {}
+                _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => return,
+            }
+        }
+    }
+
+    /// Publishes every event of the log after `after`; returns the last
+    /// sequence published.
+    async fn publish_after(&self, mut after: u64) -> Result<u64, StoreError> {
+        loop {
+            let page = tokio::time::timeout(READ_TIMEOUT, self.store.events_after(after, PAGE))
+                .await
+                .map_err(|_| StoreError::Unavailable {
+                    condition: Condition::Unreachable,
+                    detail: format!(
+                        "no answer to a read of the revocation log within {}",
+                        humantime::format_duration(READ_TIMEOUT)
+                    ),
+                })??;
+            let full = page.len() == PAGE as usize;
+            for e in page {
+                after = e.seq;
+                // No receiver is fine: nobody is watching.
+                let _ = self.tx.send(Arc::new(e));
+            }
+            if !full {
+                return Ok(after);
+            }
+        }
+    }
+
+    /// Why the log cannot be read now, if it cannot: calls are refused with
+    /// this rather than answered from what may be stale.
+    pub fn unavailable(&self) -> Option<StoreError> {
+        self.health.borrow().clone()
+    }
+
+    /// Changes of [`Revocations::unavailable`], for health checks.
+    pub fn health(&self) -> watch::Receiver<Option<StoreError>> {
+        self.health.subscribe()
     }
 
     /// Ends every watch stream (at shutdown), so subscribers reconnect to
@@ -112,7 +214,7 @@ impl Revocations {
     }
 
     /// Resolves once [`Revocations::close`] was called.
-    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+    pub fn closing(&self) -> watch::Receiver<bool> {
         self.closing.subscribe()
     }
 

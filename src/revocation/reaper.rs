@@ -11,7 +11,7 @@ use super::delivery::{self, OverdueLog};
 use crate::audit::{self, AuditDraft};
 use crate::clock::now_unix;
 use crate::config::FeedConfig;
-use crate::store::{RevokeRequest, RevokeScope, StoreError, TaskState};
+use crate::store::{Leadership, RevokeRequest, RevokeScope, StoreError, TaskState};
 
 /// Reason recorded for credentials of a task whose deadline passed.
 pub const REASON_DEADLINE: &str = "task_deadline";
@@ -48,44 +48,85 @@ pub async fn expire_due_tasks(revs: &Arc<Revocations>, actor: &str) -> Result<us
 }
 
 /// Runs until `shutdown` flips: deadlines every `feed.reaper_interval`,
-/// delivery every interval, pruning every minute.
+/// delivery every interval, pruning every minute — while this process
+/// leads. Every replica runs this loop; the one holding the lead does the
+/// work, and the others take over within an interval of its loss.
 pub async fn run(
     revs: Arc<Revocations>,
     feed: FeedConfig,
     actor: String,
+    mut lead: Leadership,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(feed.reaper_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut overdue = OverdueLog::default();
-    let mut last_prune = Instant::now();
+    let mut last_prune: Option<Instant> = None;
+    let mut leading = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         }
-        if let Err(e) = expire_due_tasks(&revs, &actor).await {
-            tracing::error!(error = %e, "deadline reaper failed");
+        let now_leading = match lead.hold().await {
+            Ok(l) => l,
+            Err(e) => {
+                if leading {
+                    tracing::warn!(error = %e, "lost the lead of the background duties");
+                }
+                false
+            }
+        };
+        if now_leading != leading {
+            if now_leading {
+                tracing::info!("leading the background duties (deadlines, delivery, pruning)");
+                // What the last leader already recorded is in the trail;
+                // start afresh rather than trust an old view.
+                overdue = OverdueLog::default();
+            } else {
+                tracing::info!("another replica leads the background duties");
+            }
+            leading = now_leading;
         }
-        match delivery::status(revs.store().as_ref(), &feed, now_unix()).await {
-            Ok(state) => {
-                let events = overdue.observe(&state, &actor, now_unix());
-                if !events.is_empty()
-                    && let Err(e) = revs.store().append_audit(&events).await
-                {
+        if !leading {
+            continue;
+        }
+        duties(&revs, &feed, &actor, &mut overdue, &mut last_prune).await;
+    }
+    lead.release().await;
+}
+
+/// One round of the leader's duties. Each is safe to run twice (by a leader
+/// that has just lost its lead and its successor): ending an ended task
+/// records nothing, an overdue delivery is recorded once per subscriber and
+/// revocation, and pruning removes what is already gone.
+async fn duties(
+    revs: &Arc<Revocations>,
+    feed: &FeedConfig,
+    actor: &str,
+    overdue: &mut OverdueLog,
+    last_prune: &mut Option<Instant>,
+) {
+    if let Err(e) = expire_due_tasks(revs, actor).await {
+        tracing::error!(error = %e, "deadline reaper failed");
+    }
+    match delivery::status(revs.store().as_ref(), feed, now_unix()).await {
+        Ok(state) => {
+            for event in overdue.observe(&state, actor, now_unix()) {
+                if let Err(e) = revs.store().append_audit_once(event).await {
                     tracing::error!(error = %e, "cannot audit overdue delivery");
                 }
             }
-            Err(e) => tracing::error!(error = %e, "delivery check failed"),
         }
-        if last_prune.elapsed() >= PRUNE_EVERY {
-            last_prune = Instant::now();
-            let before = now_unix() - feed.retention.as_secs() as i64;
-            match revs.store().prune_events(before).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(pruned = n, "pruned expired revocation events"),
-                Err(e) => tracing::error!(error = %e, "pruning failed"),
-            }
+        Err(e) => tracing::error!(error = %e, "delivery check failed"),
+    }
+    if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+        *last_prune = Some(Instant::now());
+        let before = now_unix() - feed.retention.as_secs() as i64;
+        match revs.store().prune_events(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "pruned expired revocation events"),
+            Err(e) => tracing::error!(error = %e, "pruning failed"),
         }
     }
 }

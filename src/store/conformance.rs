@@ -521,6 +521,48 @@ pub async fn delegation_racing_complete_leaves_no_active_child(h: &dyn Harness) 
     }
 }
 
+/// A fact appended "once" from many handles at the same time is recorded
+/// once; another `ref_seq` or subject is another fact.
+pub async fn audit_once_records_a_fact_once(h: &dyn Harness) {
+    let fact = |subject: &str, seq: u64| {
+        let mut d = AuditDraft::new(kind::DELIVERY_OVERDUE, HOLDER, 300).subject(subject);
+        d.ref_seq = Some(seq);
+        d
+    };
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        let s = h.open().await;
+        for _ in 0..8 {
+            let (s, d) = (s.clone(), fact("sidecar", 4));
+            calls.push(tokio::spawn(async move {
+                s.append_audit_once(d).await.unwrap()
+            }));
+        }
+    }
+    let mut appended = 0;
+    for c in calls {
+        appended += usize::from(c.await.unwrap());
+    }
+    assert_eq!(appended, 1, "one of the racing appends records the fact");
+    let s = h.open().await;
+    assert!(s.append_audit_once(fact("sidecar", 5)).await.unwrap());
+    assert!(s.append_audit_once(fact("other", 4)).await.unwrap());
+    assert!(!s.append_audit_once(fact("other", 4)).await.unwrap());
+    let trail = s.audit_after(0, 100).await.unwrap();
+    let facts: Vec<_> = trail
+        .iter()
+        .map(|e| (e.body.subject.as_str(), e.body.ref_seq))
+        .collect();
+    assert_eq!(
+        facts,
+        vec![
+            ("sidecar", Some(4)),
+            ("sidecar", Some(5)),
+            ("other", Some(4))
+        ]
+    );
+}
+
 /// Instantiates the suite as `#[tokio::test]`s in the calling module, each
 /// with a new harness from `$harness` (an expression evaluated per test).
 macro_rules! store_conformance {
@@ -537,7 +579,8 @@ macro_rules! store_conformance {
             pruning_takes_an_expired_prefix,
             failed_writes_store_nothing,
             failed_revocation_hands_its_numbers_back,
-            delegation_racing_complete_leaves_no_active_child
+            delegation_racing_complete_leaves_no_active_child,
+            audit_once_records_a_fact_once
         );
     };
     (@tests $harness:expr; $($name:ident),*) => {

@@ -16,12 +16,16 @@
 //! - [`PgStore`]: PostgreSQL; row locks inside each transaction keep it
 //!   correct when several processes write.
 //! - [`open`] / [`AnyStore`]: the backend the config names.
+//! - `fleet`: what several processes on one store need — revocation
+//!   wake-ups ([`CommitWakes`]), one leader ([`Leadership`]) — and the lock
+//!   that keeps a second process off a SQLite store ([`ProcessLock`]).
 //!
 //! Timestamps are Unix seconds in `BIGINT` columns and conflicts use
 //! `ON CONFLICT`, so the schema carries over to PostgreSQL.
 
 #[cfg(test)]
 pub mod conformance;
+mod fleet;
 mod postgres;
 mod records;
 mod revoking;
@@ -30,8 +34,9 @@ mod sqlite;
 
 use std::sync::Arc;
 
+pub use fleet::{CommitWakes, Leadership, ProcessLock};
 pub(crate) use postgres::redact as redact_url;
-pub use postgres::{PgPoolConfig, PgStore};
+pub use postgres::{CommitListener, Leader, PgPoolConfig, PgStore};
 pub use records::*;
 pub use sqlite::SqliteStore;
 
@@ -271,13 +276,21 @@ pub trait Store: Send + Sync + 'static {
         review: &Review,
         audit: AuditDraft,
     ) -> Result<ReviewOutcome, StoreError>;
+
+    /// Appends `event` unless the trail already holds an event of the same
+    /// kind, subject and `ref_seq` (checked and appended in one transaction,
+    /// serialised with every other such append), so a fact that several
+    /// processes may observe — a subscriber overdue on one revocation — is
+    /// recorded once. Returns whether it appended.
+    async fn append_audit_once(&self, event: AuditDraft) -> Result<bool, StoreError>;
 }
 
 /// The store the config names, opened (and migrated).
 #[derive(Debug, Clone)]
 pub enum AnyStore {
-    /// The embedded SQLite store (`[store] path`).
-    Sqlite(Arc<SqliteStore>),
+    /// The embedded SQLite store (`[store] path`), and the lock that keeps
+    /// a second issuer off it.
+    Sqlite(Arc<SqliteStore>, Arc<ProcessLock>),
     /// A PostgreSQL database (`[store] url`).
     Postgres(Arc<PgStore>),
 }
@@ -286,7 +299,7 @@ impl AnyStore {
     /// The store behind the [`Store`] trait.
     pub fn as_dyn(&self) -> Arc<dyn Store> {
         match self {
-            Self::Sqlite(s) => s.clone(),
+            Self::Sqlite(s, _) => s.clone(),
             Self::Postgres(s) => s.clone(),
         }
     }
@@ -295,15 +308,32 @@ impl AnyStore {
     /// as [`SqliteStore::set_max_pages`]).
     pub fn sqlite(&self) -> Option<&Arc<SqliteStore>> {
         match self {
-            Self::Sqlite(s) => Some(s),
+            Self::Sqlite(s, _) => Some(s),
             Self::Postgres(_) => None,
+        }
+    }
+
+    /// Wake-ups for the readers of the revocation log when another process
+    /// may have committed to it.
+    pub fn commit_wakes(&self) -> CommitWakes {
+        match self {
+            Self::Sqlite(..) => CommitWakes::Local,
+            Self::Postgres(s) => CommitWakes::Postgres(Box::new(s.commit_listener())),
+        }
+    }
+
+    /// This process's claim on leading the background duties.
+    pub fn leadership(&self) -> Leadership {
+        match self {
+            Self::Sqlite(..) => Leadership::Sole,
+            Self::Postgres(s) => Leadership::Postgres(Box::new(s.leader())),
         }
     }
 
     /// Finishes or waits for the writes in flight and closes the store.
     pub async fn close(&self) {
         match self {
-            Self::Sqlite(s) => s.close().await,
+            Self::Sqlite(s, _) => s.close().await,
             Self::Postgres(s) => s.close().await,
         }
     }
@@ -316,7 +346,14 @@ pub async fn open(cfg: &StoreConfig) -> Result<AnyStore, StoreError> {
         (Some(url), _) => Ok(AnyStore::Postgres(Arc::new(
             PgStore::open(url, &cfg.pool()).await?,
         ))),
-        (None, Some(path)) => Ok(AnyStore::Sqlite(Arc::new(SqliteStore::open(path).await?))),
+        (None, Some(path)) => {
+            // Before opening: a second issuer must not migrate or write it.
+            let lock = ProcessLock::take(path)?;
+            Ok(AnyStore::Sqlite(
+                Arc::new(SqliteStore::open(path).await?),
+                Arc::new(lock),
+            ))
+        }
         (None, None) => Err(StoreError::Open {
             path: String::new(),
             reason: "the config names no store (`store.path` or `store.url`)".into(),

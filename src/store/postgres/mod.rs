@@ -28,11 +28,13 @@
 //! replicas starting together migrate once.
 //!
 //! One file per record kind — [`tasks`], [`credentials`], [`revocations`],
-//! [`audit`], [`acks`], [`meta`] — like the SQLite backend.
+//! [`audit`], [`acks`], [`meta`] — like the SQLite backend, and [`fleet`]:
+//! the revocation wake-ups and the leader's lock of a fleet of replicas.
 
 mod acks;
 mod audit;
 mod credentials;
+mod fleet;
 mod meta;
 mod revocations;
 mod tasks;
@@ -51,6 +53,7 @@ use super::{
 use crate::audit::{AuditDraft, AuditEvent};
 
 use self::audit::append;
+pub use self::fleet::{CommitListener, Leader};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/postgres/migrations");
 
@@ -84,8 +87,10 @@ impl Default for PgPoolConfig {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// For telling an unreachable database from a busy one.
+    /// For telling an unreachable database from a busy one, and for the
+    /// sessions of their own that the listener and the leader keep.
     opts: PgConnectOptions,
+    connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -178,7 +183,21 @@ impl PgStore {
             .max_connections(cfg.max_connections)
             .acquire_timeout(cfg.acquire_timeout)
             .connect_lazy_with(opts.clone());
-        Ok(Self { pool, opts })
+        Ok(Self {
+            pool,
+            opts,
+            connect_timeout: cfg.connect_timeout,
+        })
+    }
+
+    /// Wake-ups whenever a revocation commits, from any process.
+    pub fn commit_listener(&self) -> CommitListener {
+        CommitListener::new(self.opts.clone(), self.connect_timeout)
+    }
+
+    /// This process's claim on leading the background duties.
+    pub fn leader(&self) -> Leader {
+        Leader::new(self.opts.clone(), self.connect_timeout)
     }
 
     /// Waits for the connections in use to be returned and closes them all;
@@ -558,6 +577,37 @@ impl Store for PgStore {
         self.write(|mut tx| async move {
             let out = append(&mut tx, events.iter().cloned()).await?;
             Ok((out, tx))
+        })
+        .await
+    }
+
+    async fn append_audit_once(&self, event: AuditDraft) -> Result<bool, StoreError> {
+        self.write(|mut tx| {
+            let event = event.clone();
+            async move {
+                // Two processes checking at once would both find nothing:
+                // the check and the append hold one lock per fact.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
+                    .bind(&event.kind)
+                    .bind(&event.subject)
+                    .execute(&mut *tx)
+                    .await
+                    .pg()?;
+                let found: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM audit WHERE kind = $1 AND subject = $2 \
+                       AND ref_seq IS NOT DISTINCT FROM $3)",
+                )
+                .bind(&event.kind)
+                .bind(&event.subject)
+                .bind(event.ref_seq.map(|s| s as i64))
+                .fetch_one(&mut *tx)
+                .await
+                .pg()?;
+                if !found {
+                    append(&mut tx, [event]).await?;
+                }
+                Ok((!found, tx))
+            }
         })
         .await
     }

@@ -129,6 +129,14 @@ pub(super) async fn revoke(
             }
         }
     }
+    if !events.is_empty() {
+        // Delivered to every replica's listener when this commits.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(super::fleet::CHANNEL)
+            .execute(&mut *conn)
+            .await
+            .pg()?;
+    }
     append(conn, audit_events).await?;
     Ok(events)
 }

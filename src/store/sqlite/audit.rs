@@ -142,3 +142,17 @@ pub(super) async fn acks_covering(
         .await?;
     rows.iter().map(from_row).collect()
 }
+
+/// Whether the trail holds an event of `d`'s kind, subject and `ref_seq`.
+pub(super) fn has_event(conn: &Connection, d: &AuditDraft) -> Result<bool, StoreError> {
+    let found = conn
+        .prepare_cached(
+            "SELECT 1 FROM audit WHERE kind = ?1 AND subject = ?2 AND ref_seq IS ?3 LIMIT 1",
+        )?
+        .query_row(
+            params![d.kind, d.subject, d.ref_seq.map(|s| s as i64)],
+            |_| Ok(()),
+        )
+        .optional()?;
+    Ok(found.is_some())
+}

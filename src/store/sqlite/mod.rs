@@ -379,6 +379,18 @@ impl Store for SqliteStore {
         self.writer()?.run(move |w| w.append(events)).await
     }
 
+    async fn append_audit_once(&self, event: AuditDraft) -> Result<bool, StoreError> {
+        self.writer()?
+            .run(move |w| {
+                if audit::has_event(w.conn, &event)? {
+                    return Ok(false);
+                }
+                w.append([event])?;
+                Ok(true)
+            })
+            .await
+    }
+
     async fn audit_after(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
         audit::after(&self.reader, after, limit).await
     }
