@@ -14,6 +14,8 @@ use taskmint::devca::{DevRoot, Issued};
 use taskmint::server::Server;
 use taskmint::store::{SqliteStore, Store};
 
+pub mod pg;
+
 pub const TD: &str = "example.org";
 
 pub struct TestServer {

@@ -1,26 +1,24 @@
 //! The PostgreSQL backend's tests: the conformance suite every backend runs,
 //! and two stores on one database (two processes' pools) racing each other.
 //!
-//! They need a PostgreSQL server. With `TASKMINT_TEST_POSTGRES_URL` set (a
+//! They need a PostgreSQL server (see `tests/common/pg.rs`). With
+//! `TASKMINT_TEST_POSTGRES_URL` set (a
 //! URL whose user may create databases) they use it; otherwise they start a
 //! throwaway cluster with `initdb` and `pg_ctl` in a temporary directory, one
 //! per test process, stopped by a watcher once the process exits. Each test
 //! gets a database of its own. With neither, each test says it was skipped
 //! — unless `TASKMINT_REQUIRE_POSTGRES=1`, when it fails.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use sqlx::Connection;
 use tokio::sync::OnceCell;
 
 use super::*;
+// The throwaway cluster, shared with the integration tests.
+#[path = "../../../tests/common/pg.rs"]
+mod cluster;
 use crate::store::conformance::Harness as _;
 use crate::store::{CredentialKind, RevokeScope, TaskState};
-
-const SKIPPED: &str =
-    "skipped: PostgreSQL not available (install postgresql or set TASKMINT_TEST_POSTGRES_URL)";
 
 /// The server the tests use: a URL to its maintenance database, or `None`.
 static SERVER: OnceCell<Option<String>> = OnceCell::const_new();
@@ -36,30 +34,22 @@ impl Harness {
     async fn new() -> Option<Self> {
         let server = SERVER
             .get_or_init(|| async {
-                match std::env::var("TASKMINT_TEST_POSTGRES_URL") {
-                    Ok(url) if !url.is_empty() => Some(url),
-                    _ => tokio::task::spawn_blocking(start_cluster)
+                match cluster::server_from_env() {
+                    Some(url) => Some(url),
+                    None => tokio::task::spawn_blocking(cluster::Cluster::start)
                         .await
-                        .expect("starting PostgreSQL panicked"),
+                        .expect("starting PostgreSQL panicked")
+                        // Lives as long as this test process.
+                        .map(|c| Box::leak(Box::new(c)).url()),
                 }
             })
             .await;
         let Some(server) = server else {
-            if std::env::var("TASKMINT_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-                panic!("{}", SKIPPED.replace("skipped: ", ""));
-            }
-            eprintln!("{SKIPPED}");
+            cluster::skip();
             return None;
         };
-        let name = format!("t_{:016x}", rand::random::<u64>());
-        let mut admin = sqlx::PgConnection::connect(server).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
         Some(Self {
-            url: with_database(server, &name),
+            url: cluster::fresh_database(server).await,
         })
     }
 
@@ -77,145 +67,6 @@ impl crate::store::conformance::Harness for Harness {
     async fn open(&self) -> Arc<dyn Store> {
         Arc::new(self.store().await)
     }
-}
-
-/// `url` with its database replaced by `db`.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    if query.is_empty() {
-        format!("{base}/{db}")
-    } else {
-        format!("{base}/{db}?{query}")
-    }
-}
-
-/// Where `initdb` and `pg_ctl` are: on `PATH`, or where Debian and a source
-/// build put them.
-fn pg_bin_dir() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.push("/usr/local/bin".into());
-    dirs.push("/usr/local/pgsql/bin".into());
-    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
-        versions.sort();
-        dirs.extend(versions.into_iter().rev());
-    }
-    dirs.into_iter()
-        .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
-}
-
-/// Runs a PostgreSQL tool, as the `postgres` user when this process is
-/// root (the server refuses to run as root).
-fn pg_command(as_postgres: bool, program: &Path) -> Command {
-    if as_postgres {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-fn run(mut c: Command, what: &str) {
-    let out = c
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Starts a cluster for this test process and a watcher that stops it
-/// (and removes its directory) once the process has exited: statics are
-/// never dropped, so nothing in the process could.
-#[allow(
-    clippy::zombie_processes,
-    reason = "the watcher must outlive this process, so it is never waited for"
-)]
-fn start_cluster() -> Option<String> {
-    let bin = pg_bin_dir()?;
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let dir = std::env::temp_dir().join(format!(
-        "taskmint-pg-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    if root {
-        run(
-            {
-                let mut c = Command::new("chown");
-                c.arg("postgres").arg(&dir);
-                c
-            },
-            "chown",
-        );
-    }
-    let data = dir.join("data");
-    let mut initdb = pg_command(root, &bin.join("initdb"));
-    initdb
-        .arg("-D")
-        .arg(&data)
-        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
-        .args(["--locale", "C"]);
-    run(initdb, "initdb");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let pg_ctl = bin.join("pg_ctl");
-    let mut start = pg_command(root, &pg_ctl);
-    start
-        .arg("-D")
-        .arg(&data)
-        .arg("-l")
-        .arg(dir.join("log"))
-        .args(["-w", "-o"])
-        .arg(format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=300 -c fsync=off",
-            dir.display()
-        ))
-        .arg("start");
-    run(start, "pg_ctl start");
-    // The watcher: polls for this process and stops the cluster after it.
-    let stop = format!(
-        "{} -D '{}' stop -m immediate",
-        pg_ctl.display(),
-        data.display()
-    );
-    let stop = if root {
-        format!("runuser -u postgres -- {stop}")
-    } else {
-        stop
-    };
-    let script = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 0.2; done; {stop}; rm -rf '{dir}'",
-        pid = std::process::id(),
-        dir = dir.display()
-    );
-    Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cannot start the cluster's watcher");
-    Some(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
 }
 
 crate::store::conformance::store_conformance!(match Harness::new().await {
@@ -377,11 +228,11 @@ fn urls_lose_their_password_and_change_database() {
         "postgres://tm@db/x?sslmode=require&password=***&sslpassword=***"
     );
     assert_eq!(
-        with_database("postgres://p@127.0.0.1:5/postgres", "t_1"),
+        cluster::with_database("postgres://p@127.0.0.1:5/postgres", "t_1"),
         "postgres://p@127.0.0.1:5/t_1"
     );
     assert_eq!(
-        with_database("postgres://p@h?sslmode=disable", "t_1"),
+        cluster::with_database("postgres://p@h?sslmode=disable", "t_1"),
         "postgres://p@h/t_1?sslmode=disable"
     );
 }
