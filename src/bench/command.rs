@@ -23,6 +23,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                     events: o.events,
                     stored: o.stored,
                     stored_concurrency: o.stored_concurrency,
+                    store_url: o.store_url,
                     target: o.server.map(|addr| bench::Target {
                         addr,
                         dir: o.trust_dir.clone().unwrap_or_default(),
@@ -54,6 +55,25 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             print!("{}", bench::table(&rows));
             if let Some(path) = a.json {
                 std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+            }
+        }
+        Some(BenchCommand::Replicas(a)) => {
+            let report = bench::replicas::run(
+                &exe,
+                &bench::replicas::ReplicasBench {
+                    store_url: a.store_url,
+                    concurrency: a.concurrency,
+                    window: a.window,
+                    rounds: a.rounds,
+                    subscribers: a.subscribers,
+                    events: a.events,
+                },
+                |step| eprintln!("bench: {step}"),
+            )
+            .await?;
+            print!("{}", bench::replicas::render(&report));
+            if let Some(path) = a.json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
             }
         }
         Some(BenchCommand::Cfssl(a)) => {

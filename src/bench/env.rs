@@ -69,6 +69,20 @@ impl BenchEnv {
         })
     }
 
+    /// Points the config at the PostgreSQL database at `url` instead of
+    /// the SQLite file (several replicas may then share it).
+    pub fn use_store_url(&self, url: &str) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(&self.config)?;
+        let sqlite = "path = \"data/taskmint.db\"";
+        anyhow::ensure!(
+            text.contains(sqlite),
+            "the bench config has no `{sqlite}` to replace"
+        );
+        let url = toml::Value::String(url.to_owned());
+        std::fs::write(&self.config, text.replace(sqlite, &format!("url = {url}")))?;
+        Ok(())
+    }
+
     /// The trust domain of an issuer started elsewhere (`--server`): `dir`
     /// holds its `bundle.pem`, `root.key` (to make caller SVIDs) and the
     /// `agent` and `sidecar` SVIDs, as `dev init` writes them. Its rate

@@ -20,6 +20,7 @@ pub mod env;
 pub mod load;
 pub mod plot;
 pub mod proc_stats;
+pub mod replicas;
 pub mod revocation;
 
 use std::path::{Path, PathBuf};
@@ -58,6 +59,8 @@ pub struct Options {
     pub stored_concurrency: usize,
     /// Measure an issuer started elsewhere instead of starting one.
     pub target: Option<Target>,
+    /// Run the issuer on this PostgreSQL database instead of SQLite.
+    pub store_url: Option<String>,
 }
 
 /// An issuer started elsewhere.
@@ -207,6 +210,9 @@ pub async fn run_all(o: &Options, progress: impl Fn(&str)) -> anyhow::Result<Rep
         None => BenchEnv::create("main")?,
         Some(t) => BenchEnv::existing(&t.dir)?,
     };
+    if let Some(url) = &o.store_url {
+        env.use_store_url(url)?;
+    }
     progress("in-process signing ceiling");
     let m = Arc::new(material(&env, csrs.to_vec())?);
     let window = o.ceiling_window;
@@ -255,7 +261,7 @@ pub async fn run_all(o: &Options, progress: impl Fn(&str)) -> anyhow::Result<Rep
     progress("revocation delivery");
     let revocation = revocation::latency_at(
         &env,
-        &addr,
+        std::slice::from_ref(&addr),
         proc_,
         &RevocationBench {
             subscribers: o.subscribers.clone(),
@@ -268,7 +274,7 @@ pub async fn run_all(o: &Options, progress: impl Fn(&str)) -> anyhow::Result<Rep
     drop(child);
 
     // 5. A large store against an empty one, same load.
-    let large_store = if o.stored > 0 && o.target.is_none() {
+    let large_store = if o.stored > 0 && o.target.is_none() && o.store_url.is_none() {
         progress("empty store");
         let env = BenchEnv::create("store")?;
         let c = o.stored_concurrency;

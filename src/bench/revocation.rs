@@ -1,7 +1,9 @@
 //! Revocation delivery: from the moment a `Revoke` RPC returns to the moment
 //! each subscriber receives the event, for several subscriber counts, against
-//! a real issuer (mTLS, SQLite with `synchronous=FULL`, SET signing, policy
-//! and audit) on loopback; and the server memory each idle subscriber costs.
+//! a real issuer (mTLS, a durable store, SET signing, policy and audit) on
+//! loopback — or against several replicas of one, with subscribers and
+//! revocations spread over them; and the server memory each idle subscriber
+//! costs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +35,8 @@ pub struct RevocationBench {
 /// The figures of one subscriber count.
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyRow {
+    /// Issuer replicas the subscribers and the revocations were spread over.
+    pub replicas: usize,
     /// Subscribers watching.
     pub subscribers: usize,
     /// Connections they used.
@@ -56,48 +60,66 @@ pub struct LatencyRow {
     /// Server RSS growth per idle subscriber, KiB (NaN without a child
     /// server to read).
     pub idle_kib_per_subscriber: f64,
+    /// Median of the deliveries to a subscriber of another replica than the
+    /// one that committed the revocation, ms (NaN with one replica).
+    pub cross_p50_ms: f64,
+    /// 99th percentile of the same, ms.
+    pub cross_p99_ms: f64,
 }
 
-/// Runs the revocation benchmark against the issuer at `addr` (a child
-/// process when `server` is given, whose RSS is then read).
+/// Runs the revocation benchmark against the issuer at `addrs` (replicas
+/// of one issuer: subscriber `s` watches `addrs[s % len]`, revocation `i`
+/// goes through `addrs[i % len]`); `server` is the first replica's process,
+/// whose RSS is then read.
 pub async fn latency_at(
     env: &BenchEnv,
-    addr: &str,
+    addrs: &[String],
     server: Option<Proc>,
     b: &RevocationBench,
 ) -> anyhow::Result<Vec<LatencyRow>> {
-    let mut agent = env.connect(addr, env.identity("agent")?).await?;
+    let mut agents = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        agents.push(env.connect(addr, env.identity("agent")?).await?);
+    }
     let mut rows = Vec::new();
     for &n in &b.subscribers {
         // Credentials to revoke, one task each, minted before anyone watches.
         let mut ids = Vec::with_capacity(b.events);
         for i in 0..b.events {
-            let r = agent
+            let r = agents[0]
                 .mint_jwt(&format!("bench-{n}-{i}"), "bench", None)
                 .await
                 .map_err(|s| anyhow::anyhow!("mint: {}", s.message()))?;
             ids.push(r.credential.map(|c| c.id).unwrap_or_default());
         }
-        let start_seq = current_seq(&mut agent).await?;
+        let start_seq = current_seq(&mut agents[0]).await?;
 
         let rss_before = server.map(|s| s.rss_mib());
-        let connections = n.div_ceil(b.streams_per_connection.max(1));
+        // At least one connection per replica.
+        let connections = n.div_ceil(b.streams_per_connection.max(1)).max(addrs.len());
         let mut clients = Vec::with_capacity(connections);
         // Handshakes in parallel, a bounded number at a time.
         for chunk in (0..connections).collect::<Vec<_>>().chunks(64) {
             let mut set = tokio::task::JoinSet::new();
-            for _ in chunk {
+            for &k in chunk {
                 let id = env.identity("sidecar")?;
                 let server_id = spiffe::SpiffeId::new("spiffe://example.org/taskmint")?;
-                let (addr, roots) = (addr.to_owned(), env.roots().to_vec());
-                set.spawn(
-                    async move { Client::connect_with(&addr, Some(id), roots, server_id).await },
-                );
+                let (addr, roots) = (addrs[k % addrs.len()].clone(), env.roots().to_vec());
+                set.spawn(async move {
+                    (
+                        k,
+                        Client::connect_with(&addr, Some(id), roots, server_id).await,
+                    )
+                });
             }
             while let Some(c) = set.join_next().await {
-                clients.push(c??);
+                let (k, c) = c?;
+                clients.push((k, c?));
             }
         }
+        // In order: connection `k` is to replica `k % len`.
+        clients.sort_by_key(|(k, _)| *k);
+        let clients: Vec<Client> = clients.into_iter().map(|(_, c)| c).collect();
         // Each watcher keeps its own arrival times (handed back at the end)
         // and counts arrivals per sequence number; the last arrival of an
         // event wakes the revoker. Nothing per delivery crosses tasks but the
@@ -170,9 +192,10 @@ pub async fn latency_at(
         // alone rather than queued behind the previous fan-out.
         let mut rpc = Vec::with_capacity(b.events);
         let mut sent = HashMap::with_capacity(b.events);
-        for id in &ids {
+        for (i, id) in ids.iter().enumerate() {
+            let replica = i % agents.len();
             let t0 = Instant::now();
-            let r = agent
+            let r = agents[replica]
                 .revoke(Target::CredentialId(id.clone()), "bench")
                 .await
                 .map_err(|s| anyhow::anyhow!("revoke: {}", s.message()))?;
@@ -187,7 +210,7 @@ pub async fn latency_at(
             let Some(count) = arrived.get(seq.saturating_sub(start_seq + 1) as usize) else {
                 anyhow::bail!("event {seq} is beyond the {slots} sequence numbers counted");
             };
-            sent.insert(seq, (t0, t1));
+            sent.insert(seq, (t0, t1, replica));
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             while count.load(Ordering::Acquire) < n {
                 if tokio::time::timeout_at(deadline, all_arrived.notified())
@@ -205,12 +228,17 @@ pub async fn latency_at(
         let _ = stop_tx.send(true);
         let mut lat = Vec::with_capacity(n * b.events);
         let mut from_sent = Vec::with_capacity(n * b.events);
-        for w in watchers {
+        let mut cross = Vec::new();
+        for (s, w) in watchers.into_iter().enumerate() {
+            let watching = (s % connections) % addrs.len();
             for (seq, at) in w.await?? {
                 // Only the revocations sent here are measured.
-                let Some((t0, t1)) = sent.get(&seq) else {
+                let Some((t0, t1, committed_on)) = sent.get(&seq) else {
                     continue;
                 };
+                if *committed_on != watching {
+                    cross.push(at.saturating_duration_since(*t1).as_secs_f64() * 1e3);
+                }
                 // The event is published before the reply is written, so it
                 // often reaches a subscriber before the reply reaches the
                 // revoker: that counts as zero, not negative.
@@ -222,7 +250,9 @@ pub async fn latency_at(
         lat.sort_by(f64::total_cmp);
         from_sent.sort_by(f64::total_cmp);
         rpc.sort_by(f64::total_cmp);
+        cross.sort_by(f64::total_cmp);
         rows.push(LatencyRow {
+            replicas: addrs.len(),
             subscribers: n,
             connections,
             events: b.events,
@@ -234,6 +264,8 @@ pub async fn latency_at(
             from_sent_p50_ms: percentile(&from_sent, 0.50),
             from_sent_p99_ms: percentile(&from_sent, 0.99),
             idle_kib_per_subscriber: kib_per_subscriber,
+            cross_p50_ms: percentile(&cross, 0.50),
+            cross_p99_ms: percentile(&cross, 0.99),
         });
     }
     Ok(rows)
@@ -248,7 +280,7 @@ pub async fn revocation_latency(
     let env = BenchEnv::create("revocation")?;
     let addr = free_addr()?;
     let server = ServerProc::start(exe, &env.config, &addr, || env.probe(&addr)).await?;
-    latency_at(&env, &addr, Some(server.proc()), b).await
+    latency_at(&env, &[addr], Some(server.proc()), b).await
 }
 
 async fn current_seq(c: &mut Client) -> anyhow::Result<u64> {
@@ -264,12 +296,13 @@ async fn current_seq(c: &mut Client) -> anyhow::Result<u64> {
 /// Renders rows as a Markdown table.
 pub fn table(rows: &[LatencyRow]) -> String {
     let mut out = String::from(
-        "| subscribers | connections | events | deliveries | p50 ms | p99 ms | max ms | Revoke RPC p50 ms | sent->received p50 ms | sent->received p99 ms | idle KiB/subscriber |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| replicas | subscribers | connections | events | deliveries | p50 ms | p99 ms | max ms | Revoke RPC p50 ms | sent->received p50 ms | sent->received p99 ms | other replica p50 ms | other replica p99 ms | idle KiB/subscriber |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |\n",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |\n",
+            r.replicas,
             r.subscribers,
             r.connections,
             r.events,
@@ -280,6 +313,8 @@ pub fn table(rows: &[LatencyRow]) -> String {
             r.revoke_rpc_p50_ms,
             r.from_sent_p50_ms,
             r.from_sent_p99_ms,
+            r.cross_p50_ms,
+            r.cross_p99_ms,
             r.idle_kib_per_subscriber
         ));
     }

@@ -1,6 +1,6 @@
 //! The arguments of `taskmint bench`: the full run (default), `bench
-//! revocation`, and `bench cfssl` (side by side with a running `cfssl
-//! serve`). Only the arguments live in the library, as plain data; the
+//! revocation`, `bench cfssl` (side by side with a running `cfssl serve`),
+//! and `bench replicas` (PostgreSQL and two replicas against SQLite). Only the arguments live in the library, as plain data; the
 //! benchmark itself is part of the binary (its `bench` module), so the
 //! library carries no load-generation or plotting dependencies.
 
@@ -30,6 +30,9 @@ pub enum BenchCommand {
     Revocation(RevocationArgs),
     /// MintX509 side by side with `cfssl serve`, same CSRs, same concurrency.
     Cfssl(CfsslArgs),
+    /// PostgreSQL against SQLite and two replicas on one PostgreSQL, side
+    /// by side; then revocation delivery over two replicas.
+    Replicas(ReplicasArgs),
 }
 
 /// Settings of the full run.
@@ -67,9 +70,40 @@ pub struct AllArgs {
     /// With --server on this machine: its pid, to read its CPU and memory.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Run the issuer on this PostgreSQL database instead of SQLite
+    /// (`postgres://user@host:port/db`; skips the large store, which is
+    /// seeded through SQLite).
+    #[arg(long, conflicts_with = "server")]
+    pub store_url: Option<String>,
     /// Where results.json and plot.svg go.
     #[arg(long, default_value = "target/taskmint-bench")]
     pub out: PathBuf,
+}
+
+/// Arguments of `bench replicas`.
+#[derive(Debug, Args)]
+pub struct ReplicasArgs {
+    /// The PostgreSQL database the replicas share.
+    #[arg(long)]
+    pub store_url: String,
+    /// Concurrent callers, spread over the replicas.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Measured window per setup and round.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub window: Duration,
+    /// Rounds; each measures every setup once.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Subscribers of the delivery measurement, spread over two replicas.
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// Revocations of the delivery measurement.
+    #[arg(long, default_value_t = 100)]
+    pub events: usize,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// Arguments of `bench revocation`.
