@@ -287,6 +287,9 @@ pub fn init(
     })
 }
 
+/// The `[store]` line of a dev config: the SQLite file.
+pub const SQLITE_STORE_LINE: &str = r#"path = "data/taskmint.db""#;
+
 /// A complete config for a dev trust domain laid out by [`init`]; paths are
 /// relative to the config's own directory.
 pub fn config_text(trust_domain: &str, listen: &str) -> String {
@@ -328,7 +331,7 @@ key = "jwt.key"
 # issuer = "spiffe://{trust_domain}/taskmint"
 
 [store]
-path = "data/taskmint.db"
+{SQLITE_STORE_LINE}
 
 [limits]
 default_ttl = "5m"

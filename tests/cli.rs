@@ -187,6 +187,28 @@ fn the_cli_mints_both_kinds_and_reports_errors_in_one_line() {
     assert!(String::from_utf8(again.stderr).unwrap().contains("--force"));
 }
 
+#[test]
+fn a_second_issuer_on_one_sqlite_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_first, server) = serve(dir.path());
+    let mut bundle = vec!["bundle".to_string()];
+    bundle.extend(conn(dir.path(), &server));
+    let args: Vec<&str> = bundle.iter().map(String::as_str).collect();
+    until_up(|| run(dir.path(), &args));
+    let second = run(
+        dir.path(),
+        &["serve", "--listen", &format!("127.0.0.1:{}", free_port())],
+    );
+    assert!(!second.status.success());
+    let err = String::from_utf8(second.stderr).unwrap();
+    assert!(
+        err.contains("in use by another taskmint process") && err.contains("PostgreSQL"),
+        "{err}"
+    );
+    // The first one still serves.
+    assert!(run(dir.path(), &args).status.success());
+}
+
 /// Runs `call` until it succeeds (the server started by [`serve`] may still be
 /// coming up), for at most 30 s.
 fn until_up(mut call: impl FnMut() -> Output) -> Output {

@@ -1,5 +1,6 @@
 //! Several `taskmint serve` processes on one PostgreSQL database behaving as
-//! one issuer: a revocation committed through any replica reaches watchers
+//! one issuer: replicas started together on an empty database migrate it
+//! once; a revocation committed through any replica reaches watchers
 //! on every replica in order; a replica killed with SIGKILL under load loses
 //! nothing it acknowledged while the others keep serving; the deadline
 //! reaper moves to another replica when its leader dies; replicas report
@@ -89,7 +90,7 @@ impl Fleet {
         let text = std::fs::read_to_string(&path)
             .unwrap()
             .replace(
-                "path = \"data/taskmint.db\"",
+                taskmint::devca::SQLITE_STORE_LINE,
                 &format!("url = \"{url}\"\nacquire_timeout = \"3s\""),
             )
             .replace("reaper_interval = \"1s\"", "reaper_interval = \"200ms\"")
@@ -107,6 +108,13 @@ impl Fleet {
 
     /// Starts a replica and waits until it serves; its index.
     async fn start(&mut self) -> usize {
+        let i = self.spawn();
+        self.wait_up(i).await;
+        i
+    }
+
+    /// Starts a replica without waiting for it; its index.
+    fn spawn(&mut self) -> usize {
         let i = self.replicas.len();
         let addr = format!("127.0.0.1:{}", free_port());
         let log = self.dir.path().join(format!("replica-{i}.log"));
@@ -124,6 +132,11 @@ impl Fleet {
             addr,
             log,
         });
+        i
+    }
+
+    /// Waits until replica `i` serves.
+    async fn wait_up(&self, i: usize) {
         let up = eventually(Duration::from_secs(20), || async {
             match self.try_client(i, "agent").await {
                 Some(mut c) => c.health("").await.ok() == Some(ServingStatus::Serving),
@@ -136,7 +149,6 @@ impl Fleet {
             "replica {i} did not start:\n{}",
             self.replicas[i].log_text()
         );
-        i
     }
 
     async fn try_client(&self, i: usize, name: &str) -> Option<Client> {
@@ -209,8 +221,12 @@ async fn a_revocation_on_any_replica_reaches_watchers_on_every_replica_in_order(
     let Some(mut fleet) = Fleet::new().await else {
         return;
     };
+    // All three at once on an empty database: one of them migrates it.
     for _ in 0..3 {
-        fleet.start().await;
+        fleet.spawn();
+    }
+    for i in 0..3 {
+        fleet.wait_up(i).await;
     }
     // Watchers on C and on A.
     let mut on_c = fleet.client(2, "sidecar").await.watcher(watch_all());

@@ -73,7 +73,7 @@ impl BenchEnv {
     /// the SQLite file (several replicas may then share it).
     pub fn use_store_url(&self, url: &str) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(&self.config)?;
-        let sqlite = "path = \"data/taskmint.db\"";
+        let sqlite = taskmint::devca::SQLITE_STORE_LINE;
         anyhow::ensure!(
             text.contains(sqlite),
             "the bench config has no `{sqlite}` to replace"

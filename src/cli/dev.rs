@@ -21,6 +21,11 @@ pub struct InitArgs {
     /// Listen address written into the config.
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub listen: String,
+    /// Store the issuer's state in this PostgreSQL database
+    /// (`postgres://user@host:port/db`) instead of a SQLite file, so that
+    /// several replicas can share it.
+    #[arg(long)]
+    pub store_url: Option<String>,
     /// Overwrite an existing dev trust domain.
     #[arg(long)]
     pub force: bool,
@@ -53,11 +58,14 @@ pub(super) fn write(a: &InitArgs) -> anyhow::Result<devca::DevInit> {
     } else {
         a.workloads.clone()
     };
-    Ok(devca::init(
-        &a.dir,
-        &a.trust_domain,
-        &workloads,
-        &a.listen,
-        a.force,
-    )?)
+    let out = devca::init(&a.dir, &a.trust_domain, &workloads, &a.listen, a.force)?;
+    if let Some(url) = &a.store_url {
+        let text = std::fs::read_to_string(&out.config)?;
+        let url = toml::Value::String(url.clone());
+        std::fs::write(
+            &out.config,
+            text.replace(devca::SQLITE_STORE_LINE, &format!("url = {url}")),
+        )?;
+    }
+    Ok(out)
 }

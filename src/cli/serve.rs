@@ -35,6 +35,7 @@ pub(super) async fn run(a: ServeArgs) -> anyhow::Result<()> {
                     trust_domain: "example.org".into(),
                     workloads: vec![],
                     listen: "127.0.0.1:8443".into(),
+                    store_url: None,
                     force: false,
                 })?;
             }

@@ -16,10 +16,8 @@ pub(super) const COLUMNS: &str = "id, kind, spiffe_id, task_holder, task_id, aud
 
 const INSERT: &str = "INSERT INTO credentials (id, kind, spiffe_id, task_holder, \
      task_id, audience, not_before, not_after, caller_cert_sha256, issued_at, predecessor, \
-     renewal_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
-
-/// The partial unique index that makes a renewal single-use.
-const ONE_SUCCESSOR: &str = "credentials_one_successor";
+     renewal_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+     ON CONFLICT DO NOTHING";
 
 pub(super) use crate::store::rows::credential as from_row;
 
@@ -74,12 +72,9 @@ pub(super) async fn record(
     if active >= i64::from(max_active) {
         return Ok(Err(RecordRefusal::TooManyActive(max_active)));
     }
-    // In a savepoint: a unique violation aborts what it runs in, and a
-    // refused renewal must leave the transaction usable.
-    sqlx::query("SAVEPOINT record")
-        .execute(&mut *conn)
-        .await
-        .pg()?;
+    // A taken id or an already renewed predecessor inserts nothing rather
+    // than failing, which would abort the transaction (a savepoint around
+    // the insert would cost two more round trips on every mint).
     let inserted = sqlx::query(INSERT)
         .bind(&c.id)
         .bind(c.kind.as_str())
@@ -94,27 +89,23 @@ pub(super) async fn record(
         .bind(&c.predecessor)
         .bind(i64::from(c.renewal_count))
         .execute(&mut *conn)
-        .await;
-    match inserted {
-        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-            sqlx::query("ROLLBACK TO SAVEPOINT record")
-                .execute(&mut *conn)
-                .await
-                .pg()?;
-            if db.constraint() == Some(ONE_SUCCESSOR) {
-                let pred = c.predecessor.clone().unwrap_or_default();
-                return Ok(Err(RecordRefusal::AlreadyRenewed(pred)));
-            }
-            return Err(StoreError::Duplicate(c.id.clone()));
-        }
-        other => {
-            other.pg()?;
-        }
-    }
-    sqlx::query("RELEASE SAVEPOINT record")
-        .execute(&mut *conn)
         .await
         .pg()?;
+    if inserted.rows_affected() == 0 {
+        if let Some(pred) = &c.predecessor {
+            let renewed: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM credentials WHERE predecessor = $1)",
+            )
+            .bind(pred)
+            .fetch_one(&mut *conn)
+            .await
+            .pg()?;
+            if renewed {
+                return Ok(Err(RecordRefusal::AlreadyRenewed(pred.clone())));
+            }
+        }
+        return Err(StoreError::Duplicate(c.id.clone()));
+    }
     append(conn, audit.iter().cloned()).await?;
     Ok(Ok(()))
 }
