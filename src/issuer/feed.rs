@@ -52,23 +52,19 @@ impl Issuer {
             .authorize(caller, request, &Resource::Issuer, &draft)
             .await?;
         // A configured name belongs to its configured SPIFFE ID; any other
-        // name belongs to the first workload that acknowledged under it.
-        let bound_to = match self.feed.subscribers.iter().find(|s| s.name == subscriber) {
-            Some(s) => Some(s.spiffe_id.clone()),
-            None => self
-                .store
-                .acks()
-                .await?
-                .into_iter()
-                .find(|a| a.subscriber == subscriber)
-                .map(|a| a.spiffe_id),
-        };
-        if let Some(bound_to) = bound_to
-            && bound_to != me
-        {
-            let e = Error::PermissionDenied(format!(
+        // name belongs to the first workload that acknowledged under it,
+        // which the store checks on the stored row as it writes (two
+        // replicas racing for a new name cannot both have it).
+        let configured = self.feed.subscribers.iter().find(|s| s.name == subscriber);
+        let denied = |bound_to: &str| {
+            Error::PermissionDenied(format!(
                 "subscriber `{subscriber}` acknowledges as `{bound_to}`, not `{me}`"
-            ));
+            ))
+        };
+        if let Some(s) = configured
+            && s.spiffe_id != me
+        {
+            let e = denied(&s.spiffe_id);
             return Err(self.gate.refuse(draft, decision::DENY, e).await);
         }
         let current = self.store.current_seq().await?;
@@ -85,20 +81,31 @@ impl Issuer {
                 )
                 .await);
         }
-        let a = self
+        let acked = self
             .store
             .ack(
                 &crate::store::AckRecord {
                     subscriber: subscriber.to_owned(),
-                    spiffe_id: me,
+                    spiffe_id: me.clone(),
                     acked_seq: up_to,
                     acked_at: now_unix(),
                 },
-                draft.decided(decision::ALLOW, &d.policies).because(format!(
-                    "`{subscriber}` enforced every revocation through seq {up_to}"
-                )),
+                configured.is_some(),
+                draft
+                    .clone()
+                    .decided(decision::ALLOW, &d.policies)
+                    .because(format!(
+                        "`{subscriber}` enforced every revocation through seq {up_to}"
+                    )),
             )
-            .await?;
+            .await;
+        let a = match acked {
+            Err(crate::store::StoreError::SubscriberBound { bound_to, .. }) => {
+                let e = denied(&bound_to);
+                return Err(self.gate.refuse(draft, decision::DENY, e).await);
+            }
+            other => other?,
+        };
         Ok(a.acked_seq)
     }
 

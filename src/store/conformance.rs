@@ -92,7 +92,7 @@ pub async fn commit_before_reply(h: &dyn Harness) {
         acked_seq: 1,
         acked_at: 300,
     };
-    s.ack(&ack, AuditDraft::new(kind::ACK, HOLDER, 300))
+    s.ack(&ack, false, AuditDraft::new(kind::ACK, HOLDER, 300))
         .await
         .unwrap();
     let appended = s.append_audit(&[draft(2)]).await.unwrap();
@@ -357,10 +357,10 @@ pub async fn acks_never_move_backwards(h: &dyn Harness) {
         acked_at: 300,
     };
     let audit = || AuditDraft::new(kind::ACK, HOLDER, 300).subject("sidecar");
-    assert_eq!(s.ack(&ack(5), audit()).await.unwrap().acked_seq, 5);
-    assert_eq!(s.ack(&ack(3), audit()).await.unwrap().acked_seq, 5);
-    assert_eq!(s.ack(&ack(5), audit()).await.unwrap().acked_seq, 5);
-    assert_eq!(s.ack(&ack(7), audit()).await.unwrap().acked_seq, 7);
+    assert_eq!(s.ack(&ack(5), false, audit()).await.unwrap().acked_seq, 5);
+    assert_eq!(s.ack(&ack(3), false, audit()).await.unwrap().acked_seq, 5);
+    assert_eq!(s.ack(&ack(5), false, audit()).await.unwrap().acked_seq, 5);
+    assert_eq!(s.ack(&ack(7), false, audit()).await.unwrap().acked_seq, 7);
     let acks = h.open().await.audit_after(0, 100).await.unwrap();
     let refs: Vec<_> = acks.iter().map(|e| e.body.ref_seq).collect();
     assert_eq!(refs, vec![Some(5), Some(7)]);
@@ -521,6 +521,52 @@ pub async fn delegation_racing_complete_leaves_no_active_child(h: &dyn Harness) 
     }
 }
 
+/// A subscriber name belongs to the first SPIFFE ID that acknowledged under
+/// it, also when two race for it from two handles; only a rebind moves it.
+pub async fn a_subscriber_name_cannot_be_taken_over(h: &dyn Harness) {
+    let ack = |who: &str, seq| AckRecord {
+        subscriber: "new-name".into(),
+        spiffe_id: format!("spiffe://example.org/{who}"),
+        acked_seq: seq,
+        acked_at: 300,
+    };
+    let audit = || AuditDraft::new(kind::ACK, HOLDER, 300).subject("new-name");
+    let (a, b) = (h.open().await, h.open().await);
+    let (ra, rb) = tokio::join!(
+        tokio::spawn({
+            let (a, r, d) = (a.clone(), ack("x", 1), audit());
+            async move { a.ack(&r, false, d).await }
+        }),
+        tokio::spawn({
+            let (b, r, d) = (b.clone(), ack("y", 1), audit());
+            async move { b.ack(&r, false, d).await }
+        })
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let winner = match (&ra, &rb) {
+        (Ok(w), Err(super::StoreError::SubscriberBound { bound_to, .. }))
+        | (Err(super::StoreError::SubscriberBound { bound_to, .. }), Ok(w)) => {
+            assert_eq!(*bound_to, w.spiffe_id);
+            w.spiffe_id.clone()
+        }
+        other => panic!("one of two racing workloads gets the name: {other:?}"),
+    };
+    let loser = if winner.ends_with("/x") { "y" } else { "x" };
+    assert!(matches!(
+        a.ack(&ack(loser, 2), false, audit()).await,
+        Err(super::StoreError::SubscriberBound { .. })
+    ));
+    let acks = h.open().await.acks().await.unwrap();
+    assert_eq!(acks.len(), 1);
+    assert_eq!(
+        (acks[0].spiffe_id.as_str(), acks[0].acked_seq),
+        (winner.as_str(), 1)
+    );
+    // A configured name moves to its configured ID.
+    let moved = b.ack(&ack(loser, 2), true, audit()).await.unwrap();
+    assert_eq!(moved.spiffe_id, format!("spiffe://example.org/{loser}"));
+}
+
 /// A fact appended "once" from many handles at the same time is recorded
 /// once; another `ref_seq` or subject is another fact.
 pub async fn audit_once_records_a_fact_once(h: &dyn Harness) {
@@ -580,7 +626,8 @@ macro_rules! store_conformance {
             failed_writes_store_nothing,
             failed_revocation_hands_its_numbers_back,
             delegation_racing_complete_leaves_no_active_child,
-            audit_once_records_a_fact_once
+            audit_once_records_a_fact_once,
+            a_subscriber_name_cannot_be_taken_over
         );
     };
     (@tests $harness:expr; $($name:ident),*) => {

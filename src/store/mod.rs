@@ -79,6 +79,15 @@ pub enum StoreError {
     /// The store was closed (the server is shutting down).
     #[error("the store is closed")]
     Closed,
+    /// An acknowledgement under a subscriber name that belongs to another
+    /// SPIFFE ID (checked in the transaction that would have written it).
+    #[error("subscriber `{subscriber}` acknowledges as `{bound_to}`")]
+    SubscriberBound {
+        /// The name.
+        subscriber: String,
+        /// The SPIFFE ID it belongs to.
+        bound_to: String,
+    },
     /// A delegated task was not begun: its parent task had ended (checked
     /// in the transaction that would have begun it).
     #[error("the parent task is {}", .0.as_str())]
@@ -221,7 +230,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Raises a subscriber's acknowledged sequence (never lowers it); writes
     /// `audit` (with `ref_seq` set to the new sequence) when it rose.
-    async fn ack(&self, ack: &AckRecord, audit: AuditDraft) -> Result<AckRecord, StoreError>;
+    /// A subscriber name belongs to the SPIFFE ID of its first
+    /// acknowledgement: another ID is refused with
+    /// [`StoreError::SubscriberBound`], checked against the stored row in
+    /// the transaction that writes, unless `rebind` (the name is configured
+    /// for the new ID).
+    async fn ack(
+        &self,
+        ack: &AckRecord,
+        rebind: bool,
+        audit: AuditDraft,
+    ) -> Result<AckRecord, StoreError>;
 
     /// Every acknowledgement.
     async fn acks(&self) -> Result<Vec<AckRecord>, StoreError>;

@@ -1,7 +1,8 @@
 //! Subscriber acknowledgements in PostgreSQL: the highest sequence each
 //! subscriber enforced. The subscriber's row is locked before it is read, so
 //! of concurrent acknowledgements each sees the one before it, the stored
-//! value never moves backwards (`GREATEST`), and only a rise is audited.
+//! value never moves backwards (`GREATEST`), a name stays with the SPIFFE ID
+//! that first used it, and only a rise is audited.
 
 use sqlx::{PgConnection, PgPool};
 
@@ -11,12 +12,17 @@ use crate::store::{AckRecord, StoreError};
 
 use crate::store::rows::ack as from_row;
 
-async fn locked_seq(conn: &mut PgConnection, subscriber: &str) -> Result<Option<i64>, StoreError> {
-    sqlx::query_scalar("SELECT acked_seq FROM subscriber_acks WHERE subscriber = $1 FOR UPDATE")
-        .bind(subscriber)
-        .fetch_optional(conn)
-        .await
-        .pg()
+async fn locked(
+    conn: &mut PgConnection,
+    subscriber: &str,
+) -> Result<Option<(i64, String)>, StoreError> {
+    sqlx::query_as(
+        "SELECT acked_seq, spiffe_id FROM subscriber_acks WHERE subscriber = $1 FOR UPDATE",
+    )
+    .bind(subscriber)
+    .fetch_optional(conn)
+    .await
+    .pg()
 }
 
 /// Raises a subscriber's acknowledged sequence; writes `audit` (with
@@ -24,12 +30,13 @@ async fn locked_seq(conn: &mut PgConnection, subscriber: &str) -> Result<Option<
 pub(super) async fn ack(
     conn: &mut PgConnection,
     a: &AckRecord,
+    rebind: bool,
     mut audit: AuditDraft,
 ) -> Result<AckRecord, StoreError> {
     let seq = a.acked_seq.min(i64::MAX as u64) as i64;
-    let mut before = locked_seq(conn, &a.subscriber).await?;
+    let mut stored = locked(conn, &a.subscriber).await?;
     let mut inserted = false;
-    if before.is_none() {
+    if stored.is_none() {
         // The first acknowledgement: of two racing ones, one inserts and the
         // other waits for it, then finds (and locks) its row.
         inserted = sqlx::query(
@@ -46,9 +53,21 @@ pub(super) async fn ack(
         .rows_affected()
             == 1;
         if !inserted {
-            before = locked_seq(conn, &a.subscriber).await?;
+            stored = locked(conn, &a.subscriber).await?;
         }
     }
+    // Checked on the locked row: of two workloads racing for a new name,
+    // the second finds the first's row and is refused.
+    if let Some((_, bound_to)) = &stored
+        && *bound_to != a.spiffe_id
+        && !rebind
+    {
+        return Err(StoreError::SubscriberBound {
+            subscriber: a.subscriber.clone(),
+            bound_to: bound_to.clone(),
+        });
+    }
+    let before = stored.map(|(seq, _)| seq);
     if !inserted {
         sqlx::query(
             "UPDATE subscriber_acks SET spiffe_id = $2, acked_at = $4, \

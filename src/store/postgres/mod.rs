@@ -527,10 +527,15 @@ impl Store for PgStore {
         .await
     }
 
-    async fn ack(&self, a: &AckRecord, audit: AuditDraft) -> Result<AckRecord, StoreError> {
+    async fn ack(
+        &self,
+        a: &AckRecord,
+        rebind: bool,
+        audit: AuditDraft,
+    ) -> Result<AckRecord, StoreError> {
         let audit = &audit;
         self.write(|mut tx| async move {
-            let out = acks::ack(&mut tx, a, audit.clone()).await?;
+            let out = acks::ack(&mut tx, a, rebind, audit.clone()).await?;
             Ok((out, tx))
         })
         .await

@@ -1,6 +1,7 @@
 //! Subscriber acknowledgements in SQLite: the highest sequence each
-//! subscriber enforced. An acknowledgement runs on the writer thread and
-//! never lowers what is stored.
+//! subscriber enforced. An acknowledgement runs on the writer thread,
+//! never lowers what is stored, and never moves a name to another SPIFFE ID
+//! unless told to.
 
 use rusqlite::{OptionalExtension, params};
 use sqlx::SqlitePool;
@@ -16,13 +17,24 @@ use crate::store::rows::ack as from_row;
 pub(super) fn ack(
     w: &mut Write<'_>,
     a: &AckRecord,
+    rebind: bool,
     mut audit: AuditDraft,
 ) -> Result<AckRecord, StoreError> {
-    let before: Option<i64> = w
+    let stored: Option<(i64, String)> = w
         .conn
-        .prepare_cached("SELECT acked_seq FROM subscriber_acks WHERE subscriber = ?1")?
-        .query_row([&a.subscriber], |r| r.get(0))
+        .prepare_cached("SELECT acked_seq, spiffe_id FROM subscriber_acks WHERE subscriber = ?1")?
+        .query_row([&a.subscriber], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
+    if let Some((_, bound_to)) = &stored
+        && *bound_to != a.spiffe_id
+        && !rebind
+    {
+        return Err(StoreError::SubscriberBound {
+            subscriber: a.subscriber.clone(),
+            bound_to: bound_to.clone(),
+        });
+    }
+    let before = stored.map(|(seq, _)| seq);
     w.conn
         .prepare_cached(
             "INSERT INTO subscriber_acks (subscriber, spiffe_id, acked_seq, acked_at) \

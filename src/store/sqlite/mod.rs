@@ -340,9 +340,16 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn ack(&self, a: &AckRecord, audit: AuditDraft) -> Result<AckRecord, StoreError> {
+    async fn ack(
+        &self,
+        a: &AckRecord,
+        rebind: bool,
+        audit: AuditDraft,
+    ) -> Result<AckRecord, StoreError> {
         let a = a.clone();
-        self.writer()?.run(move |w| acks::ack(w, &a, audit)).await
+        self.writer()?
+            .run(move |w| acks::ack(w, &a, rebind, audit))
+            .await
     }
 
     async fn acks(&self) -> Result<Vec<AckRecord>, StoreError> {
