@@ -8,7 +8,7 @@ use crate::audit::{AuditDraft, decision, kind};
 use crate::clock::{now_unix, rfc3339};
 use crate::identity::{Caller, SpiffeId, TrustDomain};
 use crate::policy::{Request, Resource, RevokeContext};
-use crate::store::{CredentialRecord, RevokeRequest, RevokeScope};
+use crate::store::{CredentialRecord, CrlEntry, RevokeRequest, RevokeScope, StoredCrl};
 
 /// Reason recorded when a task is completed.
 pub const REASON_COMPLETED: &str = "task_completed";
@@ -66,7 +66,7 @@ pub enum CredentialState {
     Unknown,
 }
 
-/// A signed CRL.
+/// A signed CRL, as served.
 #[derive(Debug, Clone)]
 pub struct Crl {
     /// DER.
@@ -233,11 +233,70 @@ impl Issuer {
         Ok(state)
     }
 
-    /// Signs a CRL of revoked, unexpired X.509 credentials.
+    /// The CRL of revoked, unexpired X.509 credentials: the stored one while
+    /// it lists what the store holds and is not yet due for refresh,
+    /// otherwise a new one numbered one more, stored by compare-and-set so
+    /// that every replica serves the same CRL under a number.
+    ///
+    /// The stored CRL is read before the entries: a CRL another replica
+    /// stores after that read makes this one's compare-and-set fail, and one
+    /// stored before it was built from entries no newer than these, so a
+    /// stored CRL never lists less than the one it replaces (save what
+    /// expired in between).
     pub async fn crl(&self) -> Result<Crl, Error> {
-        let now = now_unix();
-        let entries = self.store.crl_entries(now).await?;
-        let number = self.store.next_crl_number().await?;
+        let mut stored = self.store.stored_crl().await?;
+        for _ in 0..CRL_ATTEMPTS {
+            let now = now_unix();
+            let entries = self.store.crl_entries(now).await?;
+            let hash = self.crl_hash(&entries);
+            if current(&stored, &hash, now, self.crl_validity) {
+                return Ok(served(stored));
+            }
+            let crl = self.sign_crl(entries, stored.number + 1, &hash, now)?;
+            if self.store.store_crl(stored.number, &crl).await? {
+                return Ok(served(crl));
+            }
+            // Another replica stored a CRL first. If it lists the same (the
+            // usual case: both saw the same change), serve it rather than
+            // sign another.
+            stored = self.store.stored_crl().await?;
+        }
+        // Still losing after several rounds: entries keep changing under
+        // busy revocation. What is stored is at most a moment old.
+        if stored.der.is_empty() {
+            return Err(Error::Store(crate::store::StoreError::Unavailable {
+                condition: crate::store::Condition::Conflict,
+                detail: "no CRL could be stored".into(),
+            }));
+        }
+        Ok(served(stored))
+    }
+
+    /// SHA-256 over what a CRL lists (serial, revocation time, reason,
+    /// sorted by serial) and the CA that signs it: a new CA key needs a new
+    /// CRL even when nothing else changed.
+    fn crl_hash(&self, entries: &[CrlEntry]) -> String {
+        use sha2::{Digest, Sha256};
+        let mut listed: Vec<_> = entries
+            .iter()
+            .map(|e| (e.serial_hex.as_str(), e.revoked_at, e.reason.as_str()))
+            .collect();
+        listed.sort_unstable();
+        let mut h = Sha256::new();
+        let ca = self.ca.chain().first().map_or(&[][..], |c| c.as_ref());
+        h.update((ca.len() as u64).to_be_bytes());
+        h.update(ca);
+        h.update(serde_json::to_vec(&listed).expect("CRL entries serialise"));
+        hex::encode(h.finalize())
+    }
+
+    fn sign_crl(
+        &self,
+        entries: Vec<CrlEntry>,
+        number: u64,
+        hash: &str,
+        now: i64,
+    ) -> Result<StoredCrl, Error> {
         let revoked: Vec<_> = entries
             .into_iter()
             .map(|e| {
@@ -253,12 +312,33 @@ impl Issuer {
             .collect();
         let next = now + self.crl_validity.as_secs() as i64;
         let der = self.ca.sign_crl(&revoked, number, now, next)?;
-        Ok(Crl {
-            der,
+        Ok(StoredCrl {
             number,
+            content_hash: hash.to_owned(),
+            der,
             this_update: now,
             next_update: next,
         })
+    }
+}
+
+/// Rounds of "read, sign, compare-and-set" before serving what is stored.
+const CRL_ATTEMPTS: usize = 3;
+
+/// Whether `stored` may be served as is: it lists exactly `hash`, and
+/// half its validity is still ahead, so a relying party that fetches it
+/// late still holds an unexpired CRL until its next fetch.
+fn current(stored: &StoredCrl, hash: &str, now: i64, validity: std::time::Duration) -> bool {
+    let refresh_at = stored.next_update - (validity.as_secs() / 2) as i64;
+    !stored.der.is_empty() && stored.content_hash == hash && now < refresh_at
+}
+
+fn served(s: StoredCrl) -> Crl {
+    Crl {
+        der: s.der,
+        number: s.number,
+        this_update: s.this_update,
+        next_update: s.next_update,
     }
 }
 
@@ -288,5 +368,38 @@ pub(super) fn outcome(events: &[crate::store::RevocationEvent], what: &str) -> R
         } else {
             format!("{what}: {revoked} credential(s) revoked")
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn stored(hash: &str) -> StoredCrl {
+        StoredCrl {
+            number: 7,
+            content_hash: hash.into(),
+            der: vec![0x30],
+            this_update: 1000,
+            next_update: 1000 + 3600,
+        }
+    }
+
+    /// The stored CRL is served while it lists the same and the first half
+    /// of its validity runs; then, or on any change, a new one is signed.
+    #[test]
+    fn a_stored_crl_is_served_until_it_changes_or_half_its_validity_passed() {
+        let hour = Duration::from_secs(3600);
+        assert!(current(&stored("h"), "h", 1000, hour));
+        assert!(current(&stored("h"), "h", 1000 + 1799, hour));
+        assert!(!current(&stored("h"), "h", 1000 + 1800, hour));
+        assert!(!current(&stored("h"), "other", 1000, hour));
+        let none = StoredCrl {
+            der: Vec::new(),
+            ..stored("h")
+        };
+        assert!(!current(&none, "h", 1000, hour));
     }
 }
