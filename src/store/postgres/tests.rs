@@ -513,3 +513,36 @@ async fn two_replicas_racing_to_store_crls_number_them_once_each() {
     let last = won.iter().max_by_key(|c| c.number).unwrap();
     assert_eq!(&b.stored_crl().await.unwrap(), last);
 }
+
+/// Two replicas serving the same bundle keep its sequence; a new bundle
+/// raises it by one, once, even when every replica asks at the same moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_agree_on_the_bundle_sequence() {
+    let Some(h) = Harness::new().await else {
+        return;
+    };
+    let (a, b) = (Arc::new(h.store().await), Arc::new(h.store().await));
+    let first = a.bundle_sequence("h1").await.unwrap();
+    for i in 0..50 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(s.bundle_sequence("h1").await.unwrap(), first, "call {i}");
+    }
+    const N: usize = 16;
+    let asked = Arc::new(tokio::sync::Barrier::new(N));
+    let calls: Vec<_> = (0..N)
+        .map(|i| {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let asked = asked.clone();
+            tokio::spawn(async move {
+                asked.wait().await;
+                s.bundle_sequence("h2").await.unwrap()
+            })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap(), first + 1);
+    }
+    for s in [&a, &b] {
+        assert_eq!(s.bundle_sequence("h2").await.unwrap(), first + 1);
+    }
+}
