@@ -8,7 +8,9 @@ use crate::audit::{AuditDraft, decision, kind};
 use crate::clock::{now_unix, rfc3339};
 use crate::identity::{Caller, SpiffeId, TrustDomain};
 use crate::policy::{Request, Resource, RevokeContext};
-use crate::store::{CredentialRecord, CrlEntry, RevokeRequest, RevokeScope, StoredCrl};
+use crate::store::{
+    Condition, CredentialRecord, CrlEntry, RevokeRequest, RevokeScope, Store, StoreError, StoredCrl,
+};
 
 /// Reason recorded when a task is completed.
 pub const REASON_COMPLETED: &str = "task_completed";
@@ -244,32 +246,19 @@ impl Issuer {
     /// stored CRL never lists less than the one it replaces (save what
     /// expired in between).
     pub async fn crl(&self) -> Result<Crl, Error> {
-        let mut stored = self.store.stored_crl().await?;
-        for _ in 0..CRL_ATTEMPTS {
-            let now = now_unix();
-            let entries = self.store.crl_entries(now).await?;
-            let hash = self.crl_hash(&entries);
-            if current(&stored, &hash, now, self.crl_validity) {
-                return Ok(served(stored));
-            }
-            let crl = self.sign_crl(entries, stored.number + 1, &hash, now)?;
-            if self.store.store_crl(stored.number, &crl).await? {
-                return Ok(served(crl));
-            }
-            // Another replica stored a CRL first. If it lists the same (the
-            // usual case: both saw the same change), serve it rather than
-            // sign another.
-            stored = self.store.stored_crl().await?;
-        }
-        // Still losing after several rounds: entries keep changing under
-        // busy revocation. What is stored is at most a moment old.
-        if stored.der.is_empty() {
-            return Err(Error::Store(crate::store::StoreError::Unavailable {
-                condition: crate::store::Condition::Conflict,
-                detail: "no CRL could be stored".into(),
-            }));
-        }
-        Ok(served(stored))
+        let stored = once_per_change(
+            self.store.as_ref(),
+            self.crl_validity,
+            |entries| self.crl_hash(entries),
+            |entries, number, hash, now| self.sign_crl(entries, number, hash, now),
+        )
+        .await?;
+        Ok(Crl {
+            der: stored.der,
+            number: stored.number,
+            this_update: stored.this_update,
+            next_update: stored.next_update,
+        })
     }
 
     /// SHA-256 over what a CRL lists (serial, revocation time, reason,
@@ -325,21 +314,49 @@ impl Issuer {
 /// Rounds of "read, sign, compare-and-set" before serving what is stored.
 const CRL_ATTEMPTS: usize = 3;
 
+/// The CRL to serve: the stored one if [`current`], otherwise one signed by
+/// `sign` with the next number and stored by compare-and-set (see
+/// [`Issuer::crl`]); `hash` names what a list of entries holds.
+async fn once_per_change(
+    store: &dyn Store,
+    validity: std::time::Duration,
+    hash: impl Fn(&[CrlEntry]) -> String,
+    sign: impl Fn(Vec<CrlEntry>, u64, &str, i64) -> Result<StoredCrl, Error>,
+) -> Result<StoredCrl, Error> {
+    let mut stored = store.stored_crl().await?;
+    for _ in 0..CRL_ATTEMPTS {
+        let now = now_unix();
+        let entries = store.crl_entries(now).await?;
+        let hash = hash(&entries);
+        if current(&stored, &hash, now, validity) {
+            return Ok(stored);
+        }
+        let crl = sign(entries, stored.number + 1, &hash, now)?;
+        if store.store_crl(stored.number, &crl).await? {
+            return Ok(crl);
+        }
+        // Another replica stored a CRL first. If it lists the same (the
+        // usual case: both saw the same change), serve it rather than sign
+        // another.
+        stored = store.stored_crl().await?;
+    }
+    // Still losing after several rounds: entries keep changing under busy
+    // revocation. What is stored is at most a moment old.
+    if stored.der.is_empty() {
+        return Err(Error::Store(StoreError::Unavailable {
+            condition: Condition::Conflict,
+            detail: "no CRL could be stored".into(),
+        }));
+    }
+    Ok(stored)
+}
+
 /// Whether `stored` may be served as is: it lists exactly `hash`, and
 /// half its validity is still ahead, so a relying party that fetches it
 /// late still holds an unexpired CRL until its next fetch.
 fn current(stored: &StoredCrl, hash: &str, now: i64, validity: std::time::Duration) -> bool {
     let refresh_at = stored.next_update - (validity.as_secs() / 2) as i64;
     !stored.der.is_empty() && stored.content_hash == hash && now < refresh_at
-}
-
-fn served(s: StoredCrl) -> Crl {
-    Crl {
-        der: s.der,
-        number: s.number,
-        this_update: s.this_update,
-        next_update: s.next_update,
-    }
 }
 
 pub(super) fn state_of(c: &CredentialRecord, now: i64) -> CredentialState {
@@ -373,9 +390,12 @@ pub(super) fn outcome(events: &[crate::store::RevocationEvent], what: &str) -> R
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     use super::*;
+    use crate::store::{CredentialKind, SqliteStore, TaskRecord};
 
     fn stored(hash: &str) -> StoredCrl {
         StoredCrl {
@@ -401,5 +421,94 @@ mod tests {
             ..stored("h")
         };
         assert!(!current(&none, "h", 1000, hour));
+    }
+
+    /// Two replicas (two stores on one database) asking for the CRL at the
+    /// same time serve one CRL: the one that loses the compare-and-set
+    /// serves the winner's instead of its own or a third. With no change,
+    /// nothing is signed; a revocation gives the next number, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn replicas_asking_at_once_serve_one_crl_per_change() {
+        const HOLDER: &str = "spiffe://example.org/workload/agent";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crl.db");
+        let a: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+        let b: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+        let signed = Arc::new(AtomicUsize::new(0));
+        let ask = |s: Arc<dyn Store>| {
+            let signed = signed.clone();
+            tokio::spawn(async move {
+                let hash = |e: &[CrlEntry]| {
+                    let ids: Vec<_> = e.iter().map(|e| e.serial_hex.as_str()).collect();
+                    ids.join(",")
+                };
+                let sign = |_: Vec<CrlEntry>, number: u64, hash: &str, now: i64| {
+                    let n = signed.fetch_add(1, Ordering::SeqCst);
+                    Ok(StoredCrl {
+                        number,
+                        content_hash: hash.to_owned(),
+                        der: format!("crl {number} signature {n}").into_bytes(),
+                        this_update: now,
+                        next_update: now + 3600,
+                    })
+                };
+                once_per_change(s.as_ref(), Duration::from_secs(3600), hash, sign)
+                    .await
+                    .unwrap()
+            })
+        };
+        let both = |round: &str| {
+            let (x, y) = (ask(a.clone()), ask(b.clone()));
+            let round = round.to_owned();
+            async move {
+                let (x, y) = (x.await.unwrap(), y.await.unwrap());
+                assert_eq!(x, y, "{round}: both replicas serve one CRL");
+                x
+            }
+        };
+        let first = both("first").await;
+        assert_eq!(first.number, 1);
+        for i in 0..10 {
+            assert_eq!(both(&format!("unchanged {i}")).await, first);
+        }
+        assert!(
+            signed.load(Ordering::SeqCst) <= 2,
+            "one signature per replica at most"
+        );
+
+        a.begin_task(&TaskRecord::new(HOLDER, "t", 100, 4_000_000_000), &[])
+            .await
+            .unwrap();
+        let cred = CredentialRecord {
+            id: "0a".repeat(19),
+            kind: CredentialKind::X509,
+            spiffe_id: HOLDER.into(),
+            task_holder: HOLDER.into(),
+            task_id: "t".into(),
+            audience: None,
+            not_before: 100,
+            not_after: 4_000_000_000,
+            caller_cert_sha256: "ab".repeat(32),
+            issued_at: 100,
+            predecessor: None,
+            renewal_count: 0,
+            revocation: None,
+        };
+        a.record_credential(&cred, 10, &[]).await.unwrap().unwrap();
+        let req = RevokeRequest {
+            scope: RevokeScope::Credential(cred.id.clone()),
+            reason: "leaked".into(),
+            now: 200,
+            end_task: None,
+            cascade: false,
+            audit: crate::audit::AuditDraft::new(crate::audit::kind::REVOKE, HOLDER, 200),
+        };
+        b.revoke(&req, Arc::new(|e| Ok(format!("set-{}", e.seq))))
+            .await
+            .unwrap();
+        let second = both("after the revocation").await;
+        assert_eq!(second.number, 2);
+        assert_eq!(second.content_hash, cred.id);
+        assert_eq!(both("unchanged again").await, second);
     }
 }
