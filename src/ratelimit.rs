@@ -1,6 +1,12 @@
 //! Per-workload token buckets for the calls that mint (MintX509, MintJwt,
 //! Renew): a retrying agent gets `RESOURCE_EXHAUSTED` with the time until its
 //! next token, not another credential.
+//!
+//! The buckets live in this process. With several replicas each keeps its
+//! own, so the budget is per replica (documented, and logged at start): a
+//! shared bucket would cost a database write per mint, and splitting the
+//! budget N ways would starve a workload whose HTTP/2 connection (and so
+//! every call) lands on one replica.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

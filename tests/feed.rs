@@ -302,6 +302,7 @@ async fn each_event_carries_a_set_verifiable_with_the_served_jwks() {
         }
     }
     let caep = "https://schemas.openid.net/secevent/caep/event-type/";
+    let mut jtis = Vec::new();
     for (e, event_type) in events.iter().zip(["credential-change", "session-revoked"]) {
         let header = jsonwebtoken::decode_header(&e.set).unwrap();
         assert_eq!(header.typ.as_deref(), Some("secevent+jwt"));
@@ -312,6 +313,10 @@ async fn each_event_carries_a_set_verifiable_with_the_served_jwks() {
         assert_eq!(claims["iss"], "spiffe://example.org/taskmint");
         assert_eq!(claims["sub_id"]["uri"], e.spiffe_id.as_str());
         assert_eq!(claims["taskmint"]["seq"], e.seq);
+        // 128 random bits: unique across replicas and deployments.
+        let jti = claims["jti"].as_str().unwrap().to_owned();
+        assert!(jti.len() == 32 && hex::decode(&jti).is_ok(), "{jti}");
+        jtis.push(jti);
         assert_eq!(
             claims["taskmint"]["credential_ids"],
             serde_json::json!(e.credential_ids)
@@ -321,6 +326,7 @@ async fn each_event_carries_a_set_verifiable_with_the_served_jwks() {
             "{claims}"
         );
     }
+    assert_ne!(jtis[0], jtis[1]);
     assert_eq!(events[0].kind, pb::RevocationKind::Credential as i32);
     assert_eq!(events[0].reason, "leaked");
     assert_eq!(events[1].kind, pb::RevocationKind::Task as i32);

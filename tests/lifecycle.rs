@@ -428,17 +428,24 @@ async fn the_crl_lists_revoked_unexpired_certificates_and_is_signed() {
     let kept = agent.mint_x509("c", csr(), None).await.unwrap();
     let gone = agent.mint_x509("c", csr(), None).await.unwrap();
     let gone_id = gone.credential.unwrap().id;
+    let first = agent.crl().await.unwrap();
     agent
         .revoke(Target::CredentialId(gone_id.clone()), "")
         .await
         .unwrap();
 
-    let first = agent.crl().await.unwrap();
     let second = agent.crl().await.unwrap();
     assert!(
         second.crl_number > first.crl_number,
         "CRL numbers are monotonic"
     );
+    // Signed once per change: one more after the revocation, then the same
+    // CRL for as long as nothing changes.
+    assert_eq!(second.crl_number, first.crl_number + 1);
+    let again = agent.crl().await.unwrap();
+    assert_eq!(again.crl_number, second.crl_number, "no change, no new CRL");
+    assert!(again.crl == second.crl, "no change, the same DER");
+    assert_eq!(again.this_update, second.this_update);
     let (_, crl) = parse_x509_crl(&second.crl).unwrap();
     let (_, ca) = X509Certificate::from_der(&kept.cert_chain[1]).unwrap();
     assert_eq!(crl.issuer(), ca.subject());

@@ -191,12 +191,14 @@ pub struct LimitsConfig {
     /// How many delegations deep a task chain may go (0 = no delegation).
     #[serde(default = "default_max_delegation_depth")]
     pub max_delegation_depth: u32,
-    /// Per-workload token bucket for mint and renew calls.
+    /// Per-workload token bucket for mint and renew calls, kept by each
+    /// replica on its own (the fleet allows N times this).
     #[serde(default)]
     pub rate: RateConfig,
 }
 
-/// A token bucket: `burst` calls at once, refilled at `per_second`.
+/// A token bucket: `burst` calls at once, refilled at `per_second`. Each
+/// replica keeps its own buckets, so this is a per-replica budget.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateConfig {

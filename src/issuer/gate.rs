@@ -30,6 +30,14 @@ pub(super) struct Gate {
 impl Gate {
     /// The gate of the issuer configured by `cfg`.
     pub(super) fn new(cfg: &Config, policy: Arc<Engine>, store: Arc<dyn Store>) -> Self {
+        // Buckets live in this process: replicas do not share them, so the
+        // fleet allows N times this. Said once at start so an operator
+        // sizing the fleet sees it.
+        tracing::info!(
+            per_second = cfg.limits.rate.per_second,
+            burst = cfg.limits.rate.burst,
+            "rate limit per workload on this replica (not shared: N replicas allow N times as much)"
+        );
         Self {
             trust_domain: TrustDomain::new(&cfg.trust_domain).expect("validated at config load"),
             policy,

@@ -87,7 +87,9 @@ impl std::fmt::Debug for Issuer {
     }
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+/// `N` bytes from the thread's CSPRNG: serials, `jti`s, delegation
+/// suffixes, SET ids.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     rand::rng().fill_bytes(&mut b);
     b

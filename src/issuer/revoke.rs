@@ -8,7 +8,9 @@ use crate::audit::{AuditDraft, decision, kind};
 use crate::clock::{now_unix, rfc3339};
 use crate::identity::{Caller, SpiffeId, TrustDomain};
 use crate::policy::{Request, Resource, RevokeContext};
-use crate::store::{CredentialRecord, RevokeRequest, RevokeScope};
+use crate::store::{
+    Condition, CredentialRecord, CrlEntry, RevokeRequest, RevokeScope, Store, StoreError, StoredCrl,
+};
 
 /// Reason recorded when a task is completed.
 pub const REASON_COMPLETED: &str = "task_completed";
@@ -66,7 +68,7 @@ pub enum CredentialState {
     Unknown,
 }
 
-/// A signed CRL.
+/// A signed CRL, as served.
 #[derive(Debug, Clone)]
 pub struct Crl {
     /// DER.
@@ -233,11 +235,57 @@ impl Issuer {
         Ok(state)
     }
 
-    /// Signs a CRL of revoked, unexpired X.509 credentials.
+    /// The CRL of revoked, unexpired X.509 credentials: the stored one while
+    /// it lists what the store holds and is not yet due for refresh,
+    /// otherwise a new one numbered one more, stored by compare-and-set so
+    /// that every replica serves the same CRL under a number.
+    ///
+    /// The stored CRL is read before the entries: a CRL another replica
+    /// stores after that read makes this one's compare-and-set fail, and one
+    /// stored before it was built from entries no newer than these, so a
+    /// stored CRL never lists less than the one it replaces (save what
+    /// expired in between).
     pub async fn crl(&self) -> Result<Crl, Error> {
-        let now = now_unix();
-        let entries = self.store.crl_entries(now).await?;
-        let number = self.store.next_crl_number().await?;
+        let stored = once_per_change(
+            self.store.as_ref(),
+            self.crl_validity,
+            |entries| self.crl_hash(entries),
+            |entries, number, hash, now| self.sign_crl(entries, number, hash, now),
+        )
+        .await?;
+        Ok(Crl {
+            der: stored.der,
+            number: stored.number,
+            this_update: stored.this_update,
+            next_update: stored.next_update,
+        })
+    }
+
+    /// SHA-256 over what a CRL lists (serial, revocation time, reason,
+    /// sorted by serial) and the CA that signs it: a new CA key needs a new
+    /// CRL even when nothing else changed.
+    fn crl_hash(&self, entries: &[CrlEntry]) -> String {
+        use sha2::{Digest, Sha256};
+        let mut listed: Vec<_> = entries
+            .iter()
+            .map(|e| (e.serial_hex.as_str(), e.revoked_at, e.reason.as_str()))
+            .collect();
+        listed.sort_unstable();
+        let mut h = Sha256::new();
+        let ca = self.ca.chain().first().map_or(&[][..], |c| c.as_ref());
+        h.update((ca.len() as u64).to_be_bytes());
+        h.update(ca);
+        h.update(serde_json::to_vec(&listed).expect("CRL entries serialise"));
+        hex::encode(h.finalize())
+    }
+
+    fn sign_crl(
+        &self,
+        entries: Vec<CrlEntry>,
+        number: u64,
+        hash: &str,
+        now: i64,
+    ) -> Result<StoredCrl, Error> {
         let revoked: Vec<_> = entries
             .into_iter()
             .map(|e| {
@@ -253,13 +301,62 @@ impl Issuer {
             .collect();
         let next = now + self.crl_validity.as_secs() as i64;
         let der = self.ca.sign_crl(&revoked, number, now, next)?;
-        Ok(Crl {
-            der,
+        Ok(StoredCrl {
             number,
+            content_hash: hash.to_owned(),
+            der,
             this_update: now,
             next_update: next,
         })
     }
+}
+
+/// Rounds of "read, sign, compare-and-set" before serving what is stored.
+const CRL_ATTEMPTS: usize = 3;
+
+/// The CRL to serve: the stored one if [`current`], otherwise one signed by
+/// `sign` with the next number and stored by compare-and-set (see
+/// [`Issuer::crl`]); `hash` names what a list of entries holds.
+async fn once_per_change(
+    store: &dyn Store,
+    validity: std::time::Duration,
+    hash: impl Fn(&[CrlEntry]) -> String,
+    sign: impl Fn(Vec<CrlEntry>, u64, &str, i64) -> Result<StoredCrl, Error>,
+) -> Result<StoredCrl, Error> {
+    let mut stored = store.stored_crl().await?;
+    for _ in 0..CRL_ATTEMPTS {
+        let now = now_unix();
+        let entries = store.crl_entries(now).await?;
+        let hash = hash(&entries);
+        if current(&stored, &hash, now, validity) {
+            return Ok(stored);
+        }
+        let crl = sign(entries, stored.number + 1, &hash, now)?;
+        if store.store_crl(stored.number, &crl).await? {
+            return Ok(crl);
+        }
+        // Another replica stored a CRL first. If it lists the same (the
+        // usual case: both saw the same change), serve it rather than sign
+        // another.
+        stored = store.stored_crl().await?;
+    }
+    // Still losing after several rounds: entries keep changing under busy
+    // revocation. What is stored is at most a moment old.
+    if stored.der.is_empty() {
+        return Err(Error::Store(StoreError::Unavailable {
+            condition: Condition::Conflict,
+            detail: "no CRL could be stored".into(),
+        }));
+    }
+    Ok(stored)
+}
+
+/// Whether `stored` may be served as is: it lists exactly `hash`, and
+/// half its validity is still ahead, so a relying party that fetches it
+/// late still holds an unexpired CRL until its next fetch.
+fn current(stored: &StoredCrl, hash: &str, now: i64, validity: std::time::Duration) -> bool {
+    let refresh_at = stored.next_update - (validity.as_secs() / 2) as i64;
+    !stored.der.is_empty() && stored.content_hash == hash && now < refresh_at
 }
 
 pub(super) fn state_of(c: &CredentialRecord, now: i64) -> CredentialState {
@@ -288,5 +385,130 @@ pub(super) fn outcome(events: &[crate::store::RevocationEvent], what: &str) -> R
         } else {
             format!("{what}: {revoked} credential(s) revoked")
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::{CredentialKind, SqliteStore, TaskRecord};
+
+    fn stored(hash: &str) -> StoredCrl {
+        StoredCrl {
+            number: 7,
+            content_hash: hash.into(),
+            der: vec![0x30],
+            this_update: 1000,
+            next_update: 1000 + 3600,
+        }
+    }
+
+    /// The stored CRL is served while it lists the same and the first half
+    /// of its validity runs; then, or on any change, a new one is signed.
+    #[test]
+    fn a_stored_crl_is_served_until_it_changes_or_half_its_validity_passed() {
+        let hour = Duration::from_secs(3600);
+        assert!(current(&stored("h"), "h", 1000, hour));
+        assert!(current(&stored("h"), "h", 1000 + 1799, hour));
+        assert!(!current(&stored("h"), "h", 1000 + 1800, hour));
+        assert!(!current(&stored("h"), "other", 1000, hour));
+        let none = StoredCrl {
+            der: Vec::new(),
+            ..stored("h")
+        };
+        assert!(!current(&none, "h", 1000, hour));
+    }
+
+    /// Two replicas (two stores on one database) asking for the CRL at the
+    /// same time serve one CRL: the one that loses the compare-and-set
+    /// serves the winner's instead of its own or a third. With no change,
+    /// nothing is signed; a revocation gives the next number, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn replicas_asking_at_once_serve_one_crl_per_change() {
+        const HOLDER: &str = "spiffe://example.org/workload/agent";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crl.db");
+        let a: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+        let b: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+        let signed = Arc::new(AtomicUsize::new(0));
+        let ask = |s: Arc<dyn Store>| {
+            let signed = signed.clone();
+            tokio::spawn(async move {
+                let hash = |e: &[CrlEntry]| {
+                    let ids: Vec<_> = e.iter().map(|e| e.serial_hex.as_str()).collect();
+                    ids.join(",")
+                };
+                let sign = |_: Vec<CrlEntry>, number: u64, hash: &str, now: i64| {
+                    let n = signed.fetch_add(1, Ordering::SeqCst);
+                    Ok(StoredCrl {
+                        number,
+                        content_hash: hash.to_owned(),
+                        der: format!("crl {number} signature {n}").into_bytes(),
+                        this_update: now,
+                        next_update: now + 3600,
+                    })
+                };
+                once_per_change(s.as_ref(), Duration::from_secs(3600), hash, sign)
+                    .await
+                    .unwrap()
+            })
+        };
+        let both = |round: &str| {
+            let (x, y) = (ask(a.clone()), ask(b.clone()));
+            let round = round.to_owned();
+            async move {
+                let (x, y) = (x.await.unwrap(), y.await.unwrap());
+                assert_eq!(x, y, "{round}: both replicas serve one CRL");
+                x
+            }
+        };
+        let first = both("first").await;
+        assert_eq!(first.number, 1);
+        for i in 0..10 {
+            assert_eq!(both(&format!("unchanged {i}")).await, first);
+        }
+        assert!(
+            signed.load(Ordering::SeqCst) <= 2,
+            "one signature per replica at most"
+        );
+
+        a.begin_task(&TaskRecord::new(HOLDER, "t", 100, 4_000_000_000), &[])
+            .await
+            .unwrap();
+        let cred = CredentialRecord {
+            id: "0a".repeat(19),
+            kind: CredentialKind::X509,
+            spiffe_id: HOLDER.into(),
+            task_holder: HOLDER.into(),
+            task_id: "t".into(),
+            audience: None,
+            not_before: 100,
+            not_after: 4_000_000_000,
+            caller_cert_sha256: "ab".repeat(32),
+            issued_at: 100,
+            predecessor: None,
+            renewal_count: 0,
+            revocation: None,
+        };
+        a.record_credential(&cred, 10, &[]).await.unwrap().unwrap();
+        let req = RevokeRequest {
+            scope: RevokeScope::Credential(cred.id.clone()),
+            reason: "leaked".into(),
+            now: 200,
+            end_task: None,
+            cascade: false,
+            audit: crate::audit::AuditDraft::new(crate::audit::kind::REVOKE, HOLDER, 200),
+        };
+        b.revoke(&req, Arc::new(|e| Ok(format!("set-{}", e.seq))))
+            .await
+            .unwrap();
+        let second = both("after the revocation").await;
+        assert_eq!(second.number, 2);
+        assert_eq!(second.content_hash, cred.id);
+        assert_eq!(both("unchanged again").await, second);
     }
 }

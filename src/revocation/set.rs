@@ -1,6 +1,11 @@
 //! Revocation events as Security Event Tokens (RFC 8417) with CAEP event
 //! types: `credential-change` (change_type `revoke`) for a single credential,
 //! `session-revoked` for a task.
+//!
+//! A SET's `jti` is 128 random bits (hex), not derived from the sequence:
+//! two deployments, or a database restored from a backup, hand out the same
+//! sequence numbers for different events, and a receiver deduplicates on
+//! `jti` (RFC 8417 §2.2). The sequence travels in `taskmint.seq`.
 
 use serde_json::json;
 
@@ -39,7 +44,7 @@ pub fn set_claims(iss: &str, e: &RevocationEvent) -> serde_json::Value {
     json!({
         "iss": iss,
         "iat": e.revoked_at,
-        "jti": format!("rev-{}", e.seq),
+        "jti": hex::encode(crate::issuer::random_bytes::<16>()),
         "txn": e.task_id,
         "sub_id": { "format": "uri", "uri": e.spiffe_id },
         "events": { uri: body },
@@ -54,4 +59,43 @@ pub fn set_claims(iss: &str, e: &RevocationEvent) -> serde_json::Value {
             "expires_at": e.expires_at,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64) -> RevocationEvent {
+        RevocationEvent {
+            seq,
+            kind: "credential".into(),
+            credential_ids: vec!["ab".repeat(16)],
+            task_id: "t".into(),
+            task_holder: "spiffe://example.org/a".into(),
+            spiffe_id: "spiffe://example.org/a".into(),
+            trust_domain: "example.org".into(),
+            reason: "leaked".into(),
+            revoked_at: 100,
+            expires_at: 200,
+            set_jwt: String::new(),
+        }
+    }
+
+    /// Events with the same sequence (two deployments, a restored database)
+    /// still get different `jti`s: 32 hex digits, 128 random bits.
+    #[test]
+    fn set_jtis_are_random_and_the_sequence_is_a_claim_of_its_own() {
+        let (a, b) = (set_claims("iss", &event(1)), set_claims("iss", &event(1)));
+        let (ja, jb) = (a["jti"].as_str().unwrap(), b["jti"].as_str().unwrap());
+        assert_ne!(ja, jb);
+        for j in [ja, jb] {
+            assert_eq!(j.len(), 32, "{j}");
+            assert!(
+                j.bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+                "{j}"
+            );
+        }
+        assert_eq!(a["taskmint"]["seq"], 1);
+    }
 }

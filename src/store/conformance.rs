@@ -2,7 +2,8 @@
 //! before reply, gap-free revocation sequence in commit order, a mint racing
 //! its task's completion, one renewal per credential, the active-credential
 //! limit, a task begun once, the audit chain and its head, acknowledgements
-//! that never move backwards, pruning, and failed writes that store nothing.
+//! that never move backwards, pruning, failed writes that store nothing,
+//! and the stored CRL replaced only by compare-and-set.
 //!
 //! A backend's tests instantiate the suite with `store_conformance!`, giving
 //! it a [`Harness`] that opens handles on one fresh database. It is compiled
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use super::{
     AckRecord, CredentialKind, CredentialRecord, RecordRefusal, RevokeRequest, RevokeScope,
-    SetSigner, Store, TaskRecord, TaskState,
+    SetSigner, Store, StoredCrl, TaskRecord, TaskState,
 };
 use crate::audit::{AuditDraft, Verifier, kind};
 
@@ -609,6 +610,63 @@ pub async fn audit_once_records_a_fact_once(h: &dyn Harness) {
     );
 }
 
+fn crl(number: u64, content: &str) -> StoredCrl {
+    StoredCrl {
+        number,
+        content_hash: content.into(),
+        der: format!("der {number} {content}").into_bytes(),
+        this_update: 100,
+        next_update: 200,
+    }
+}
+
+/// The stored CRL is replaced only by compare-and-set on its number: a
+/// stale expected number or a number that does not rise stores nothing, and
+/// of replicas racing to store the next number exactly one wins.
+pub async fn crl_is_replaced_by_compare_and_set(h: &dyn Harness) {
+    let s = h.open().await;
+    let none = s.stored_crl().await.unwrap();
+    assert_eq!((none.number, none.der.len()), (0, 0));
+    assert!(s.store_crl(0, &crl(1, "a")).await.unwrap());
+    assert_eq!(h.open().await.stored_crl().await.unwrap(), crl(1, "a"));
+    // A replica that read number 0 lost: nothing changes.
+    assert!(!s.store_crl(0, &crl(1, "b")).await.unwrap());
+    // Numbers never repeat or go backwards, even with the right expectation.
+    assert!(!s.store_crl(1, &crl(1, "b")).await.unwrap());
+    assert!(!s.store_crl(1, &crl(0, "b")).await.unwrap());
+    assert_eq!(s.stored_crl().await.unwrap(), crl(1, "a"));
+    assert!(s.store_crl(1, &crl(2, "b")).await.unwrap());
+
+    const N: usize = 8;
+    let mut replicas = Vec::new();
+    for _ in 0..N {
+        replicas.push(h.open().await);
+    }
+    // Every replica reads before any stores, as replicas that saw the same
+    // change at once would.
+    let read = Arc::new(tokio::sync::Barrier::new(N));
+    let calls: Vec<_> = replicas
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let read = read.clone();
+            tokio::spawn(async move {
+                let seen = r.stored_crl().await.unwrap().number;
+                read.wait().await;
+                let mine = crl(seen + 1, &format!("r{i}"));
+                r.store_crl(seen, &mine).await.unwrap().then_some(mine)
+            })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for c in calls {
+        won.extend(c.await.unwrap());
+    }
+    assert_eq!(won.len(), 1, "exactly one replica stores number 3");
+    assert_eq!(won[0].number, 3);
+    assert_eq!(h.open().await.stored_crl().await.unwrap(), won[0]);
+}
+
 /// Instantiates the suite as `#[tokio::test]`s in the calling module, each
 /// with a new harness from `$harness` (an expression evaluated per test).
 macro_rules! store_conformance {
@@ -627,7 +685,8 @@ macro_rules! store_conformance {
             failed_revocation_hands_its_numbers_back,
             delegation_racing_complete_leaves_no_active_child,
             audit_once_records_a_fact_once,
-            a_subscriber_name_cannot_be_taken_over
+            a_subscriber_name_cannot_be_taken_over,
+            crl_is_replaced_by_compare_and_set
         );
     };
     (@tests $harness:expr; $($name:ident),*) => {

@@ -248,9 +248,6 @@ pub trait Store: Send + Sync + 'static {
     /// Revoked X.509 credentials that have not expired at `now`.
     async fn crl_entries(&self, now: i64) -> Result<Vec<CrlEntry>, StoreError>;
 
-    /// The next CRL number (monotonic).
-    async fn next_crl_number(&self) -> Result<u64, StoreError>;
-
     /// The trust bundle sequence for content with this hash: unchanged if
     /// the content is the last one seen, otherwise one more.
     async fn bundle_sequence(&self, content_hash: &str) -> Result<u64, StoreError>;
@@ -302,6 +299,15 @@ pub trait Store: Send + Sync + 'static {
     /// processes may observe — a subscriber overdue on one revocation — is
     /// recorded once. Returns whether it appended.
     async fn append_audit_once(&self, event: AuditDraft) -> Result<bool, StoreError>;
+
+    /// The stored CRL (number and empty DER when none has been stored yet).
+    async fn stored_crl(&self) -> Result<StoredCrl, StoreError>;
+
+    /// Stores `crl` in place of the stored CRL if that one's number is still
+    /// `expected` and `crl.number` is greater (a compare-and-set, so of
+    /// several replicas signing the same change one wins); `false`, storing
+    /// nothing, when another CRL was stored first.
+    async fn store_crl(&self, expected: u64, crl: &StoredCrl) -> Result<bool, StoreError>;
 }
 
 /// The store the config names, opened (and migrated).

@@ -304,6 +304,25 @@ pub struct CrlEntry {
     pub reason: String,
 }
 
+/// The CRL every replica serves, as stored: signed once per change of what
+/// it lists and replaced only by compare-and-set on its number (see
+/// [`Store::store_crl`](super::Store::store_crl)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCrl {
+    /// CRL number. Before the first CRL is stored it is the last number an
+    /// older taskmint handed out (0 on a new database) and `der` is empty.
+    pub number: u64,
+    /// SHA-256 (hex) of what the CRL lists and who signed it: a CRL with
+    /// the same hash lists the same.
+    pub content_hash: String,
+    /// The signed CRL, DER.
+    pub der: Vec<u8>,
+    /// Unix seconds.
+    pub this_update: i64,
+    /// Unix seconds.
+    pub next_update: i64,
+}
+
 /// Why a credential could not be recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordRefusal {

@@ -48,7 +48,8 @@ use sqlx::{Connection, PgConnection, Row};
 
 use super::{
     AckRecord, Condition, CredentialRecord, CrlEntry, GrantFilter, RecordRefusal, Review,
-    ReviewOutcome, RevocationEvent, RevokeRequest, SetSigner, Store, StoreError, TaskRecord,
+    ReviewOutcome, RevocationEvent, RevokeRequest, SetSigner, Store, StoreError, StoredCrl,
+    TaskRecord,
 };
 use crate::audit::{AuditDraft, AuditEvent};
 
@@ -550,14 +551,6 @@ impl Store for PgStore {
             .await
     }
 
-    async fn next_crl_number(&self) -> Result<u64, StoreError> {
-        self.write(|mut tx| async move {
-            let out = meta::next_crl_number(&mut tx).await?;
-            Ok((out, tx))
-        })
-        .await
-    }
-
     async fn bundle_sequence(&self, content_hash: &str) -> Result<u64, StoreError> {
         // The common case changes nothing: answer it without a write.
         let current: Result<Option<(String, i64)>, _> =
@@ -665,6 +658,18 @@ impl Store for PgStore {
         let audit = &audit;
         self.write(|mut tx| async move {
             let out = tasks::mark_reviewed(&mut tx, holder, task_id, review, audit.clone()).await?;
+            Ok((out, tx))
+        })
+        .await
+    }
+
+    async fn stored_crl(&self) -> Result<StoredCrl, StoreError> {
+        self.refine(meta::stored_crl(&self.pool).await).await
+    }
+
+    async fn store_crl(&self, expected: u64, crl: &StoredCrl) -> Result<bool, StoreError> {
+        self.write(|mut tx| async move {
+            let out = meta::store_crl(&mut tx, expected, crl).await?;
             Ok((out, tx))
         })
         .await

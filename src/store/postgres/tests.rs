@@ -309,3 +309,91 @@ async fn an_unreachable_server_fails_the_open_without_the_password() {
         Some(Condition::Busy)
     );
 }
+
+/// Two replicas (two pools) racing to store the next CRL, over and over:
+/// every stored number is one more than the one before, no number is
+/// stored twice, and a reader never sees the number go backwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_racing_to_store_crls_number_them_once_each() {
+    let Some(h) = Harness::new().await else {
+        return;
+    };
+    let (a, b) = (Arc::new(h.store().await), Arc::new(h.store().await));
+    const ROUNDS: usize = 40;
+    let replica = |s: Arc<PgStore>, name: &'static str| {
+        tokio::spawn(async move {
+            let mut won = Vec::new();
+            for i in 0..ROUNDS {
+                let seen = s.stored_crl().await.unwrap().number;
+                let crl = StoredCrl {
+                    number: seen + 1,
+                    content_hash: format!("{name}-{i}"),
+                    der: format!("{name}-{i}").into_bytes(),
+                    this_update: i as i64,
+                    next_update: i as i64 + 60,
+                };
+                if s.store_crl(seen, &crl).await.unwrap() {
+                    won.push(crl);
+                }
+            }
+            won
+        })
+    };
+    let reader = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            for _ in 0..4 * ROUNDS {
+                let n = a.stored_crl().await.unwrap().number;
+                assert!(n >= last, "the CRL number went back from {last} to {n}");
+                last = n;
+            }
+        })
+    };
+    let (wa, wb) = (replica(a.clone(), "a"), replica(b.clone(), "b"));
+    let mut won = wa.await.unwrap();
+    won.extend(wb.await.unwrap());
+    reader.await.unwrap();
+    let mut numbers: Vec<u64> = won.iter().map(|c| c.number).collect();
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        (1..=won.len() as u64).collect::<Vec<_>>(),
+        "each number stored once, none skipped"
+    );
+    let last = won.iter().max_by_key(|c| c.number).unwrap();
+    assert_eq!(&b.stored_crl().await.unwrap(), last);
+}
+
+/// Two replicas serving the same bundle keep its sequence; a new bundle
+/// raises it by one, once, even when every replica asks at the same moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_agree_on_the_bundle_sequence() {
+    let Some(h) = Harness::new().await else {
+        return;
+    };
+    let (a, b) = (Arc::new(h.store().await), Arc::new(h.store().await));
+    let first = a.bundle_sequence("h1").await.unwrap();
+    for i in 0..50 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(s.bundle_sequence("h1").await.unwrap(), first, "call {i}");
+    }
+    const N: usize = 16;
+    let asked = Arc::new(tokio::sync::Barrier::new(N));
+    let calls: Vec<_> = (0..N)
+        .map(|i| {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let asked = asked.clone();
+            tokio::spawn(async move {
+                asked.wait().await;
+                s.bundle_sequence("h2").await.unwrap()
+            })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap(), first + 1);
+    }
+    for s in [&a, &b] {
+        assert_eq!(s.bundle_sequence("h2").await.unwrap(), first + 1);
+    }
+}

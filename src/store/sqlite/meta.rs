@@ -1,19 +1,55 @@
-//! Issuer-wide values in SQLite: the CRL number, the trust bundle's
+//! Issuer-wide values in SQLite: the stored CRL, the trust bundle's
 //! sequence, and the bench's seeding of a large store. Writes run on the
 //! writer thread.
 
 use rand::RngCore;
 use rusqlite::params;
+use sqlx::Row;
+use sqlx::SqlitePool;
 
-use super::revocations::bump;
 use super::writer::Write;
 use super::{credentials, tasks};
 use crate::audit::{self, AuditDraft};
-use crate::store::{StoreError, TaskRecord};
+use crate::store::{StoreError, StoredCrl, TaskRecord};
 
-/// The next CRL number.
-pub(super) fn next_crl_number(w: &mut Write<'_>) -> Result<u64, StoreError> {
-    bump(w.conn, "crl_number")
+/// The stored CRL.
+pub(super) async fn stored_crl(pool: &SqlitePool) -> Result<StoredCrl, StoreError> {
+    let r = sqlx::query(
+        "SELECT number, content_hash, der, this_update, next_update FROM crl WHERE id = 1",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(StoredCrl {
+        number: r.try_get::<i64, _>("number")? as u64,
+        content_hash: r.try_get("content_hash")?,
+        der: r.try_get("der")?,
+        this_update: r.try_get("this_update")?,
+        next_update: r.try_get("next_update")?,
+    })
+}
+
+/// Replaces the stored CRL with `crl` if its number is still `expected`
+/// and lower than `crl`'s; whether it did.
+pub(super) fn store_crl(
+    w: &mut Write<'_>,
+    expected: u64,
+    crl: &StoredCrl,
+) -> Result<bool, StoreError> {
+    let n = w
+        .conn
+        .prepare_cached(
+            "UPDATE crl SET number = ?1, content_hash = ?2, der = ?3, this_update = ?4, \
+             next_update = ?5 WHERE id = 1 AND number = ?6 AND number < ?1",
+        )?
+        .execute(params![
+            crl.number as i64,
+            crl.content_hash,
+            crl.der,
+            crl.this_update,
+            crl.next_update,
+            expected as i64,
+        ])?;
+    Ok(n == 1)
 }
 
 /// The bundle sequence for content with this hash: the same while the

@@ -36,7 +36,7 @@ use sqlx::sqlite::{
 use self::writer::Writer;
 use super::{
     AckRecord, CredentialRecord, CrlEntry, GrantFilter, RecordRefusal, Review, ReviewOutcome,
-    RevocationEvent, RevokeRequest, SetSigner, Store, StoreError, TaskRecord,
+    RevocationEvent, RevokeRequest, SetSigner, Store, StoreError, StoredCrl, TaskRecord,
 };
 use crate::audit::{AuditDraft, AuditEvent};
 
@@ -360,10 +360,6 @@ impl Store for SqliteStore {
         credentials::crl_entries(&self.reader, now).await
     }
 
-    async fn next_crl_number(&self) -> Result<u64, StoreError> {
-        self.writer()?.run(meta::next_crl_number).await
-    }
-
     async fn bundle_sequence(&self, content_hash: &str) -> Result<u64, StoreError> {
         // The common case changes nothing: answer it from a reader.
         let current =
@@ -441,6 +437,17 @@ impl Store for SqliteStore {
         let (holder, task_id, review) = (holder.to_owned(), task_id.to_owned(), review.clone());
         self.writer()?
             .run(move |w| tasks::mark_reviewed(w, &holder, &task_id, &review, audit))
+            .await
+    }
+
+    async fn stored_crl(&self) -> Result<StoredCrl, StoreError> {
+        meta::stored_crl(&self.reader).await
+    }
+
+    async fn store_crl(&self, expected: u64, crl: &StoredCrl) -> Result<bool, StoreError> {
+        let crl = crl.clone();
+        self.writer()?
+            .run(move |w| meta::store_crl(w, expected, &crl))
             .await
     }
 }

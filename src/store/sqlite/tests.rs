@@ -1,6 +1,6 @@
 //! The SQLite backend's tests: the conformance suite every backend runs,
-//! and what only SQLite has (reopening, the renaming migration, a failed
-//! commit).
+//! and what only SQLite has (reopening, the renaming migration, the stored
+//! CRL taking over the old CRL numbers, a failed commit).
 
 use super::*;
 use crate::store::{CredentialKind, RevokeScope, TaskState};
@@ -319,4 +319,52 @@ async fn a_failed_commit_fails_the_whole_batch_and_the_next_one_commits() {
         .unwrap();
     assert!(store.credential("after").await.unwrap().is_some());
     store.close().await;
+}
+
+/// A database whose CRL numbers came from the per-request counter keeps
+/// numbering from there once the CRL is stored: a relying party never sees
+/// the number go backwards across the upgrade.
+#[tokio::test]
+async fn the_stored_crl_continues_the_old_crl_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("migrations-0006");
+    std::fs::create_dir(&old).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/migrations");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        if name.as_str() < "0007" {
+            std::fs::copy(e.path(), old.join(&name)).unwrap();
+        }
+    }
+    let db = dir.path().join("old.db");
+    let opts = SqliteConnectOptions::from_str("sqlite:")
+        .unwrap()
+        .filename(&db)
+        .create_if_missing(true);
+    let pool = SqlitePool::connect_with(opts).await.unwrap();
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE counters SET value = 41 WHERE name = 'crl_number'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = SqliteStore::open(&db).await.unwrap();
+    let stored = store.stored_crl().await.unwrap();
+    assert_eq!((stored.number, stored.der.len()), (41, 0));
+    let next = StoredCrl {
+        number: 42,
+        content_hash: "h".into(),
+        der: vec![0x30],
+        this_update: 1,
+        next_update: 2,
+    };
+    assert!(store.store_crl(41, &next).await.unwrap());
+    assert_eq!(store.stored_crl().await.unwrap(), next);
 }
