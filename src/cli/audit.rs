@@ -144,13 +144,31 @@ pub async fn verify_store(path: &std::path::Path) -> anyhow::Result<u64> {
     n
 }
 
+/// What `audit verify` found in a PostgreSQL store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgVerified {
+    /// The last good sequence: the chain verified through it.
+    pub through: u64,
+    /// Committed events not sealed into the chain yet (a running issuer
+    /// seals them within a moment); the chain does not cover them.
+    pub pending: u64,
+}
+
 /// Verifies the audit chain of the PostgreSQL store at `url` (opened
-/// without migrating it); the last good sequence.
-pub async fn verify_pg_store(url: &str, pool: &PgPoolConfig) -> anyhow::Result<u64> {
+/// without migrating it). It only reads: events still pending their seal
+/// are counted, not sealed.
+pub async fn verify_pg_store(url: &str, pool: &PgPoolConfig) -> anyhow::Result<PgVerified> {
     let store = PgStore::open_read_only(url, pool).await?;
-    let n = verify_chain(&store).await;
+    let verified = async {
+        let through = verify_chain(&store).await?;
+        // Counted after the chain: what was pending and got sealed since is
+        // not counted twice, only possibly missed by both.
+        let pending = store.pending_audit_events().await?;
+        anyhow::Ok(PgVerified { through, pending })
+    }
+    .await;
     store.close().await;
-    n
+    verified
 }
 
 async fn verify_chain(store: &dyn Store) -> anyhow::Result<u64> {
@@ -175,15 +193,26 @@ pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::Verify(a) => {
             let cfg = Config::load(&a.config)?;
-            let (n, at) = match (&cfg.store.path, &cfg.store.url) {
-                (_, Some(url)) => (
-                    verify_pg_store(url, &cfg.store.pool()).await?,
-                    crate::store::redact_url(url),
-                ),
-                (Some(path), None) => (verify_store(path).await?, path.display().to_string()),
+            match (&cfg.store.path, &cfg.store.url) {
+                (_, Some(url)) => {
+                    let v = verify_pg_store(url, &cfg.store.pool()).await?;
+                    println!(
+                        "audit trail intact: {} events, hash chain and head verified ({}); \
+                         {} events pending seal (committed, not yet chained)",
+                        v.through,
+                        crate::store::redact_url(url),
+                        v.pending
+                    );
+                }
+                (Some(path), None) => {
+                    let n = verify_store(path).await?;
+                    println!(
+                        "audit trail intact: {n} events, hash chain and head verified ({})",
+                        path.display()
+                    );
+                }
                 (None, None) => anyhow::bail!("the config names no store"),
-            };
-            println!("audit trail intact: {n} events, hash chain and head verified ({at})");
+            }
         }
         AuditCommand::Export(a) => {
             let mut c = a.conn.connect().await?;

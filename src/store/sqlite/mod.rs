@@ -424,6 +424,11 @@ impl Store for SqliteStore {
             .run(move |w| tasks::mark_reviewed(w, &holder, &task_id, &review, audit))
             .await
     }
+
+    /// The writer chains every event as it appends it: nothing is pending.
+    async fn seal_audit(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 }
 
 #[cfg(test)]
