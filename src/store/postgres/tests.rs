@@ -458,3 +458,5 @@ async fn an_unreachable_server_fails_the_open_without_the_password() {
         Some(Condition::Busy)
     );
 }
+
+mod audit_chain;
