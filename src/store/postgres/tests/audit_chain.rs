@@ -38,9 +38,6 @@ async fn two_replicas_append_concurrently_into_one_chain() {
         return;
     };
     let (a, b) = (Arc::new(h.store().await), Arc::new(h.store().await));
-    a.begin_task(&TaskRecord::new(HOLDER, "t", 100, FAR), &[])
-        .await
-        .unwrap();
     const N: usize = 200;
     const APPENDS: usize = 20;
     let stop = Arc::new(AtomicBool::new(false));
@@ -62,9 +59,13 @@ async fn two_replicas_append_concurrently_into_one_chain() {
         .map(|i| {
             let s = if i % 2 == 0 { a.clone() } else { b.clone() };
             tokio::spawn(async move {
-                let id = format!("c{i}");
+                // A task each: mints of one task would queue on its row.
+                let (id, task) = (format!("c{i}"), format!("t{i}"));
+                s.begin_task(&TaskRecord::new(HOLDER, &task, 100, FAR), &[])
+                    .await
+                    .unwrap();
                 let audit = [mint_draft(&id, "decided"), mint_draft(&id, "issued")];
-                s.record_credential(&cred(&id, "t"), 10_000, &audit)
+                s.record_credential(&cred(&id, &task), 10, &audit)
                     .await
                     .unwrap()
                     .unwrap();
