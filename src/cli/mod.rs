@@ -17,7 +17,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 pub use audit::{
-    PgVerified, render_timeline as audit_timeline_text, verify_pg_store as verify_audit_pg_store,
+    ExpectedHead, PgVerified, render_timeline as audit_timeline_text, verify_pg_store as verify_audit_pg_store,
     verify_store as verify_audit_store,
 };
 

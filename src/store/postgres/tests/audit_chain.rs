@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::audit::{AuditEvent, Verifier, kind};
-use crate::cli::{PgVerified, verify_audit_pg_store};
+use crate::cli::{ExpectedHead, PgVerified, verify_audit_pg_store};
 
 const FAR: i64 = 4_000_000_000;
 
@@ -24,8 +24,15 @@ fn mint_draft(credential: &str, reason: &str) -> AuditDraft {
         .because(reason)
 }
 
-async fn verify(h: &Harness) -> anyhow::Result<PgVerified> {
-    verify_audit_pg_store(&h.url, &PgPoolConfig::default()).await
+/// What `audit verify` finds: the last verified seq and how many pending.
+async fn verify(h: &Harness) -> anyhow::Result<(u64, u64)> {
+    let v = verify_expecting(h, None).await?;
+    Ok((v.through, v.pending))
+}
+
+async fn verify_expecting(h: &Harness, expect: Option<&str>) -> anyhow::Result<PgVerified> {
+    let expect: Option<ExpectedHead> = expect.map(|x| x.parse().unwrap());
+    verify_audit_pg_store(&h.url, &PgPoolConfig::default(), expect.as_ref()).await
 }
 
 /// Two replicas mint concurrently (each mint's events pending in its own
@@ -95,10 +102,7 @@ async fn two_replicas_append_concurrently_into_one_chain() {
     let total = (4 * N + APPENDS) as u64;
     assert_eq!(
         verify(&h).await.unwrap(),
-        PgVerified {
-            through: total,
-            pending: 0
-        }
+        (total, 0)
     );
     let events = b.audit_after(0, 10_000).await.unwrap();
     let mut v = Verifier::default();
@@ -168,10 +172,7 @@ async fn an_open_mint_blocks_no_other_replica() {
     held.commit().await.unwrap();
     assert_eq!(
         verify(&h).await.unwrap(),
-        PgVerified {
-            through: 2,
-            pending: 1
-        }
+        (2, 1)
     );
     // Verifying wrote nothing: the event is still pending.
     assert_eq!(a.pending_audit_events().await.unwrap(), 1);
@@ -180,10 +181,7 @@ async fn an_open_mint_blocks_no_other_replica() {
     assert_eq!(ids, ["other", "", "held"]);
     assert_eq!(
         verify(&h).await.unwrap(),
-        PgVerified {
-            through: 3,
-            pending: 0
-        }
+        (3, 0)
     );
 }
 
@@ -272,8 +270,7 @@ async fn tampering_is_refused_and_otherwise_detected() {
         let err = sqlx::query(sql).execute(&s.pool).await.unwrap_err();
         assert!(err.to_string().contains("only moves forward"), "{sql}: {err}");
     }
-    let v = verify(&h).await.unwrap();
-    assert_eq!((v.through, v.pending), (6, 1));
+    assert_eq!(verify(&h).await.unwrap(), (6, 1));
     assert_eq!(s.seal_audit().await.unwrap(), 1);
 
     let exec = |sql: &'static str| {
@@ -296,7 +293,7 @@ async fn tampering_is_refused_and_otherwise_detected() {
     exec("UPDATE audit SET seq = -1 WHERE seq = 4").await;
     exec("UPDATE audit SET seq = 4 WHERE seq = 5").await;
     exec("UPDATE audit SET seq = 5 WHERE seq = -1").await;
-    assert_eq!(verify(&h).await.unwrap().through, 7);
+    assert_eq!(verify(&h).await.unwrap().0, 7);
     // A row deleted inside the chain.
     exec("ALTER TABLE audit DISABLE TRIGGER audit_no_delete").await;
     exec("DELETE FROM audit WHERE seq = 2").await;
@@ -305,8 +302,9 @@ async fn tampering_is_refused_and_otherwise_detected() {
 }
 
 /// Deleting the newest events is exposed by the head row; deleting them
-/// and rolling the head back (both guards bypassed) verifies, which is why
-/// the head `audit verify` reports should also be kept elsewhere.
+/// and rolling the head back (both guards bypassed) verifies, unless the
+/// head an earlier verify printed was kept and is passed back
+/// (`--expect-head`).
 #[tokio::test]
 async fn a_deleted_tail_is_seen_against_the_head_only() {
     let Some(h) = Harness::new().await else {
@@ -315,6 +313,13 @@ async fn a_deleted_tail_is_seen_against_the_head_only() {
     let s = h.store().await;
     let drafts: Vec<_> = (1..=4).map(|i| draft(&format!("event {i}"))).collect();
     let sealed = s.append_audit(&drafts).await.unwrap();
+    // The head verify prints, kept: the chain holds it, and not another.
+    let kept = format!("4:{}", sealed[3].hash);
+    let v = verify_expecting(&h, Some(&kept)).await.unwrap();
+    assert_eq!((v.through, v.head_hash.as_str()), (4, sealed[3].hash.as_str()));
+    let other = format!("2:{}", sealed[3].hash);
+    let err = verify_expecting(&h, Some(&other)).await.unwrap_err().to_string();
+    assert!(err.contains("broken at seq 2") && err.contains("rewritten"), "{err}");
     for sql in [
         "ALTER TABLE audit DISABLE TRIGGER audit_no_delete",
         "DELETE FROM audit WHERE seq = 4",
@@ -332,7 +337,9 @@ async fn a_deleted_tail_is_seen_against_the_head_only() {
         .execute(&s.pool)
         .await
         .unwrap();
-    assert_eq!(verify(&h).await.unwrap().through, 3);
+    assert_eq!(verify(&h).await.unwrap().0, 3);
+    let err = verify_expecting(&h, Some(&kept)).await.unwrap_err().to_string();
+    assert!(err.contains("deleted from the end"), "{err}");
 }
 
 /// Chains `d` after the head and inserts it numbered, as the 0001 schema's
@@ -412,10 +419,7 @@ async fn migration_keeps_a_chain_written_under_0001() {
 
     assert_eq!(
         verify(&h).await.unwrap(),
-        PgVerified {
-            through: 6,
-            pending: 0
-        }
+        (6, 0)
     );
     let trail = s.audit_after(0, 10).await.unwrap();
     assert_eq!(trail[..4], old[..]);
