@@ -54,7 +54,8 @@ impl std::str::FromStr for ExpectedHead {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("`{s}` is not SEQ:HASH (a sequence from 1 and 64 lowercase hex digits)");
+        let bad =
+            || format!("`{s}` is not SEQ:HASH (a sequence from 1 and 64 lowercase hex digits)");
         let (seq, hash) = s.split_once(':').ok_or_else(bad)?;
         let seq: u64 = seq.parse().map_err(|_| bad())?;
         let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);

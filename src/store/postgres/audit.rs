@@ -40,8 +40,9 @@
 //! columns once, change nothing else), deletes and truncation are refused,
 //! and the head only moves forward; getting past them takes disabling the
 //! triggers. A deleted tail together with a head rolled back to match it is
-//! detected only against a head kept outside the database (the seq and hash
-//! `audit verify` reports). Pending rows — normally for well under a second
+//! detected only against a head kept outside the database: `audit verify`
+//! prints its head as `SEQ:HASH`, and `--expect-head` checks a later chain
+//! still holds it. Pending rows — normally for well under a second
 //! — are protected by those triggers only, not yet by the chain; `audit
 //! verify` reports how many it saw.
 //!

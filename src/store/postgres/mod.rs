@@ -655,7 +655,11 @@ impl Store for PgStore {
     /// seals nothing.
     async fn seal_audit(&self) -> Result<u64, StoreError> {
         let mut total = 0;
-        while !self.read_only && self.refine(audit::anything_pending(&self.pool).await).await? {
+        while !self.read_only
+            && self
+                .refine(audit::anything_pending(&self.pool).await)
+                .await?
+        {
             let (n, full) = self
                 .write(|mut tx| async move {
                     let out = audit::seal_page(&mut tx).await?;

@@ -100,10 +100,7 @@ async fn two_replicas_append_concurrently_into_one_chain() {
     a.seal_audit().await.unwrap();
 
     let total = (4 * N + APPENDS) as u64;
-    assert_eq!(
-        verify(&h).await.unwrap(),
-        (total, 0)
-    );
+    assert_eq!(verify(&h).await.unwrap(), (total, 0));
     let events = b.audit_after(0, 10_000).await.unwrap();
     let mut v = Verifier::default();
     for e in &events {
@@ -151,10 +148,15 @@ async fn an_open_mint_blocks_no_other_replica() {
         .await
         .unwrap();
     let mut held = a.pool.begin().await.unwrap();
-    credentials::record(&mut held, &cred("held", "t"), 10, &[mint_draft("held", "held")])
-        .await
-        .unwrap()
-        .unwrap();
+    credentials::record(
+        &mut held,
+        &cred("held", "t"),
+        10,
+        &[mint_draft("held", "held")],
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let other = async {
         b.record_credential(&cred("other", "u"), 10, &[mint_draft("other", "other")])
             .await
@@ -170,19 +172,16 @@ async fn an_open_mint_blocks_no_other_replica() {
     assert_eq!(head.map(|h| h.0), Some(2));
 
     held.commit().await.unwrap();
-    assert_eq!(
-        verify(&h).await.unwrap(),
-        (2, 1)
-    );
+    assert_eq!(verify(&h).await.unwrap(), (2, 1));
     // Verifying wrote nothing: the event is still pending.
     assert_eq!(a.pending_audit_events().await.unwrap(), 1);
     let trail = a.audit_after(0, 10).await.unwrap();
-    let ids: Vec<&str> = trail.iter().map(|e| e.body.credential_id.as_str()).collect();
+    let ids: Vec<&str> = trail
+        .iter()
+        .map(|e| e.body.credential_id.as_str())
+        .collect();
     assert_eq!(ids, ["other", "", "held"]);
-    assert_eq!(
-        verify(&h).await.unwrap(),
-        (3, 0)
-    );
+    assert_eq!(verify(&h).await.unwrap(), (3, 0));
 }
 
 /// Every read of the trail seals what is pending first, so it sees every
@@ -215,9 +214,12 @@ async fn every_read_of_the_trail_seals_first() {
         acked_seq: 4,
         acked_at: 300,
     };
-    w.ack(&ack, AuditDraft::new(kind::ACK, HOLDER, 300).subject("sidecar"))
-        .await
-        .unwrap();
+    w.ack(
+        &ack,
+        AuditDraft::new(kind::ACK, HOLDER, 300).subject("sidecar"),
+    )
+    .await
+    .unwrap();
     let acks = r.acks_covering(4).await.unwrap();
     assert_eq!(acks.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
 
@@ -268,7 +270,10 @@ async fn tampering_is_refused_and_otherwise_detected() {
         "TRUNCATE audit_head",
     ] {
         let err = sqlx::query(sql).execute(&s.pool).await.unwrap_err();
-        assert!(err.to_string().contains("only moves forward"), "{sql}: {err}");
+        assert!(
+            err.to_string().contains("only moves forward"),
+            "{sql}: {err}"
+        );
     }
     assert_eq!(verify(&h).await.unwrap(), (6, 1));
     assert_eq!(s.seal_audit().await.unwrap(), 1);
@@ -282,7 +287,10 @@ async fn tampering_is_refused_and_otherwise_detected() {
     exec("ALTER TABLE audit DISABLE TRIGGER audit_no_update").await;
     exec("UPDATE audit SET reason = 'nothing to see' WHERE seq = 3").await;
     let err = broken(verify(&h).await.unwrap_err());
-    assert!(err.contains("broken at seq 3") && err.contains("edited"), "{err}");
+    assert!(
+        err.contains("broken at seq 3") && err.contains("edited"),
+        "{err}"
+    );
     exec("UPDATE audit SET reason = 'event 3' WHERE seq = 3").await;
     // Reordered: two rows swap their numbers.
     exec("UPDATE audit SET seq = -1 WHERE seq = 4").await;
@@ -298,7 +306,10 @@ async fn tampering_is_refused_and_otherwise_detected() {
     exec("ALTER TABLE audit DISABLE TRIGGER audit_no_delete").await;
     exec("DELETE FROM audit WHERE seq = 2").await;
     let err = broken(verify(&h).await.unwrap_err());
-    assert!(err.contains("broken at seq 2") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("broken at seq 2") && err.contains("missing"),
+        "{err}"
+    );
 }
 
 /// Deleting the newest events is exposed by the head row; deleting them
@@ -316,10 +327,19 @@ async fn a_deleted_tail_is_seen_against_the_head_only() {
     // The head verify prints, kept: the chain holds it, and not another.
     let kept = format!("4:{}", sealed[3].hash);
     let v = verify_expecting(&h, Some(&kept)).await.unwrap();
-    assert_eq!((v.through, v.head_hash.as_str()), (4, sealed[3].hash.as_str()));
+    assert_eq!(
+        (v.through, v.head_hash.as_str()),
+        (4, sealed[3].hash.as_str())
+    );
     let other = format!("2:{}", sealed[3].hash);
-    let err = verify_expecting(&h, Some(&other)).await.unwrap_err().to_string();
-    assert!(err.contains("broken at seq 2") && err.contains("rewritten"), "{err}");
+    let err = verify_expecting(&h, Some(&other))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("broken at seq 2") && err.contains("rewritten"),
+        "{err}"
+    );
     for sql in [
         "ALTER TABLE audit DISABLE TRIGGER audit_no_delete",
         "DELETE FROM audit WHERE seq = 4",
@@ -327,7 +347,10 @@ async fn a_deleted_tail_is_seen_against_the_head_only() {
         sqlx::query(sql).execute(&s.pool).await.unwrap();
     }
     let err = verify(&h).await.unwrap_err().to_string();
-    assert!(err.contains("broken at seq 4") && err.contains("deleted from the end"), "{err}");
+    assert!(
+        err.contains("broken at seq 4") && err.contains("deleted from the end"),
+        "{err}"
+    );
     sqlx::query("ALTER TABLE audit_head DISABLE TRIGGER audit_head_forward")
         .execute(&s.pool)
         .await
@@ -338,7 +361,10 @@ async fn a_deleted_tail_is_seen_against_the_head_only() {
         .await
         .unwrap();
     assert_eq!(verify(&h).await.unwrap().0, 3);
-    let err = verify_expecting(&h, Some(&kept)).await.unwrap_err().to_string();
+    let err = verify_expecting(&h, Some(&kept))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("deleted from the end"), "{err}");
 }
 
@@ -417,13 +443,13 @@ async fn migration_keeps_a_chain_written_under_0001() {
     old.push(append_the_0001_way(&pool, draft("old 4")).await);
     s.append_audit(&[draft("new 2")]).await.unwrap();
 
-    assert_eq!(
-        verify(&h).await.unwrap(),
-        (6, 0)
-    );
+    assert_eq!(verify(&h).await.unwrap(), (6, 0));
     let trail = s.audit_after(0, 10).await.unwrap();
     assert_eq!(trail[..4], old[..]);
     let reasons: Vec<&str> = trail.iter().map(|e| e.body.reason.as_str()).collect();
-    assert_eq!(reasons, ["old 1", "old 2", "old 3", "old 4", "new 1", "new 2"]);
+    assert_eq!(
+        reasons,
+        ["old 1", "old 2", "old 3", "old 4", "new 1", "new 2"]
+    );
     pool.close().await;
 }
