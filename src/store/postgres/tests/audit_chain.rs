@@ -4,6 +4,7 @@
 //! and the migration of a chain written the 0001 way.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
