@@ -18,7 +18,7 @@
 //!   writers do not queue on it.
 //!
 //! Locks are taken kind by kind in one order (task rows, credential rows,
-//! counters; the audit head only by sealers), which keeps most transactions from
+//! counters; the audit head by sealers only), which keeps most transactions from
 //! deadlocking; within a kind, a cascading revocation locks several sets one
 //! after another, so two overlapping cascades can still deadlock. PostgreSQL
 //! then aborts one of them, and a deadlock or serialization failure is
@@ -169,9 +169,9 @@ impl PgStore {
         }
         // A replica that stalls or is cut off while holding a row lock (a
         // task, a counter, a sealer's audit head) must not hold every other
-        // replica's writes:
-        // the server ends a transaction left idle, and a lock wait gives up
-        // after the same time a caller waits for a connection.
+        // replica's writes: the server ends a transaction left idle, and a
+        // lock wait gives up after the same time a caller waits for a
+        // connection.
         let lock_ms = cfg.acquire_timeout.as_millis().max(1).to_string();
         let opts = opts.options([
             ("idle_in_transaction_session_timeout", "30000"),
