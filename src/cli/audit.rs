@@ -1,6 +1,6 @@
 //! `taskmint audit verify|export|task|review` and `taskmint inventory`.
-//! `verify` reads the store file directly (offline, also while the issuer
-//! runs); the rest ask a running issuer.
+//! `verify` reads the store directly (offline, also while the issuer runs;
+//! on PostgreSQL without writing); the rest ask a running issuer.
 
 use std::path::PathBuf;
 
@@ -33,6 +33,40 @@ pub struct VerifyArgs {
     /// Config naming the store.
     #[arg(long, default_value = super::serve::DEFAULT_CONFIG)]
     pub config: PathBuf,
+    /// A head printed by an earlier verify and kept outside the store: fail
+    /// unless the chain still holds that event (a deleted tail with its head
+    /// rolled back to match verifies otherwise).
+    #[arg(long, value_name = "SEQ:HASH")]
+    pub expect_head: Option<ExpectedHead>,
+}
+
+/// An event the chain must still hold: `SEQ:HASH`, as `audit verify`
+/// prints its head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedHead {
+    /// Its sequence number (from 1).
+    pub seq: u64,
+    /// Its hash (lowercase hex SHA-256).
+    pub hash: String,
+}
+
+impl std::str::FromStr for ExpectedHead {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad =
+            || format!("`{s}` is not SEQ:HASH (a sequence from 1 and 64 lowercase hex digits)");
+        let (seq, hash) = s.split_once(':').ok_or_else(bad)?;
+        let seq: u64 = seq.parse().map_err(|_| bad())?;
+        let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+        if seq == 0 || hash.len() != 64 || !hash.chars().all(hex) {
+            return Err(bad());
+        }
+        Ok(Self {
+            seq,
+            hash: hash.to_owned(),
+        })
+    }
 }
 
 /// Arguments of `audit export`.
@@ -135,29 +169,80 @@ pub fn event_json(e: &pb::AuditEvent) -> Value {
 
 /// Verifies the audit chain of the store at `path`; the last good sequence.
 pub async fn verify_store(path: &std::path::Path) -> anyhow::Result<u64> {
+    Ok(verify_sqlite(path, None).await?.0)
+}
+
+/// Verifies the SQLite store at `path`; the verified head (seq 0 and an
+/// empty hash for an empty trail).
+async fn verify_sqlite(
+    path: &std::path::Path,
+    expect: Option<&ExpectedHead>,
+) -> anyhow::Result<(u64, String)> {
     if !path.exists() {
         anyhow::bail!("no store at `{}`", path.display());
     }
     let store = SqliteStore::open_read_only(path).await?;
-    let n = verify_chain(&store).await;
+    let head = verify_chain(&store, expect).await;
     store.close().await;
-    n
+    head
+}
+
+/// What `audit verify` found in a PostgreSQL store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgVerified {
+    /// The last good sequence: the chain verified through it.
+    pub through: u64,
+    /// The hash of that event (empty for an empty trail).
+    pub head_hash: String,
+    /// Committed events not sealed into the chain yet (a running issuer
+    /// seals them within a moment); the chain does not cover them.
+    pub pending: u64,
 }
 
 /// Verifies the audit chain of the PostgreSQL store at `url` (opened
-/// without migrating it); the last good sequence.
-pub async fn verify_pg_store(url: &str, pool: &PgPoolConfig) -> anyhow::Result<u64> {
+/// without migrating it). It only reads: events still pending their seal
+/// are counted, not sealed.
+pub async fn verify_pg_store(
+    url: &str,
+    pool: &PgPoolConfig,
+    expect: Option<&ExpectedHead>,
+) -> anyhow::Result<PgVerified> {
     let store = PgStore::open_read_only(url, pool).await?;
-    let n = verify_chain(&store).await;
+    let verified = async {
+        let (through, head_hash) = verify_chain(&store, expect).await?;
+        // Counted after the chain: what was pending and got sealed since is
+        // not counted twice, only possibly missed by both.
+        let pending = store.pending_audit_events().await?;
+        anyhow::Ok(PgVerified {
+            through,
+            head_hash,
+            pending,
+        })
+    }
+    .await;
     store.close().await;
-    n
+    verified
 }
 
-async fn verify_chain(store: &dyn Store) -> anyhow::Result<u64> {
+/// Verifies the chain through the head record, and that it holds `expect`;
+/// the verified head.
+async fn verify_chain(
+    store: &dyn Store,
+    expect: Option<&ExpectedHead>,
+) -> anyhow::Result<(u64, String)> {
     // The head first: a running issuer keeps appending, and what comes
     // after this head is not part of what is verified.
     let head = store.audit_head().await?;
     let through = head.as_ref().map(|(s, _)| *s).unwrap_or(0);
+    if let Some(x) = expect
+        && x.seq > through
+    {
+        anyhow::bail!(
+            "audit chain ends at seq {through}, before the expected head {}: events were \
+             deleted from the end and the head record rolled back",
+            x.seq
+        );
+    }
     let mut v = Verifier::default();
     let mut after = 0;
     while after < through {
@@ -166,24 +251,56 @@ async fn verify_chain(store: &dyn Store) -> anyhow::Result<u64> {
         after = last.seq;
         for e in page.iter().filter(|e| e.seq <= through) {
             v.check(e)?;
+            if let Some(x) = expect
+                && x.seq == e.seq
+                && x.hash != e.hash
+            {
+                anyhow::bail!(
+                    "audit chain broken at seq {}: its hash is `{}`, not the expected `{}` \
+                     (the chain was rewritten from there or before)",
+                    e.seq,
+                    e.hash,
+                    x.hash
+                );
+            }
         }
     }
-    Ok(v.finish(head)?)
+    let last = v.finish(head.clone())?;
+    Ok((last, head.map(|(_, h)| h).unwrap_or_default()))
 }
 
 pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::Verify(a) => {
             let cfg = Config::load(&a.config)?;
-            let (n, at) = match (&cfg.store.path, &cfg.store.url) {
-                (_, Some(url)) => (
-                    verify_pg_store(url, &cfg.store.pool()).await?,
-                    crate::store::redact_url(url),
+            let expect = a.expect_head.as_ref();
+            let ((n, hash), at, pending) = match (&cfg.store.path, &cfg.store.url) {
+                (_, Some(url)) => {
+                    let v = verify_pg_store(url, &cfg.store.pool(), expect).await?;
+                    (
+                        (v.through, v.head_hash),
+                        crate::store::redact_url(url),
+                        Some(v.pending),
+                    )
+                }
+                (Some(path), None) => (
+                    verify_sqlite(path, expect).await?,
+                    path.display().to_string(),
+                    None,
                 ),
-                (Some(path), None) => (verify_store(path).await?, path.display().to_string()),
                 (None, None) => anyhow::bail!("the config names no store"),
             };
             println!("audit trail intact: {n} events, hash chain and head verified ({at})");
+            if n > 0 {
+                // Kept outside the store, it exposes a later deleted tail.
+                println!("head {n}:{hash} (check a later chain with --expect-head)");
+            }
+            if let Some(x) = expect {
+                println!("expected head {}:{} is in the chain", x.seq, x.hash);
+            }
+            if let Some(p) = pending {
+                println!("{p} events pending seal (committed, not yet in the chain)");
+            }
         }
         AuditCommand::Export(a) => {
             let mut c = a.conn.connect().await?;
@@ -407,4 +524,26 @@ pub(super) async fn inventory(a: InventoryArgs) -> anyhow::Result<()> {
         println!("{count} active grant(s)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExpectedHead;
+
+    #[test]
+    fn expected_heads_parse_as_verify_prints_them() {
+        let hash = "ab".repeat(32);
+        let head: ExpectedHead = format!("12:{hash}").parse().unwrap();
+        assert_eq!((head.seq, head.hash.as_str()), (12, hash.as_str()));
+        for bad in [
+            format!("0:{hash}"),
+            format!("x:{hash}"),
+            "12".to_owned(),
+            "12:abc".to_owned(),
+            format!("12:{}", hash.to_uppercase()),
+        ] {
+            let err = bad.parse::<ExpectedHead>().unwrap_err();
+            assert!(err.contains("is not SEQ:HASH"), "{bad}: {err}");
+        }
+    }
 }

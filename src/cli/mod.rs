@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-pub use audit::{render_timeline as audit_timeline_text, verify_store as verify_audit_store};
+pub use audit::{
+    ExpectedHead, PgVerified, render_timeline as audit_timeline_text,
+    verify_pg_store as verify_audit_pg_store, verify_store as verify_audit_store,
+};
 
 use crate::client::{Client, ClientConfig};
 use crate::clock::rfc3339;

@@ -1,7 +1,8 @@
 //! The background duties that make access end by itself: revoke tasks whose
 //! deadline passed (also those that passed while the issuer was down: the
-//! first pass runs before serving), prune the log past retention, and watch
-//! for overdue acknowledgements.
+//! first pass runs before serving), prune the log past retention, watch for
+//! overdue acknowledgements, and seal the audit trail. With several
+//! replicas, only the leader runs them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,7 +100,8 @@ pub async fn run(
 /// One round of the leader's duties. Each is safe to run twice (by a leader
 /// that has just lost its lead and its successor): ending an ended task
 /// records nothing, an overdue delivery is recorded once per subscriber and
-/// revocation, and pruning removes what is already gone.
+/// revocation, sealing takes the audit head's lock, and pruning removes
+/// what is already gone.
 async fn duties(
     revs: &Arc<Revocations>,
     feed: &FeedConfig,
@@ -119,6 +121,11 @@ async fn duties(
             }
         }
         Err(e) => tracing::error!(error = %e, "delivery check failed"),
+    }
+    // Chain what was committed since the last round (PostgreSQL; a no-op
+    // where events are chained as they are written).
+    if let Err(e) = revs.store().seal_audit().await {
+        tracing::error!(error = %e, "cannot seal the audit trail");
     }
     if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
         *last_prune = Some(Instant::now());

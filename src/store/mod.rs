@@ -308,6 +308,14 @@ pub trait Store: Send + Sync + 'static {
     /// several replicas signing the same change one wins); `false`, storing
     /// nothing, when another CRL was stored first.
     async fn store_crl(&self, expected: u64, crl: &StoredCrl) -> Result<bool, StoreError>;
+
+    /// Numbers and chains audit events that were committed unchained; how
+    /// many. Backends that chain at write time (SQLite: one writer) have
+    /// nothing to do. On PostgreSQL, state-changing transactions insert
+    /// their events pending, and this seals them in short transactions of
+    /// its own; reads of the trail call it first, and the leader calls it
+    /// periodically so the chain covers new events within a moment.
+    async fn seal_audit(&self) -> Result<u64, StoreError>;
 }
 
 /// The store the config names, opened (and migrated).

@@ -1,9 +1,54 @@
-//! The audit trail in PostgreSQL: the append-only `audit` table (plpgsql
-//! triggers refuse updates and deletes), chained by hash, and its head row.
-//! Every transaction that appends locks the head row first (`FOR UPDATE`),
-//! so appends from every process form one linear chain.
+//! The audit trail in PostgreSQL: the append-only `audit` table, its hash
+//! chain, and the head row — chained after commit by a sealer, so that
+//! writers on different replicas never queue on one lock.
+//!
+//! **Written with the state.** A transaction that changes state inserts its
+//! audit rows *pending* — content only; `seq`, `prev_hash` and `hash` NULL —
+//! in that same transaction, and takes no shared lock for them. Whatever
+//! commits is audited; whatever rolls back leaves no event.
+//!
+//! **Chained by a sealer.** [`seal_page`] runs in a short transaction of its
+//! own: it locks the `audit_head` row (only sealers take it), reads the
+//! committed pending rows, numbers and chains them after the head with
+//! [`audit::seal`] exactly as the SQLite backend does at write time, writes
+//! `seq`, `prev_hash` and `hash` into them, moves the head and commits. The
+//! lock is held for that one transaction, never for a writer's. Sealers on
+//! several replicas serialise on the head row and read the pending rows only
+//! after taking it, so none seals a row twice (the update also re-checks
+//! `seq IS NULL`) and the chain stays linear. Who seals: the leader's loop
+//! every few hundred milliseconds ([`Store::seal_audit`]), every read of
+//! the trail first (so a reader sees every event committed before it asked,
+//! with no hole), and `append_audit`, whose callers want their events' numbers
+//! back, in its own transaction. With nothing pending, the check is one probe
+//! of a partial index and takes no lock.
+//!
+//! **Chain order** is the order of sealing, not of insertion. Within one
+//! sealing pass, each transaction's rows stay together, in the order they
+//! were inserted, and transactions follow the order of the first row each
+//! inserted (`id`, from a sequence). So where state is ordered by a row lock
+//! held until commit and the events are inserted after taking it — the
+//! revocation counter, a subscriber's acknowledgement — the chain follows
+//! that order: the later transaction's rows are inserted after the earlier
+//! one committed, and no pass sees the later without the earlier. Otherwise
+//! a transaction that inserted first but committed last may be chained
+//! after one that committed before it.
+//!
+//! **What is detected** (`taskmint audit verify`): a sealed row's content
+//! changed, a sealed row deleted, sealed rows reordered or renumbered — each
+//! named by the first sequence that fails. Triggers refuse these in the
+//! first place: an update may only seal a pending row (set the three chain
+//! columns once, change nothing else), deletes and truncation are refused,
+//! and the head only moves forward; getting past them takes disabling the
+//! triggers. A deleted tail together with a head rolled back to match it is
+//! detected only against a head kept outside the database: `audit verify`
+//! prints its head as `SEQ:HASH`, and `--expect-head` checks a later chain
+//! still holds it. Pending rows — normally for well under a second
+//! — are protected by those triggers only, not yet by the chain; `audit
+//! verify` reports how many it saw.
+//!
+//! [`Store::seal_audit`]: crate::store::Store::seal_audit
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Row};
 
 use super::Pg;
 use crate::audit::{self, AuditDraft, AuditEvent};
@@ -12,38 +57,30 @@ use crate::store::StoreError;
 const COLUMNS: &str = "seq, time, prev_hash, hash, kind, actor, task_holder, task_id, \
      credential_id, decision, policies, reason, break_glass, ref_seq, subject";
 
-const INSERT: &str = "INSERT INTO audit (seq, time, prev_hash, hash, kind, actor, \
-     task_holder, task_id, credential_id, decision, policies, reason, break_glass, ref_seq, \
-     subject) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+/// A pending row as the shared row mapping reads it: the chain columns are
+/// placeholders, replaced when it is sealed.
+const PENDING_COLUMNS: &str = "id, nth, 0::BIGINT AS seq, ''::TEXT AS prev_hash, \
+     ''::TEXT AS hash, time, kind, actor, task_holder, task_id, credential_id, decision, \
+     policies, reason, break_glass, ref_seq, subject";
 
-/// Chains `drafts` after the head and inserts them, moving the head, in the
-/// caller's transaction. The head row stays locked until that transaction
-/// ends: a later append of another transaction chains after this one's
-/// events, or, if this one rolls back, after what was there before.
+const INSERT: &str = "INSERT INTO audit (time, kind, actor, task_holder, task_id, \
+     credential_id, decision, policies, reason, break_glass, ref_seq, subject) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id";
+
+/// How many transactions' events one sealing pass takes at most, so a
+/// backlog is sealed in several short transactions rather than one long one.
+const SEAL_PAGE: i64 = 256;
+
+/// Inserts `drafts`, pending, in the caller's transaction; their row ids.
+/// Takes no lock that another transaction could wait for.
 pub(super) async fn append(
     conn: &mut PgConnection,
     drafts: impl IntoIterator<Item = AuditDraft>,
-) -> Result<Vec<AuditEvent>, StoreError> {
-    let mut drafts = drafts.into_iter().peekable();
-    if drafts.peek().is_none() {
-        return Ok(Vec::new());
-    }
-    let (seq, hash): (i64, String) =
-        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-            .fetch_optional(&mut *conn)
-            .await
-            .pg()?
-            .ok_or_else(|| StoreError::Corrupt("the audit head row is missing".into()))?;
-    let (mut seq, mut hash) = (seq as u64, hash);
-    let mut out = Vec::new();
-    for d in drafts {
-        let e = audit::seal(seq, &hash, d);
-        let b = &e.body;
-        sqlx::query(INSERT)
-            .bind(e.seq as i64)
+) -> Result<Vec<i64>, StoreError> {
+    let mut ids = Vec::new();
+    for b in drafts {
+        let id: i64 = sqlx::query_scalar(INSERT)
             .bind(b.time)
-            .bind(&e.prev_hash)
-            .bind(&e.hash)
             .bind(&b.kind)
             .bind(&b.actor)
             .bind(&b.task_holder)
@@ -55,12 +92,93 @@ pub(super) async fn append(
             .bind(b.break_glass)
             .bind(b.ref_seq.map(|s| s as i64))
             .bind(&b.subject)
-            .execute(&mut *conn)
+            .fetch_one(&mut *conn)
             .await
             .pg()?;
-        seq = e.seq;
-        hash.clone_from(&e.hash);
-        out.push(e);
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Whether any committed row waits for its seal: one probe of the partial
+/// index of pending rows, no lock.
+pub(super) async fn anything_pending(pool: &PgPool) -> Result<bool, StoreError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM audit WHERE seq IS NULL)")
+        .fetch_one(pool)
+        .await
+        .pg()
+}
+
+/// How many committed rows wait for their seal.
+pub(super) async fn count_pending(pool: &PgPool) -> Result<u64, StoreError> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit WHERE seq IS NULL")
+        .fetch_one(pool)
+        .await
+        .pg()?;
+    Ok(n as u64)
+}
+
+/// Locks the head row until `conn`'s transaction ends and seals, after it,
+/// the pending rows of at most [`SEAL_PAGE`] transactions (whole ones, in
+/// chain order); how many rows it sealed, and whether the page was full
+/// (more may be pending).
+pub(super) async fn seal_page(conn: &mut PgConnection) -> Result<(u64, bool), StoreError> {
+    let (seq, hash): (i64, String) =
+        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+            .fetch_optional(&mut *conn)
+            .await
+            .pg()?
+            .ok_or_else(|| StoreError::Corrupt("the audit head row is missing".into()))?;
+    // Read only now, under the lock: what an earlier sealer committed while
+    // this one waited is sealed already and no longer pending.
+    let sql = format!(
+        "SELECT {PENDING_COLUMNS} FROM ( \
+           SELECT *, DENSE_RANK() OVER (ORDER BY first) AS nth FROM ( \
+             SELECT *, MIN(id) OVER (PARTITION BY xact) AS first \
+             FROM audit WHERE seq IS NULL) AS by_xact) AS ranked \
+         WHERE nth <= $1 ORDER BY first, id"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(SEAL_PAGE)
+        .fetch_all(&mut *conn)
+        .await
+        .pg()?;
+    if rows.is_empty() {
+        return Ok((0, false));
+    }
+    let (mut seq, mut hash) = (seq as u64, hash);
+    let (mut ids, mut seqs, mut prevs, mut hashes) = (vec![], vec![], vec![], vec![]);
+    let mut full = false;
+    for r in &rows {
+        ids.push(r.try_get::<i64, _>("id").pg()?);
+        full |= r.try_get::<i64, _>("nth").pg()? >= SEAL_PAGE;
+        let e = audit::seal(seq, &hash, from_row(r)?.body);
+        seqs.push(e.seq as i64);
+        prevs.push(e.prev_hash);
+        hashes.push(e.hash.clone());
+        (seq, hash) = (e.seq, e.hash);
+    }
+    let sealed = sqlx::query(
+        "UPDATE audit SET seq = u.seq, prev_hash = u.prev_hash, hash = u.hash \
+         FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[]) \
+           AS u(id, seq, prev_hash, hash) \
+         WHERE audit.id = u.id AND audit.seq IS NULL",
+    )
+    .bind(&ids)
+    .bind(&seqs)
+    .bind(&prevs)
+    .bind(&hashes)
+    .execute(&mut *conn)
+    .await
+    .pg()?
+    .rows_affected();
+    if sealed != ids.len() as u64 {
+        // Only a writer that skipped the head lock could have sealed them.
+        return Err(StoreError::Corrupt(format!(
+            "{} of {} pending audit events were sealed by another writer",
+            ids.len() as u64 - sealed,
+            ids.len()
+        )));
     }
     sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
         .bind(seq as i64)
@@ -68,12 +186,36 @@ pub(super) async fn append(
         .execute(conn)
         .await
         .pg()?;
-    Ok(out)
+    Ok((sealed, full))
+}
+
+/// Seals every pending row in `conn`'s transaction (its own uncommitted
+/// ones too), page after page; how many. The head row stays locked until
+/// the transaction ends.
+pub(super) async fn seal_all(conn: &mut PgConnection) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let (n, full) = seal_page(conn).await?;
+        total += n;
+        if !full {
+            return Ok(total);
+        }
+    }
+}
+
+/// The sealed events with these row ids, in chain order.
+pub(super) async fn by_ids(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> Result<Vec<AuditEvent>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM audit WHERE id = ANY($1) ORDER BY seq");
+    let rows = sqlx::query(&sql).bind(ids).fetch_all(conn).await.pg()?;
+    rows.iter().map(from_row).collect()
 }
 
 use crate::store::rows::audit_event as from_row;
 
-/// Events with `seq > after`, in order, at most `limit`.
+/// Sealed events with `seq > after`, in order, at most `limit`.
 pub(super) async fn after(
     pool: &PgPool,
     after: u64,
@@ -82,8 +224,8 @@ pub(super) async fn after(
     super::seq_page(pool, (COLUMNS, "audit"), after, limit, from_row).await
 }
 
-/// The head record; `None` before the first event (the row exists from the
-/// start, at sequence 0, so appends can lock it).
+/// The head record; `None` before the first sealed event (the row exists
+/// from the start, at sequence 0, so sealers can lock it).
 pub(super) async fn head(pool: &PgPool) -> Result<Option<(u64, String)>, StoreError> {
     let row: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1 AND seq > 0")
@@ -93,14 +235,16 @@ pub(super) async fn head(pool: &PgPool) -> Result<Option<(u64, String)>, StoreEr
     Ok(row.map(|(s, h)| (s as u64, h)))
 }
 
-/// Every event about one task, in order.
+/// Every sealed event about one task, in order.
 pub(super) async fn of_task(
     pool: &PgPool,
     holder: &str,
     task_id: &str,
 ) -> Result<Vec<AuditEvent>, StoreError> {
-    let sql =
-        format!("SELECT {COLUMNS} FROM audit WHERE task_holder = $1 AND task_id = $2 ORDER BY seq");
+    let sql = format!(
+        "SELECT {COLUMNS} FROM audit \
+         WHERE task_holder = $1 AND task_id = $2 AND seq IS NOT NULL ORDER BY seq"
+    );
     let rows = sqlx::query(&sql)
         .bind(holder)
         .bind(task_id)
@@ -110,7 +254,8 @@ pub(super) async fn of_task(
     rows.iter().map(from_row).collect()
 }
 
-/// For each subscriber, its first acknowledgement event covering `seq`.
+/// For each subscriber, its first sealed acknowledgement event covering
+/// `seq`.
 pub(super) async fn acks_covering(pool: &PgPool, seq: u64) -> Result<Vec<AuditEvent>, StoreError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM audit WHERE seq IN ( \

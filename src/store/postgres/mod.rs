@@ -12,14 +12,13 @@
 //!   whose row lock serialises revocations until commit: gap-free, in commit
 //!   order;
 //! - acknowledgements never move backwards (`GREATEST`);
-//! - the audit chain stays linear because every transaction that appends
-//!   locks the head row first. This serialises audit appends — nearly every
-//!   write — on one row lock for the length of its transaction, which bounds
-//!   write throughput by the database's commit latency; a later step may
-//!   replace it.
+//! - audit events are inserted pending in the transaction they describe,
+//!   without a shared lock, and chained after commit by short sealing
+//!   transactions that alone lock the audit head row (see [`audit`]), so
+//!   writers do not queue on it.
 //!
 //! Locks are taken kind by kind in one order (task rows, credential rows,
-//! counters, the audit head), which keeps most transactions from
+//! counters; the audit head by sealers only), which keeps most transactions from
 //! deadlocking; within a kind, a cascading revocation locks several sets one
 //! after another, so two overlapping cascades can still deadlock. PostgreSQL
 //! then aborts one of them, and a deadlock or serialization failure is
@@ -92,6 +91,8 @@ pub struct PgStore {
     /// sessions of their own that the listener and the leader keep.
     opts: PgConnectOptions,
     connect_timeout: Duration,
+    /// Opened for a tool beside the issuer: reads never seal (a write).
+    read_only: bool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -121,7 +122,8 @@ impl PgStore {
     /// that run beside an issuer; a schema other than the one this build
     /// knows is refused, naming both versions.
     pub async fn open_read_only(url: &str, cfg: &PgPoolConfig) -> Result<Self, StoreError> {
-        let store = Self::connect(url, cfg).await?;
+        let mut store = Self::connect(url, cfg).await?;
+        store.read_only = true;
         let expected = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
         let found: Option<i64> =
             match sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
@@ -171,10 +173,11 @@ impl PgStore {
                 )));
             }
         }
-        // A replica that stalls or is cut off while holding a row lock (the
-        // audit head, a task) must not hold every other replica's writes:
-        // the server ends a transaction left idle, and a lock wait gives up
-        // after the same time a caller waits for a connection.
+        // A replica that stalls or is cut off while holding a row lock (a
+        // task, a counter, a sealer's audit head) must not hold every other
+        // replica's writes: the server ends a transaction left idle, and a
+        // lock wait gives up after the same time a caller waits for a
+        // connection.
         let lock_ms = cfg.acquire_timeout.as_millis().max(1).to_string();
         let opts = opts.options([
             ("idle_in_transaction_session_timeout", "30000"),
@@ -188,6 +191,7 @@ impl PgStore {
             pool,
             opts,
             connect_timeout: cfg.connect_timeout,
+            read_only: false,
         })
     }
 
@@ -199,6 +203,21 @@ impl PgStore {
     /// This process's claim on leading the background duties.
     pub fn leader(&self) -> Leader {
         Leader::new(self.opts.clone(), self.connect_timeout)
+    }
+
+    /// How many committed audit events wait for their seal: not yet covered
+    /// by the chain (`taskmint audit verify` reports them).
+    pub async fn pending_audit_events(&self) -> Result<u64, StoreError> {
+        self.refine(audit::count_pending(&self.pool).await).await
+    }
+
+    /// Seals what is pending before a read of the trail, so the reader sees
+    /// every event committed before it asked; a read-only store leaves it.
+    async fn seal_for_read(&self) -> Result<(), StoreError> {
+        if !self.read_only {
+            self.seal_audit().await?;
+        }
+        Ok(())
     }
 
     /// Waits for the connections in use to be returned and closes them all;
@@ -572,8 +591,17 @@ impl Store for PgStore {
     }
 
     async fn append_audit(&self, events: &[AuditDraft]) -> Result<Vec<AuditEvent>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Its callers may want the numbers and hashes back, so these events
+        // are sealed in their own transaction (with whatever else is
+        // pending): the head lock is held for an insert, the seal and the
+        // commit. None of these calls is on the mint path.
         self.write(|mut tx| async move {
-            let out = append(&mut tx, events.iter().cloned()).await?;
+            let ids = append(&mut tx, events.iter().cloned()).await?;
+            audit::seal_all(&mut tx).await?;
+            let out = audit::by_ids(&mut tx, &ids).await?;
             Ok((out, tx))
         })
         .await
@@ -611,20 +639,24 @@ impl Store for PgStore {
     }
 
     async fn audit_after(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
+        self.seal_for_read().await?;
         self.refine(audit::after(&self.pool, after, limit).await)
             .await
     }
 
     async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError> {
+        self.seal_for_read().await?;
         self.refine(audit::head(&self.pool).await).await
     }
 
     async fn task_audit(&self, holder: &str, task_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
+        self.seal_for_read().await?;
         self.refine(audit::of_task(&self.pool, holder, task_id).await)
             .await
     }
 
     async fn acks_covering(&self, seq: u64) -> Result<Vec<AuditEvent>, StoreError> {
+        self.seal_for_read().await?;
         self.refine(audit::acks_covering(&self.pool, seq).await)
             .await
     }
@@ -673,6 +705,30 @@ impl Store for PgStore {
             Ok((out, tx))
         })
         .await
+    }
+
+    /// One short transaction per page of pending transactions' events;
+    /// nothing pending costs one index probe and no lock. A read-only store
+    /// seals nothing.
+    async fn seal_audit(&self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        while !self.read_only
+            && self
+                .refine(audit::anything_pending(&self.pool).await)
+                .await?
+        {
+            let (n, full) = self
+                .write(|mut tx| async move {
+                    let out = audit::seal_page(&mut tx).await?;
+                    Ok((out, tx))
+                })
+                .await?;
+            total += n;
+            if !full {
+                break;
+            }
+        }
+        Ok(total)
     }
 }
 

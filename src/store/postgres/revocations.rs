@@ -31,7 +31,8 @@ pub(super) async fn bump(conn: &mut PgConnection, name: &str) -> Result<u64, Sto
 /// Revokes every credential in scope, one event per task, each signed by
 /// `sign`; optionally ends the task and its descendants. All in one
 /// transaction. Lock order, the same in every write: task rows, then
-/// credential rows, then the sequence counter, then the audit head.
+/// credential rows, then the sequence counter (audit events are inserted
+/// pending, without a lock: sealers alone take the audit head).
 pub(super) async fn revoke(
     conn: &mut PgConnection,
     req: &RevokeRequest,

@@ -397,3 +397,5 @@ async fn two_replicas_agree_on_the_bundle_sequence() {
         assert_eq!(s.bundle_sequence("h2").await.unwrap(), first + 1);
     }
 }
+
+mod audit_chain;
