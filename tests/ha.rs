@@ -32,6 +32,8 @@ struct Fleet {
     /// `None` when the tests use an outside server (which they cannot restart).
     cluster: Option<Cluster>,
     replicas: Vec<Replica>,
+    /// The database the replicas share.
+    url: String,
 }
 
 /// One `taskmint serve` process.
@@ -94,6 +96,11 @@ impl Fleet {
                 &format!("url = \"{url}\"\nacquire_timeout = \"3s\""),
             )
             .replace("reaper_interval = \"1s\"", "reaper_interval = \"200ms\"")
+            // One agent plays many callers under load: no token bucket in the way.
+            .replace(
+                "rate = { per_second = 100.0, burst = 200 }",
+                "rate = { per_second = 100000.0, burst = 100000 }",
+            )
             .replace(
                 "heartbeat_interval = \"10s\"",
                 "heartbeat_interval = \"1s\"",
@@ -103,6 +110,7 @@ impl Fleet {
             dir,
             cluster,
             replicas: Vec::new(),
+            url,
         })
     }
 
@@ -231,8 +239,16 @@ async fn a_revocation_on_any_replica_reaches_watchers_on_every_replica_in_order(
     // Watchers on C and on A.
     let mut on_c = fleet.client(2, "sidecar").await.watcher(watch_all());
     let mut on_a = fleet.client(0, "sidecar").await.watcher(watch_all());
+    let mut filtered = fleet
+        .client(2, "sidecar")
+        .await
+        .watcher(pb::WatchRevocationsRequest {
+            task_id: "no-such-task".into(),
+            ..watch_all()
+        });
     assert_eq!(synced(&mut on_c).await, 0);
     assert_eq!(synced(&mut on_a).await, 0);
+    assert_eq!(synced(&mut filtered).await, 0);
 
     // Mint on A; complete on A and on B, at the same time.
     let mut a = fleet.client(0, "agent").await;
@@ -264,9 +280,10 @@ async fn a_revocation_on_any_replica_reaches_watchers_on_every_replica_in_order(
         assert_eq!(seen, tasks.iter().cloned().collect());
     }
 
-    // A heartbeat carries the global head, whoever committed it.
+    // A heartbeat carries the global head, whoever committed it: also to a
+    // watcher whose filter let none of the events through.
     let head = loop {
-        match tokio::time::timeout(Duration::from_secs(5), on_c.next()).await {
+        match tokio::time::timeout(Duration::from_secs(5), filtered.next()).await {
             Ok(Ok(WatchItem::Heartbeat(s))) => break s,
             Ok(Ok(WatchItem::Event(e))) => panic!("unexpected event {}", e.seq),
             Ok(Ok(_)) => {}
@@ -326,26 +343,39 @@ async fn a_replica_killed_under_load_loses_nothing_it_acknowledged() {
         let mut c = fleet.client(0, "agent").await;
         load.push(tokio::spawn(async move {
             let mut acked = Vec::new();
-            let task = format!("load-{n}");
-            let mut failures = 0;
-            while Instant::now() < stop_at && failures < 3 {
+            let mut cut_off = 0;
+            while Instant::now() < stop_at && cut_off < 3 {
+                // A task per 50 mints: the limit on active credentials.
+                let task = format!("load-{n}-{}", acked.len() / 50);
                 match c.mint_jwt(&task, "db", None).await {
                     Ok(r) => acked.push(r.credential.unwrap().id),
-                    Err(_) => failures += 1,
-                }
-                // The limit on active credentials per task.
-                if acked.len() % 90 == 89 {
-                    break;
+                    Err(e) => {
+                        // The connection died under the call: no answer
+                        // from the issuer, so nothing was acknowledged.
+                        assert!(
+                            matches!(
+                                e.code(),
+                                tonic::Code::Unavailable
+                                    | tonic::Code::Unknown
+                                    | tonic::Code::Cancelled
+                            ),
+                            "{e:?}"
+                        );
+                        cut_off += 1;
+                    }
                 }
             }
-            acked
+            (acked, cut_off)
         }));
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     fleet.replicas[0].kill();
     let mut acked = Vec::new();
     for l in load {
-        acked.extend(l.await.unwrap());
+        let (ids, cut_off) = l.await.unwrap();
+        // Still minting when the replica died: the kill hit calls in flight.
+        assert!(cut_off > 0, "a loader stopped before the kill");
+        acked.extend(ids);
     }
     assert!(
         acked.len() > 20,
@@ -485,4 +515,77 @@ async fn replicas_refuse_calls_while_postgresql_is_down_and_recover_by_themselve
     let e = next_event(&mut watch, Duration::from_secs(15)).await;
     assert_eq!(e.task_id, "before");
     assert_eq!(e.seq, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn feeds_resync_when_the_log_goes_back() {
+    let Some(mut fleet) = Fleet::new().await else {
+        return;
+    };
+    fleet.start().await;
+    let mut agent = fleet.client(0, "agent").await;
+    for t in ["r1", "r2", "r3"] {
+        agent.mint_jwt(t, "db", None).await.unwrap();
+        agent.complete_task(t).await.unwrap();
+    }
+    let mut watch = fleet
+        .client(0, "sidecar")
+        .await
+        .watch_once(pb::WatchRevocationsRequest {
+            after_seq: Some(3),
+            ..watch_all()
+        })
+        .await
+        .unwrap();
+    // Synced at the head, 3.
+    let first = watch.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.msg,
+        Some(pb::watch_revocations_response::Msg::Synced(ref s)) if s.seq == 3
+    ));
+
+    // A restore to a point before the last revocation: 3 will be handed out
+    // again, so a feed that has passed it must start afresh.
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(&fleet.url).await.unwrap();
+    sqlx::query("DELETE FROM revocations WHERE seq = 3")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE counters SET value = 2 WHERE name = 'revocation_seq'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the feed ended without saying why"),
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("the feed went on past a log that went back");
+    assert_eq!(ended.code(), tonic::Code::OutOfRange, "{ended:?}");
+    assert!(
+        ended.message().contains("ahead of the log"),
+        "{}",
+        ended.message()
+    );
+
+    // Publishing goes on from the new head: the next revocation, numbered 3
+    // again, reaches a fresh watcher live.
+    let mut fresh = fleet
+        .client(0, "sidecar")
+        .await
+        .watcher(pb::WatchRevocationsRequest {
+            after_seq: Some(2),
+            ..watch_all()
+        });
+    assert_eq!(synced(&mut fresh).await, 2);
+    agent.mint_jwt("r4", "db", None).await.unwrap();
+    agent.complete_task("r4").await.unwrap();
+    let e = next_event(&mut fresh, Duration::from_secs(5)).await;
+    assert_eq!((e.seq, e.task_id.as_str()), (3, "r4"));
 }

@@ -104,7 +104,7 @@ pub async fn serve(
     }
     // A replica that cannot read its database is taken out of rotation,
     // and put back once it can.
-    let follow_health = tokio::spawn(report_store_health(health.clone(), store_health));
+    let mut follow_health = tokio::spawn(report_store_health(health.clone(), store_health));
     let health_svc = tonic::service::interceptor::InterceptedService::new(
         health_svc,
         move |req: tonic::Request<()>| match auth::caller(&req, &health_material) {
@@ -127,7 +127,9 @@ pub async fn serve(
     let result = tokio::select! {
         r = &mut server => r,
         _ = shutdown => {
+            // Stopped before the final NOT_SERVING, which it must not undo.
             follow_health.abort();
+            let _ = (&mut follow_health).await;
             for name in SERVICE_NAMES {
                 health
                     .set_service_status(name, tonic_health::ServingStatus::NotServing)

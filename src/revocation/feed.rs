@@ -302,6 +302,8 @@ impl Forwarder {
         self.send(FeedItem::Synced(self.last), true).await?;
 
         let mut closing = self.closing.clone();
+        let mut rewound = self.revs.rewound();
+        rewound.mark_unchanged();
         let mut tick = tokio::time::interval(heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // the first tick is immediate
@@ -332,6 +334,12 @@ impl Forwarder {
                     self.send(FeedItem::Heartbeat(self.last, now_unix()), false).await?
                 }
                 _ = self.tx.closed() => return Err(Stop::Gone),
+                // The log went back: numbers this feed has passed will be
+                // given out again, so the subscriber must start afresh.
+                Ok(()) = rewound.changed() => {
+                    let current = *rewound.borrow_and_update();
+                    return Err(FeedError::Ahead { cursor: self.last, current }.into());
+                }
                 // Server shutdown: end the stream so the subscriber resumes
                 // elsewhere from its cursor.
                 // `wait_for` also sees a close that happened before this

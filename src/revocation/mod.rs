@@ -39,7 +39,7 @@ pub const HUB_CAPACITY: usize = 4096;
 /// The follower reads the log at least this often, whether or not it was
 /// woken: it bounds how late a revocation whose notification was lost is
 /// published, and how soon a lost database is noticed.
-pub const POLL: Duration = Duration::from_secs(1);
+pub const POLL: Duration = Duration::from_millis(500);
 
 /// A read of the log that takes longer than this counts as the database
 /// being unreachable (the pool would otherwise wait its whole acquire
@@ -48,6 +48,22 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Events read per query while catching up.
 const PAGE: u32 = 512;
+
+/// A read of the log, bounded by [`READ_TIMEOUT`] (which counts as busy:
+/// the caller tells busy from unreachable).
+async fn read<T>(
+    query: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(READ_TIMEOUT, query)
+        .await
+        .map_err(|_| StoreError::Unavailable {
+            condition: Condition::Busy,
+            detail: format!(
+                "no answer to a read of the revocation log within {}",
+                humantime::format_duration(READ_TIMEOUT)
+            ),
+        })?
+}
 
 /// The revocation log's writer and live hub.
 pub struct Revocations {
@@ -59,6 +75,8 @@ pub struct Revocations {
     committed: Notify,
     /// `None` while the follower reads the log; otherwise why it cannot.
     health: watch::Sender<Option<StoreError>>,
+    /// The log's head, sent when the log was found to have gone back.
+    rewound: watch::Sender<u64>,
     closing: watch::Sender<bool>,
 }
 
@@ -81,6 +99,7 @@ impl Revocations {
             tx,
             committed: Notify::new(),
             health: watch::channel(None).0,
+            rewound: watch::channel(0).0,
             closing: watch::channel(false).0,
         }
     }
@@ -138,31 +157,29 @@ impl Revocations {
     /// wake-up from `wakes`, and every [`POLL`].
     pub async fn follow(self: Arc<Self>, mut after: u64, mut wakes: CommitWakes) {
         let mut closing = self.closing();
+        // While the listener is down, it is retried after a pause, and the
+        // log is read on every commit and every poll meanwhile.
+        let mut listener_retry = tokio::time::Instant::now();
         let mut listener_down = false;
         loop {
-            match self.publish_after(after).await {
+            match self.catch_up(after).await {
                 Ok(last) => {
                     after = last;
                     self.health.send_if_modified(|h| h.take().is_some());
                 }
-                Err(e) => {
-                    if self.health.borrow().is_none() {
-                        tracing::error!(error = %e, "cannot read the revocation log: refusing calls until it can be read");
-                    }
-                    self.health.send_replace(Some(e));
-                }
+                Err(e) => self.read_failed(e).await,
             }
+            let listener_ready = tokio::time::Instant::now() >= listener_retry;
             tokio::select! {
                 _ = self.committed.notified() => {}
-                r = wakes.next() => match r {
+                r = wakes.next(), if listener_ready => match r {
                     Ok(()) => listener_down = false,
                     Err(e) => {
                         if !listener_down {
-                            tracing::warn!(error = %e, "revocation notifications are down; reading the log every second");
+                            tracing::warn!(error = %e, "revocation notifications are down; reading the log on every poll");
                             listener_down = true;
                         }
-                        // Reconnects on the next call; not in a tight loop.
-                        tokio::time::sleep(POLL).await;
+                        listener_retry = tokio::time::Instant::now() + POLL;
                     }
                 },
                 _ = tokio::time::sleep(POLL) => {}
@@ -171,19 +188,49 @@ impl Revocations {
         }
     }
 
+    /// Publishes what follows `after`; returns the new last sequence. When
+    /// nothing follows, checks that the log did not go back (a database
+    /// restored, or failed over to a replica that lacked the newest
+    /// commits): then the numbers after its head will be given out again,
+    /// so every open feed is ended with a resync and publishing restarts at
+    /// the head.
+    async fn catch_up(&self, after: u64) -> Result<u64, StoreError> {
+        let last = self.publish_after(after).await?;
+        if last > after {
+            return Ok(last);
+        }
+        let head = read(self.store.current_seq()).await?;
+        if head < after {
+            tracing::error!(
+                published = after,
+                head,
+                "the revocation log went back (restored or failed over): ending every feed with a resync"
+            );
+            self.rewound.send_replace(head);
+            return Ok(head);
+        }
+        Ok(after)
+    }
+
+    /// A read of the log failed: unless a fresh connection shows the
+    /// database is only busy (a full pool, a slow query), calls are refused
+    /// until the log can be read.
+    async fn read_failed(&self, e: StoreError) {
+        if e.unavailable() == Some(Condition::Busy) && self.store.probe().await.is_ok() {
+            tracing::warn!(error = %e, "the revocation log is slow to read; the database answers");
+            return;
+        }
+        if self.health.borrow().is_none() {
+            tracing::error!(error = %e, "cannot read the revocation log: refusing calls until it can be read");
+        }
+        self.health.send_replace(Some(e));
+    }
+
     /// Publishes every event of the log after `after`; returns the last
     /// sequence published.
     async fn publish_after(&self, mut after: u64) -> Result<u64, StoreError> {
         loop {
-            let page = tokio::time::timeout(READ_TIMEOUT, self.store.events_after(after, PAGE))
-                .await
-                .map_err(|_| StoreError::Unavailable {
-                    condition: Condition::Unreachable,
-                    detail: format!(
-                        "no answer to a read of the revocation log within {}",
-                        humantime::format_duration(READ_TIMEOUT)
-                    ),
-                })??;
+            let page = read(self.store.events_after(after, PAGE)).await?;
             let full = page.len() == PAGE as usize;
             for e in page {
                 after = e.seq;
@@ -194,6 +241,12 @@ impl Revocations {
                 return Ok(after);
             }
         }
+    }
+
+    /// Resolves with the log's head each time it is found to have gone
+    /// back; feeds then end with a resync.
+    pub fn rewound(&self) -> watch::Receiver<u64> {
+        self.rewound.subscribe()
     }
 
     /// Why the log cannot be read now, if it cannot: calls are refused with

@@ -253,8 +253,11 @@ pub trait Store: Send + Sync + 'static {
     async fn bundle_sequence(&self, content_hash: &str) -> Result<u64, StoreError>;
 
     /// Appends events that describe no other change of state (decisions
-    /// that were denied, reads, reloads), in one transaction.
-    async fn append_audit(&self, events: &[AuditDraft]) -> Result<Vec<AuditEvent>, StoreError>;
+    /// that were denied, reads, reloads), in one transaction, together in
+    /// the chain. Their numbers are not returned: on PostgreSQL they are
+    /// given when the events are sealed, later, so that refused calls
+    /// (which retry storms are made of) never wait for the chain's head.
+    async fn append_audit(&self, events: &[AuditDraft]) -> Result<(), StoreError>;
 
     /// Audit events with `seq > after`, in order, at most `limit`.
     async fn audit_after(&self, after: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
@@ -299,6 +302,11 @@ pub trait Store: Send + Sync + 'static {
     /// processes may observe — a subscriber overdue on one revocation — is
     /// recorded once. Returns whether it appended.
     async fn append_audit_once(&self, event: AuditDraft) -> Result<bool, StoreError>;
+
+    /// Whether the database answers a fresh connection now, bypassing any
+    /// pool: tells a busy database (a full pool, a slow query) from one
+    /// that cannot be reached.
+    async fn probe(&self) -> Result<(), StoreError>;
 
     /// The stored CRL (number and empty DER when none has been stored yet).
     async fn stored_crl(&self) -> Result<StoredCrl, StoreError>;

@@ -16,11 +16,11 @@
 //! several replicas serialise on the head row and read the pending rows only
 //! after taking it, so none seals a row twice (the update also re-checks
 //! `seq IS NULL`) and the chain stays linear. Who seals: the leader's loop
-//! every few hundred milliseconds ([`Store::seal_audit`]), every read of
-//! the trail first (so a reader sees every event committed before it asked,
-//! with no hole), and `append_audit`, whose callers want their events' numbers
-//! back, in its own transaction. With nothing pending, the check is one probe
-//! of a partial index and takes no lock.
+//! on each round ([`Store::seal_audit`]), and every read of the trail first
+//! (so a reader sees every event committed before it asked, with no hole).
+//! No writer seals, `append_audit` included: refused and denied calls, which
+//! retry storms are made of, never wait for the head. With nothing pending,
+//! the check is one probe of a partial index and takes no lock.
 //!
 //! **Chain order** is the order of sealing, not of insertion. Within one
 //! sealing pass, each transaction's rows stay together, in the order they
@@ -187,30 +187,6 @@ pub(super) async fn seal_page(conn: &mut PgConnection) -> Result<(u64, bool), St
         .await
         .pg()?;
     Ok((sealed, full))
-}
-
-/// Seals every pending row in `conn`'s transaction (its own uncommitted
-/// ones too), page after page; how many. The head row stays locked until
-/// the transaction ends.
-pub(super) async fn seal_all(conn: &mut PgConnection) -> Result<u64, StoreError> {
-    let mut total = 0;
-    loop {
-        let (n, full) = seal_page(conn).await?;
-        total += n;
-        if !full {
-            return Ok(total);
-        }
-    }
-}
-
-/// The sealed events with these row ids, in chain order.
-pub(super) async fn by_ids(
-    conn: &mut PgConnection,
-    ids: &[i64],
-) -> Result<Vec<AuditEvent>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM audit WHERE id = ANY($1) ORDER BY seq");
-    let rows = sqlx::query(&sql).bind(ids).fetch_all(conn).await.pg()?;
-    rows.iter().map(from_row).collect()
 }
 
 use crate::store::rows::audit_event as from_row;

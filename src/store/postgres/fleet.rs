@@ -93,17 +93,19 @@ impl CommitListener {
     }
 }
 
-/// This process's claim on the leader's advisory lock.
+/// This process's claim on the leader's advisory lock, on a session of its
+/// own that it keeps whether it leads or waits to.
 pub struct Leader {
     opts: PgConnectOptions,
     connect_timeout: Duration,
     session: Option<PgConnection>,
+    leading: bool,
 }
 
 impl std::fmt::Debug for Leader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Leader")
-            .field("leading", &self.session.is_some())
+            .field("leading", &self.leading)
             .finish_non_exhaustive()
     }
 }
@@ -114,35 +116,58 @@ impl Leader {
             opts,
             connect_timeout,
             session: None,
+            leading: false,
         }
     }
 
     /// Whether this process leads now: confirms the session that holds the
-    /// lock, or tries to take the lock on a new session.
+    /// lock, or tries to take the lock. Every step is bounded: a database
+    /// that stops answering makes this process step down, never hang.
     pub async fn hold(&mut self) -> Result<bool, StoreError> {
-        if let Some(session) = self.session.as_mut() {
-            let ping = tokio::time::timeout(PING_TIMEOUT, session.ping()).await;
-            if matches!(ping, Ok(Ok(()))) {
-                return Ok(true);
+        match tokio::time::timeout(PING_TIMEOUT + self.connect_timeout, self.try_hold()).await {
+            Ok(Ok(leading)) => {
+                self.leading = leading;
+                Ok(leading)
             }
-            // The session (and with it the lock) is gone or unanswered:
-            // step down before anyone else can take over.
-            self.session = None;
-            return Err(StoreError::Unavailable {
-                condition: crate::store::Condition::Unreachable,
-                detail: "the leader's database session stopped answering".into(),
-            });
-        }
-        let connect = PgConnection::connect_with(&self.opts);
-        let mut session = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(c) => c.pg()?,
+            Ok(Err(e)) => {
+                self.step_down();
+                Err(e)
+            }
             Err(_) => {
-                return Err(StoreError::Unavailable {
+                self.step_down();
+                Err(StoreError::Unavailable {
                     condition: crate::store::Condition::Unreachable,
-                    detail: "no connection for the leader's session in time".into(),
-                });
+                    detail: "the leader's database session stopped answering".into(),
+                })
             }
+        }
+    }
+
+    /// Drops the session, and with it the lock if it was held.
+    fn step_down(&mut self) {
+        self.session = None;
+        self.leading = false;
+    }
+
+    async fn try_hold(&mut self) -> Result<bool, StoreError> {
+        let session = match self.session.as_mut() {
+            Some(s) => s,
+            None => self.session.insert(self.connect().await?),
         };
+        if self.leading {
+            session.ping().await.pg()?;
+            return Ok(true);
+        }
+        let took: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LEADER_KEY)
+            .fetch_one(&mut *session)
+            .await
+            .pg()?;
+        Ok(took)
+    }
+
+    async fn connect(&self) -> Result<PgConnection, StoreError> {
+        let mut session = PgConnection::connect_with(&self.opts).await.pg()?;
         // A leader cut off by the network must lose the lock in seconds,
         // not after the kernel's default two hours of keepalive.
         sqlx::query(
@@ -153,24 +178,15 @@ impl Leader {
         .execute(&mut session)
         .await
         .pg()?;
-        let took: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(LEADER_KEY)
-            .fetch_one(&mut session)
-            .await
-            .pg()?;
-        if took {
-            self.session = Some(session);
-        } else {
-            let _ = session.close().await;
-        }
-        Ok(took)
+        Ok(session)
     }
 
     /// Gives the lock up (at shutdown), so another process takes over at
     /// once rather than when this session times out.
     pub async fn release(&mut self) {
+        self.leading = false;
         if let Some(session) = self.session.take() {
-            let _ = session.close().await;
+            let _ = tokio::time::timeout(PING_TIMEOUT, session.close()).await;
         }
     }
 }

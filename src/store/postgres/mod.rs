@@ -287,20 +287,28 @@ impl PgStore {
         if *detail != sqlx::Error::PoolTimedOut.to_string() {
             return e;
         }
+        match self.connect_probe().await {
+            Ok(()) => e,
+            Err(unreachable) => unreachable,
+        }
+    }
+
+    /// One direct connection, bounded by a second.
+    async fn connect_probe(&self) -> Result<(), StoreError> {
         let probe = PgConnection::connect_with(&self.opts);
         match tokio::time::timeout(Duration::from_secs(1), probe).await {
             Ok(Ok(c)) => {
                 let _ = c.close().await;
-                e
+                Ok(())
             }
-            Ok(Err(probe)) => StoreError::Unavailable {
+            Ok(Err(probe)) => Err(StoreError::Unavailable {
                 condition: Condition::Unreachable,
                 detail: probe.to_string(),
-            },
-            Err(_) => StoreError::Unavailable {
+            }),
+            Err(_) => Err(StoreError::Unavailable {
                 condition: Condition::Unreachable,
                 detail: "no answer to a connection attempt within 1s".into(),
-            },
+            }),
         }
     }
 
@@ -590,21 +598,20 @@ impl Store for PgStore {
         .await
     }
 
-    async fn append_audit(&self, events: &[AuditDraft]) -> Result<Vec<AuditEvent>, StoreError> {
+    async fn append_audit(&self, events: &[AuditDraft]) -> Result<(), StoreError> {
         if events.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        // Its callers may want the numbers and hashes back, so these events
-        // are sealed in their own transaction (with whatever else is
-        // pending): the head lock is held for an insert, the seal and the
-        // commit. None of these calls is on the mint path.
+        // Pending, like every other writer's events: no head lock here.
         self.write(|mut tx| async move {
-            let ids = append(&mut tx, events.iter().cloned()).await?;
-            audit::seal_all(&mut tx).await?;
-            let out = audit::by_ids(&mut tx, &ids).await?;
-            Ok((out, tx))
+            append(&mut tx, events.iter().cloned()).await?;
+            Ok(((), tx))
         })
         .await
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.connect_probe().await
     }
 
     async fn append_audit_once(&self, event: AuditDraft) -> Result<bool, StoreError> {

@@ -259,6 +259,7 @@ async fn audit_is_append_only_and_read_only_opens_check_the_schema() {
     s.append_audit(&[AuditDraft::new(crate::audit::kind::STATUS_CHECK, HOLDER, 1)])
         .await
         .unwrap();
+    s.seal_audit().await.unwrap();
     for sql in [
         "UPDATE audit SET reason = 'x'",
         "DELETE FROM audit",

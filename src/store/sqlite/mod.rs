@@ -377,9 +377,16 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn append_audit(&self, events: &[AuditDraft]) -> Result<Vec<AuditEvent>, StoreError> {
+    async fn append_audit(&self, events: &[AuditDraft]) -> Result<(), StoreError> {
         let events = events.to_vec();
-        self.writer()?.run(move |w| w.append(events)).await
+        self.writer()?
+            .run(move |w| w.append(events).map(|_| ()))
+            .await
+    }
+
+    /// The file is local: there is nothing to reach.
+    async fn probe(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     async fn append_audit_once(&self, event: AuditDraft) -> Result<bool, StoreError> {
