@@ -71,7 +71,8 @@ pub struct Revocations {
     signer: Arc<JwtSigner>,
     iss: String,
     tx: broadcast::Sender<Arc<RevocationEvent>>,
-    /// Wakes the follower after a local commit.
+    /// Wakes the follower: a local commit, or a notification of another
+    /// replica's.
     committed: Notify,
     /// `None` while the follower reads the log; otherwise why it cannot.
     health: watch::Sender<Option<StoreError>>,
@@ -155,12 +156,11 @@ impl Revocations {
     /// Publishes the log to the hub, in sequence order, from `after` on,
     /// until [`Revocations::close`]: after every local commit, every
     /// wake-up from `wakes`, and every [`POLL`].
-    pub async fn follow(self: Arc<Self>, mut after: u64, mut wakes: CommitWakes) {
+    pub async fn follow(self: Arc<Self>, mut after: u64, wakes: CommitWakes) {
         let mut closing = self.closing();
-        // While the listener is down, it is retried after a pause, and the
-        // log is read on every commit and every poll meanwhile.
-        let mut listener_retry = tokio::time::Instant::now();
-        let mut listener_down = false;
+        // The listener runs on its own: a wait for it (a reconnect above
+        // all) must not be cut short by every local commit.
+        let listener = tokio::spawn(self.clone().listen(wakes));
         loop {
             match self.catch_up(after).await {
                 Ok(last) => {
@@ -169,21 +169,32 @@ impl Revocations {
                 }
                 Err(e) => self.read_failed(e).await,
             }
-            let listener_ready = tokio::time::Instant::now() >= listener_retry;
             tokio::select! {
                 _ = self.committed.notified() => {}
-                r = wakes.next(), if listener_ready => match r {
-                    Ok(()) => listener_down = false,
-                    Err(e) => {
-                        if !listener_down {
-                            tracing::warn!(error = %e, "revocation notifications are down; reading the log on every poll");
-                            listener_down = true;
-                        }
-                        listener_retry = tokio::time::Instant::now() + POLL;
-                    }
-                },
                 _ = tokio::time::sleep(POLL) => {}
-                _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => return,
+                _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => break,
+            }
+        }
+        listener.abort();
+    }
+
+    /// Wakes the follower on every notification or reconnect of `wakes`;
+    /// while the listener is down, retries it every [`POLL`].
+    async fn listen(self: Arc<Self>, mut wakes: CommitWakes) {
+        let mut down = false;
+        loop {
+            match wakes.next().await {
+                Ok(()) => {
+                    down = false;
+                    self.committed.notify_one();
+                }
+                Err(e) => {
+                    if !down {
+                        tracing::warn!(error = %e, "revocation notifications are down; reading the log on every poll");
+                        down = true;
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
             }
         }
     }
