@@ -84,6 +84,9 @@ pub struct X509Template<'a> {
     pub not_after: i64,
 }
 
+/// RFC 5280's upper bound on a common name (`ub-common-name`).
+const MAX_COMMON_NAME: usize = 64;
+
 /// sha1WithRSAEncryption, ecdsa-with-SHA1, dsa-with-sha1.
 const WEAK_SIGNATURE_ALGS: &[&str] = &[
     "1.2.840.113549.1.1.5",
@@ -444,8 +447,12 @@ fn build_template(t: &X509Template<'_>) -> Result<CertificateParams, CaError> {
     p.distinguished_name = rcgen::DistinguishedName::new();
     p.distinguished_name
         .push(DnType::OrganizationName, "taskmint");
-    p.distinguished_name
-        .push(DnType::CommonName, t.task_id.as_str());
+    // RFC 5280 caps a CN at 64 characters (ub-common-name); a longer task
+    // id lives in the task extension only, which always carries it.
+    if t.task_id.as_str().chars().count() <= MAX_COMMON_NAME {
+        p.distinguished_name
+            .push(DnType::CommonName, t.task_id.as_str());
+    }
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![
@@ -643,6 +650,50 @@ mod tests {
             ca.validate(&der, &t, &key),
             Err(CaError::Validate(_))
         ));
+    }
+
+    /// A task id that fits RFC 5280's 64-character CN is the CN; a longer
+    /// one is left out of the subject and carried by the extension alone.
+    #[test]
+    fn the_common_name_holds_the_task_id_only_when_it_fits() {
+        let id = SpiffeId::new("spiffe://example.org/workload/a").unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let key = CsrKey {
+            spki_der: leaf_key.subject_public_key_info(),
+        };
+        let ca = ca_with(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let now = crate::clock::now_unix();
+        for (len, cn) in [(64, true), (65, false), (128, false)] {
+            let task = TaskId::parse(&"t".repeat(len)).unwrap();
+            let t = X509Template {
+                spiffe_id: &id,
+                task_id: &task,
+                task_holder: "spiffe://example.org/workload/a",
+                owner: "",
+                break_glass: false,
+                serial: &[0x41; 16],
+                not_before: now,
+                not_after: now + 60,
+            };
+            let der = ca.issue(&t, &key).unwrap();
+            let (_, leaf) = X509Certificate::from_der(&der).unwrap();
+            let names: Vec<_> = leaf
+                .subject()
+                .iter_common_name()
+                .map(|a| a.as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(names.len(), usize::from(cn), "task id of {len}");
+            if cn {
+                assert_eq!(names[0], task.as_str());
+            }
+            let ext = leaf
+                .extensions()
+                .iter()
+                .find(|e| e.oid.to_id_string() == TASK_EXTENSION_OID_STR)
+                .expect("the task extension");
+            let binding = parse_task_extension(ext.value).unwrap();
+            assert_eq!(binding.task_id, task.as_str());
+        }
     }
 
     #[test]

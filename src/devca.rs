@@ -182,11 +182,9 @@ impl DevRoot {
             format!("spiffe://{}", self.trust_domain).try_into()?,
         )];
         p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        // A CA signs certificates and CRLs only: X509-SVID Appendix A keeps
+        // digitalSignature for leaves.
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         p.use_authority_key_identifier_extension = true;
         validity(&mut p, 365);
         self.sign(&p)
@@ -378,4 +376,22 @@ name = "sidecar"
 spiffe_id = "spiffe://{trust_domain}/workload/sidecar"
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    use super::DevRoot;
+
+    /// The dev signing CA signs certificates and CRLs, nothing else
+    /// (X509-SVID Appendix A: digitalSignature is for leaves).
+    #[test]
+    fn the_dev_signing_ca_may_only_sign_certificates_and_crls() {
+        let ca = DevRoot::new("example.org").unwrap().signing_ca().unwrap();
+        let (_, cert) = X509Certificate::from_der(&ca.cert_der).unwrap();
+        let ku = cert.key_usage().unwrap().expect("a key usage").value;
+        assert!(ku.key_cert_sign() && ku.crl_sign());
+        assert!(!ku.digital_signature());
+    }
 }

@@ -997,3 +997,18 @@ async fn an_exported_trail_verifies_after_the_wire_round_trip() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn an_export_cursor_past_the_stored_range_is_refused_not_wrapped() {
+    let s = start().await;
+    let mut admin = s.client("admin").await;
+    admin.export_audit(0, 10).await.unwrap();
+    for after in [1u64 << 63, u64::MAX] {
+        let err = admin.export_audit(after, 10).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{after}");
+        assert!(err.message().contains("after_seq"), "{}", err.message());
+    }
+    // The largest stored sequence is a valid cursor: nothing after it.
+    let page = admin.export_audit(i64::MAX as u64, 10).await.unwrap();
+    assert!(page.events.is_empty());
+}

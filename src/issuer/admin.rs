@@ -103,6 +103,14 @@ impl Issuer {
         limit: u32,
     ) -> Result<(Vec<AuditEvent>, Option<(u64, String)>), Error> {
         self.gate.admin(caller, "audit_export").await?;
+        // Sequences are stored as signed 64-bit integers: a larger cursor
+        // would wrap around to the start of the trail.
+        if after > i64::MAX as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "after_seq must be at most {}",
+                i64::MAX
+            )));
+        }
         let limit = limit.clamp(1, 1000);
         let events = self.store.audit_after(after, limit).await?;
         Ok((events, self.store.audit_head().await?))
