@@ -43,6 +43,10 @@ pub enum CsrError {
     /// The RSA key is too short.
     #[error("CSR RSA key has {0} bits; at least 2048 are required")]
     WeakKey(usize),
+    /// The RSA public exponent is not 65537 (small exponents invite
+    /// padding attacks on whoever encrypts or verifies with the key).
+    #[error("CSR RSA key's public exponent must be 65537")]
+    RsaExponent,
     /// The key type is not one this CA certifies.
     #[error("CSR public key algorithm is not supported (use P-256, P-384, Ed25519 or RSA >= 2048)")]
     UnsupportedKey,
@@ -87,6 +91,9 @@ pub struct X509Template<'a> {
 /// RFC 5280's upper bound on a common name (`ub-common-name`).
 const MAX_COMMON_NAME: usize = 64;
 
+/// The one RSA public exponent accepted (F4).
+const RSA_EXPONENT: u64 = 65_537;
+
 /// sha1WithRSAEncryption, ecdsa-with-SHA1, dsa-with-sha1.
 const WEAK_SIGNATURE_ALGS: &[&str] = &[
     "1.2.840.113549.1.1.5",
@@ -114,14 +121,17 @@ pub fn parse_csr(der: &[u8]) -> Result<CsrKey, CsrError> {
     if WEAK_SIGNATURE_ALGS.contains(&sig_alg.as_str()) {
         return Err(CsrError::WeakSignature(sig_alg));
     }
-    csr.verify_signature().map_err(|e| match e {
-        x509_parser::error::X509Error::SignatureUnsupportedAlgorithm => CsrError::UnsupportedKey,
-        _ => CsrError::BadSignature,
-    })?;
+    // The key first: a key too weak to verify with would otherwise be
+    // reported as a bad signature.
     let spki = &csr.certification_request_info.subject_pki;
     match spki.parsed() {
         Ok(x509_parser::public_key::PublicKey::RSA(rsa)) if rsa.key_size() < 2048 => {
             return Err(CsrError::WeakKey(rsa.key_size()));
+        }
+        Ok(x509_parser::public_key::PublicKey::RSA(rsa))
+            if rsa.try_exponent().ok() != Some(RSA_EXPONENT) =>
+        {
+            return Err(CsrError::RsaExponent);
         }
         Ok(x509_parser::public_key::PublicKey::EC(_)) => {
             let curve = spki
@@ -138,6 +148,10 @@ pub fn parse_csr(der: &[u8]) -> Result<CsrKey, CsrError> {
         Ok(_) => {}
         Err(_) => return Err(CsrError::UnsupportedKey),
     }
+    csr.verify_signature().map_err(|e| match e {
+        x509_parser::error::X509Error::SignatureUnsupportedAlgorithm => CsrError::UnsupportedKey,
+        _ => CsrError::BadSignature,
+    })?;
     let spki_der = spki.raw.to_vec();
     SubjectPublicKeyInfo::from_der(&spki_der).map_err(|_| CsrError::UnsupportedKey)?;
     Ok(CsrKey { spki_der })
@@ -694,6 +708,22 @@ mod tests {
             let binding = parse_task_extension(ext.value).unwrap();
             assert_eq!(binding.task_id, task.as_str());
         }
+    }
+
+    /// Weak RSA keys are refused as what they are, before the signature
+    /// (which a 1024-bit key could not even be verified with).
+    #[test]
+    fn weak_rsa_keys_are_refused_as_such() {
+        let short = include_bytes!("../tests/fixtures/csr-rsa1024.der");
+        assert!(matches!(parse_csr(short), Err(CsrError::WeakKey(1024))));
+        let e3 = include_bytes!("../tests/fixtures/csr-rsa-e3.der");
+        assert!(matches!(parse_csr(e3), Err(CsrError::RsaExponent)));
+        let good = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+        let csr = CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&good)
+            .unwrap();
+        parse_csr(csr.der()).unwrap();
     }
 
     #[test]

@@ -435,6 +435,17 @@ async fn delegation_narrows_chains_and_cascades() {
         lifetime_seconds: lifetime,
         task_id: String::new(),
     };
+    // Not to oneself.
+    let err = agent
+        .delegate_task(delegate(AGENT, "plan", &["db"], 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("delegated to another workload"),
+        "{}",
+        err.message()
+    );
     // Audiences: a subset of the parent's.
     let err = agent
         .delegate_task(delegate(HELPER, "plan", &["web"], 0))

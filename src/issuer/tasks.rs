@@ -313,6 +313,14 @@ impl Issuer {
         let parent = self.find_task(&parent_holder, &parent_id).await?;
         let now = now_unix();
         let me = caller.spiffe_id.to_string();
+        // A delegation hands work to another workload: to the task's own
+        // holder (or the delegator) it would only add a depth and a
+        // narrower copy of what is already held.
+        if delegate == me || delegate == parent.holder {
+            return Err(Error::InvalidArgument(format!(
+                "a task is delegated to another workload, not to `{delegate}`, which holds or delegates it"
+            )));
+        }
         let depth = parent.depth + 1;
         let left = (parent.deadline - now).max(0);
         // Compared as durations first: a huge request cannot overflow.
