@@ -205,6 +205,19 @@ async fn every_caller_svid_rule_is_enforced() {
     )];
     assert_refused(&s, Some(&root.sign(&p).unwrap()), "is not a SPIFFE ID").await;
 
+    // The spec allows only a lowercase trust domain: no case folding into
+    // another workload's (or one's own) identity.
+    let mut p = params(agent_id);
+    p.subject_alt_names = vec![SanType::URI(
+        "spiffe://EXAMPLE.ORG/workload/agent".try_into().unwrap(),
+    )];
+    assert_refused(
+        &s,
+        Some(&root.sign(&p).unwrap()),
+        "its trust domain must be lowercase",
+    )
+    .await;
+
     let mut p = params(agent_id);
     p.subject_alt_names = vec![SanType::URI("spiffe://example.org".try_into().unwrap())];
     assert_refused(&s, Some(&root.sign(&p).unwrap()), "has no path").await;

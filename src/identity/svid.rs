@@ -101,6 +101,17 @@ pub fn spiffe_id_of_leaf(leaf: &X509Certificate<'_>) -> Result<SpiffeId, AuthErr
         [one] => *one,
         many => return Err(AuthError::MultipleUriSans(many.len())),
     };
+    // The SPIFFE ID spec allows only lowercase in a trust domain; read
+    // leniently, `EXAMPLE.ORG` would authenticate as `example.org`.
+    let authority = uri
+        .strip_prefix("spiffe://")
+        .map(|rest| rest.split('/').next().unwrap_or_default());
+    if authority.is_some_and(|a| a.bytes().any(|b| b.is_ascii_uppercase())) {
+        return Err(AuthError::NotSpiffeId {
+            uri: uri.to_owned(),
+            reason: "its trust domain must be lowercase".into(),
+        });
+    }
     let id = SpiffeId::new(uri).map_err(|e| AuthError::NotSpiffeId {
         uri: uri.to_owned(),
         reason: e.to_string(),
