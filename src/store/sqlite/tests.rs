@@ -201,29 +201,8 @@ async fn revocation_is_per_task_gap_free_and_ends_the_task() {
 #[tokio::test]
 async fn renaming_migration_keeps_rows_and_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let old = dir.path().join("migrations-0005");
-    std::fs::create_dir(&old).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/migrations");
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name().into_string().unwrap();
-        if name.as_str() < "0006" {
-            std::fs::copy(e.path(), old.join(&name)).unwrap();
-        }
-    }
     let db = dir.path().join("old.db");
-    let opts = SqliteConnectOptions::from_str("sqlite:")
-        .unwrap()
-        .filename(&db)
-        .create_if_missing(true)
-        .foreign_keys(true);
-    let pool = SqlitePool::connect_with(opts.clone()).await.unwrap();
-    sqlx::migrate::Migrator::new(old.as_path())
-        .await
-        .unwrap()
-        .run(&pool)
-        .await
-        .unwrap();
+    let (pool, opts) = migrated_before(&db, "0006").await;
     let a = "spiffe://example.org/workload/a";
     for q in [
         format!(
@@ -327,28 +306,8 @@ async fn a_failed_commit_fails_the_whole_batch_and_the_next_one_commits() {
 #[tokio::test]
 async fn the_stored_crl_continues_the_old_crl_numbers() {
     let dir = tempfile::tempdir().unwrap();
-    let old = dir.path().join("migrations-0006");
-    std::fs::create_dir(&old).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/migrations");
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name().into_string().unwrap();
-        if name.as_str() < "0007" {
-            std::fs::copy(e.path(), old.join(&name)).unwrap();
-        }
-    }
     let db = dir.path().join("old.db");
-    let opts = SqliteConnectOptions::from_str("sqlite:")
-        .unwrap()
-        .filename(&db)
-        .create_if_missing(true);
-    let pool = SqlitePool::connect_with(opts).await.unwrap();
-    sqlx::migrate::Migrator::new(old.as_path())
-        .await
-        .unwrap()
-        .run(&pool)
-        .await
-        .unwrap();
+    let (pool, _) = migrated_before(&db, "0007").await;
     sqlx::query("UPDATE counters SET value = 41 WHERE name = 'crl_number'")
         .execute(&pool)
         .await
@@ -367,4 +326,32 @@ async fn the_stored_crl_continues_the_old_crl_numbers() {
     };
     assert!(store.store_crl(41, &next).await.unwrap());
     assert_eq!(store.stored_crl().await.unwrap(), next);
+}
+
+/// A database at `db` migrated with the migrations before version `upto`
+/// only (as an older taskmint left it), and the options to reopen it.
+async fn migrated_before(db: &Path, upto: &str) -> (SqlitePool, SqliteConnectOptions) {
+    let old = db.with_extension(format!("migrations-before-{upto}"));
+    std::fs::create_dir(&old).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/migrations");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        if name.as_str() < upto {
+            std::fs::copy(e.path(), old.join(&name)).unwrap();
+        }
+    }
+    let opts = SqliteConnectOptions::from_str("sqlite:")
+        .unwrap()
+        .filename(db)
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let pool = SqlitePool::connect_with(opts.clone()).await.unwrap();
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    (pool, opts)
 }
