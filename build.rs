@@ -15,7 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=src/store/migrations");
     println!("cargo:rerun-if-changed=src/store/postgres/migrations");
     let fds = protox::compile(protos, ["proto"])?;
+    // Requests that do not decode are the caller's mistake
+    // (INVALID_ARGUMENT), not the issuer's (src/grpc/codec.rs).
     tonic_prost_build::configure()
+        .codec_path("crate::grpc::codec::Codec")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

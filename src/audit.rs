@@ -55,6 +55,9 @@ pub mod kind {
     pub const POLICY_RELOAD: &str = "policy_reload";
     /// An expected subscriber missed its acknowledgement deadline.
     pub const DELIVERY_OVERDUE: &str = "delivery_overdue";
+    /// Calls refused by a rate limit or a holding cap, counted: one event
+    /// per workload and limit per interval (`subject` names the limit).
+    pub const LIMIT: &str = "limit";
 }
 
 /// Outcomes in the `decision` column.

@@ -304,6 +304,14 @@ admins = ["spiffe://{trust_domain}/workload/admin"]
 [listen]
 addr = "{listen}"
 handshake_timeout = "10s"
+# No call in flight for this long: the connection is closed.
+idle_timeout = "5m"
+max_connections = 10000
+# Advertised in SETTINGS_MAX_CONCURRENT_STREAMS.
+max_concurrent_streams = 100
+keepalive_interval = "30s"
+keepalive_timeout = "10s"
+request_timeout = "30s"
 
 [trust]
 # Bundle files and the serving SVID are re-read when their content changes.
@@ -340,8 +348,23 @@ max_renewals = 3
 max_active_credentials = 100
 break_glass_max_lifetime = "1h"
 max_delegation_depth = 3
-# Per-workload token bucket for MintX509, MintJwt and Renew.
+# Per-workload token buckets, one per class of call, kept by each replica on
+# its own. Every call takes a token before its request is decoded; over the
+# limit it is RESOURCE_EXHAUSTED with a retry hint.
+# MintX509, MintJwt, Renew:
 rate = {{ per_second = 100.0, burst = 200 }}
+# BeginTask, CompleteTask, DelegateTask, Revoke:
+task_rate = {{ per_second = 20.0, burst = 50 }}
+# GetTask, CheckStatus, GetCrl, GetTrustBundle, health checks:
+read_rate = {{ per_second = 100.0, burst = 200 }}
+# WatchRevocations, AckRevocations:
+watch_rate = {{ per_second = 20.0, burst = 50 }}
+# Every Admin call:
+admin_rate = {{ per_second = 20.0, burst = 50 }}
+# What one workload may hold at once.
+max_active_tasks = 1000
+max_subscriber_names = 16
+max_watch_streams = 16
 
 [policy]
 # Cedar policy, validated against the schema built into taskmint; re-read

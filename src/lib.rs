@@ -23,7 +23,8 @@
 //! - [`jwt`]: JWT-SVID claims, ES256 signing, the JWK.
 //! - [`trust`]: the trust bundle document served to relying parties.
 //! - [`audit`]: audit events, the hash chain and its verification.
-//! - [`ratelimit`]: per-workload token buckets.
+//! - [`ratelimit`]: per-workload limits: a token bucket per class of call,
+//!   open watch streams, refusals counted for the audit trail.
 //! - [`policy`]: Cedar: actions and their typed contexts, entities, the
 //!   policy document and its reload, evaluation.
 //! - [`store`]: the `Store` trait, its records and conformance suite, the
@@ -34,7 +35,8 @@
 //! - [`revocation`]: the ordered revocation log, live hub, watch feed,
 //!   delivery evidence, deadline reaper, SETs.
 //! - [`grpc`]: the three services (`Issuer`, `Revocations`, `Admin`), one
-//!   file each, the accept loop and auth gate, the one Error -> Status map.
+//!   file each, the accept loop, the guard layer that admits every call
+//!   before it is decoded, the codec, the one Error -> Status map.
 //! - [`server`]: assembly from config; `serve` and the tests start here.
 //! - [`client`]: a Rust client for workloads, with a resuming feed watcher.
 //! - [`devca`]: a development trust domain (used by `dev init` and tests).

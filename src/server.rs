@@ -152,6 +152,21 @@ impl Server {
             self.cfg.policy.reload_interval,
             stop_rx_reaper,
         ));
+        // Refusals by a limit are audited in aggregate; write the counts
+        // that are due every few seconds.
+        let flusher = {
+            let issuer = self.issuer.clone();
+            let mut stop = stop_tx.subscribe();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => issuer.flush_refusals().await,
+                        _ = stop.changed() => return,
+                    }
+                }
+            })
+        };
         let revocations = self.issuer.revocations().clone();
         let shutdown = async move {
             shutdown.await;
@@ -163,7 +178,7 @@ impl Server {
             self.issuer.clone(),
             self.material.clone(),
             listener,
-            self.cfg.listen.handshake_timeout,
+            &self.cfg.listen,
             shutdown,
         )
         .await;
@@ -172,6 +187,9 @@ impl Server {
         let _ = reaper.await;
         let _ = follower.await;
         let _ = policy_reload.await;
+        let _ = flusher.await;
+        // What was counted but not yet due is written on the way out.
+        self.issuer.flush_refusals_now().await;
         self.store.close().await;
         Ok(result?)
     }

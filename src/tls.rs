@@ -136,6 +136,8 @@ pub struct TlsMaterial {
     bundles: RwLock<Arc<TrustBundles>>,
     server_key: RwLock<Arc<CertifiedKey>>,
     generation: AtomicU64,
+    /// Announces each new generation to whoever must re-judge (open streams).
+    reloads: tokio::sync::watch::Sender<u64>,
     fingerprint: RwLock<[u8; 32]>,
     sources: MaterialSources,
     provider: Arc<CryptoProvider>,
@@ -152,6 +154,7 @@ impl TlsMaterial {
             bundles: RwLock::new(Arc::new(bundles)),
             server_key: RwLock::new(Arc::new(key)),
             generation: AtomicU64::new(1),
+            reloads: tokio::sync::watch::Sender::new(1),
             fingerprint: RwLock::new(fingerprint),
             sources,
             provider,
@@ -166,6 +169,11 @@ impl TlsMaterial {
     /// Increases every time new material is swapped in.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Changes whenever new material is swapped in.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
     }
 
     /// Re-reads the files if their content changed and swaps in what loaded.
@@ -193,7 +201,8 @@ impl TlsMaterial {
             Ok(key) => *self.server_key.write().expect("server key lock") = Arc::new(key),
             Err(e) => errors.push(e),
         }
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.reloads.send_replace(generation);
         (true, errors)
     }
 

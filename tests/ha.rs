@@ -105,7 +105,7 @@ impl Fleet {
                 "heartbeat_interval = \"10s\"",
                 "heartbeat_interval = \"1s\"",
             );
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, common::raise_call_limits(text)).unwrap();
         Some(Self {
             dir,
             cluster,

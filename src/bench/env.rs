@@ -57,6 +57,16 @@ impl BenchEnv {
             .replace(
                 "rate = { per_second = 100.0, burst = 200 }",
                 "rate = { per_second = 1000000.0, burst = 1000000 }",
+            )
+            .replace(
+                "rate = { per_second = 20.0, burst = 50 }",
+                "rate = { per_second = 1000000.0, burst = 1000000 }",
+            )
+            .replace("max_active_tasks = 1000", "max_active_tasks = 10000000")
+            .replace("max_watch_streams = 16", "max_watch_streams = 1000000")
+            .replace(
+                "max_concurrent_streams = 100",
+                "max_concurrent_streams = 100000",
             );
         std::fs::write(&init.config, text)?;
         let roots = taskmint::pem::certs(&std::fs::read(dir.join("bundle.pem"))?)

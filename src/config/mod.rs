@@ -87,6 +87,34 @@ pub struct ListenConfig {
     /// How long a TLS handshake may take before the connection is dropped.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde_compat")]
     pub handshake_timeout: Duration,
+    /// A connection with no call in flight for this long is closed (the
+    /// gRPC `MAX_CONNECTION_IDLE` of other servers). A connection whose SVID
+    /// was refused is closed after `handshake_timeout` at the latest.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde_compat")]
+    pub idle_timeout: Duration,
+    /// Connections open at once, handshakes included; past it a new
+    /// connection is closed as soon as it is accepted. Keep the process's
+    /// file descriptor limit above it.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// HTTP/2 streams (calls) in flight on one connection, advertised to the
+    /// peer in `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// Interval of HTTP/2 keepalive pings to each peer.
+    #[serde(
+        default = "default_keepalive_interval",
+        with = "humantime_serde_compat"
+    )]
+    pub keepalive_interval: Duration,
+    /// A peer that does not answer a keepalive ping within this is dropped.
+    #[serde(default = "default_keepalive_timeout", with = "humantime_serde_compat")]
+    pub keepalive_timeout: Duration,
+    /// Longest a unary call (or the opening of a stream) may take; the
+    /// caller gets `CANCELLED`/`DEADLINE_EXCEEDED` past it. A client's
+    /// shorter `grpc-timeout` wins.
+    #[serde(default = "default_request_timeout", with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
 }
 
 impl Default for ListenConfig {
@@ -94,6 +122,12 @@ impl Default for ListenConfig {
         Self {
             addr: default_listen(),
             handshake_timeout: default_handshake_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            max_concurrent_streams: default_max_concurrent_streams(),
+            keepalive_interval: default_keepalive_interval(),
+            keepalive_timeout: default_keepalive_timeout(),
+            request_timeout: default_request_timeout(),
         }
     }
 }
@@ -191,10 +225,35 @@ pub struct LimitsConfig {
     /// How many delegations deep a task chain may go (0 = no delegation).
     #[serde(default = "default_max_delegation_depth")]
     pub max_delegation_depth: u32,
-    /// Per-workload token bucket for mint and renew calls, kept by each
-    /// replica on its own (the fleet allows N times this).
+    /// Per-workload token bucket for `MintX509`, `MintJwt` and `Renew`,
+    /// kept by each replica on its own (the fleet allows N times this). The
+    /// other classes of call have buckets of their own below; every call,
+    /// refused ones included, takes a token before its body is decoded.
     #[serde(default)]
     pub rate: RateConfig,
+    /// Bucket for `BeginTask`, `CompleteTask`, `DelegateTask` and `Revoke`.
+    #[serde(default = "default_task_rate")]
+    pub task_rate: RateConfig,
+    /// Bucket for `GetTask`, `CheckStatus`, `GetCrl`, `GetTrustBundle` and
+    /// health checks.
+    #[serde(default = "default_read_rate")]
+    pub read_rate: RateConfig,
+    /// Bucket for `WatchRevocations` and `AckRevocations`.
+    #[serde(default = "default_watch_rate")]
+    pub watch_rate: RateConfig,
+    /// Bucket for every call of the `Admin` service.
+    #[serde(default = "default_admin_rate")]
+    pub admin_rate: RateConfig,
+    /// Active tasks (not ended, deadline not passed) one holder may have.
+    #[serde(default = "default_max_active_tasks")]
+    pub max_active_tasks: u32,
+    /// Subscriber names one workload may acknowledge under (configured
+    /// subscribers excepted).
+    #[serde(default = "default_max_subscriber_names")]
+    pub max_subscriber_names: u32,
+    /// Watch streams one workload may hold open at once, on each replica.
+    #[serde(default = "default_max_watch_streams")]
+    pub max_watch_streams: u32,
 }
 
 /// A token bucket: `burst` calls at once, refilled at `per_second`. Each
@@ -277,6 +336,13 @@ impl Default for LimitsConfig {
             break_glass_max_lifetime: default_break_glass_max_lifetime(),
             max_delegation_depth: default_max_delegation_depth(),
             rate: RateConfig::default(),
+            task_rate: default_task_rate(),
+            read_rate: default_read_rate(),
+            watch_rate: default_watch_rate(),
+            admin_rate: default_admin_rate(),
+            max_active_tasks: default_max_active_tasks(),
+            max_subscriber_names: default_max_subscriber_names(),
+            max_watch_streams: default_max_watch_streams(),
         }
     }
 }
@@ -334,6 +400,48 @@ fn default_listen() -> SocketAddr {
 }
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+fn default_max_connections() -> u32 {
+    10_000
+}
+fn default_max_concurrent_streams() -> u32 {
+    100
+}
+fn default_keepalive_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn rate(per_second: f64, burst: u32) -> RateConfig {
+    RateConfig { per_second, burst }
+}
+fn default_task_rate() -> RateConfig {
+    rate(20.0, 50)
+}
+fn default_read_rate() -> RateConfig {
+    rate(100.0, 200)
+}
+fn default_watch_rate() -> RateConfig {
+    rate(20.0, 50)
+}
+fn default_admin_rate() -> RateConfig {
+    rate(20.0, 50)
+}
+fn default_max_active_tasks() -> u32 {
+    1000
+}
+fn default_max_subscriber_names() -> u32 {
+    16
+}
+fn default_max_watch_streams() -> u32 {
+    16
 }
 fn default_reload_interval() -> Duration {
     Duration::from_secs(5)
@@ -545,8 +653,45 @@ impl Config {
                 "limits.break_glass_max_lifetime must be positive whole seconds".into(),
             );
         }
-        if !(l.rate.per_second > 0.0 && l.rate.per_second.is_finite()) || l.rate.burst == 0 {
-            return invalid("limits.rate: per_second must be positive and burst at least 1".into());
+        for (name, r) in [
+            ("rate", &l.rate),
+            ("task_rate", &l.task_rate),
+            ("read_rate", &l.read_rate),
+            ("watch_rate", &l.watch_rate),
+            ("admin_rate", &l.admin_rate),
+        ] {
+            if !(r.per_second > 0.0 && r.per_second.is_finite()) || r.burst == 0 {
+                return invalid(format!(
+                    "limits.{name}: per_second must be positive and burst at least 1"
+                ));
+            }
+        }
+        for (name, n) in [
+            ("max_active_tasks", l.max_active_tasks),
+            ("max_subscriber_names", l.max_subscriber_names),
+            ("max_watch_streams", l.max_watch_streams),
+        ] {
+            if n == 0 {
+                return invalid(format!("limits.{name} must be at least 1"));
+            }
+        }
+        let n = &self.listen;
+        if n.max_connections == 0 || n.max_concurrent_streams == 0 {
+            return invalid(
+                "listen.max_connections and listen.max_concurrent_streams must be at least 1"
+                    .into(),
+            );
+        }
+        for (name, d) in [
+            ("handshake_timeout", n.handshake_timeout),
+            ("idle_timeout", n.idle_timeout),
+            ("keepalive_interval", n.keepalive_interval),
+            ("keepalive_timeout", n.keepalive_timeout),
+            ("request_timeout", n.request_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                return invalid(format!("listen.{name} must be at least 100ms"));
+            }
         }
         if self.policy.reload_interval < Duration::from_millis(100) {
             return invalid("policy.reload_interval must be at least 100ms".into());

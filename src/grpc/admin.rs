@@ -11,7 +11,6 @@ use super::convert::{audit_pb, credential_pb, non_empty, task_id_of, task_pb, ta
 use super::pb;
 use crate::issuer::Issuer;
 use crate::store::GrantFilter;
-use crate::tls::TlsMaterial;
 
 /// The `taskmint.v1.Admin` service.
 #[derive(Debug, Clone)]
@@ -20,11 +19,10 @@ pub struct AdminService {
 }
 
 impl AdminService {
-    /// Wraps the domain issuer; `material` is what callers' SVIDs are
-    /// judged against.
-    pub fn new(issuer: Arc<Issuer>, material: Arc<TlsMaterial>) -> Self {
+    /// Wraps the domain issuer (callers are admitted by the guard layer).
+    pub fn new(issuer: Arc<Issuer>) -> Self {
         Self {
-            calls: Calls::new("Admin", issuer, material),
+            calls: Calls::new("Admin", issuer),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The request wrapper every handler of every service goes through:
-//! authenticate the caller from its connection, run the handler, log one
+//! The request wrapper every handler of every service goes through: take
+//! the caller the guard admitted (`guard.rs`), run the handler, log one
 //! line, and turn a crate error into a `tonic::Status` (via `status.rs`).
 
 use std::future::Future;
@@ -12,33 +12,22 @@ use super::auth;
 use crate::Error;
 use crate::identity::Caller;
 use crate::issuer::Issuer;
-use crate::tls::TlsMaterial;
 
-/// What every service holds: the domain issuer and the TLS material the
-/// caller's SVID is judged against. Cheap to clone.
+/// What every service holds: the domain issuer. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(super) struct Calls {
     pub(super) issuer: Arc<Issuer>,
-    material: Arc<TlsMaterial>,
     /// The service's short name (`Issuer`, `Revocations`, `Admin`), logged
     /// with each call: `GetTrustBundle` is served by two.
     service: &'static str,
 }
 
 impl Calls {
-    pub(super) fn new(
-        service: &'static str,
-        issuer: Arc<Issuer>,
-        material: Arc<TlsMaterial>,
-    ) -> Self {
-        Self {
-            issuer,
-            material,
-            service,
-        }
+    pub(super) fn new(service: &'static str, issuer: Arc<Issuer>) -> Self {
+        Self { issuer, service }
     }
 
-    /// Authenticates, runs `f`, logs one line, maps the error. `task` names
+    /// Runs `f` for the admitted caller, logs one line, maps the error. `task` names
     /// the task of the request for the log line; `f` returns the reply and
     /// the credential id it concerns (empty if none), also for the log.
     pub(super) async fn handle<Req, Resp, F, Fut>(
@@ -58,7 +47,13 @@ impl Calls {
             .get::<auth::ConnInfo>()
             .map(|i| i.peer.to_string())
             .unwrap_or_default();
-        let caller = auth::caller(&req, &self.material);
+        // The guard admitted the call and left its caller here; without one
+        // (a service mounted outside the guard) nobody is authenticated.
+        let caller = req
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or(crate::identity::AuthError::NoCertificate);
         let who = caller
             .as_ref()
             .map(|c| c.spiffe_id.to_string())

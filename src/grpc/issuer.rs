@@ -13,7 +13,6 @@ use super::convert::{
 use super::pb;
 use crate::Error;
 use crate::issuer::{self, Issuer, MintJwt, MintX509};
-use crate::tls::TlsMaterial;
 
 /// The `taskmint.v1.Issuer` service.
 #[derive(Debug, Clone)]
@@ -22,11 +21,10 @@ pub struct IssuerService {
 }
 
 impl IssuerService {
-    /// Wraps the domain issuer; `material` is what callers' SVIDs are
-    /// judged against.
-    pub fn new(issuer: Arc<Issuer>, material: Arc<TlsMaterial>) -> Self {
+    /// Wraps the domain issuer (callers are admitted by the guard layer).
+    pub fn new(issuer: Arc<Issuer>) -> Self {
         Self {
-            calls: Calls::new("Issuer", issuer, material),
+            calls: Calls::new("Issuer", issuer),
         }
     }
 }

@@ -8,14 +8,20 @@
 //! handlers share the request wrapper in `call.rs` and the conversions in
 //! `convert.rs`.
 //!
-//! Connections are accepted here, TLS handshakes run in their own tasks under
-//! a timeout (a slow or silent peer holds only its own task), and each
-//! finished handshake is judged once before tonic sees the connection.
+//! Connections are accepted here, at most `listen.max_connections` at once;
+//! TLS handshakes run in their own tasks under a timeout (a slow or silent
+//! peer holds only its own task), and each finished handshake is judged once
+//! before tonic sees the connection. The guard layer (`guard.rs`) then admits
+//! or refuses every call before its body is decoded; idle and refused
+//! connections are closed (`auth.rs`). HTTP/2 limits, keepalive and the
+//! per-call timeout come from `[listen]`.
 
 mod admin;
 pub mod auth;
 mod call;
+pub mod codec;
 mod convert;
+mod guard;
 mod issuer;
 mod revocations;
 mod status;
@@ -42,6 +48,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::config::ListenConfig;
 use crate::issuer::Issuer;
 use crate::tls::TlsMaterial;
 
@@ -66,36 +73,40 @@ pub async fn serve(
     issuer: Arc<Issuer>,
     material: Arc<TlsMaterial>,
     listener: TcpListener,
-    handshake_timeout: Duration,
+    listen: &ListenConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), crate::tls::TlsError> {
     let acceptor = TlsAcceptor::from(material.server_config()?);
-    let health_material = material.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tracing::info!(
+        max_connections = listen.max_connections,
+        max_concurrent_streams = listen.max_concurrent_streams,
+        idle_timeout = %humantime::format_duration(listen.idle_timeout),
+        request_timeout = %humantime::format_duration(listen.request_timeout),
+        "connection limits"
+    );
     let accept = tokio::spawn(accept_loop(
         listener,
         acceptor,
         material.clone(),
-        handshake_timeout,
+        listen.clone(),
         tx,
     ));
 
     // One auth gate for all three: the layer judged the connection, each
     // handler asks it for the caller.
-    let issuer_svc =
-        pb::issuer_server::IssuerServer::new(IssuerService::new(issuer.clone(), material.clone()))
+    let issuer_svc = pb::issuer_server::IssuerServer::new(IssuerService::new(issuer.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let revocations_svc =
+        pb::revocations_server::RevocationsServer::new(RevocationsService::new(issuer.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let revocations_svc = pb::revocations_server::RevocationsServer::new(RevocationsService::new(
-        issuer.clone(),
-        material.clone(),
-    ))
-    .max_decoding_message_size(MAX_REQUEST_BYTES);
     let store_health = issuer.revocations().health();
-    let admin_svc = pb::admin_server::AdminServer::new(AdminService::new(issuer, material.clone()))
+    let guard = guard::GuardLayer::new(issuer.clone(), material.clone());
+    let admin_svc = pb::admin_server::AdminServer::new(AdminService::new(issuer))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     // Standard gRPC health checks (for probes and load balancers). They
     // reveal only serving or not, but still answer only callers with a
-    // valid SVID, like every call.
+    // valid SVID, like every call: the guard stands in front of them too.
     let (mut health, health_svc) = tonic_health::server::health_reporter();
     for name in SERVICE_NAMES {
         health
@@ -105,15 +116,13 @@ pub async fn serve(
     // A replica that cannot read its database is taken out of rotation,
     // and put back once it can.
     let mut follow_health = tokio::spawn(report_store_health(health.clone(), store_health));
-    let health_svc = tonic::service::interceptor::InterceptedService::new(
-        health_svc,
-        move |req: tonic::Request<()>| match auth::caller(&req, &health_material) {
-            Ok(_) => Ok(req),
-            Err(e) => Err(tonic::Status::from(crate::error::Error::from(e))),
-        },
-    );
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(listen.max_concurrent_streams)
+        .http2_keepalive_interval(Some(listen.keepalive_interval))
+        .http2_keepalive_timeout(Some(listen.keepalive_timeout))
+        .timeout(listen.request_timeout)
+        .layer(guard)
         .add_service(health_svc)
         .add_service(issuer_svc)
         .add_service(revocations_svc)
@@ -187,9 +196,11 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     material: Arc<TlsMaterial>,
-    handshake_timeout: Duration,
+    listen: ListenConfig,
     tx: tokio::sync::mpsc::Sender<Result<Conn, std::io::Error>>,
 ) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(listen.max_connections as usize));
+    let mut last_full_warning: Option<tokio::time::Instant> = None;
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -200,10 +211,23 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Over the cap the connection is closed at once: a client sees a
+        // reset it can retry elsewhere, rather than a handshake that hangs.
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let now = tokio::time::Instant::now();
+            if last_full_warning.is_none_or(|t| now - t > Duration::from_secs(10)) {
+                last_full_warning = Some(now);
+                tracing::warn!(%peer, max_connections = listen.max_connections, "connection limit reached; closing new connections");
+            }
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let material = material.clone();
         let tx = tx.clone();
+        let handshake_timeout = listen.handshake_timeout;
+        let idle_timeout = listen.idle_timeout;
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -222,8 +246,11 @@ async fn accept_loop(
                 .peer_certificates()
                 .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
                 .unwrap_or_default();
-            let info = auth::ConnInfo::judge(peer, chain, &material);
-            let _ = tx.send(Ok(auth::AuthedConn { io: tls, info })).await;
+            // A connection that can only be refused gets no more time than
+            // a handshake.
+            let info = auth::ConnInfo::judge(peer, chain, &material, idle_timeout)
+                .bound_if_refused(handshake_timeout);
+            let _ = tx.send(Ok(auth::AuthedConn::new(tls, info, permit))).await;
         });
     }
 }

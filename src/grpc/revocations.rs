@@ -14,7 +14,6 @@ use super::pb;
 use crate::Error;
 use crate::issuer::Issuer;
 use crate::revocation::feed::{self, FeedError, FeedItem, FeedOptions, Filter};
-use crate::tls::TlsMaterial;
 
 /// The `taskmint.v1.Revocations` service.
 #[derive(Debug, Clone)]
@@ -23,11 +22,10 @@ pub struct RevocationsService {
 }
 
 impl RevocationsService {
-    /// Wraps the domain issuer; `material` is what callers' SVIDs are
-    /// judged against.
-    pub fn new(issuer: Arc<Issuer>, material: Arc<TlsMaterial>) -> Self {
+    /// Wraps the domain issuer (callers are admitted by the guard layer).
+    pub fn new(issuer: Arc<Issuer>) -> Self {
         Self {
-            calls: Calls::new("Revocations", issuer, material),
+            calls: Calls::new("Revocations", issuer),
         }
     }
 }

@@ -83,7 +83,7 @@ impl Issuer {
         }
         let acked = self
             .store
-            .ack(
+            .ack_within(
                 &crate::store::AckRecord {
                     subscriber: subscriber.to_owned(),
                     spiffe_id: me.clone(),
@@ -91,6 +91,12 @@ impl Issuer {
                     acked_at: now_unix(),
                 },
                 configured.is_some(),
+                // Configured names are the operator's, not the workload's.
+                if configured.is_some() {
+                    u32::MAX
+                } else {
+                    self.limits.max_subscriber_names
+                },
                 draft
                     .clone()
                     .decided(decision::ALLOW, &d.policies)
@@ -104,7 +110,7 @@ impl Issuer {
                 let e = denied(&bound_to);
                 return Err(self.gate.refuse(draft, decision::DENY, e).await);
             }
-            other => other?,
+            other => self.within_caps(caller, other).await?,
         };
         Ok(a.acked_seq)
     }

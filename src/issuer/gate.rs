@@ -1,6 +1,13 @@
 //! The gate every capability goes through: who is calling -> rate limit ->
 //! policy decision -> audit of the decision -> refusal with the right error.
 //!
+//! The rate limit and the watch-stream cap are taken by the gRPC guard
+//! before a request is decoded ([`Gate::admit`], [`Gate::watch_slot`]);
+//! their refusals, and those of the other holding caps, are audited in
+//! aggregate ([`Gate::refuse_limit`]): one event per workload and limit per
+//! interval, carrying the count, so a caller over its limit cannot fill the
+//! disk with refusals.
+//!
 //! Denials are audited here, with the policies that decided them; refusals
 //! of an allowed call (a limit, the state of a task) are audited through
 //! [`Gate::refuse`] with the policies that had allowed it. Internal failures
@@ -12,18 +19,22 @@ use std::time::Duration;
 use crate::Error;
 use crate::audit::{AuditDraft, decision, kind};
 use crate::clock::now_unix;
-use crate::config::{Config, RateConfig};
+use crate::config::Config;
 use crate::identity::{Caller, SpiffeId, TrustDomain};
 use crate::policy::{AdminContext, Decision, Engine, Request, Resource};
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{Class, ClassLimits, RefusalBatch, Refusals, StreamCounter, StreamSlot};
 use crate::store::Store;
 
-/// The shared gate: the policy engine, the rate limiter and the audit trail.
+/// How often refusals by a limit are written, per workload and limit.
+pub const REFUSAL_AUDIT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The shared gate: the policy engine, the limits and the audit trail.
 pub(super) struct Gate {
     trust_domain: TrustDomain,
     policy: Arc<Engine>,
-    limiter: RateLimiter,
-    rate: RateConfig,
+    limits: ClassLimits,
+    watchers: StreamCounter,
+    refusals: Refusals,
     store: Arc<dyn Store>,
 }
 
@@ -33,16 +44,18 @@ impl Gate {
         // Buckets live in this process: replicas do not share them, so the
         // fleet allows N times this. Said once at start so an operator
         // sizing the fleet sees it.
+        let limits = ClassLimits::new(&cfg.limits);
         tracing::info!(
-            per_second = cfg.limits.rate.per_second,
-            burst = cfg.limits.rate.burst,
-            "rate limit per workload on this replica (not shared: N replicas allow N times as much)"
+            buckets = %limits.describe(),
+            max_watch_streams = cfg.limits.max_watch_streams,
+            "rate limits per workload on this replica (not shared: N replicas allow N times as much)"
         );
         Self {
             trust_domain: TrustDomain::new(&cfg.trust_domain).expect("validated at config load"),
             policy,
-            limiter: RateLimiter::new(cfg.limits.rate.per_second, cfg.limits.rate.burst),
-            rate: cfg.limits.rate.clone(),
+            limits,
+            watchers: StreamCounter::new(cfg.limits.max_watch_streams),
+            refusals: Refusals::new(REFUSAL_AUDIT_INTERVAL),
             store,
         }
     }
@@ -68,30 +81,103 @@ impl Gate {
         Ok(())
     }
 
-    /// Takes a mint token for the caller, or audits and refuses.
-    pub(super) async fn rate_limit(
-        &self,
-        caller: &Caller,
-        draft: &AuditDraft,
-    ) -> Result<(), Error> {
+    /// Takes a token of `class` for the caller, or refuses (audited in
+    /// aggregate).
+    pub(super) async fn admit(&self, caller: &Caller, class: Class) -> Result<(), Error> {
         let id = caller.spiffe_id.to_string();
-        if let Err(wait) = self.limiter.check(&id) {
-            let retry_ms = wait.as_millis().max(1) as u64;
-            let message = format!(
-                "rate limit for `{id}` exceeded ({}/s, burst {}); retry after {retry_ms} ms",
-                self.rate.per_second, self.rate.burst
-            );
-            let event = draft
-                .clone()
-                .decided(decision::RATE_LIMITED, &[])
-                .because(message.clone());
-            self.store.append_audit(&[event]).await?;
-            return Err(Error::ResourceExhausted {
-                message,
-                retry_after: Duration::from_millis(retry_ms),
-            });
+        match self.limits.check(class, &id) {
+            Ok(()) => Ok(()),
+            Err(over) => {
+                let label = match class {
+                    Class::Mint => "rate:mint",
+                    Class::TaskWrite => "rate:task",
+                    Class::Read => "rate:read",
+                    Class::Watch => "rate:watch",
+                    Class::Admin => "rate:admin",
+                };
+                let message = over.to_string();
+                Err(self
+                    .refuse_limit(&id, label, message, over.retry_after)
+                    .await)
+            }
         }
-        Ok(())
+    }
+
+    /// A slot among the caller's concurrent watch streams, or a refusal
+    /// (audited in aggregate).
+    pub(super) async fn watch_slot(&self, caller: &Caller) -> Result<StreamSlot, Error> {
+        let id = caller.spiffe_id.to_string();
+        match self.watchers.acquire(&id) {
+            Some(slot) => Ok(slot),
+            None => {
+                let message = format!(
+                    "at most {} concurrent watch streams per workload (limits.max_watch_streams); \
+                     retry after one of yours ends",
+                    self.watchers.max()
+                );
+                Err(self
+                    .refuse_limit(&id, "max_watch_streams", message, Duration::from_secs(1))
+                    .await)
+            }
+        }
+    }
+
+    /// Refuses a call over a limit with RESOURCE_EXHAUSTED and a retry
+    /// hint; the refusal reaches the audit trail in aggregate. A failure to
+    /// write that event is logged, never turned into another answer: the
+    /// refusal stands.
+    pub(super) async fn refuse_limit(
+        &self,
+        workload: &str,
+        limit: &'static str,
+        message: String,
+        retry_after: Duration,
+    ) -> Error {
+        if let Some(batch) = self.refusals.record(workload, limit, &message) {
+            self.write_refusals(&[batch]).await;
+        }
+        Error::ResourceExhausted {
+            message,
+            retry_after,
+        }
+    }
+
+    /// Writes the refusal counts whose interval has passed.
+    pub(super) async fn flush_refusals(&self) {
+        let due = self.refusals.due();
+        if !due.is_empty() {
+            self.write_refusals(&due).await;
+        }
+    }
+
+    /// Writes every count still pending.
+    pub(super) async fn flush_refusals_all(&self) {
+        let all = self.refusals.drain();
+        if !all.is_empty() {
+            self.write_refusals(&all).await;
+        }
+    }
+
+    async fn write_refusals(&self, batches: &[RefusalBatch]) {
+        let now = now_unix();
+        let events: Vec<AuditDraft> = batches
+            .iter()
+            .map(|b| {
+                let calls = if b.count == 1 { "call" } else { "calls" };
+                let verdict = if b.limit.starts_with("rate:") {
+                    decision::RATE_LIMITED
+                } else {
+                    decision::REFUSED
+                };
+                AuditDraft::new(kind::LIMIT, &b.workload, now)
+                    .subject(b.limit)
+                    .decided(verdict, &[])
+                    .because(format!("{} {calls} refused: {}", b.count, b.message))
+            })
+            .collect();
+        if let Err(e) = self.store.append_audit(&events).await {
+            tracing::warn!(error = %e, "could not audit refusals by a limit");
+        }
     }
 
     /// Evaluates the policy; a denial is audited and becomes PERMISSION_DENIED
@@ -164,7 +250,8 @@ impl Gate {
     /// are not audited (the store may be what failed); they are logged where
     /// they are mapped.
     pub(super) async fn refuse(&self, mut draft: AuditDraft, verdict: &str, e: Error) -> Error {
-        if e.is_internal() {
+        // A limit's refusals are audited in aggregate (`refuse_limit`).
+        if e.is_internal() || matches!(e, Error::ResourceExhausted { .. }) {
             return e;
         }
         draft.decision = verdict.into();

@@ -128,9 +128,10 @@ impl Issuer {
         Ok(secs(ttl))
     }
 
-    /// Everything a first mint does before signing: rate limit, find (or
-    /// prepare to begin) the task, ask the policy, check the limits beside
-    /// it, begin the task if new. Returns the task and the audit draft the
+    /// Everything a first mint does before signing (its rate limit was
+    /// taken before the request was decoded): find (or prepare to begin) the
+    /// task, ask the policy, check the limits beside it, begin the task if
+    /// new. Returns the task and the audit draft the
     /// issuance is recorded with.
     async fn prepare_mint(
         &self,
@@ -166,7 +167,6 @@ impl Issuer {
         };
         let draft =
             AuditDraft::new(event_kind, &holder, now).task(&holder, task.as_str(), t.break_glass);
-        self.gate.rate_limit(caller, &draft).await?;
         // A first mint begins the task: that is a `begin_task` decision too.
         let begin_decision = match &existing {
             Some(_) => None,
@@ -234,7 +234,11 @@ impl Issuer {
                         .as_ref()
                         .map(|d| d.policies.clone())
                         .unwrap_or_default();
-                    self.store.begin_task(&t, &[begin]).await?.0
+                    let began = self
+                        .store
+                        .begin_task_within(&t, self.limits.max_active_tasks, &[begin])
+                        .await;
+                    self.within_caps(caller, began).await?.0
                 }
             };
             ensure_active(&t, now)?;

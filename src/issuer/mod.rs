@@ -36,7 +36,7 @@ use crate::identity::{Caller, SpiffeId, SpiffePattern, TaskId, TrustDomain};
 use crate::jwt::JwtSigner;
 use crate::policy::{Engine, TaskFacts};
 use crate::revocation::Revocations;
-use crate::store::{Store, TaskRecord};
+use crate::store::{Store, StoreError, TaskRecord};
 use crate::tls::TlsMaterial;
 
 mod admin;
@@ -152,6 +152,66 @@ impl Issuer {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Admits a call of `class` from `caller` by its rate limit (taken
+    /// before the request is decoded); a refusal is RESOURCE_EXHAUSTED,
+    /// audited in aggregate.
+    pub async fn admit(
+        &self,
+        caller: &Caller,
+        class: crate::ratelimit::Class,
+    ) -> Result<(), Error> {
+        self.gate.admit(caller, class).await
+    }
+
+    /// A slot among the caller's concurrent watch streams
+    /// (`limits.max_watch_streams`), held until the stream ends.
+    pub async fn watch_slot(&self, caller: &Caller) -> Result<crate::ratelimit::StreamSlot, Error> {
+        self.gate.watch_slot(caller).await
+    }
+
+    /// Writes the aggregated refusal counts that are due (called by the
+    /// server every few seconds).
+    pub async fn flush_refusals(&self) {
+        self.gate.flush_refusals().await
+    }
+
+    /// Writes every aggregated refusal count, due or not (at shutdown).
+    pub async fn flush_refusals_now(&self) {
+        self.gate.flush_refusals_all().await
+    }
+
+    /// Passes a store result on, turning a holding cap the store enforced
+    /// into RESOURCE_EXHAUSTED for `caller` (audited in aggregate).
+    async fn within_caps<T>(
+        &self,
+        caller: &Caller,
+        stored: Result<T, StoreError>,
+    ) -> Result<T, Error> {
+        let (limit, message) = match stored {
+            Err(StoreError::TooManyTasks { max }) => (
+                "max_active_tasks",
+                format!(
+                    "the holder already has {max} active tasks (limits.max_active_tasks); \
+                     complete one or wait for one to end, then retry"
+                ),
+            ),
+            Err(StoreError::TooManySubscriberNames { max }) => (
+                "max_subscriber_names",
+                format!(
+                    "`{}` already acknowledges under {max} subscriber names \
+                     (limits.max_subscriber_names); reuse one of them",
+                    caller.spiffe_id
+                ),
+            ),
+            other => return Ok(other?),
+        };
+        let id = caller.spiffe_id.to_string();
+        Err(self
+            .gate
+            .refuse_limit(&id, limit, message, Duration::from_secs(1))
+            .await)
     }
 
     /// The revocation hub.

@@ -61,7 +61,6 @@ impl Issuer {
             Ok(t) => t,
             Err(e) => return Err(self.gate.refuse(draft, decision::REFUSED, e).await),
         };
-        self.gate.rate_limit(caller, &draft).await?;
         let request = Request::Renew(RenewContext {
             ttl_seconds: ttl,
             renewal_count: i64::from(pred.renewal_count) + 1,

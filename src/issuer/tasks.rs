@@ -241,7 +241,11 @@ impl Issuer {
                     event.reason, record.ticket, record.justification
                 );
             }
-            let (stored, created) = self.store.begin_task(&record, &[event]).await?;
+            let began = self
+                .store
+                .begin_task_within(&record, self.limits.max_active_tasks, &[event])
+                .await;
+            let (stored, created) = self.within_caps(caller, began).await?;
             if !created {
                 return Err(Error::AlreadyExists(format!(
                     "task `{task}` was already begun at {} ({}, deadline {})",
@@ -402,8 +406,14 @@ impl Issuer {
             on_child.kind = kind::TASK_BEGIN.into();
             on_child.task_holder = child.holder.clone();
             on_child.task_id = child.task_id.clone();
-            let began = self.store.begin_task(&child, &[on_parent, on_child]).await;
+            let began = self
+                .store
+                .begin_task_within(&child, self.limits.max_active_tasks, &[on_parent, on_child])
+                .await;
             let (stored, created) = match began {
+                Err(e @ StoreError::TooManyTasks { .. }) => {
+                    return self.within_caps(caller, Err(e)).await;
+                }
                 // The parent ended between the checks above and the begin.
                 Err(StoreError::ParentEnded(state)) => {
                     return Err(Error::FailedPrecondition(format!(

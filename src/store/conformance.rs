@@ -680,6 +680,110 @@ pub async fn crl_is_replaced_by_compare_and_set(h: &dyn Harness) {
 
 /// Instantiates the suite as `#[tokio::test]`s in the calling module, each
 /// with a new harness from `$harness` (an expression evaluated per test).
+/// A holder's active tasks are capped in the transaction that begins one:
+/// many handles beginning tasks for one holder at once never exceed it, an
+/// existing task is still found, and an ended task frees its place.
+pub async fn holding_caps_hold_across_handles(h: &dyn Harness) {
+    let handles: Vec<_> = futures_join_all((0..4).map(|_| h.open())).await;
+    let mut racers = Vec::new();
+    for i in 0..20 {
+        let s = handles[i % handles.len()].clone();
+        racers.push(tokio::spawn(async move {
+            s.begin_task_within(&task(&format!("cap-{i}")), 5, &[])
+                .await
+        }));
+    }
+    let (mut begun, mut refused) = (0, 0);
+    for r in racers {
+        match r.await.unwrap() {
+            Ok((_, true)) => begun += 1,
+            Err(super::StoreError::TooManyTasks { max: 5 }) => refused += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((begun, refused), (5, 15));
+    let s = &handles[0];
+    // At the cap, an existing task is still answered, not refused.
+    let active = s
+        .active_tasks(&Default::default(), 200, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(active.len(), 5);
+    let (_, created) = s.begin_task_within(&active[0], 5, &[]).await.unwrap();
+    assert!(!created);
+    // Another holder is not affected.
+    let other = TaskRecord::new("spiffe://example.org/workload/other", "cap-x", 100, FAR);
+    assert!(s.begin_task_within(&other, 5, &[]).await.unwrap().1);
+    // An ended task no longer counts.
+    let victim = active
+        .iter()
+        .find(|t| t.holder == HOLDER)
+        .unwrap()
+        .task_id
+        .clone();
+    s.revoke(
+        &revoke_req(
+            RevokeScope::Task {
+                holder: HOLDER.into(),
+                task_id: victim,
+            },
+            Some(TaskState::Completed),
+        ),
+        signer(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        s.begin_task_within(&task("cap-after"), 5, &[])
+            .await
+            .unwrap()
+            .1
+    );
+
+    // Subscriber names: one workload racing for new names from many handles
+    // gets at most the cap; an existing name of its own is still acked.
+    let mut racers = Vec::new();
+    for i in 0..12 {
+        let s = handles[i % handles.len()].clone();
+        racers.push(tokio::spawn(async move {
+            let r = AckRecord {
+                subscriber: format!("name-{i}"),
+                spiffe_id: HOLDER.into(),
+                acked_seq: 0,
+                acked_at: 300,
+            };
+            s.ack_within(&r, false, 3, AuditDraft::new(kind::ACK, HOLDER, 300))
+                .await
+        }));
+    }
+    let mut taken = Vec::new();
+    for r in racers {
+        match r.await.unwrap() {
+            Ok(a) => taken.push(a.subscriber),
+            Err(super::StoreError::TooManySubscriberNames { max: 3 }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(taken.len(), 3, "{taken:?}");
+    let again = AckRecord {
+        subscriber: taken[0].clone(),
+        spiffe_id: HOLDER.into(),
+        acked_seq: 0,
+        acked_at: 301,
+    };
+    s.ack_within(&again, false, 3, AuditDraft::new(kind::ACK, HOLDER, 301))
+        .await
+        .unwrap();
+}
+
+async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    for f in fs {
+        out.push(f.await);
+    }
+    out
+}
+
 macro_rules! store_conformance {
     ($harness:expr) => {
         $crate::store::conformance::store_conformance!(@tests $harness;
@@ -697,7 +801,8 @@ macro_rules! store_conformance {
             delegation_racing_complete_leaves_no_active_child,
             audit_once_records_a_fact_once,
             a_subscriber_name_cannot_be_taken_over,
-            crl_is_replaced_by_compare_and_set
+            crl_is_replaced_by_compare_and_set,
+            holding_caps_hold_across_handles
         );
     };
     (@tests $harness:expr; $($name:ident),*) => {

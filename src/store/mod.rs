@@ -88,6 +88,19 @@ pub enum StoreError {
         /// The SPIFFE ID it belongs to.
         bound_to: String,
     },
+    /// A task was not begun: its holder has the most active tasks allowed.
+    #[error("the holder already has {max} active tasks")]
+    TooManyTasks {
+        /// The cap.
+        max: u32,
+    },
+    /// A new subscriber name was not taken: its SPIFFE ID acknowledges under
+    /// the most names allowed.
+    #[error("the workload already acknowledges under {max} subscriber names")]
+    TooManySubscriberNames {
+        /// The cap.
+        max: u32,
+    },
     /// A delegated task was not begun: its parent task had ended (checked
     /// in the transaction that would have begun it).
     #[error("the parent task is {}", .0.as_str())]
@@ -163,10 +176,25 @@ impl StoreError {
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates a task and writes `audit` with it; returns the existing row
-    /// instead (writing nothing) if there is one.
+    /// instead (writing nothing) if there is one. No cap on the holder's
+    /// active tasks: see [`Store::begin_task_within`].
     async fn begin_task(
         &self,
         task: &TaskRecord,
+        audit: &[AuditDraft],
+    ) -> Result<(TaskRecord, bool), StoreError> {
+        self.begin_task_within(task, u32::MAX, audit).await
+    }
+
+    /// [`Store::begin_task`], refusing with [`StoreError::TooManyTasks`] a
+    /// new task whose holder already has `max_active` active tasks (not
+    /// ended, deadline after the new task's `created_at`), counted in the
+    /// transaction that would insert it, so that replicas racing cannot
+    /// exceed it together.
+    async fn begin_task_within(
+        &self,
+        task: &TaskRecord,
+        max_active: u32,
         audit: &[AuditDraft],
     ) -> Result<(TaskRecord, bool), StoreError>;
 
@@ -239,6 +267,19 @@ pub trait Store: Send + Sync + 'static {
         &self,
         ack: &AckRecord,
         rebind: bool,
+        audit: AuditDraft,
+    ) -> Result<AckRecord, StoreError> {
+        self.ack_within(ack, rebind, u32::MAX, audit).await
+    }
+
+    /// [`Store::ack`], refusing with [`StoreError::TooManySubscriberNames`]
+    /// a name new to the store when its SPIFFE ID already acknowledges under
+    /// `max_names` names (counted in the transaction that would insert it).
+    async fn ack_within(
+        &self,
+        ack: &AckRecord,
+        rebind: bool,
+        max_names: u32,
         audit: AuditDraft,
     ) -> Result<AckRecord, StoreError>;
 

@@ -31,11 +31,25 @@ pub(super) async fn ack(
     conn: &mut PgConnection,
     a: &AckRecord,
     rebind: bool,
+    max_names: u32,
     mut audit: AuditDraft,
 ) -> Result<AckRecord, StoreError> {
     let seq = a.acked_seq.min(i64::MAX as u64) as i64;
     let mut stored = locked(conn, &a.subscriber).await?;
     let mut inserted = false;
+    if stored.is_none() && max_names != u32::MAX {
+        // One workload's new names are counted one transaction at a time.
+        super::tasks::holder_lock(conn, "subscribers", &a.spiffe_id).await?;
+        let names: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM subscriber_acks WHERE spiffe_id = $1")
+                .bind(&a.spiffe_id)
+                .fetch_one(&mut *conn)
+                .await
+                .pg()?;
+        if names >= i64::from(max_names) {
+            return Err(StoreError::TooManySubscriberNames { max: max_names });
+        }
+    }
     if stored.is_none() {
         // The first acknowledgement: of two racing ones, one inserts and the
         // other waits for it, then finds (and locks) its row.

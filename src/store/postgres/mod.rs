@@ -454,13 +454,14 @@ fn classify(sqlstate: &str) -> Option<Condition> {
 
 #[async_trait::async_trait]
 impl Store for PgStore {
-    async fn begin_task(
+    async fn begin_task_within(
         &self,
         t: &TaskRecord,
+        max_active: u32,
         audit: &[AuditDraft],
     ) -> Result<(TaskRecord, bool), StoreError> {
         self.write(|mut tx| async move {
-            if tasks::begin(&mut tx, t, audit).await? {
+            if tasks::begin(&mut tx, t, max_active, audit).await? {
                 return Ok(((t.clone(), true), tx));
             }
             let existing = tasks::get_in(&mut tx, &t.holder, &t.task_id, false)
@@ -555,15 +556,16 @@ impl Store for PgStore {
         .await
     }
 
-    async fn ack(
+    async fn ack_within(
         &self,
         a: &AckRecord,
         rebind: bool,
+        max_names: u32,
         audit: AuditDraft,
     ) -> Result<AckRecord, StoreError> {
         let audit = &audit;
         self.write(|mut tx| async move {
-            let out = acks::ack(&mut tx, a, rebind, audit.clone()).await?;
+            let out = acks::ack(&mut tx, a, rebind, max_names, audit.clone()).await?;
             Ok((out, tx))
         })
         .await

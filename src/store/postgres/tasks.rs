@@ -21,8 +21,36 @@ pub(super) use crate::store::rows::task as from_row;
 pub(super) async fn begin(
     conn: &mut PgConnection,
     t: &TaskRecord,
+    max_active: u32,
     audit: &[AuditDraft],
 ) -> Result<bool, StoreError> {
+    if max_active != u32::MAX {
+        // Replicas beginning tasks for one holder at once take turns here
+        // (a lock per holder, released at commit), so each counts the
+        // others' committed tasks and the cap holds across the fleet.
+        holder_lock(conn, "tasks", &t.holder).await?;
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM tasks WHERE holder = $1 AND task_id = $2)",
+        )
+        .bind(&t.holder)
+        .bind(&t.task_id)
+        .fetch_one(&mut *conn)
+        .await
+        .pg()?;
+        if !exists {
+            let active: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM tasks WHERE holder = $1 AND state = 'active' AND deadline > $2",
+            )
+            .bind(&t.holder)
+            .bind(t.created_at)
+            .fetch_one(&mut *conn)
+            .await
+            .pg()?;
+            if active >= i64::from(max_active) {
+                return Err(StoreError::TooManyTasks { max: max_active });
+            }
+        }
+    }
     // A delegation is begun only while its parent is active. The parent's
     // row is held FOR SHARE until commit, so a completion (which locks it
     // FOR UPDATE) either comes first and is seen here, or waits and then
@@ -322,4 +350,20 @@ pub(super) async fn break_glass(
         .await
         .pg()?;
     rows.iter().map(from_row).collect()
+}
+
+/// A transaction-scoped advisory lock on one SPIFFE ID for one purpose:
+/// transactions counting what that ID holds before adding to it run one
+/// after the other.
+pub(super) async fn holder_lock(
+    conn: &mut PgConnection,
+    purpose: &str,
+    spiffe_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("taskmint:{purpose}:{spiffe_id}"))
+        .execute(conn)
+        .await
+        .pg()?;
+    Ok(())
 }

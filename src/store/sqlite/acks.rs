@@ -18,6 +18,7 @@ pub(super) fn ack(
     w: &mut Write<'_>,
     a: &AckRecord,
     rebind: bool,
+    max_names: u32,
     mut audit: AuditDraft,
 ) -> Result<AckRecord, StoreError> {
     let stored: Option<(i64, String)> = w
@@ -25,6 +26,15 @@ pub(super) fn ack(
         .prepare_cached("SELECT acked_seq, spiffe_id FROM subscriber_acks WHERE subscriber = ?1")?
         .query_row([&a.subscriber], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
+    if stored.is_none() && max_names != u32::MAX {
+        let names: i64 = w
+            .conn
+            .prepare_cached("SELECT count(*) FROM subscriber_acks WHERE spiffe_id = ?1")?
+            .query_row([&a.spiffe_id], |r| r.get(0))?;
+        if names >= i64::from(max_names) {
+            return Err(StoreError::TooManySubscriberNames { max: max_names });
+        }
+    }
     if let Some((_, bound_to)) = &stored
         && *bound_to != a.spiffe_id
         && !rebind

@@ -82,7 +82,7 @@ pub(super) fn seed(w: &mut Write<'_>, n: u64, now: i64) -> Result<(), StoreError
             now + 8 * 3600,
         );
         t.owner = "team-seed".into();
-        tasks::begin(w, &t, Vec::new())?;
+        tasks::begin(w, &t, u32::MAX, Vec::new())?;
     }
     let mut rng = rand::rng();
     let conn = w.conn;

@@ -248,15 +248,16 @@ impl From<sqlx::Error> for StoreError {
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
-    async fn begin_task(
+    async fn begin_task_within(
         &self,
         t: &TaskRecord,
+        max_active: u32,
         audit: &[AuditDraft],
     ) -> Result<(TaskRecord, bool), StoreError> {
         let (task, audit) = (t.clone(), audit.to_vec());
         self.writer()?
             .run(move |w| {
-                if tasks::begin(w, &task, audit)? {
+                if tasks::begin(w, &task, max_active, audit)? {
                     return Ok((task, true));
                 }
                 let existing = tasks::get_in(w.conn, &task.holder, &task.task_id)?;
@@ -340,15 +341,16 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn ack(
+    async fn ack_within(
         &self,
         a: &AckRecord,
         rebind: bool,
+        max_names: u32,
         audit: AuditDraft,
     ) -> Result<AckRecord, StoreError> {
         let a = a.clone();
         self.writer()?
-            .run(move |w| acks::ack(w, &a, rebind, audit))
+            .run(move |w| acks::ack(w, &a, rebind, max_names, audit))
             .await
     }
 

@@ -25,10 +25,23 @@ pub(super) use crate::store::rows::task as from_row;
 pub(super) fn begin(
     w: &mut Write<'_>,
     t: &TaskRecord,
+    max_active: u32,
     audit: Vec<AuditDraft>,
 ) -> Result<bool, StoreError> {
     if get_in(w.conn, &t.holder, &t.task_id)?.is_some() {
         return Ok(false);
+    }
+    // Counted on the one writer: no other begin can slip in between.
+    if max_active != u32::MAX {
+        let active: i64 = w
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM tasks WHERE holder = ?1 AND state = 'active' AND deadline > ?2",
+            )?
+            .query_row(params![t.holder, t.created_at], |r| r.get(0))?;
+        if active >= i64::from(max_active) {
+            return Err(StoreError::TooManyTasks { max: max_active });
+        }
     }
     // A delegation is begun only while its parent is active, checked here,
     // on the one writer, so a completion cannot slip in between.
