@@ -15,6 +15,7 @@
 mod admin;
 pub mod auth;
 mod call;
+pub mod codec;
 mod convert;
 mod issuer;
 mod revocations;
