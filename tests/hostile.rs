@@ -429,6 +429,14 @@ async fn hostile_inputs_are_refused_by_rule_store_nothing_and_leave_the_server_s
     );
     bad!(
         p,
+        "delegate: to the issuer's own SVID",
+        agent.delegate_task(delegate("own-1", "spiffe://example.org/taskmint")),
+        Code::PermissionDenied,
+        ["issuer's own serving identity"],
+        audit = 1
+    );
+    bad!(
+        p,
         "delegate: no parent",
         agent.delegate_task(pb::DelegateTaskRequest {
             parent: None,
