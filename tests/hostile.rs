@@ -924,3 +924,50 @@ async fn get_crl_is_authorized_by_policy_and_writes_nothing() {
     store.close().await;
     s.stop().await;
 }
+
+/// The issuer's own identity is the serving SVID in force: after a reload to
+/// a new SPIFFE ID, the new one may not mint and the old one is an ordinary
+/// workload again.
+#[tokio::test]
+async fn the_issuers_own_identity_follows_the_serving_svid_reload() {
+    let mut s = start().await;
+    let old_own = read_identity(&s.path("taskmint.pem"), &s.path("taskmint.key"));
+    let new_id = format!("spiffe://{TD}/issuer-2");
+    let mut p = taskmint::devca::DevRoot::svid_params(&new_id, 1).unwrap();
+    p.subject_alt_names
+        .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+    let fresh = s.root().sign(&p).unwrap();
+    std::fs::write(s.path("taskmint.key"), &fresh.key_pem).unwrap();
+    std::fs::write(s.path("taskmint.pem"), &fresh.cert_pem).unwrap();
+    let server_id = spiffe::SpiffeId::new(&new_id).unwrap();
+    let connect = |who: taskmint::client::Identity| {
+        let (addr, roots, id) = (s.addr.to_string(), s.roots(), server_id.clone());
+        async move { Client::connect_with(&addr, Some(who), roots, id).await }
+    };
+    let agent = || read_identity(&s.path("agent.pem"), &s.path("agent.key"));
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let c = connect(agent());
+            async move {
+                match c.await {
+                    Ok(mut c) => c.trust_bundle().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await,
+        "the new serving SVID was never served"
+    );
+    let mut new_own = connect(identity(&fresh)).await.unwrap();
+    let err = new_own.mint_jwt("t", "db", None).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("issuer's own serving identity"),
+        "{err:?}"
+    );
+    let mut old = connect(old_own).await.unwrap();
+    old.mint_jwt("t", "db", None)
+        .await
+        .expect("the previous serving identity is an ordinary workload now");
+    s.stop().await;
+}
