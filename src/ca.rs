@@ -24,8 +24,11 @@ use crate::identity::TaskId;
 pub const TASK_EXTENSION_OID_STR: &str = "2.25.988614677842070252";
 
 /// OID of the private extension that binds a certificate to its task:
-/// `2.25.988614677842070252`, under the UUID arc (X.667) from 63 random bits,
-/// so parsers that cap an arc at 63 bits (asn1-rs, Go) still read it.
+/// `2.25.988614677842070252`, under the UUID arc (X.667) from 63 random bits
+/// (not a UUID: rcgen writes OID arcs of at most 64 bits, so a 128-bit UUID
+/// arc cannot be signed here). asn1-rs, OpenSSL and pyca/cryptography read
+/// it; Go's `crypto/x509` reads at most 31 bits per arc, so a Go parser
+/// refuses certificates carrying any arc this large.
 pub const TASK_EXTENSION_OID: &[u64] = &[2, 25, 988_614_677_842_070_252];
 
 /// Why a CSR was refused.
@@ -110,8 +113,16 @@ pub struct CsrKey {
 /// Parses a CSR and verifies its signature (proof of possession).
 pub fn parse_csr(der: &[u8]) -> Result<CsrKey, CsrError> {
     use x509_parser::certification_request::X509CertificationRequest;
-    let (rest, csr) =
-        X509CertificationRequest::from_der(der).map_err(|e| CsrError::Malformed(e.to_string()))?;
+    // The parser's own error text is its Debug form: the caller gets ours.
+    let (rest, csr) = X509CertificationRequest::from_der(der).map_err(|e| {
+        CsrError::Malformed(
+            match e {
+                x509_parser::nom::Err::Incomplete(_) => "the request is truncated",
+                _ => "the bytes do not decode as a CertificationRequest",
+            }
+            .into(),
+        )
+    })?;
     if !rest.is_empty() {
         return Err(CsrError::Malformed(
             "trailing bytes after the request".into(),
@@ -167,6 +178,8 @@ pub struct SigningCa {
     key_id: Option<Vec<u8>>,
     /// The CA's subject, DER: every leaf's issuer.
     subject: Vec<u8>,
+    /// The same as an RFC 4514 string (CAEP's `x509_issuer`).
+    subject_text: String,
     /// The signature algorithm (OID) every leaf carries, as the load-time
     /// probe leaf showed it.
     sig_alg: String,
@@ -232,6 +245,7 @@ impl SigningCa {
                 _ => None,
             });
         let subject = parsed.subject().as_raw().to_vec();
+        let subject_text = rfc4514(parsed.subject());
         let ecdsa = key.algorithm() == &rcgen::PKCS_ECDSA_P256_SHA256
             || key.algorithm() == &rcgen::PKCS_ECDSA_P384_SHA384;
         let issuer = Issuer::from_ca_cert_der(ca_der, key)
@@ -242,6 +256,7 @@ impl SigningCa {
             not_after,
             key_id,
             subject,
+            subject_text,
             sig_alg: String::new(),
             verify_each: !ecdsa,
         };
@@ -287,15 +302,22 @@ impl SigningCa {
         self.not_after
     }
 
+    /// Every leaf's issuer name as an RFC 4514 string (`CN=…,O=…`).
+    pub fn issuer_name(&self) -> &str {
+        &self.subject_text
+    }
+
     /// The chain sent after each leaf.
     pub fn chain(&self) -> &[CertificateDer<'static>] {
         &self.chain
     }
 
-    /// Signs a CRL v2 listing `revoked` (serial hex, revocation time, reason).
+    /// Signs a CRL v2 listing `revoked` (serial hex, revocation time,
+    /// reason code; `None` omits the reasonCode extension, as RFC 5280
+    /// §5.3.1 asks for an unspecified reason).
     pub fn sign_crl(
         &self,
-        revoked: &[(String, i64, rcgen::RevocationReason)],
+        revoked: &[(String, i64, Option<rcgen::RevocationReason>)],
         number: u64,
         this_update: i64,
         next_update: i64,
@@ -309,7 +331,7 @@ impl SigningCa {
                             .map_err(|e| CaError::Sign(format!("serial `{serial}`: {e}")))?,
                     ),
                     revocation_time: ts(*at)?,
-                    reason_code: Some(*reason),
+                    reason_code: *reason,
                     invalidity_date: None,
                 })
             })
@@ -488,6 +510,62 @@ fn build_template(t: &X509Template<'_>) -> Result<CertificateParams, CaError> {
     Ok(p)
 }
 
+/// A name as an RFC 4514 string: the last RDN first, attributes by their
+/// short name (or dotted OID), values escaped.
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let rdns: Vec<String> = name
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|a| {
+                    let oid = a.attr_type().to_id_string();
+                    let key = match oid.as_str() {
+                        "2.5.4.3" => "CN",
+                        "2.5.4.6" => "C",
+                        "2.5.4.7" => "L",
+                        "2.5.4.8" => "ST",
+                        "2.5.4.9" => "STREET",
+                        "2.5.4.10" => "O",
+                        "2.5.4.11" => "OU",
+                        "0.9.2342.19200300.100.1.1" => "UID",
+                        "0.9.2342.19200300.100.1.25" => "DC",
+                        other => other,
+                    }
+                    .to_owned();
+                    let value = match a.as_str() {
+                        Ok(v) => escape_dn_value(v),
+                        // Not a string type: RFC 4514 §2.4, `#` and the DER in hex.
+                        Err(_) => format!("#{}", hex::encode(a.attr_value().data)),
+                    };
+                    format!("{key}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
+}
+
+/// RFC 4514 §2.4 escaping of an attribute value.
+fn escape_dn_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        let special = matches!(c, '"' | '+' | ',' | ';' | '<' | '>' | '\\')
+            || (i == 0 && matches!(c, '#' | ' '))
+            || (i == last && c == ' ');
+        if c == '\0' {
+            out.push_str("\\00");
+            continue;
+        }
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// What the task extension says.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TaskBinding {
@@ -621,6 +699,61 @@ mod tests {
         ];
         let cert = p.self_signed(&key).unwrap();
         SigningCa::from_der(vec![cert.der().clone()], &key.serialize_der()).unwrap()
+    }
+
+    /// What the CRL says is read back with a third-party parser: each entry
+    /// its reason code, and no reasonCode extension for an unspecified one
+    /// (RFC 5280 §5.3.1).
+    #[test]
+    fn crl_entries_carry_their_reason_codes() {
+        use rcgen::RevocationReason as R;
+        use x509_parser::revocation_list::CertificateRevocationList;
+        let ca = ca_with(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let listed = [
+            ("01".repeat(19), 1_000, Some(R::KeyCompromise)),
+            ("02".repeat(19), 1_001, Some(R::Superseded)),
+            ("03".repeat(19), 1_002, Some(R::CessationOfOperation)),
+            ("04".repeat(19), 1_003, Some(R::PrivilegeWithdrawn)),
+            ("05".repeat(19), 1_004, None),
+        ];
+        let der = ca.sign_crl(&listed, 7, 1_000, 5_000).unwrap();
+        let (_, crl) = CertificateRevocationList::from_der(&der).unwrap();
+        let got: Vec<_> = crl
+            .iter_revoked_certificates()
+            .map(|r| {
+                (
+                    hex::encode(r.raw_serial()),
+                    r.reason_code().map(|(_, c)| c.0),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("01".repeat(19), Some(1)),
+                ("02".repeat(19), Some(4)),
+                ("03".repeat(19), Some(5)),
+                ("04".repeat(19), Some(9)),
+                ("05".repeat(19), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn issuer_names_are_rfc4514_strings() {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name
+            .push(DnType::OrganizationName, "Acme, Inc.");
+        p.distinguished_name
+            .push(DnType::CommonName, " taskmint CA");
+        let cert = p.self_signed(&key).unwrap();
+        let ca = SigningCa::from_der(vec![cert.der().clone()], &key.serialize_der()).unwrap();
+        // The last RDN first; `,` and a leading space escaped.
+        assert_eq!(ca.issuer_name(), "CN=\\ taskmint CA,O=Acme\\, Inc.");
     }
 
     #[test]

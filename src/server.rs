@@ -78,7 +78,10 @@ impl Server {
         // The hub publishes from here on; a watcher reads what came before
         // from the log.
         let feed_from = dyn_store.current_seq().await?;
-        let revocations = Arc::new(Revocations::new(dyn_store, jwt.clone(), cfg.jwt_issuer()));
+        let revocations = Arc::new(
+            Revocations::new(dyn_store, jwt.clone(), cfg.jwt_issuer())
+                .with_x509_issuer(ca.issuer_name()),
+        );
         // Catch up on deadlines that passed while the issuer was down, before
         // anyone can mint or watch.
         let expired = reaper::expire_due_tasks(&revocations, &cfg.jwt_issuer()).await?;

@@ -47,6 +47,16 @@ pub enum TlsError {
     Config(String),
 }
 
+/// The URI SAN of a serving SVID's leaf.
+fn spiffe_id_of(key: &CertifiedKey) -> Option<String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let leaf = key.cert.first()?;
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref()).ok()?;
+    crate::identity::spiffe_id_of_leaf(&cert)
+        .ok()
+        .map(|id| id.to_string())
+}
+
 /// The process-wide crypto provider (aws-lc-rs).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -135,6 +145,9 @@ impl MaterialSources {
 pub struct TlsMaterial {
     bundles: RwLock<Arc<TrustBundles>>,
     server_key: RwLock<Arc<CertifiedKey>>,
+    /// The serving SVID's SPIFFE ID, re-read with it: the issuer's own
+    /// identity, which may not mint.
+    server_id: RwLock<Option<String>>,
     generation: AtomicU64,
     /// Announces each new generation to whoever must re-judge (open streams).
     reloads: tokio::sync::watch::Sender<u64>,
@@ -152,6 +165,7 @@ impl TlsMaterial {
         let key = sources.load_server_key(&provider)?;
         Ok(Arc::new(Self {
             bundles: RwLock::new(Arc::new(bundles)),
+            server_id: RwLock::new(spiffe_id_of(&key)),
             server_key: RwLock::new(Arc::new(key)),
             generation: AtomicU64::new(1),
             reloads: tokio::sync::watch::Sender::new(1),
@@ -164,6 +178,12 @@ impl TlsMaterial {
     /// The bundles in force now.
     pub fn bundles(&self) -> Arc<TrustBundles> {
         self.bundles.read().expect("bundles lock").clone()
+    }
+
+    /// The SPIFFE ID of the serving SVID in force (its URI SAN), if it has
+    /// one.
+    pub fn server_spiffe_id(&self) -> Option<String> {
+        self.server_id.read().expect("server id lock").clone()
     }
 
     /// Increases every time new material is swapped in.
@@ -198,7 +218,10 @@ impl TlsMaterial {
         let mut errors: Vec<TlsError> = errors.into_iter().map(TlsError::from).collect();
         *self.bundles.write().expect("bundles lock") = Arc::new(bundles);
         match self.sources.load_server_key(&self.provider) {
-            Ok(key) => *self.server_key.write().expect("server key lock") = Arc::new(key),
+            Ok(key) => {
+                *self.server_id.write().expect("server id lock") = spiffe_id_of(&key);
+                *self.server_key.write().expect("server key lock") = Arc::new(key);
+            }
             Err(e) => errors.push(e),
         }
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;

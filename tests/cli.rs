@@ -422,6 +422,23 @@ fn conn_as(dir: &Path, server: &str, name: &str) -> Vec<String> {
 #[test]
 fn the_cli_governs_policy_break_glass_delegation_audit_and_inventory() {
     let dir = tempfile::tempdir().unwrap();
+    // A second admin reviews what the first opens (separation of duties).
+    let init = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["dev", "init"])
+        .args(["--workload", "agent", "--workload", "sidecar"])
+        .args(["--workload", "admin", "--workload", "admin2"])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    let cfg = dir.path().join("certs/dev/taskmint.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let with_admin2 = text.replace(
+        r#"admins = ["spiffe://example.org/workload/admin"]"#,
+        r#"admins = ["spiffe://example.org/workload/admin", "spiffe://example.org/workload/admin2"]"#,
+    );
+    assert_ne!(text, with_admin2);
+    std::fs::write(&cfg, with_admin2).unwrap();
     let (_serve, server) = serve(dir.path());
     let as_ = |who: &str, args: &[&str]| -> Output {
         let all: Vec<String> = args
@@ -542,6 +559,8 @@ fn the_cli_governs_policy_break_glass_delegation_audit_and_inventory() {
             "INC-1",
             "--lifetime",
             "10m",
+            "--owner",
+            "sre-oncall",
         ],
     );
     assert!(bg.status.success(), "{bg:?}");
@@ -570,13 +589,24 @@ fn the_cli_governs_policy_break_glass_delegation_audit_and_inventory() {
         assert!(ids.contains(&id), "{ids:?}");
     }
 
-    json_of(&as_(
+    let own = as_(
         "admin",
+        &["audit", "review", "--mark-reviewed", "INC", "--note", "ok"],
+    );
+    assert!(!own.status.success());
+    assert!(
+        String::from_utf8_lossy(&own.stderr).contains("may not review it"),
+        "{own:?}"
+    );
+    json_of(&as_(
+        "admin2",
         &[
             "audit",
             "review",
             "--mark-reviewed",
             "INC",
+            "--holder",
+            "spiffe://example.org/workload/admin",
             "--note",
             "ok",
             "--json",

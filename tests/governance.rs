@@ -308,17 +308,41 @@ async fn owners_come_from_rules_or_the_request_and_can_be_required() {
 
 #[tokio::test]
 async fn break_glass_is_justified_flagged_everywhere_and_reviewed() {
-    let mut s = start().await;
+    // A second admin, to review what the first opened.
+    let mut s = start_with(|t| {
+        t.replace(
+            "admins = [\"spiffe://example.org/workload/admin\"]",
+            "admins = [\"spiffe://example.org/workload/admin\", \"spiffe://example.org/workload/admin2\"]",
+        )
+    })
+    .await;
     let mut agent = s.client("agent").await;
     let mut admin = s.client("admin").await;
+    let mut admin2 = s.client_as("workload/admin2").await;
     let bg = |justification: &str, ticket: &str, lifetime: u64| pb::BeginTaskRequest {
         task_id: "incident-7".into(),
         break_glass: true,
         justification: justification.into(),
         ticket: ticket.into(),
         lifetime_seconds: lifetime,
+        owner: "sre-oncall".into(),
         ..Default::default()
     };
+    // Break-glass needs an accountable owner: the admin has no ownership
+    // rule, so one must be named.
+    let err = admin
+        .begin_task(pb::BeginTaskRequest {
+            owner: String::new(),
+            ..bg("db down", "INC-7", 600)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("would have no accountable owner"),
+        "{}",
+        err.message()
+    );
     let err = admin.begin_task(bg("", "INC-7", 600)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("justification"), "{}", err.message());
@@ -392,15 +416,34 @@ async fn break_glass_is_justified_flagged_everywhere_and_reviewed() {
     assert_eq!(open[0].task_id, "incident-7");
     let err = agent.list_break_glass(false).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    let r = admin
-        .mark_reviewed("incident-7", "", "restart was justified")
+    // Separation of duties: the admin who broke the glass does not review
+    // it; the refusal is in the trail.
+    let err = admin
+        .mark_reviewed("incident-7", "", "all fine")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("may not review it"),
+        "{}",
+        err.message()
+    );
+    let timeline = admin.task_timeline("incident-7", "").await.unwrap();
+    assert!(timeline.events.iter().any(|e| {
+        e.kind == pb::AuditKind::BreakGlassReview as i32
+            && e.decision == pb::AuditDecision::Deny as i32
+            && e.actor == ADMIN
+    }));
+    assert_eq!(admin.list_break_glass(false).await.unwrap().len(), 1);
+    let r = admin2
+        .mark_reviewed("incident-7", ADMIN, "restart was justified")
         .await
         .unwrap();
-    assert_eq!(r.reviewed_by, ADMIN);
+    assert_eq!(r.reviewed_by, "spiffe://example.org/workload/admin2");
     assert!(admin.list_break_glass(false).await.unwrap().is_empty());
     assert_eq!(admin.list_break_glass(true).await.unwrap().len(), 1);
-    let err = admin
-        .mark_reviewed("incident-7", "", "again")
+    let err = admin2
+        .mark_reviewed("incident-7", ADMIN, "again")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -482,7 +525,8 @@ async fn delegation_narrows_chains_and_cascades() {
         "{}",
         err.message()
     );
-    // Only the holder of the parent delegates it.
+    // Only the holder of the parent delegates it; to anyone else it
+    // answers as a task that does not exist.
     let err = helper
         .delegate_task(pb::DelegateTaskRequest {
             parent: Some(pb::TaskRef {
@@ -493,7 +537,8 @@ async fn delegation_narrows_chains_and_cascades() {
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.message(), "task `plan` not found");
 
     let child = agent
         .delegate_task(delegate(HELPER, "plan", &["db"], 0))
@@ -645,9 +690,11 @@ async fn the_timeline_tells_the_whole_story() {
     let text = taskmint::cli::audit_timeline_text(&t);
     assert!(text.contains("acknowledged by sidecar"), "{text}");
     assert!(text.contains("used (status checked)"), "{text}");
-    // Another workload's timeline is not the agent's to read.
+    // Another workload's timeline is not the sidecar's to read: it answers
+    // as a task that does not exist.
     let err = sidecar.task_timeline("story", AGENT).await.unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.message(), "task `story` not found");
     s.stop().await;
 }
 

@@ -291,13 +291,13 @@ async fn renewal_is_linked_bounded_and_never_outlives_the_task() {
         .unwrap();
     assert_eq!(successor.renewal_count, 1);
 
-    // Only the workload a credential names may renew it.
+    // Only the workload a credential names may renew it; to another, it
+    // answers as a credential that does not exist, naming no one.
     let mut sidecar = s.client("sidecar").await;
-    let err = sidecar
-        .renew(renew(&r.credential.unwrap().id, false))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    let id = r.credential.unwrap().id;
+    let err = sidecar.renew(renew(&id, false)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.message(), format!("credential `{id}` not found"));
 
     // An expired credential cannot be renewed.
     let brief = agent
@@ -356,8 +356,18 @@ async fn revoke_is_authorized_and_idempotent() {
         }),
         Target::TrustDomain("example.org".into()),
     ] {
+        // Another workload's credential or task answers "not found", as
+        // one that does not exist; a workload or trust domain named by the
+        // caller is refused as such.
+        let hidden = matches!(target, Target::CredentialId(_) | Target::Task(_));
         let err = sidecar.revoke(target.clone(), "").await.unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied, "{target:?}: {err:?}");
+        let code = if hidden {
+            Code::NotFound
+        } else {
+            Code::PermissionDenied
+        };
+        assert_eq!(err.code(), code, "{target:?}: {err:?}");
+        assert!(!err.message().contains(AGENT) || !hidden, "{err:?}");
     }
     let err = agent
         .revoke(Target::TrustDomain("example.org".into()), "")

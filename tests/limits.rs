@@ -233,7 +233,7 @@ async fn an_authenticated_garbage_request_is_invalid_argument_naming_the_message
         let (code, message) = raw_call(&mut send, path, GARBAGE).await;
         assert_eq!(code, Code::InvalidArgument as i32, "{path}: {message}");
         assert!(
-            message.starts_with("the message is not valid protobuf for this method: "),
+            message.contains("Request` does not decode as protobuf: "),
             "{path}: {message}"
         );
         assert!(!message.contains("DecodeError"), "{path}: {message}");

@@ -84,7 +84,11 @@ impl pb::admin_server::Admin for AdminService {
                 req,
                 |_| String::new(),
                 |c, r| async move {
-                    let limit = if r.limit == 0 { 1000 } else { r.limit };
+                    let limit = if r.limit == 0 {
+                        crate::issuer::MAX_EXPORT_LIMIT
+                    } else {
+                        r.limit
+                    };
                     let (events, head) = self
                         .calls
                         .issuer

@@ -6,7 +6,8 @@
 //! workloads that mint (`issuer.rs`), `Revocations` for relying parties and
 //! sidecars (`revocations.rs`), `Admin` for operators (`admin.rs`). Their
 //! handlers share the request wrapper in `call.rs` and the conversions in
-//! `convert.rs`.
+//! `convert.rs`; every message goes through the codec in `codec.rs` (a
+//! request that does not decode is INVALID_ARGUMENT naming the field).
 //!
 //! Connections are accepted here, at most `listen.max_connections` at once;
 //! TLS handshakes run in their own tasks under a timeout (a slow or silent

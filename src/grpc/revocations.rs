@@ -58,7 +58,7 @@ impl pb::revocations_server::Revocations for RevocationsService {
             };
             let f = self.calls.issuer.feed_config();
             let opts = FeedOptions { heartbeat: f.heartbeat_interval, buffer: f.subscriber_buffer };
-            self.calls.issuer.authorize_watch(&c, r.after_seq, &r.subscriber).await?;
+            self.calls.issuer.authorize_watch(&c, r.after_seq, &r.subscriber, &filter).await?;
             tracing::info!(subscriber = %r.subscriber, caller = %c.spiffe_id, after = ?r.after_seq, "watch started");
             let feed = feed::watch(self.calls.issuer.revocations().clone(), r.after_seq, filter, opts);
             let stream = feed.map(|item| {
@@ -122,8 +122,8 @@ impl pb::revocations_server::Revocations for RevocationsService {
                 "GetCrl",
                 req,
                 |_| String::new(),
-                |_, _| async move {
-                    let crl = self.calls.issuer.crl().await?;
+                |c, _| async move {
+                    let crl = self.calls.issuer.crl(&c).await?;
                     Ok((
                         pb::GetCrlResponse {
                             crl: crl.der,

@@ -36,8 +36,13 @@ pub enum TaskIdError {
     /// More than [`TaskId::MAX_LEN`] characters.
     #[error("task id is {0} characters long; at most 128 are allowed")]
     TooLong(usize),
-    /// A character outside `[A-Za-z0-9._:-]`.
-    #[error("task id `{id}` contains `{ch}`; only A-Z a-z 0-9 . _ : - are allowed")]
+    /// A character outside `[A-Za-z0-9._:-]`. The message shows the id and
+    /// the character escaped: either may be invisible or reorder the text.
+    #[error(
+        "task id `{}` contains `{}`; only A-Z a-z 0-9 . _ : - are allowed",
+        .id.escape_default(),
+        .ch.escape_default()
+    )]
     BadChar {
         /// The id as given (already known to be at most 128 chars).
         id: String,
@@ -110,5 +115,11 @@ mod tests {
             Err(TaskIdError::BadChar { ch: 'â', .. })
         ));
         assert!(TaskId::parse("a b").is_err());
+        // A bidi override is shown escaped, never as itself.
+        let e = TaskId::parse("ab\u{202e}cd").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "task id `ab\\u{202e}cd` contains `\\u{202e}`; only A-Z a-z 0-9 . _ : - are allowed"
+        );
     }
 }

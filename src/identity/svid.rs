@@ -83,7 +83,7 @@ pub enum AuthError {
 pub fn spiffe_id_of_leaf(leaf: &X509Certificate<'_>) -> Result<SpiffeId, AuthError> {
     let san = leaf
         .subject_alternative_name()
-        .map_err(|e| AuthError::Malformed(format!("subjectAltName: {e}")))?;
+        .map_err(|_| AuthError::Malformed("its subjectAltName does not decode".into()))?;
     let uris: Vec<&str> = san
         .map(|s| {
             s.value
@@ -131,19 +131,19 @@ pub fn authenticate(
 ) -> Result<Caller, AuthError> {
     let leaf_der = chain.first().ok_or(AuthError::NoCertificate)?;
     let (_, leaf) = X509Certificate::from_der(leaf_der.as_ref())
-        .map_err(|e| AuthError::Malformed(e.to_string()))?;
+        .map_err(|_| AuthError::Malformed("the leaf does not decode as a certificate".into()))?;
 
     let spiffe_id = spiffe_id_of_leaf(&leaf)?;
 
     let bc = leaf
         .basic_constraints()
-        .map_err(|e| AuthError::Malformed(format!("basicConstraints: {e}")))?;
+        .map_err(|_| AuthError::Malformed("its basicConstraints do not decode".into()))?;
     if bc.is_some_and(|b| b.value.ca) {
         return Err(AuthError::CaCertificate);
     }
     let ku = leaf
         .key_usage()
-        .map_err(|e| AuthError::Malformed(format!("keyUsage: {e}")))?;
+        .map_err(|_| AuthError::Malformed("its keyUsage does not decode".into()))?;
     match ku {
         None => return Err(AuthError::NoDigitalSignature),
         Some(ku) => {

@@ -5,7 +5,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 
-use super::validate::check_text;
+use super::validate::{self, check_text};
 use super::{Issuer, TaskRef};
 use crate::Error;
 use crate::audit::{AuditDraft, AuditEvent, decision, kind};
@@ -16,6 +16,9 @@ use crate::store::{CredentialRecord, GrantFilter, Review, ReviewOutcome, TaskRec
 
 /// Largest inventory page.
 pub const MAX_PAGE_SIZE: u32 = 500;
+
+/// Most audit events one export returns.
+pub const MAX_EXPORT_LIMIT: u32 = 1000;
 
 /// An active task and its active credentials (the inventory).
 #[derive(Debug, Clone)]
@@ -52,6 +55,16 @@ impl Issuer {
         page_token: &str,
     ) -> Result<(Vec<Grant>, String), Error> {
         self.gate.admin(caller, "list_grants").await?;
+        let page_size = validate::page_size("page_size", page_size, MAX_PAGE_SIZE)?;
+        if let Some(h) = &filter.holder {
+            validate::spiffe_id("holder", h)?;
+        }
+        if let Some(o) = &filter.owner {
+            check_text("owner", o, 256)?;
+        }
+        if let Some(t) = &filter.task_id {
+            crate::identity::TaskId::parse(t)?;
+        }
         let limit = match page_size {
             0 => 100,
             n => n.min(MAX_PAGE_SIZE),
@@ -105,13 +118,8 @@ impl Issuer {
         self.gate.admin(caller, "audit_export").await?;
         // Sequences are stored as signed 64-bit integers: a larger cursor
         // would wrap around to the start of the trail.
-        if after > i64::MAX as u64 {
-            return Err(Error::InvalidArgument(format!(
-                "after_seq must be at most {}",
-                i64::MAX
-            )));
-        }
-        let limit = limit.clamp(1, 1000);
+        validate::seq("after_seq", after)?;
+        let limit = validate::page_size("limit", limit, MAX_EXPORT_LIMIT)?.max(1);
         let events = self.store.audit_after(after, limit).await?;
         Ok((events, self.store.audit_head().await?))
     }
@@ -160,6 +168,19 @@ impl Issuer {
         let d = self.gate.admin(caller, "mark_reviewed").await?;
         let now = now_unix();
         let me = caller.spiffe_id.to_string();
+        // Separation of duties: whoever opened the break-glass access (the
+        // task's holder, or a holder up its delegation chain) does not
+        // review it.
+        if let Some(t) = self.store.task(&holder, task.as_str()).await?
+            && t.break_glass
+            && self.opened_by(&t, &me).await?
+        {
+            let e = Error::PermissionDenied(format!(
+                "`{me}` opened break-glass task `{task}` and may not review it; another admin must"
+            ));
+            let draft = AuditDraft::new(kind::REVIEW, &me, now).task(&holder, task.as_str(), true);
+            return Err(self.gate.refuse(draft, decision::DENY, e).await);
+        }
         let review = Review {
             by: me.clone(),
             at: now,
@@ -191,6 +212,31 @@ impl Issuer {
                 "task `{task}` of `{holder}` is unknown"
             ))),
         }
+    }
+}
+
+impl Issuer {
+    /// Whether `who` holds `t` or a task it was delegated from.
+    async fn opened_by(&self, t: &TaskRecord, who: &str) -> Result<bool, Error> {
+        if t.holder == who {
+            return Ok(true);
+        }
+        let mut next = t.parent.clone();
+        // Depth bounds the walk; a missing parent ends it.
+        for _ in 0..=t.depth {
+            let Some((holder, task_id)) = next else {
+                break;
+            };
+            if holder == who {
+                return Ok(true);
+            }
+            next = self
+                .store
+                .task(&holder, &task_id)
+                .await?
+                .and_then(|p| p.parent);
+        }
+        Ok(false)
     }
 }
 

@@ -2,21 +2,40 @@
 //! acknowledging it, and the delivery state of every expected subscriber.
 
 use super::Issuer;
-use super::validate::check_text;
+use super::validate::{self, validate_subscriber};
 use crate::Error;
 use crate::audit::{AuditDraft, decision, kind};
 use crate::clock::now_unix;
-use crate::identity::Caller;
+use crate::identity::{Caller, TaskId};
 use crate::policy::{Request, Resource, WatchContext, WatchOperation};
+use crate::revocation::feed::Filter;
 
 impl Issuer {
-    /// Authorizes opening a revocation feed (and audits it).
+    /// Authorizes opening a revocation feed (and audits it). The cursor,
+    /// the subscriber name (optional here, validated as acknowledgements
+    /// validate it) and the filter are checked first.
     pub async fn authorize_watch(
         &self,
         caller: &Caller,
         after: Option<u64>,
         subscriber: &str,
+        filter: &Filter,
     ) -> Result<(), Error> {
+        if let Some(after) = after {
+            validate::seq("after_seq", after)?;
+        }
+        if !subscriber.is_empty() {
+            validate_subscriber(subscriber)?;
+        }
+        if let Some(td) = &filter.trust_domain {
+            validate::trust_domain("trust_domain", td)?;
+        }
+        if let Some(id) = &filter.spiffe_id {
+            validate::spiffe_id("spiffe_id", id)?;
+        }
+        if let Some(t) = &filter.task_id {
+            TaskId::parse(t)?;
+        }
         let me = caller.spiffe_id.to_string();
         let mut draft = AuditDraft::new(kind::WATCH, &me, now_unix())
             .subject(subscriber)
@@ -37,10 +56,8 @@ impl Issuer {
 
     /// Records a subscriber's acknowledgement.
     pub async fn ack(&self, caller: &Caller, subscriber: &str, up_to: u64) -> Result<u64, Error> {
-        check_text("subscriber", subscriber, 128)?;
-        if subscriber.is_empty() {
-            return Err(Error::InvalidArgument("subscriber name is empty".into()));
-        }
+        validate_subscriber(subscriber)?;
+        validate::seq("up_to_seq", up_to)?;
         let me = caller.spiffe_id.to_string();
         let draft = AuditDraft::new(kind::ACK, &me, now_unix()).subject(subscriber);
         let request = Request::Watch(WatchContext {
@@ -55,17 +72,25 @@ impl Issuer {
         // name belongs to the first workload that acknowledged under it,
         // which the store checks on the stored row as it writes (two
         // replicas racing for a new name cannot both have it).
+        // The answer names no one: who holds a name is the trail's to
+        // record, not another workload's to learn.
         let configured = self.feed.subscribers.iter().find(|s| s.name == subscriber);
-        let denied = |bound_to: &str| {
+        let denied = || {
             Error::PermissionDenied(format!(
-                "subscriber `{subscriber}` acknowledges as `{bound_to}`, not `{me}`"
+                "subscriber `{subscriber}` is bound to another workload; acknowledge under a name of your own"
             ))
+        };
+        let precise = |bound_to: &str| {
+            format!("subscriber `{subscriber}` acknowledges as `{bound_to}`, not `{me}`")
         };
         if let Some(s) = configured
             && s.spiffe_id != me
         {
-            let e = denied(&s.spiffe_id);
-            return Err(self.gate.refuse(draft, decision::DENY, e).await);
+            let reason = precise(&s.spiffe_id);
+            return Err(self
+                .gate
+                .refuse_as(draft, decision::DENY, reason, denied())
+                .await);
         }
         let current = self.store.current_seq().await?;
         if up_to > current {
@@ -107,8 +132,11 @@ impl Issuer {
             .await;
         let a = match acked {
             Err(crate::store::StoreError::SubscriberBound { bound_to, .. }) => {
-                let e = denied(&bound_to);
-                return Err(self.gate.refuse(draft, decision::DENY, e).await);
+                let reason = precise(&bound_to);
+                return Err(self
+                    .gate
+                    .refuse_as(draft, decision::DENY, reason, denied())
+                    .await);
             }
             other => self.within_caps(caller, other).await?,
         };

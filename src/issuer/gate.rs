@@ -24,6 +24,7 @@ use crate::identity::{Caller, SpiffeId, TrustDomain};
 use crate::policy::{AdminContext, Decision, Engine, Request, Resource};
 use crate::ratelimit::{Class, ClassLimits, RefusalBatch, Refusals, StreamCounter, StreamSlot};
 use crate::store::Store;
+use crate::tls::TlsMaterial;
 
 /// How often refusals by a limit are written, per workload and limit.
 pub const REFUSAL_AUDIT_INTERVAL: Duration = Duration::from_secs(60);
@@ -36,11 +37,17 @@ pub(super) struct Gate {
     watchers: StreamCounter,
     refusals: Refusals,
     store: Arc<dyn Store>,
+    material: Arc<TlsMaterial>,
 }
 
 impl Gate {
     /// The gate of the issuer configured by `cfg`.
-    pub(super) fn new(cfg: &Config, policy: Arc<Engine>, store: Arc<dyn Store>) -> Self {
+    pub(super) fn new(
+        cfg: &Config,
+        policy: Arc<Engine>,
+        store: Arc<dyn Store>,
+        material: Arc<TlsMaterial>,
+    ) -> Self {
         // Buckets live in this process: replicas do not share them, so the
         // fleet allows N times this. Said once at start so an operator
         // sizing the fleet sees it.
@@ -57,6 +64,7 @@ impl Gate {
             watchers: StreamCounter::new(cfg.limits.max_watch_streams),
             refusals: Refusals::new(REFUSAL_AUDIT_INTERVAL),
             store,
+            material,
         }
     }
 
@@ -68,8 +76,20 @@ impl Gate {
     /// Credentials are minted only for workloads of the issuer's own trust
     /// domain: its CA and JWT key speak for that trust domain alone.
     /// Federated workloads may authenticate (watch, check status), not mint.
+    /// Nor does the issuer itself: its serving SVID (as reloaded) holds no
+    /// tasks, so a leaked serving key cannot be turned into credentials.
     /// A refusal is audited as a `deny` with `draft`.
     pub(super) async fn mintable(&self, id: &SpiffeId, draft: &AuditDraft) -> Result<(), Error> {
+        if self
+            .material
+            .server_spiffe_id()
+            .is_some_and(|own| own == id.to_string())
+        {
+            let e = Error::PermissionDenied(format!(
+                "`{id}` is the issuer's own serving identity; it holds no tasks and mints nothing"
+            ));
+            return Err(self.refuse(draft.clone(), decision::DENY, e).await);
+        }
         if id.trust_domain() != &self.trust_domain {
             let e = Error::PermissionDenied(format!(
                 "credentials are minted only for workloads of trust domain `{}`; `{id}` belongs to `{}`",
@@ -215,6 +235,34 @@ impl Gate {
         Ok(d)
     }
 
+    /// Authorizes a read that is not audited either way (the CRL, public to
+    /// whoever the policy lets read it): a flood of reads, allowed or
+    /// denied, must not write a row per call. A denial is logged.
+    pub(super) fn authorize_unaudited(
+        &self,
+        caller: &Caller,
+        request: Request,
+        resource: &Resource,
+    ) -> Result<Decision, Error> {
+        let action = request.action();
+        let d = self
+            .policy
+            .authorize(&caller.spiffe_id, request, resource)?;
+        for e in &d.errors {
+            tracing::warn!(action = action.as_str(), error = %e, "a policy failed to evaluate");
+        }
+        if !d.allowed {
+            tracing::info!(spiffe_id = %caller.spiffe_id, action = action.as_str(), %resource, policies = ?d.policies, "denied (not audited)");
+            return Err(Error::PermissionDenied(format!(
+                "`{}` may not {} {resource}: {}",
+                caller.spiffe_id,
+                action.as_str(),
+                d.describe()
+            )));
+        }
+        Ok(d)
+    }
+
     /// Authorizes a call that changes nothing and records the allow (a
     /// denial is recorded by [`Gate::authorize`]).
     pub(super) async fn authorize_recorded(
@@ -249,13 +297,28 @@ impl Gate {
     /// the ids of the policies that had allowed it, if any). Internal failures
     /// are not audited (the store may be what failed); they are logged where
     /// they are mapped.
-    pub(super) async fn refuse(&self, mut draft: AuditDraft, verdict: &str, e: Error) -> Error {
+    pub(super) async fn refuse(&self, draft: AuditDraft, verdict: &str, e: Error) -> Error {
+        let reason = e.to_string();
+        self.refuse_as(draft, verdict, reason, e).await
+    }
+
+    /// Like [`Gate::refuse`], but the trail records `reason` while the caller
+    /// is answered `e`: a refusal that would name another workload, or tell
+    /// "not yours" from "does not exist", is answered vaguely and audited
+    /// precisely.
+    pub(super) async fn refuse_as(
+        &self,
+        mut draft: AuditDraft,
+        verdict: &str,
+        reason: String,
+        e: Error,
+    ) -> Error {
         // A limit's refusals are audited in aggregate (`refuse_limit`).
         if e.is_internal() || matches!(e, Error::ResourceExhausted { .. }) {
             return e;
         }
         draft.decision = verdict.into();
-        draft.reason = e.to_string();
+        draft.reason = reason;
         match self.store.append_audit(&[draft]).await {
             Ok(_) => e,
             Err(se) => se.into(),

@@ -29,12 +29,13 @@ use std::time::Duration;
 use rand::RngCore;
 
 use crate::Error;
+use crate::audit::AuditDraft;
 use crate::ca::SigningCa;
 pub use crate::clock::now_unix;
 use crate::config::{Config, FeedConfig, LimitsConfig};
-use crate::identity::{Caller, SpiffeId, SpiffePattern, TaskId, TrustDomain};
+use crate::identity::{Caller, SpiffePattern, TaskId, TrustDomain};
 use crate::jwt::JwtSigner;
-use crate::policy::{Engine, TaskFacts};
+use crate::policy::{Decision, Engine, Request, Resource, TaskFacts};
 use crate::revocation::Revocations;
 use crate::store::{Store, StoreError, TaskRecord};
 use crate::tls::TlsMaterial;
@@ -49,14 +50,16 @@ mod revoke;
 mod tasks;
 mod validate;
 
-pub use admin::{Grant, MAX_PAGE_SIZE, Timeline};
+pub use admin::{Grant, MAX_EXPORT_LIMIT, MAX_PAGE_SIZE, Timeline};
 pub use mint::{BACKDATE_SECS, MintJwt, MintX509, Minted};
 pub use renew::Renew;
 pub use revoke::{
     CredentialState, Crl, REASON_COMPLETED, REASON_SUPERSEDED, RevokeOutcome, RevokeTarget,
 };
 pub use tasks::{BeginTask, Delegate, TaskRef};
-pub use validate::{MAX_AUDIENCE_LEN, MAX_JUSTIFICATION_LEN};
+pub use validate::{
+    MAX_AUDIENCE_LEN, MAX_JUSTIFICATION_LEN, MAX_REQUEST_DURATION, MAX_SEQ, MAX_SUBSCRIBER_LEN,
+};
 
 use gate::Gate;
 use tasks::TaskCache;
@@ -130,7 +133,7 @@ impl Issuer {
             ca,
             jwt,
             store: revocations.store().clone(),
-            gate: Gate::new(cfg, policy, revocations.store().clone()),
+            gate: Gate::new(cfg, policy, revocations.store().clone(), material.clone()),
             revocations,
             material,
             owner_rules: cfg
@@ -253,9 +256,7 @@ impl Issuer {
         let task = TaskId::parse(&r.task_id)?;
         let holder = match r.holder.as_deref().filter(|o| !o.is_empty()) {
             None => caller.spiffe_id.to_string(),
-            Some(o) => SpiffeId::new(o)
-                .map_err(|e| Error::InvalidArgument(format!("task holder `{o}`: {e}")))?
-                .to_string(),
+            Some(o) => validate::spiffe_id("task holder", o)?.to_string(),
         };
         Ok((task, holder))
     }
@@ -264,6 +265,38 @@ impl Issuer {
         self.store
             .task(holder, task.as_str())
             .await?
-            .ok_or_else(|| Error::NotFound(format!("task `{task}` of `{holder}` is unknown")))
+            .ok_or_else(|| task_not_found(task.as_str()))
     }
+
+    /// Authorizes `request` on task `t`. A denial on a task the caller does
+    /// not hold is answered exactly as a task that does not exist: task ids
+    /// are names a caller can guess, and "not yours" would confirm that one
+    /// is in use. The audit trail records the denial as it was decided.
+    async fn authorize_task(
+        &self,
+        caller: &Caller,
+        request: Request,
+        t: &TaskRecord,
+        draft: &AuditDraft,
+    ) -> Result<Decision, Error> {
+        let resource = Resource::Task(facts(t));
+        match self.gate.authorize(caller, request, &resource, draft).await {
+            Err(Error::PermissionDenied(_)) if t.holder != caller.spiffe_id.to_string() => {
+                Err(task_not_found(&t.task_id))
+            }
+            other => other,
+        }
+    }
+}
+
+/// The one answer for a task that does not exist and for a task of another
+/// workload that the caller may not see.
+pub(crate) fn task_not_found(task_id: &str) -> Error {
+    Error::NotFound(format!("task `{task_id}` not found"))
+}
+
+/// The one answer for a credential that does not exist and for a credential
+/// of another workload that the caller may not act on.
+pub(crate) fn credential_not_found(id: &str) -> Error {
+    Error::NotFound(format!("credential `{id}` not found"))
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::revoke::REASON_SUPERSEDED;
 use super::validate::ensure_active;
-use super::{Issuer, Minted, facts};
+use super::{Issuer, Minted, credential_not_found, facts};
 use crate::Error;
 use crate::audit::{AuditDraft, decision, kind};
 use crate::ca;
@@ -32,32 +32,35 @@ impl Issuer {
     pub async fn renew(&self, caller: &Caller, req: Renew) -> Result<(Minted, Option<u64>), Error> {
         let now = now_unix();
         let me = caller.spiffe_id.to_string();
+        check_credential_id(&req.credential_id)?;
+        let ttl = super::validate::duration("ttl_seconds", req.ttl)?;
         let pred = self
             .store
             .credential(&req.credential_id)
             .await?
-            .ok_or_else(|| {
-                Error::NotFound(format!("credential `{}` is unknown", req.credential_id))
-            })?;
+            .ok_or_else(|| credential_not_found(&req.credential_id))?;
         let task = self
             .store
             .task(&pred.task_holder, &pred.task_id)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("task `{}` is unknown", pred.task_id)))?;
+            .ok_or_else(|| credential_not_found(&req.credential_id))?;
         let draft = AuditDraft::new(kind::RENEW, &me, now)
             .task(&task.holder, &task.task_id, task.break_glass)
             .subject(&pred.id);
         if pred.spiffe_id != me {
             // The credential is bound to its workload's key: no policy can
-            // hand it to another.
-            let e = Error::PermissionDenied(format!(
+            // hand it to another. Answered as if it did not exist (the
+            // trail records why), so the answer names no other workload
+            // and confirms no credential id.
+            let precise = format!(
                 "credential `{}` names `{}`; only that workload may renew it",
                 pred.id, pred.spiffe_id
-            ));
-            return Err(self.gate.refuse(draft, decision::DENY, e).await);
+            );
+            let e = credential_not_found(&pred.id);
+            return Err(self.gate.refuse_as(draft, decision::DENY, precise, e).await);
         }
         self.gate.mintable(&caller.spiffe_id, &draft).await?;
-        let ttl = match self.ttl(req.ttl) {
+        let ttl = match self.ttl(ttl) {
             Ok(t) => t,
             Err(e) => return Err(self.gate.refuse(draft, decision::REFUSED, e).await),
         };
@@ -158,4 +161,16 @@ impl Issuer {
         }
         Ok((minted, superseded))
     }
+}
+
+/// Credential ids are lowercase hex (38 digits for a serial, 32 for a jti):
+/// anything else is refused before it is looked up or reaches the trail (a
+/// token pasted in by mistake must not be stored).
+pub(super) fn check_credential_id(id: &str) -> Result<(), Error> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::InvalidArgument(
+            "credential_id must be 1-64 hex digits (a certificate serial or a JWT jti)".into(),
+        ));
+    }
+    Ok(())
 }

@@ -1,12 +1,13 @@
 //! Revocation, credential status and the CRL: what to revoke, what a
 //! revocation did, and the state of a credential now.
 
-use super::validate::check_text;
-use super::{Issuer, TaskRef, facts};
+use super::renew::check_credential_id;
+use super::validate::{self, check_text};
+use super::{Issuer, TaskRef, credential_not_found, facts};
 use crate::Error;
 use crate::audit::{AuditDraft, decision, kind};
 use crate::clock::{now_unix, rfc3339};
-use crate::identity::{Caller, SpiffeId, TrustDomain};
+use crate::identity::Caller;
 use crate::policy::{Request, Resource, RevokeContext};
 use crate::store::{
     Condition, CredentialRecord, CrlEntry, RevokeRequest, RevokeScope, Store, StoreError, StoredCrl,
@@ -96,18 +97,25 @@ impl Issuer {
         let now = now_unix();
         let mut draft = AuditDraft::new(kind::REVOKE, &me, now).because(reason);
         let mut already = None;
+        // Who the target belongs to, when it is a credential or a task: a
+        // denial on another workload's is answered as "not found".
+        let mut hidden = None;
         let (scope, resource, cascade) = match target {
             RevokeTarget::Credential(id) => {
+                check_credential_id(&id)?;
                 let c = self
                     .store
                     .credential(&id)
                     .await?
-                    .ok_or_else(|| Error::NotFound(format!("credential `{id}` is unknown")))?;
+                    .ok_or_else(|| credential_not_found(&id))?;
                 let t = self
                     .store
                     .task(&c.task_holder, &c.task_id)
                     .await?
-                    .ok_or_else(|| Error::NotFound(format!("task `{}` is unknown", c.task_id)))?;
+                    .ok_or_else(|| credential_not_found(&id))?;
+                if c.spiffe_id != me && t.holder != me {
+                    hidden = Some(credential_not_found(&id));
+                }
                 draft = draft
                     .task(&t.holder, &t.task_id, t.break_glass)
                     .credential(&id);
@@ -132,6 +140,9 @@ impl Issuer {
             RevokeTarget::Task(r) => {
                 let (task, holder) = self.holder_of(caller, &r)?;
                 let t = self.find_task(&holder, &task).await?;
+                if t.holder != me {
+                    hidden = Some(super::task_not_found(&t.task_id));
+                }
                 draft = draft.task(&t.holder, &t.task_id, t.break_glass);
                 (
                     RevokeScope::Task {
@@ -143,9 +154,7 @@ impl Issuer {
                 )
             }
             RevokeTarget::Workload(id) => {
-                let id = SpiffeId::new(&id)
-                    .map_err(|e| Error::InvalidArgument(format!("SPIFFE ID `{id}`: {e}")))?
-                    .to_string();
+                let id = validate::spiffe_id("spiffe_id", &id)?.to_string();
                 draft = draft.subject(&id);
                 (
                     RevokeScope::Workload(id.clone()),
@@ -154,9 +163,7 @@ impl Issuer {
                 )
             }
             RevokeTarget::TrustDomain(td) => {
-                let td = TrustDomain::new(&td)
-                    .map_err(|e| Error::InvalidArgument(format!("trust domain `{td}`: {e}")))?
-                    .to_string();
+                let td = validate::trust_domain("trust_domain", &td)?.to_string();
                 draft = draft.subject(&td);
                 (
                     RevokeScope::TrustDomain(td.clone()),
@@ -169,10 +176,14 @@ impl Issuer {
             scope: scope.kind(),
             reason: reason.to_owned(),
         });
-        let d = self
+        let d = match self
             .gate
             .authorize(caller, request, &resource, &draft)
-            .await?;
+            .await
+        {
+            Err(Error::PermissionDenied(_)) if let Some(answer) = hidden => return Err(answer),
+            other => other?,
+        };
         let draft = draft.decided(decision::ALLOW, &d.policies);
         if let Some(message) = already {
             self.store
@@ -200,14 +211,7 @@ impl Issuer {
     /// The state of a credential. Audited: a status check is the "use"
     /// signal of the credential's task.
     pub async fn check_status(&self, caller: &Caller, id: &str) -> Result<CredentialState, Error> {
-        // Ids are lowercase hex (38 for a serial, 32 for a jti): anything
-        // else is refused before it can reach the trail (a token pasted in
-        // by mistake must not be stored).
-        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::InvalidArgument(
-                "credential_id must be 1-64 hex digits (a certificate serial or a JWT jti)".into(),
-            ));
-        }
+        check_credential_id(id)?;
         let c = self.store.credential(id).await?;
         let now = now_unix();
         let state = match &c {
@@ -245,7 +249,12 @@ impl Issuer {
     /// stored before it was built from entries no newer than these, so a
     /// stored CRL never lists less than the one it replaces (save what
     /// expired in between).
-    pub async fn crl(&self) -> Result<Crl, Error> {
+    ///
+    /// Authorized by policy (`read_crl`) and not audited: serving the
+    /// stored CRL writes nothing.
+    pub async fn crl(&self, caller: &Caller) -> Result<Crl, Error> {
+        self.gate
+            .authorize_unaudited(caller, Request::ReadCrl, &Resource::Issuer)?;
         let stored = once_per_change(
             self.store.as_ref(),
             self.crl_validity,
@@ -289,13 +298,7 @@ impl Issuer {
         let revoked: Vec<_> = entries
             .into_iter()
             .map(|e| {
-                let reason = match e.reason.as_str() {
-                    REASON_SUPERSEDED => rcgen::RevocationReason::Superseded,
-                    REASON_COMPLETED | crate::revocation::reaper::REASON_DEADLINE => {
-                        rcgen::RevocationReason::CessationOfOperation
-                    }
-                    _ => rcgen::RevocationReason::Unspecified,
-                };
+                let reason = crl_reason(&e.reason);
                 (e.serial_hex, e.revoked_at, reason)
             })
             .collect();
@@ -326,7 +329,7 @@ async fn once_per_change(
     let mut stored = store.stored_crl().await?;
     for _ in 0..CRL_ATTEMPTS {
         let now = now_unix();
-        let entries = store.crl_entries(now).await?;
+        let entries = store.crl_entries(listed_after(now, validity)).await?;
         let hash = hash(&entries);
         if current(&stored, &hash, now, validity) {
             return Ok(stored);
@@ -349,6 +352,51 @@ async fn once_per_change(
         }));
     }
     Ok(stored)
+}
+
+/// Entries are listed while their certificate's notAfter is later than
+/// this: for one CRL validity after it expires. RFC 5280 §3.3: an entry
+/// stays until it has appeared on one scheduled CRL issued after the
+/// certificate's validity period; a stored CRL is re-signed once half its
+/// validity has passed, so a CRL asked for in that time lists it. The entry
+/// set (and so the CRL's content hash) changes when an entry drops out: the
+/// next request signs a CRL without it, the same on every backend.
+fn listed_after(now: i64, validity: std::time::Duration) -> i64 {
+    now - validity.as_secs() as i64
+}
+
+/// The RFC 5280 CRLReason a revocation reason is listed with; `None` for
+/// unspecified, which RFC 5280 §5.3.1 says to omit rather than encode.
+///
+/// | reason given | CRLReason |
+/// | --- | --- |
+/// | `task_completed`, `task_deadline` (taskmint's own) | cessationOfOperation (5) |
+/// | `superseded` (a renewal replaced it) | superseded (4) |
+/// | `key_compromise`, `compromise`, `compromised`, `leaked`, `incident` | keyCompromise (1) |
+/// | `ca_compromise` | cACompromise (2) |
+/// | `affiliation_changed` | affiliationChanged (3) |
+/// | `cessation_of_operation` | cessationOfOperation (5) |
+/// | `privilege_withdrawn` | privilegeWithdrawn (9) |
+/// | anything else (`revoked`, free text) | none: the extension is omitted |
+///
+/// Matched case-insensitively, with `-`, ` ` and `_` alike, so `keyCompromise`
+/// and `key-compromise` name the same reason.
+pub fn crl_reason(reason: &str) -> Option<rcgen::RevocationReason> {
+    use rcgen::RevocationReason as R;
+    let key: String = reason
+        .chars()
+        .filter(|c| !matches!(c, '_' | '-' | ' '))
+        .flat_map(char::to_lowercase)
+        .collect();
+    Some(match key.as_str() {
+        "taskcompleted" | "taskdeadline" | "cessationofoperation" => R::CessationOfOperation,
+        "superseded" => R::Superseded,
+        "keycompromise" | "compromise" | "compromised" | "leaked" | "incident" => R::KeyCompromise,
+        "cacompromise" => R::CaCompromise,
+        "affiliationchanged" => R::AffiliationChanged,
+        "privilegewithdrawn" => R::PrivilegeWithdrawn,
+        _ => return None,
+    })
 }
 
 /// Whether `stored` may be served as is: it lists exactly `hash`, and
@@ -405,6 +453,122 @@ mod tests {
             this_update: 1000,
             next_update: 1000 + 3600,
         }
+    }
+
+    /// Every reason taskmint writes itself has a code; unspecified ones
+    /// have none (the extension is omitted).
+    #[test]
+    fn revocation_reasons_map_to_crl_reason_codes() {
+        use rcgen::RevocationReason as R;
+        assert_eq!(crl_reason(REASON_COMPLETED), Some(R::CessationOfOperation));
+        assert_eq!(
+            crl_reason(crate::revocation::reaper::REASON_DEADLINE),
+            Some(R::CessationOfOperation)
+        );
+        assert_eq!(crl_reason(REASON_SUPERSEDED), Some(R::Superseded));
+        for k in [
+            "key_compromise",
+            "keyCompromise",
+            "Key-Compromise",
+            "leaked",
+            "incident",
+        ] {
+            assert_eq!(crl_reason(k), Some(R::KeyCompromise), "{k}");
+        }
+        assert_eq!(crl_reason("ca_compromise"), Some(R::CaCompromise));
+        assert_eq!(
+            crl_reason("affiliation_changed"),
+            Some(R::AffiliationChanged)
+        );
+        assert_eq!(
+            crl_reason("privilege_withdrawn"),
+            Some(R::PrivilegeWithdrawn)
+        );
+        for k in [
+            "revoked",
+            "",
+            "unspecified",
+            "because I said so",
+            "certificate_hold",
+        ] {
+            assert_eq!(crl_reason(k), None, "{k}");
+        }
+    }
+
+    /// An entry stays on the CRL for one CRL validity after its certificate
+    /// expired (RFC 5280 §3.3), and its leaving is a change: the next CRL is
+    /// signed without it.
+    #[tokio::test]
+    async fn crl_entries_stay_one_validity_past_expiry() {
+        const HOLDER: &str = "spiffe://example.org/workload/agent";
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("c.db")).await.unwrap());
+        let now = now_unix();
+        store
+            .begin_task(&TaskRecord::new(HOLDER, "t", 100, 4_000_000_000), &[])
+            .await
+            .unwrap();
+        // Expired ten seconds ago, revoked while it was valid.
+        let cred = CredentialRecord {
+            id: "0b".repeat(19),
+            kind: CredentialKind::X509,
+            spiffe_id: HOLDER.into(),
+            task_holder: HOLDER.into(),
+            task_id: "t".into(),
+            audience: None,
+            not_before: 100,
+            not_after: now - 10,
+            caller_cert_sha256: "ab".repeat(32),
+            issued_at: 100,
+            predecessor: None,
+            renewal_count: 0,
+            revocation: None,
+        };
+        store
+            .record_credential(&cred, 10, &[])
+            .await
+            .unwrap()
+            .unwrap();
+        let req = RevokeRequest {
+            scope: RevokeScope::Credential(cred.id.clone()),
+            reason: "leaked".into(),
+            now: 200,
+            end_task: None,
+            cascade: false,
+            audit: crate::audit::AuditDraft::new(crate::audit::kind::REVOKE, HOLDER, 200),
+        };
+        store
+            .revoke(&req, Arc::new(|e| Ok(format!("set-{}", e.seq))))
+            .await
+            .unwrap();
+        let hash = |e: &[CrlEntry]| {
+            let ids: Vec<_> = e.iter().map(|e| e.serial_hex.as_str()).collect();
+            ids.join(",")
+        };
+        let sign = |entries: Vec<CrlEntry>, number: u64, hash: &str, now: i64| {
+            Ok(StoredCrl {
+                number,
+                content_hash: hash.to_owned(),
+                der: format!("crl {number}: {}", entries.len()).into_bytes(),
+                this_update: now,
+                next_update: now + 3600,
+            })
+        };
+        // An hour's validity: still listed ten seconds after expiry.
+        let hour = Duration::from_secs(3600);
+        let crl = once_per_change(store.as_ref(), hour, hash, sign)
+            .await
+            .unwrap();
+        assert_eq!(crl.content_hash, cred.id, "listed past its expiry");
+        // A five-second validity has passed: it leaves, in a new CRL.
+        let short = Duration::from_secs(5);
+        let next = once_per_change(store.as_ref(), short, hash, sign)
+            .await
+            .unwrap();
+        assert_eq!(next.content_hash, "", "gone one validity after expiry");
+        assert_eq!(next.number, crl.number + 1);
+        assert_eq!(listed_after(1_000, short), 995);
     }
 
     /// The stored CRL is served while it lists the same and the first half

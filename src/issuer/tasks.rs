@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::revoke::{outcome, state_of};
-use super::validate::{check_text, ensure_active, validate_audiences};
+use super::validate::{self, check_text, ensure_active, validate_audiences};
 use super::{
     CredentialState, Issuer, MAX_JUSTIFICATION_LEN, REASON_COMPLETED, RevokeOutcome, facts,
     random_bytes, secs,
@@ -13,7 +13,7 @@ use super::{
 use crate::Error;
 use crate::audit::{AuditDraft, decision, kind};
 use crate::clock::{now_unix, rfc3339};
-use crate::identity::{Caller, SpiffeId, TaskId};
+use crate::identity::{Caller, TaskId};
 use crate::policy::{BeginContext, DelegateContext, Request, Resource};
 use crate::store::{
     CredentialRecord, RevokeRequest, RevokeScope, StoreError, TaskRecord, TaskState,
@@ -167,12 +167,13 @@ impl Issuer {
         );
         self.gate.mintable(&caller.spiffe_id, &early).await?;
         let (audiences, requested_owner) = req.checked()?;
+        let requested_lifetime = validate::duration("lifetime_seconds", req.lifetime)?;
         let (max, what) = if req.break_glass {
             (self.limits.break_glass_max_lifetime, "break-glass maximum")
         } else {
             (self.limits.max_task_lifetime, "configured maximum")
         };
-        let lifetime = match req.lifetime {
+        let lifetime = match requested_lifetime {
             Some(l) => l,
             None => self.limits.default_task_lifetime.min(max),
         };
@@ -230,6 +231,14 @@ impl Issuer {
         let draft = draft.decided(decision::ALLOW, &d.policies);
         let result = async {
             self.check_owned(&record)?;
+            // Emergency access is answered for by someone: a break-glass task
+            // with no accountable owner would have no one to review it with.
+            if record.break_glass && record.owner.is_empty() {
+                return Err(Error::FailedPrecondition(format!(
+                    "break-glass task `{task}` would have no accountable owner: no ownership rule \
+                     matches `{holder}`; begin it with an owner"
+                )));
+            }
             let mut event = draft.clone().because(format!(
                 "begun until {}; owner `{}`",
                 rfc3339(record.deadline),
@@ -278,13 +287,9 @@ impl Issuer {
     /// than the parent, at most `max_delegation_depth` deep.
     pub async fn delegate(&self, caller: &Caller, req: Delegate) -> Result<TaskRecord, Error> {
         let (parent_id, parent_holder) = self.holder_of(caller, &req.parent)?;
-        let delegate_id = SpiffeId::new(req.delegate.trim()).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "delegate `{}` is not a SPIFFE ID: {e}",
-                req.delegate
-            ))
-        })?;
+        let delegate_id = validate::spiffe_id("delegate", &req.delegate)?;
         let delegate = delegate_id.to_string();
+        let requested_lifetime = validate::duration("lifetime_seconds", req.lifetime)?;
         let audiences = validate_audiences(&req.audiences)?;
         if audiences.is_empty() {
             return Err(Error::InvalidArgument(
@@ -314,35 +319,34 @@ impl Issuer {
                 TaskId::parse(&format!("{base}{suffix}"))?
             }
         };
-        let parent = self.find_task(&parent_holder, &parent_id).await?;
         let now = now_unix();
         let me = caller.spiffe_id.to_string();
-        // A delegation hands work to another workload: to the task's own
-        // holder (or the delegator) it would only add a depth and a
-        // narrower copy of what is already held.
-        if delegate == me || delegate == parent.holder {
+        // A delegation hands work to another workload: to the delegator it
+        // would only add a depth and a narrower copy of what it holds. (The
+        // parent's holder is checked once the caller may see the parent.)
+        if delegate == me {
             return Err(Error::InvalidArgument(format!(
-                "a task is delegated to another workload, not to `{delegate}`, which holds or delegates it"
+                "a task is delegated to another workload, not to `{delegate}`, which delegates it"
             )));
         }
+        // Checked before the parent is looked up: the answer depends on the
+        // delegate alone, so it tells nothing about the parent.
+        let early = AuditDraft::new(kind::TASK_DELEGATE, &me, now)
+            .task(&parent_holder, parent_id.as_str(), false)
+            .subject(delegate.as_str());
+        self.gate.mintable(&delegate_id, &early).await?;
+        let parent = self.find_task(&parent_holder, &parent_id).await?;
         let depth = parent.depth + 1;
         let left = (parent.deadline - now).max(0);
-        // Compared as durations first: a huge request cannot overflow.
-        let lifetime = match req.lifetime {
+        // Bounded by `MAX_REQUEST_DURATION`, so exact in seconds; checked
+        // against the parent's deadline once the caller may see the parent.
+        let lifetime = match requested_lifetime {
             None => left,
-            Some(d) if d > Duration::from_secs(left as u64) => {
-                return Err(Error::InvalidArgument(format!(
-                    "a delegation must end by the parent's deadline {} ({left}s from now); {}s was asked",
-                    rfc3339(parent.deadline),
-                    d.as_secs()
-                )));
-            }
             Some(d) => secs(d),
         };
         let draft = AuditDraft::new(kind::TASK_DELEGATE, &me, now)
             .task(&parent.holder, &parent.task_id, parent.break_glass)
             .subject(delegate.as_str());
-        self.gate.mintable(&delegate_id, &draft).await?;
         let request = Request::Delegate(DelegateContext {
             delegate: delegate_id.clone(),
             task_id: child_id.as_str().to_owned(),
@@ -351,11 +355,15 @@ impl Issuer {
             depth,
         });
         let d = self
-            .gate
-            .authorize(caller, request, &Resource::Task(facts(&parent)), &draft)
+            .authorize_task(caller, request, &parent, &draft)
             .await?;
         let draft = draft.decided(decision::ALLOW, &d.policies);
         let result = async {
+            if delegate == parent.holder {
+                return Err(Error::InvalidArgument(format!(
+                    "a task is delegated to another workload, not to `{delegate}`, which holds it"
+                )));
+            }
             ensure_active(&parent, now)?;
             if depth > self.limits.max_delegation_depth {
                 return Err(Error::FailedPrecondition(format!(
@@ -458,13 +466,7 @@ impl Issuer {
             t.break_glass,
         );
         let d = self
-            .gate
-            .authorize(
-                caller,
-                Request::CompleteTask,
-                &Resource::Task(facts(&t)),
-                &draft,
-            )
+            .authorize_task(caller, Request::CompleteTask, &t, &draft)
             .await?;
         let draft = draft.decided(decision::ALLOW, &d.policies);
         if t.state != TaskState::Active {
@@ -536,9 +538,11 @@ impl Issuer {
         let draft = AuditDraft::new(kind::TASK_READ, &caller.spiffe_id.to_string(), now_unix())
             .task(&t.holder, &t.task_id, t.break_glass)
             .because(what);
-        let resource = Resource::Task(facts(t));
-        self.gate
-            .authorize_recorded(caller, Request::ReadTask, &resource, draft)
+        let d = self
+            .authorize_task(caller, Request::ReadTask, t, &draft)
+            .await?;
+        self.store
+            .append_audit(&[draft.decided(decision::ALLOW, &d.policies)])
             .await?;
         Ok(())
     }

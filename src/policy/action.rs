@@ -37,11 +37,13 @@ pub enum Action {
     Watch,
     /// Administrative calls (resource: Issuer).
     Admin,
+    /// Read the CRL (resource: Issuer).
+    ReadCrl,
 }
 
 impl Action {
     /// Every action, in schema order.
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 12] = [
         Self::MintX509,
         Self::MintJwt,
         Self::Renew,
@@ -53,6 +55,7 @@ impl Action {
         Self::Revoke,
         Self::Watch,
         Self::Admin,
+        Self::ReadCrl,
     ];
 
     /// The Cedar action id.
@@ -69,6 +72,7 @@ impl Action {
             Self::Revoke => "revoke",
             Self::Watch => "watch",
             Self::Admin => "admin",
+            Self::ReadCrl => "read_crl",
         }
     }
 
@@ -112,6 +116,8 @@ pub enum Request {
     Watch(WatchContext),
     /// [`Action::Admin`].
     Admin(AdminContext),
+    /// [`Action::ReadCrl`]: no context.
+    ReadCrl,
 }
 
 /// Context of a first mint (schema type `Mint`).
@@ -242,6 +248,7 @@ impl Request {
             Self::Revoke(_) => Action::Revoke,
             Self::Watch(_) => Action::Watch,
             Self::Admin(_) => Action::Admin,
+            Self::ReadCrl => Action::ReadCrl,
         }
     }
 
@@ -291,7 +298,7 @@ impl Request {
                 ("lifetime_seconds", long(c.lifetime_seconds)),
                 ("depth", long(c.depth)),
             ],
-            Self::CompleteTask | Self::ReadTask => Vec::new(),
+            Self::CompleteTask | Self::ReadTask | Self::ReadCrl => Vec::new(),
             Self::Revoke(c) => vec![("scope", string(c.scope)), ("reason", string(c.reason))],
             Self::Watch(c) => vec![
                 ("operation", string(c.operation.as_str())),
@@ -372,6 +379,7 @@ mod tests {
                 }),
                 uid("Issuer", "taskmint"),
             ),
+            (Request::ReadCrl, uid("Issuer", "taskmint")),
         ]
     }
 

@@ -70,6 +70,8 @@ pub struct Revocations {
     store: Arc<dyn Store>,
     signer: Arc<JwtSigner>,
     iss: String,
+    /// The X.509 CA's subject, for CAEP `x509_issuer`.
+    x509_issuer: String,
     tx: broadcast::Sender<Arc<RevocationEvent>>,
     /// Wakes the follower: a local commit, or a notification of another
     /// replica's.
@@ -97,12 +99,20 @@ impl Revocations {
             store,
             signer,
             iss,
+            x509_issuer: String::new(),
             tx,
             committed: Notify::new(),
             health: watch::channel(None).0,
             rewound: watch::channel(0).0,
             closing: watch::channel(false).0,
         }
+    }
+
+    /// Names the X.509 CA (its subject, RFC 4514) in the SETs of X.509
+    /// credential revocations.
+    pub fn with_x509_issuer(mut self, name: &str) -> Self {
+        self.x509_issuer = name.to_owned();
+        self
     }
 
     /// The store behind the log.
@@ -130,9 +140,10 @@ impl Revocations {
 
     async fn commit(&self, req: &RevokeRequest) -> Result<Vec<RevocationEvent>, StoreError> {
         let (signer, iss) = (self.signer.clone(), self.iss.clone());
+        let x509_issuer = self.x509_issuer.clone();
         let sign: crate::store::SetSigner = Arc::new(move |e: &RevocationEvent| {
             signer
-                .sign_set(&set_claims(&iss, e))
+                .sign_set(&set_claims(&iss, &x509_issuer, e))
                 .map_err(|e| e.to_string())
         });
         let events = self.store.revoke(req, sign).await?;
