@@ -1,0 +1,136 @@
+//! The archive on its own: written durably, verified from the genesis to a
+//! checkpoint, and any edit, gap, missing file or moved checkpoint found.
+
+use super::*;
+use crate::audit::{kind, seal};
+
+fn chain(n: u64) -> Vec<AuditEvent> {
+    let mut out: Vec<AuditEvent> = Vec::new();
+    for i in 0..n {
+        let (s, h) = out
+            .last()
+            .map(|e| (e.seq, e.hash.clone()))
+            .unwrap_or((0, GENESIS.to_owned()));
+        let mut d = AuditDraft::new(kind::MINT_JWT, "spiffe://example.org/a", 100 + i as i64)
+            .credential(&format!("c{i}"))
+            .decided("allow", &["p1".into(), "p2".into()]);
+        d.ref_seq = (i % 2 == 0).then_some(i);
+        out.push(seal(s, &h, d));
+    }
+    out
+}
+
+fn cp(e: &AuditEvent) -> AuditCheckpoint {
+    AuditCheckpoint {
+        seq: e.seq,
+        hash: e.hash.clone(),
+        archiving_to: None,
+    }
+}
+
+#[test]
+fn archived_events_read_back_as_they_were() {
+    let events = chain(3);
+    for e in &events {
+        let line = serde_json::to_string(&ArchivedEvent::from(e)).unwrap();
+        let back: ArchivedEvent = serde_json::from_str(&line).unwrap();
+        assert_eq!(AuditEvent::from(back), *e);
+    }
+    assert_eq!(
+        archive_file_name(1, 500),
+        "audit-00000000000000000001-00000000000000000500.jsonl"
+    );
+    assert_eq!(parse_file_name(&archive_file_name(7, 9)), Some((7, 9)));
+    assert_eq!(parse_file_name(".audit-1-2.jsonl.1-ab.tmp"), None);
+}
+
+#[test]
+fn an_archive_verifies_from_the_genesis_to_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = chain(10);
+    write_archive(dir.path(), &events[0..4]).unwrap();
+    write_archive(dir.path(), &events[4..7]).unwrap();
+    // A batch archived whose prune has not committed: past the checkpoint.
+    write_archive(dir.path(), &events[7..10]).unwrap();
+    let ok = verify_archive(dir.path(), &cp(&events[6])).unwrap();
+    assert_eq!(
+        ok,
+        ArchiveVerified {
+            events: 7,
+            files: 2
+        }
+    );
+    // Written again (a resumed claim): the same file, still verifies.
+    write_archive(dir.path(), &events[4..7]).unwrap();
+    assert_eq!(
+        verify_archive(dir.path(), &cp(&events[6])).unwrap().events,
+        7
+    );
+    // Nothing pruned: nothing to check.
+    assert_eq!(
+        verify_archive(dir.path(), &no_checkpoint()).unwrap().events,
+        0
+    );
+    // No temporary file is left behind.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n.ends_with(".jsonl") && !n.starts_with('.')),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn tampering_with_the_archive_or_the_checkpoint_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = chain(6);
+    let first = write_archive(dir.path(), &events[0..3]).unwrap();
+    let second = write_archive(dir.path(), &events[3..6]).unwrap();
+    let checkpoint = cp(&events[5]);
+    verify_archive(dir.path(), &checkpoint).unwrap();
+
+    // An edited event.
+    let original = std::fs::read_to_string(&first).unwrap();
+    std::fs::write(&first, original.replacen("\"c1\"", "\"c9\"", 1)).unwrap();
+    let err = verify_archive(dir.path(), &checkpoint)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("seq 2") && err.contains("edited"), "{err}");
+    std::fs::write(&first, &original).unwrap();
+
+    // A deleted event inside a file.
+    let lines: Vec<&str> = original.lines().collect();
+    std::fs::write(&first, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
+    let err = verify_archive(dir.path(), &checkpoint)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("seq 2"), "{err}");
+    std::fs::write(&first, &original).unwrap();
+
+    // A missing file: the archive has a gap.
+    let kept = std::fs::read(&first).unwrap();
+    std::fs::remove_file(&first).unwrap();
+    let err = verify_archive(dir.path(), &checkpoint)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("broken at seq 1"), "{err}");
+    std::fs::write(&first, kept).unwrap();
+
+    // The last file gone: the archive stops short of the checkpoint.
+    std::fs::remove_file(&second).unwrap();
+    let err = verify_archive(dir.path(), &checkpoint)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not reach the checkpoint"), "{err}");
+    write_archive(dir.path(), &events[3..6]).unwrap();
+
+    // A checkpoint moved or rewritten: the archive does not end there.
+    let mut moved = checkpoint.clone();
+    moved.hash = events[4].hash.clone();
+    assert!(verify_archive(dir.path(), &moved).is_err());
+    verify_archive(dir.path(), &checkpoint).unwrap();
+}
