@@ -63,6 +63,8 @@ pub mod kind {
     pub const POLICY_RELOAD: &str = "policy_reload";
     /// An expected subscriber missed its acknowledgement deadline.
     pub const DELIVERY_OVERDUE: &str = "delivery_overdue";
+    /// Old events were archived and pruned behind the checkpoint.
+    pub const AUDIT_PRUNED: &str = "audit_pruned";
 }
 
 /// Outcomes in the `decision` column.

@@ -16,9 +16,10 @@
 //!   the checkpoint (a broken chain is never archived away), writes it to
 //!   `audit-<from>-<to>.jsonl` in the archive directory (to a temporary
 //!   file, fsynced, renamed, the directory fsynced), and only then moves
-//!   the checkpoint — checking the last event's hash again — and deletes
-//!   the range in one transaction. A crash anywhere leaves either the range
-//!   in the store, or in the archive and behind the checkpoint.
+//!   the checkpoint — checking the last event's hash again — deletes the
+//!   range and chains an `audit_pruned` event naming the range and the
+//!   file, in one transaction. A crash anywhere leaves either the range in
+//!   the store, or in the archive and behind the checkpoint.
 //!
 //! [`verify_archive`] checks an archive from the genesis to a checkpoint,
 //! so `taskmint audit verify` proves the archive and the stored trail
@@ -30,7 +31,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{AuditDraft, AuditEvent, Broken, GENESIS, Verifier};
+use crate::audit::{AuditDraft, AuditEvent, Broken, GENESIS, Verifier, kind};
+use crate::clock::now_unix;
 use crate::config::StoreConfig;
 use crate::store::{AuditCheckpoint, PrunedRecords, Store, StoreError};
 
@@ -79,15 +81,18 @@ pub struct Retention {
     use_interval: Duration,
     retention: Duration,
     archive: Option<PathBuf>,
+    actor: String,
 }
 
 impl Retention {
-    /// Retention as `[store]` configures it.
-    pub fn new(cfg: &StoreConfig) -> Self {
+    /// Retention as `[store]` configures it; `actor` (the issuer's own
+    /// SPIFFE ID) is recorded as the one who pruned.
+    pub fn new(cfg: &StoreConfig, actor: &str) -> Self {
         Self {
             use_interval: cfg.use_interval,
             retention: cfg.retention,
             archive: cfg.audit_archive.clone(),
+            actor: actor.to_owned(),
         }
     }
 
@@ -129,7 +134,7 @@ impl Retention {
         }
         if let Some(dir) = &self.archive {
             for _ in 0..MAX_BATCHES {
-                match prune_audit_batch(store, dir, before).await {
+                match prune_audit_batch(store, dir, before, &self.actor).await {
                     Ok(0) => break,
                     Ok(n) => report.audit_events += n,
                     Err(e) => {
@@ -147,11 +152,13 @@ impl Retention {
 }
 
 /// Archives and prunes one batch of audit events older than `before` (or
-/// the batch a previous leader claimed); how many it pruned.
+/// the batch a previous leader claimed), recording the prune as an
+/// `audit_pruned` event by `actor`; how many it pruned.
 pub async fn prune_audit_batch(
     store: &dyn Store,
     dir: &Path,
     before: i64,
+    actor: &str,
 ) -> Result<u64, RetentionError> {
     let cp = store.audit_checkpoint().await?;
     let to = match cp.archiving_to {
@@ -178,8 +185,17 @@ pub async fn prune_audit_batch(
         v.check(e)?;
     }
     let last = events.last().expect("a claimed range is not empty");
-    write_archive(dir, &events)?;
-    if store.commit_audit_prune(cp.seq, to, &last.hash).await? {
+    let file = write_archive(dir, &events)?;
+    let record = AuditDraft::new(kind::AUDIT_PRUNED, actor, now_unix()).because(format!(
+        "events {}..={to} archived to `{}` and pruned behind the checkpoint {to}:{}",
+        cp.seq + 1,
+        file.file_name().unwrap_or_default().to_string_lossy(),
+        last.hash
+    ));
+    if store
+        .commit_audit_prune(cp.seq, to, &last.hash, record)
+        .await?
+    {
         tracing::info!(
             from = cp.seq + 1,
             to,
@@ -320,8 +336,10 @@ pub(crate) fn parse_file_name(name: &str) -> Option<(u64, u64)> {
 
 /// Writes `events` (contiguous, non-empty) to their archive file durably:
 /// a temporary file, fsynced, renamed into place, the directory fsynced.
-/// Writing the same range again (a resumed claim) replaces the file with
-/// the same content.
+/// Writing the same range again (a resumed claim) with the same content is
+/// fine; a file that overlaps the range with other events (the archive of
+/// a history the database no longer has, after a restore to an earlier
+/// point) is never overwritten: the write fails, naming it.
 pub fn write_archive(dir: &Path, events: &[AuditEvent]) -> Result<PathBuf, RetentionError> {
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Err(RetentionError::Archive {
@@ -336,19 +354,51 @@ pub fn write_archive(dir: &Path, events: &[AuditEvent]) -> Result<PathBuf, Reten
     std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
     let name = archive_file_name(first.seq, last.seq);
     let path = dir.join(&name);
+    let mut content = Vec::new();
+    for e in events {
+        serde_json::to_writer(&mut content, &ArchivedEvent::from(e))
+            .map_err(|e| err(&path, e.into()))?;
+        content.push(b'\n');
+    }
+    for entry in std::fs::read_dir(dir).map_err(|e| err(dir, e))? {
+        let other = entry.map_err(|e| err(dir, e))?.path();
+        let Some((from, to)) = other
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_file_name)
+        else {
+            continue;
+        };
+        if to < first.seq || from > last.seq {
+            continue;
+        }
+        let same = (from, to) == (first.seq, last.seq)
+            && std::fs::read(&other).map_err(|e| err(&other, e))? == content;
+        if same {
+            // Written by a claim that did not commit; its writer may have
+            // stopped before the directory was fsynced.
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| err(dir, e))?;
+            return Ok(path);
+        }
+        return Err(RetentionError::Archive {
+            path: other,
+            reason: format!(
+                "it holds other events than {}..={} of this database (restored to an \
+                 earlier point?): move it aside to archive these",
+                first.seq, last.seq
+            ),
+        });
+    }
     let tmp = dir.join(format!(
         ".{name}.{}-{}.tmp",
         std::process::id(),
         hex::encode(rand::random::<[u8; 8]>())
     ));
     let written = (|| {
-        let file = std::fs::File::create(&tmp)?;
-        let mut out = std::io::BufWriter::new(file);
-        for e in events {
-            serde_json::to_writer(&mut out, &ArchivedEvent::from(e))?;
-            out.write_all(b"\n")?;
-        }
-        let file = out.into_inner().map_err(|e| e.into_error())?;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&content)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         std::fs::File::open(dir)?.sync_all()

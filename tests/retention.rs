@@ -101,12 +101,18 @@ async fn a_pruned_trail_verifies_with_its_archive_and_tampering_is_found() {
         })
         .collect();
     store.append_audit(&drafts).await.unwrap();
-    // Events of times 100..=119 are older than 120: seq 1..=20 go.
+    // Events of times 100..=119 are older than 120: seq 1..=20 go, and
+    // the prune is recorded as event 31.
     let mut pruned = 0;
     loop {
-        let n = taskmint::retention::prune_audit_batch(&store, &archive, 120)
-            .await
-            .unwrap();
+        let n = taskmint::retention::prune_audit_batch(
+            &store,
+            &archive,
+            120,
+            "spiffe://example.org/taskmint",
+        )
+        .await
+        .unwrap();
         if n == 0 {
             break;
         }
@@ -119,7 +125,7 @@ async fn a_pruned_trail_verifies_with_its_archive_and_tampering_is_found() {
     let (ok, out) = verify(dir, &db, &archive);
     assert!(ok, "{out}");
     assert!(
-        out.contains("audit trail intact: events 21..=30 stored")
+        out.contains("audit trail intact: events 21..=31 stored")
             && out.contains("archive intact: events 1..=20 in 1 files"),
         "{out}"
     );

@@ -134,3 +134,29 @@ fn tampering_with_the_archive_or_the_checkpoint_is_found() {
     assert!(verify_archive(dir.path(), &moved).is_err());
     verify_archive(dir.path(), &checkpoint).unwrap();
 }
+
+#[test]
+fn an_archive_file_of_another_history_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = chain(6);
+    write_archive(dir.path(), &events[0..4]).unwrap();
+    // The same range with the same content: fine (a resumed claim).
+    write_archive(dir.path(), &events[0..4]).unwrap();
+    // Another history of the same numbers (a database restored to an
+    // earlier point, then written again): refused, the file kept.
+    let mut other = chain(6);
+    other[2].body.reason = "another history".into();
+    let err = write_archive(dir.path(), &other[0..4])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("restored to an earlier point"), "{err}");
+    let err = write_archive(dir.path(), &events[2..6])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("holds other events than 3..=6"), "{err}");
+    write_archive(dir.path(), &events[4..6]).unwrap();
+    assert_eq!(
+        verify_archive(dir.path(), &cp(&events[5])).unwrap().events,
+        6
+    );
+}

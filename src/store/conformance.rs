@@ -686,6 +686,16 @@ fn status(credential: &str, time: i64, reason: &str) -> AuditDraft {
         .because(reason)
 }
 
+/// The stored trail verifies from the checkpoint through the head.
+async fn assert_chain_after_checkpoint(s: &dyn Store) {
+    let cp = s.audit_checkpoint().await.unwrap();
+    let mut v = Verifier::resume(cp.seq, &cp.hash);
+    for e in s.audit_after(0, 10_000).await.unwrap() {
+        v.check(&e).unwrap();
+    }
+    v.finish(s.audit_head().await.unwrap()).unwrap();
+}
+
 /// The whole trail verifies as one chain from the genesis.
 async fn assert_chain_verifies(s: &dyn Store) -> Vec<crate::audit::AuditEvent> {
     let trail = s.audit_after(0, 10_000).await.unwrap();
@@ -1029,10 +1039,16 @@ pub async fn audit_is_pruned_behind_a_checkpoint(h: &dyn Harness) {
 
     // One batch, as the leader runs it: events older than 105.
     let dir = tempfile::tempdir().unwrap();
-    let pruned = crate::retention::prune_audit_batch(s.as_ref(), dir.path(), 105)
-        .await
-        .unwrap();
-    assert_eq!(pruned, 5);
+    let prune = |before: i64| {
+        let (s, dir) = (s.clone(), dir.path().to_owned());
+        async move {
+            crate::retention::prune_audit_batch(s.as_ref(), &dir, before, HOLDER)
+                .await
+                .unwrap()
+        }
+    };
+    let record = |text: &str| AuditDraft::new(kind::AUDIT_PRUNED, HOLDER, 300).because(text);
+    assert_eq!(prune(105).await, 5);
     let cp = s.audit_checkpoint().await.unwrap();
     assert_eq!(
         (cp.seq, cp.hash.as_str(), cp.archiving_to),
@@ -1044,16 +1060,24 @@ pub async fn audit_is_pruned_behind_a_checkpoint(h: &dyn Harness) {
     for e in &stored {
         v.check(e).unwrap();
     }
-    assert_eq!(v.finish(s.audit_head().await.unwrap()), Ok(12));
+    // The prune itself is chained, naming the range and the file.
+    assert_eq!(v.finish(s.audit_head().await.unwrap()), Ok(13));
+    let pruned = &stored.last().unwrap().body;
+    assert_eq!(pruned.kind, kind::AUDIT_PRUNED);
+    assert!(
+        pruned
+            .reason
+            .starts_with("events 1..=5 archived to `audit-")
+            && pruned
+                .reason
+                .contains(&format!("checkpoint 5:{}", all[4].hash)),
+        "{}",
+        pruned.reason
+    );
     let archived = crate::retention::verify_archive(dir.path(), &cp).unwrap();
     assert_eq!(archived.events, 5);
     // Nothing else is old enough.
-    assert_eq!(
-        crate::retention::prune_audit_batch(s.as_ref(), dir.path(), 105)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(prune(105).await, 0);
 
     // Claims: from the checkpoint only, one range at a time.
     assert!(!s.claim_audit_prune(0, 7).await.unwrap());
@@ -1064,15 +1088,20 @@ pub async fn audit_is_pruned_behind_a_checkpoint(h: &dyn Harness) {
     assert_eq!(s.audit_checkpoint().await.unwrap().archiving_to, Some(7));
     // A commit for another range, or for an event whose hash changed,
     // deletes nothing.
-    assert!(!s.commit_audit_prune(5, 8, &all[7].hash).await.unwrap());
-    assert!(s.commit_audit_prune(5, 7, &all[5].hash).await.is_err());
+    assert!(
+        !s.commit_audit_prune(5, 8, &all[7].hash, record("x"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.commit_audit_prune(5, 7, &all[5].hash, record("x"))
+            .await
+            .is_err()
+    );
     assert_eq!(s.audit_after(0, 1).await.unwrap()[0].seq, 6);
     // A leader that claimed and died: its successor resumes the claimed
     // range (not the older-than cutoff it would pick itself).
-    let pruned = crate::retention::prune_audit_batch(s.as_ref(), dir.path(), 0)
-        .await
-        .unwrap();
-    assert_eq!(pruned, 2);
+    assert_eq!(prune(0).await, 2);
     let cp = s.audit_checkpoint().await.unwrap();
     assert_eq!((cp.seq, cp.archiving_to), (7, None));
     assert_eq!(
@@ -1081,12 +1110,20 @@ pub async fn audit_is_pruned_behind_a_checkpoint(h: &dyn Harness) {
             .events,
         7
     );
-    assert!(!s.commit_audit_prune(5, 7, &all[6].hash).await.unwrap());
+    assert!(
+        !s.commit_audit_prune(5, 7, &all[6].hash, record("x"))
+            .await
+            .unwrap()
+    );
 
     // Pruned without the archive (a claim committed by hand): the archive
     // no longer reaches the checkpoint, which verify reports.
     assert!(s.claim_audit_prune(7, 8).await.unwrap());
-    assert!(s.commit_audit_prune(7, 8, &all[7].hash).await.unwrap());
+    assert!(
+        s.commit_audit_prune(7, 8, &all[7].hash, record("by hand"))
+            .await
+            .unwrap()
+    );
     let cp = s.audit_checkpoint().await.unwrap();
     let err = crate::retention::verify_archive(dir.path(), &cp).unwrap_err();
     assert!(
@@ -1094,20 +1131,27 @@ pub async fn audit_is_pruned_behind_a_checkpoint(h: &dyn Harness) {
         "{err}"
     );
 
-    // Everything pruned: the checkpoint is the head, and the trail goes on.
-    assert!(s.claim_audit_prune(8, 12).await.unwrap());
-    assert!(s.commit_audit_prune(8, 12, &all[11].hash).await.unwrap());
-    assert!(s.audit_after(0, 100).await.unwrap().is_empty());
-    assert_eq!(
-        s.audit_head().await.unwrap(),
-        Some((12, all[11].hash.clone()))
+    // Everything pruned up to the head: the record of the prune is then
+    // the only stored event, chained to the checkpoint.
+    let (head, head_hash) = s.audit_head().await.unwrap().unwrap();
+    assert_eq!(head, 15);
+    assert!(s.claim_audit_prune(8, head).await.unwrap());
+    assert!(
+        s.commit_audit_prune(8, head, &head_hash, record("all"))
+            .await
+            .unwrap()
     );
-    s.append_audit(&[draft(99)]).await.unwrap();
-    let next = s.audit_after(0, 100).await.unwrap();
+    let stored = s.audit_after(0, 100).await.unwrap();
+    assert_eq!(stored.len(), 1);
     assert_eq!(
-        (next[0].seq, next[0].prev_hash.as_str()),
-        (13, all[11].hash.as_str())
+        (
+            stored[0].seq,
+            stored[0].prev_hash.as_str(),
+            stored[0].body.reason.as_str()
+        ),
+        (16, head_hash.as_str(), "all")
     );
+    assert_chain_after_checkpoint(s.as_ref()).await;
 }
 
 /// Instantiates the suite as `#[tokio::test]`s in the calling module, each

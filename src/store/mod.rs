@@ -376,10 +376,17 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_audit_prune(&self, at: u64, to: u64) -> Result<bool, StoreError>;
 
     /// Moves the checkpoint from `at` to `to` — whose event must have hash
-    /// `hash`, checked in the transaction — and deletes the events through
-    /// `to`, in one transaction, if the claim of `(at, to]` still stands.
-    /// Call it only once those events are durably archived. Whether it did.
-    async fn commit_audit_prune(&self, at: u64, to: u64, hash: &str) -> Result<bool, StoreError>;
+    /// `hash`, checked in the transaction — deletes the events through
+    /// `to` and appends `audit` (the record of the prune), in one
+    /// transaction, if the claim of `(at, to]` still stands. Call it only
+    /// once those events are durably archived. Whether it did.
+    async fn commit_audit_prune(
+        &self,
+        at: u64,
+        to: u64,
+        hash: &str,
+        audit: AuditDraft,
+    ) -> Result<bool, StoreError>;
 
     /// Deletes at most `limit` credentials that expired before `before`,
     /// then at most `limit` tasks that ended before `before` and hold no

@@ -258,10 +258,13 @@ const WINDOW_COLUMNS: &str = "window_start, repeats, first_repeat, last_repeat, 
      kind, actor, task_holder, task_id, credential_id, decision, policies, break_glass, subject";
 
 /// Appends a repeated event (see [`Store::append_audit_repeated`]) in the
-/// caller's transaction; whether it was chained (inserted pending). A new
+/// caller's transaction; whether it was chained (inserted pending). A
+/// repeat inside the open window is one `UPDATE` of the key's row. A new
 /// key's row is inserted with `ON CONFLICT DO NOTHING`, so of replicas
 /// racing on a new key one opens the window; otherwise the key's row is
-/// locked, so repeats on several replicas are counted, not lost.
+/// locked, so repeats on several replicas are counted, not lost. Repeats of
+/// one key queue on its row lock for the length of that short transaction
+/// (never on the audit head).
 ///
 /// [`Store::append_audit_repeated`]: crate::store::Store::append_audit_repeated
 pub(super) async fn append_repeated(
@@ -270,6 +273,24 @@ pub(super) async fn append_repeated(
     window: i64,
 ) -> Result<bool, StoreError> {
     let key = repeats::key(d);
+    // The common case, a repeat inside the open window: one statement.
+    let counted = sqlx::query(
+        "UPDATE audit_repeats SET repeats = repeats + 1, \
+         first_repeat = COALESCE(first_repeat, $2), last_repeat = $2, last_reason = $3 \
+         WHERE key = $1 AND window_start > $2 - $4",
+    )
+    .bind(&key)
+    .bind(d.time)
+    .bind(&d.reason)
+    .bind(window)
+    .execute(&mut *conn)
+    .await
+    .pg()?
+    .rows_affected()
+        == 1;
+    if counted {
+        return Ok(false);
+    }
     let opened = sqlx::query(
         "INSERT INTO audit_repeats (key, window_start, repeats, last_reason, kind, actor, \
          task_holder, task_id, credential_id, decision, policies, break_glass, subject) \
@@ -360,6 +381,9 @@ pub(super) async fn close_windows(
     for r in &rows {
         append(conn, repeat_window(r)?.summary()).await?;
         keys.push(r.try_get::<String, _>("key").pg()?);
+    }
+    if keys.is_empty() {
+        return Ok(0);
     }
     sqlx::query("DELETE FROM audit_repeats WHERE key = ANY($1)")
         .bind(&keys)

@@ -786,10 +786,20 @@ impl Store for PgStore {
         .await
     }
 
-    async fn commit_audit_prune(&self, at: u64, to: u64, hash: &str) -> Result<bool, StoreError> {
+    async fn commit_audit_prune(
+        &self,
+        at: u64,
+        to: u64,
+        hash: &str,
+        record: AuditDraft,
+    ) -> Result<bool, StoreError> {
+        let record = &record;
         self.write(|mut tx| async move {
-            let out = audit::commit_prune(&mut tx, at, to, hash).await?;
-            Ok((out, tx))
+            let done = audit::commit_prune(&mut tx, at, to, hash).await?;
+            if done {
+                append(&mut tx, [record.clone()]).await?;
+            }
+            Ok((done, tx))
         })
         .await
     }

@@ -505,10 +505,22 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn commit_audit_prune(&self, at: u64, to: u64, hash: &str) -> Result<bool, StoreError> {
+    async fn commit_audit_prune(
+        &self,
+        at: u64,
+        to: u64,
+        hash: &str,
+        record: AuditDraft,
+    ) -> Result<bool, StoreError> {
         let hash = hash.to_owned();
         self.writer()?
-            .run(move |w| audit::commit_prune(w.conn, at, to, &hash))
+            .run(move |w| {
+                let done = audit::commit_prune(w.conn, at, to, &hash)?;
+                if done {
+                    w.append([record])?;
+                }
+                Ok(done)
+            })
             .await
     }
 

@@ -476,10 +476,12 @@ async fn a_pruned_trail_verifies_with_its_archive() {
         .collect();
     s.append_audit(&drafts).await.unwrap();
     let archive = tempfile::tempdir().unwrap();
-    let pruned = crate::retention::prune_audit_batch(&s, archive.path(), 108)
+    let pruned = crate::retention::prune_audit_batch(&s, archive.path(), 108, HOLDER)
         .await
         .unwrap();
     assert_eq!(pruned, 8);
+    // The record of the prune is pending until sealed (verify only reads).
+    assert_eq!(s.seal_audit().await.unwrap(), 1);
     for sql in [
         "DELETE FROM audit WHERE seq = 9",
         "UPDATE audit_checkpoint SET seq = 2",
@@ -506,14 +508,15 @@ async fn a_pruned_trail_verifies_with_its_archive() {
         }
     };
     let v = verify(archive.path().to_owned()).await.unwrap();
-    assert_eq!((v.through, v.verified.checkpoint.seq), (12, 8));
+    // 12 events and the record of the prune.
+    assert_eq!((v.through, v.verified.checkpoint.seq), (13, 8));
     assert_eq!(v.verified.archive.as_ref().map(|a| a.events), Some(8));
     // Without the archive, the stored trail still verifies from the
     // checkpoint.
     let live = verify_audit_pg_store(&h.url, &PgPoolConfig::default(), None)
         .await
         .unwrap();
-    assert_eq!((live.through, live.verified.archive), (12, None));
+    assert_eq!((live.through, live.verified.archive), (13, None));
 
     sqlx::query("ALTER TABLE audit DISABLE TRIGGER audit_no_update")
         .execute(&s.pool)
