@@ -160,3 +160,71 @@ fn an_archive_file_of_another_history_is_never_overwritten() {
         6
     );
 }
+
+/// A leader's round on a store: windows of repeated events closed with
+/// their counts, aged-out records deleted, the audit trail archived and
+/// pruned in batches, and what is left verifying from the checkpoint.
+#[tokio::test]
+async fn a_round_closes_windows_and_prunes_records_and_the_trail() {
+    use crate::store::{SqliteStore, TaskRecord};
+
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let cfg: StoreConfig = toml::from_str(&format!(
+        "path = \"x.db\"\nuse_interval = \"1m\"\nretention = \"1h\"\naudit_archive = {:?}",
+        archive.display().to_string()
+    ))
+    .unwrap();
+    let retention = Retention::new(&cfg, "spiffe://example.org/taskmint");
+    let store = SqliteStore::open(&dir.path().join("x.db")).await.unwrap();
+    let s: &dyn Store = &store;
+    let now = 1_000_000;
+    let old = now - 2 * 3600;
+    let holder = "spiffe://example.org/workload/agent";
+    // More old events than one batch, and an ended task with nothing left.
+    let drafts: Vec<_> = (0..BATCH as i64 + 20)
+        .map(|n| AuditDraft::new(kind::TASK_READ, holder, old + n / 100))
+        .collect();
+    s.append_audit(&drafts).await.unwrap();
+    let mut t = TaskRecord::new(holder, "done", old, old + 60);
+    t.state = crate::store::TaskState::Completed;
+    t.ended_at = Some(old + 60);
+    s.begin_task(&t, &[]).await.unwrap();
+    // A window with repeats, opened two minutes ago.
+    let check = |time| AuditDraft::new(kind::STATUS_CHECK, holder, time).credential("ab");
+    assert!(s.append_audit_repeated(check(now - 120), 60).await.unwrap());
+    assert!(!s.append_audit_repeated(check(now - 100), 60).await.unwrap());
+
+    assert_eq!(retention.close_windows(s, now).await.unwrap(), 1);
+    let report = retention.prune(s, now).await.unwrap();
+    assert_eq!(report.records.tasks, 1);
+    assert_eq!(report.audit_events, u64::from(BATCH) + 20);
+    let cp = s.audit_checkpoint().await.unwrap();
+    assert_eq!(cp.seq, u64::from(BATCH) + 20);
+    // Two batches, two files, two records of the prune.
+    let verified = verify_archive(&archive, &cp).unwrap();
+    assert_eq!((verified.events, verified.files), (cp.seq, 2));
+    let stored = s.audit_after(0, 100).await.unwrap();
+    let kinds: Vec<_> = stored.iter().map(|e| e.body.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            kind::STATUS_CHECK,
+            kind::STATUS_CHECK,
+            kind::AUDIT_PRUNED,
+            kind::AUDIT_PRUNED
+        ]
+    );
+    assert!(stored[1].body.reason.starts_with("repeated 1 more time"));
+    let mut v = Verifier::resume(cp.seq, &cp.hash);
+    for e in &stored {
+        v.check(e).unwrap();
+    }
+    v.finish(s.audit_head().await.unwrap()).unwrap();
+    // Nothing more to do.
+    assert_eq!(
+        retention.prune(s, now).await.unwrap(),
+        RoundReport::default()
+    );
+    store.close().await;
+}
