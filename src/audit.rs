@@ -8,6 +8,14 @@
 //! same transaction) exposes a deleted tail. The store writes events in the
 //! same transaction as the state they describe. Events never hold a token, a
 //! key or a CSR: only ids.
+//!
+//! Old events may be archived and pruned behind a checkpoint (the seq and
+//! hash of the last pruned event, see [`crate::retention`]): the stored
+//! chain then verifies from the checkpoint ([`Verifier::resume`]), and the
+//! archive from the genesis to the checkpoint, so together they prove the
+//! whole trail. Events that change no state and repeat (status checks,
+//! reads, refusals) are chained once per window with a summary of their
+//! repeats (see `store::repeats`).
 
 use sha2::{Digest, Sha256};
 
@@ -55,6 +63,8 @@ pub mod kind {
     pub const POLICY_RELOAD: &str = "policy_reload";
     /// An expected subscriber missed its acknowledgement deadline.
     pub const DELIVERY_OVERDUE: &str = "delivery_overdue";
+    /// Old events were archived and pruned behind the checkpoint.
+    pub const AUDIT_PRUNED: &str = "audit_pruned";
     /// Calls refused by a rate limit or a holding cap, counted: one event
     /// per workload and limit per interval (`subject` names the limit).
     pub const LIMIT: &str = "limit";
@@ -231,6 +241,15 @@ impl Default for Verifier {
 }
 
 impl Verifier {
+    /// A verifier of the chain after a checkpoint: the next event must be
+    /// `seq + 1` and chain to `hash` (the last event pruned behind it).
+    pub fn resume(seq: u64, hash: &str) -> Self {
+        Self {
+            next_seq: seq + 1,
+            prev_hash: hash.to_owned(),
+        }
+    }
+
     /// Checks the next event.
     pub fn check(&mut self, e: &AuditEvent) -> Result<(), Broken> {
         let broken = |seq, why: String| Err(Broken { seq, why });
@@ -336,5 +355,26 @@ mod tests {
         let mut truncated = good.clone();
         truncated.pop();
         assert_eq!(verify(&truncated).unwrap_err().seq, 4);
+    }
+
+    #[test]
+    fn a_resumed_verifier_checks_the_chain_after_a_checkpoint() {
+        let good = chain(4);
+        let (cp_seq, cp_hash) = (good[1].seq, good[1].hash.clone());
+        let mut v = Verifier::resume(cp_seq, &cp_hash);
+        for e in &good[2..] {
+            v.check(e).unwrap();
+        }
+        assert_eq!(v.finish(Some((4, good[3].hash.clone()))), Ok(4));
+
+        // A checkpoint that does not match the first stored event: moved,
+        // or events deleted beyond it.
+        let mut v = Verifier::resume(cp_seq, &good[0].hash);
+        assert_eq!(v.check(&good[2]).unwrap_err().seq, 3);
+        let mut v = Verifier::resume(1, &good[0].hash);
+        assert_eq!(v.check(&good[2]).unwrap_err().seq, 2);
+        // Everything pruned: the checkpoint is the head.
+        let v = Verifier::resume(4, &good[3].hash);
+        assert_eq!(v.finish(Some((4, good[3].hash.clone()))), Ok(4));
     }
 }

@@ -23,6 +23,8 @@
 //! - [`jwt`]: JWT-SVID claims, ES256 signing, the JWK.
 //! - [`trust`]: the trust bundle document served to relying parties.
 //! - [`audit`]: audit events, the hash chain and its verification.
+//! - [`retention`]: what ages out of the store (`store.retention`), the
+//!   audit archive and the checkpoint the trail is pruned behind.
 //! - [`ratelimit`]: per-workload limits: a token bucket per class of call,
 //!   open watch streams, refusals counted for the audit trail.
 //! - [`policy`]: Cedar: actions and their typed contexts, entities, the
@@ -61,6 +63,7 @@ pub mod jwt;
 pub mod pem;
 pub mod policy;
 pub mod ratelimit;
+pub mod retention;
 pub mod revocation;
 pub mod server;
 pub mod store;

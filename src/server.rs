@@ -146,6 +146,7 @@ impl Server {
         let reaper = tokio::spawn(reaper::run(
             self.issuer.revocations().clone(),
             self.cfg.feed.clone(),
+            crate::retention::Retention::new(&self.cfg.store, self.issuer.system_actor()),
             self.issuer.system_actor().to_owned(),
             self.store.leadership(),
             stop_rx_reaper.clone(),

@@ -388,3 +388,44 @@ async fn an_unacknowledged_revocation_is_reported_overdue_then_cleared() {
     assert_eq!(err.code(), Code::PermissionDenied);
     s.stop().await;
 }
+
+/// A snapshot and a replay larger than a page of the log (512 events):
+/// every event once, in order, across the page boundaries, then `synced`.
+#[tokio::test]
+async fn a_snapshot_and_a_replay_larger_than_a_page_miss_nothing() {
+    const TASKS: u64 = 1000;
+    let mut s = start().await;
+    let store = s.store().await;
+    store.seed_credentials(1100, now()).await.unwrap();
+    store.close().await;
+    let mut admin = s.client("admin").await;
+    let r = admin
+        .revoke(Target::TrustDomain(TD.into()), "incident")
+        .await
+        .unwrap();
+    assert_eq!(r.seqs.len() as u64, TASKS, "one event per seeded task");
+
+    let read = |after: Option<u64>| {
+        let s = &s;
+        async move {
+            let mut sidecar = s.client("sidecar").await;
+            let mut stream = sidecar.watch_once(watch_req(after)).await.unwrap();
+            let mut seqs = Vec::new();
+            let synced = loop {
+                match stream.message().await.unwrap().unwrap().msg {
+                    Some(Msg::Event(e)) => seqs.push(e.seq),
+                    Some(Msg::Synced(s)) => break s.seq,
+                    other => panic!("unexpected {other:?}"),
+                }
+            };
+            (seqs, synced)
+        }
+    };
+    let (seqs, synced) = read(None).await;
+    assert_eq!(synced, TASKS);
+    assert_eq!(seqs, (1..=TASKS).collect::<Vec<_>>());
+    let (seqs, synced) = read(Some(511)).await;
+    assert_eq!(synced, TASKS);
+    assert_eq!(seqs, (512..=TASKS).collect::<Vec<_>>());
+    s.stop().await;
+}

@@ -990,7 +990,7 @@ async fn limits_expiry_and_overdue_delivery_are_enforced_and_audited() {
         eventually(Duration::from_secs(10), || {
             let store = store.clone();
             async move {
-                let events = store.task_audit(AGENT, "brief").await.unwrap();
+                let events = store.task_audit(AGENT, "brief", 0, 0, 1000).await.unwrap();
                 events
                     .iter()
                     .any(|e| e.body.kind == "revoked" && e.body.reason == "task_deadline")

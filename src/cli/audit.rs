@@ -1,6 +1,8 @@
 //! `taskmint audit verify|export|task|review` and `taskmint inventory`.
 //! `verify` reads the store directly (offline, also while the issuer runs;
-//! on PostgreSQL without writing); the rest ask a running issuer.
+//! on PostgreSQL without writing) — the stored trail from its checkpoint,
+//! and the archive of what was pruned from the genesis to the checkpoint;
+//! the rest ask a running issuer.
 
 use std::path::PathBuf;
 
@@ -12,7 +14,8 @@ use super::{ConnArgs, rfc3339, status_line};
 use crate::audit::Verifier;
 use crate::config::Config;
 use crate::grpc::{audit_decision_text, audit_kind_text, pb};
-use crate::store::{PgPoolConfig, PgStore, SqliteStore, Store};
+use crate::retention::{ArchiveVerified, verify_archive};
+use crate::store::{AuditCheckpoint, PgPoolConfig, PgStore, SqliteStore, Store};
 
 /// `audit` subcommands.
 #[derive(Debug, Subcommand)]
@@ -38,6 +41,10 @@ pub struct VerifyArgs {
     /// rolled back to match verifies otherwise).
     #[arg(long, value_name = "SEQ:HASH")]
     pub expect_head: Option<ExpectedHead>,
+    /// The audit archive to verify with the stored trail, from the genesis
+    /// to the checkpoint [default: the config's `store.audit_archive`].
+    #[arg(long, value_name = "DIR")]
+    pub archive: Option<PathBuf>,
 }
 
 /// An event the chain must still hold: `SEQ:HASH`, as `audit verify`
@@ -169,22 +176,36 @@ pub fn event_json(e: &pb::AuditEvent) -> Value {
 
 /// Verifies the audit chain of the store at `path`; the last good sequence.
 pub async fn verify_store(path: &std::path::Path) -> anyhow::Result<u64> {
-    Ok(verify_sqlite(path, None).await?.0)
+    Ok(verify_sqlite(path, None, None).await?.through)
 }
 
-/// Verifies the SQLite store at `path`; the verified head (seq 0 and an
-/// empty hash for an empty trail).
-async fn verify_sqlite(
+/// Verifies the SQLite store at `path` (and the archive in `archive`, if
+/// given).
+pub async fn verify_sqlite(
     path: &std::path::Path,
     expect: Option<&ExpectedHead>,
-) -> anyhow::Result<(u64, String)> {
+    archive: Option<&std::path::Path>,
+) -> anyhow::Result<Verified> {
     if !path.exists() {
         anyhow::bail!("no store at `{}`", path.display());
     }
     let store = SqliteStore::open_read_only(path).await?;
-    let head = verify_chain(&store, expect).await;
+    let verified = verify_chain(&store, expect, archive).await;
     store.close().await;
-    head
+    verified
+}
+
+/// What `audit verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The last good sequence: the chain verified through it.
+    pub through: u64,
+    /// The hash of that event (empty for an empty trail).
+    pub head_hash: String,
+    /// Where the stored trail starts: events through it were pruned.
+    pub checkpoint: AuditCheckpoint,
+    /// The archive, when one was verified with the stored trail.
+    pub archive: Option<ArchiveVerified>,
 }
 
 /// What `audit verify` found in a PostgreSQL store.
@@ -197,6 +218,8 @@ pub struct PgVerified {
     /// Committed events not sealed into the chain yet (a running issuer
     /// seals them within a moment); the chain does not cover them.
     pub pending: u64,
+    /// The rest of what was verified.
+    pub verified: Verified,
 }
 
 /// Verifies the audit chain of the PostgreSQL store at `url` (opened
@@ -207,16 +230,27 @@ pub async fn verify_pg_store(
     pool: &PgPoolConfig,
     expect: Option<&ExpectedHead>,
 ) -> anyhow::Result<PgVerified> {
+    verify_pg_store_with_archive(url, pool, expect, None).await
+}
+
+/// [`verify_pg_store`], with the archive in `archive` verified too.
+pub async fn verify_pg_store_with_archive(
+    url: &str,
+    pool: &PgPoolConfig,
+    expect: Option<&ExpectedHead>,
+    archive: Option<&std::path::Path>,
+) -> anyhow::Result<PgVerified> {
     let store = PgStore::open_read_only(url, pool).await?;
     let verified = async {
-        let (through, head_hash) = verify_chain(&store, expect).await?;
+        let verified = verify_chain(&store, expect, archive).await?;
         // Counted after the chain: what was pending and got sealed since is
         // not counted twice, only possibly missed by both.
         let pending = store.pending_audit_events().await?;
         anyhow::Ok(PgVerified {
-            through,
-            head_hash,
+            through: verified.through,
+            head_hash: verified.head_hash.clone(),
             pending,
+            verified,
         })
     }
     .await;
@@ -224,12 +258,35 @@ pub async fn verify_pg_store(
     verified
 }
 
-/// Verifies the chain through the head record, and that it holds `expect`;
-/// the verified head.
+/// Verifies the stored chain from the checkpoint through the head record,
+/// the archive (if given) from the genesis to the checkpoint, and that the
+/// trail holds `expect`.
 async fn verify_chain(
     store: &dyn Store,
     expect: Option<&ExpectedHead>,
-) -> anyhow::Result<(u64, String)> {
+    archive: Option<&std::path::Path>,
+) -> anyhow::Result<Verified> {
+    // A running issuer may prune while this reads: a checkpoint that moved
+    // under the read explains a missing start, so read again from it.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let cp = store.audit_checkpoint().await?;
+        match verify_from(store, &cp, expect, archive).await {
+            Err(e) if attempts < 3 && store.audit_checkpoint().await?.seq != cp.seq => {
+                tracing::debug!(error = %e, "the checkpoint moved during verify; again");
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn verify_from(
+    store: &dyn Store,
+    cp: &AuditCheckpoint,
+    expect: Option<&ExpectedHead>,
+    archive: Option<&std::path::Path>,
+) -> anyhow::Result<Verified> {
     // The head first: a running issuer keeps appending, and what comes
     // after this head is not part of what is verified.
     let head = store.audit_head().await?;
@@ -243,8 +300,34 @@ async fn verify_chain(
             x.seq
         );
     }
-    let mut v = Verifier::default();
-    let mut after = 0;
+    let archived = match archive {
+        Some(dir) => Some(verify_archive(dir, cp)?),
+        None => None,
+    };
+    if let Some(x) = expect
+        && x.seq <= cp.seq
+    {
+        let Some(dir) = archive else {
+            anyhow::bail!(
+                "the expected head {} was pruned (the stored trail starts after {}): verify \
+                 with the archive (--archive DIR)",
+                x.seq,
+                cp.seq
+            );
+        };
+        match archived_hash(dir, x.seq)? {
+            Some(h) if h == x.hash => {}
+            found => anyhow::bail!(
+                "audit chain broken at seq {}: its archived hash is `{}`, not the expected `{}` \
+                 (the chain was rewritten from there or before)",
+                x.seq,
+                found.unwrap_or_default(),
+                x.hash
+            ),
+        }
+    }
+    let mut v = Verifier::resume(cp.seq, &cp.hash);
+    let mut after = cp.seq;
     while after < through {
         let page = store.audit_after(after, 1000).await?;
         let Some(last) = page.last() else { break };
@@ -265,8 +348,37 @@ async fn verify_chain(
             }
         }
     }
+    // Everything pruned: the head is the checkpoint's event.
     let last = v.finish(head.clone())?;
-    Ok((last, head.map(|(_, h)| h).unwrap_or_default()))
+    Ok(Verified {
+        through: last,
+        head_hash: head.map(|(_, h)| h).unwrap_or_default(),
+        checkpoint: cp.clone(),
+        archive: archived,
+    })
+}
+
+/// The hash of archived event `seq`, from the file that holds it.
+fn archived_hash(dir: &std::path::Path, seq: u64) -> anyhow::Result<Option<String>> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some((from, to)) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(crate::retention::parse_file_name)
+        else {
+            continue;
+        };
+        if (from..=to).contains(&seq) {
+            for line in std::fs::read_to_string(&path)?.lines() {
+                let e: crate::retention::ArchivedEvent = serde_json::from_str(line)?;
+                if e.seq == seq {
+                    return Ok(Some(e.hash));
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
@@ -274,26 +386,50 @@ pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Verify(a) => {
             let cfg = Config::load(&a.config)?;
             let expect = a.expect_head.as_ref();
-            let ((n, hash), at, pending) = match (&cfg.store.path, &cfg.store.url) {
+            let archive = a.archive.as_deref().or(cfg.store.audit_archive.as_deref());
+            let (v, at, pending) = match (&cfg.store.path, &cfg.store.url) {
                 (_, Some(url)) => {
-                    let v = verify_pg_store(url, &cfg.store.pool(), expect).await?;
-                    (
-                        (v.through, v.head_hash),
-                        crate::store::redact_url(url),
-                        Some(v.pending),
-                    )
+                    let v = verify_pg_store_with_archive(url, &cfg.store.pool(), expect, archive)
+                        .await?;
+                    (v.verified, crate::store::redact_url(url), Some(v.pending))
                 }
                 (Some(path), None) => (
-                    verify_sqlite(path, expect).await?,
+                    verify_sqlite(path, expect, archive).await?,
                     path.display().to_string(),
                     None,
                 ),
                 (None, None) => anyhow::bail!("the config names no store"),
             };
-            println!("audit trail intact: {n} events, hash chain and head verified ({at})");
+            let (n, cp) = (v.through, &v.checkpoint);
+            if cp.seq == 0 {
+                println!("audit trail intact: {n} events, hash chain and head verified ({at})");
+            } else {
+                println!(
+                    "audit trail intact: events {}..={n} stored, hash chain verified from the \
+                     checkpoint {}:{} and the head ({at})",
+                    cp.seq + 1,
+                    cp.seq,
+                    cp.hash
+                );
+                match &v.archive {
+                    Some(x) => println!(
+                        "archive intact: events 1..={} in {} files verified from the genesis to \
+                         the checkpoint",
+                        x.events, x.files
+                    ),
+                    None => println!(
+                        "events 1..={} were pruned behind the checkpoint; the archive was not \
+                         checked (set store.audit_archive or pass --archive DIR)",
+                        cp.seq
+                    ),
+                }
+            }
             if n > 0 {
                 // Kept outside the store, it exposes a later deleted tail.
-                println!("head {n}:{hash} (check a later chain with --expect-head)");
+                println!(
+                    "head {n}:{} (check a later chain with --expect-head)",
+                    v.head_hash
+                );
             }
             if let Some(x) = expect {
                 println!("expected head {}:{} is in the chain", x.seq, x.hash);

@@ -17,8 +17,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 pub use audit::{
-    ExpectedHead, PgVerified, render_timeline as audit_timeline_text,
-    verify_pg_store as verify_audit_pg_store, verify_store as verify_audit_store,
+    ExpectedHead, PgVerified, Verified, render_timeline as audit_timeline_text,
+    verify_pg_store as verify_audit_pg_store, verify_pg_store_with_archive,
+    verify_store as verify_audit_store,
 };
 
 use crate::client::{Client, ClientConfig};

@@ -429,30 +429,66 @@ impl Client {
         Ok(self.admin.export_audit(req).await?.into_inner())
     }
 
-    /// `Admin.GetTaskTimeline`; `holder` empty = the caller.
+    /// `Admin.GetTaskTimeline`, every page; `holder` empty = the caller.
+    /// The pages are joined into one response (its events in order).
     pub async fn task_timeline(
         &mut self,
         task_id: &str,
         holder: &str,
     ) -> Result<pb::GetTaskTimelineResponse, tonic::Status> {
+        let mut all = self.task_timeline_page(task_id, holder, 0, "").await?;
+        while !all.next_page_token.is_empty() {
+            let token = std::mem::take(&mut all.next_page_token);
+            let page = self.task_timeline_page(task_id, holder, 0, &token).await?;
+            all.events.extend(page.events);
+            all.acks.extend(page.acks);
+            all.task = page.task;
+            all.next_page_token = page.next_page_token;
+        }
+        Ok(all)
+    }
+
+    /// One page of `Admin.GetTaskTimeline` (`page_size` 0 = the server's
+    /// largest page; `page_token` empty = the first page).
+    pub async fn task_timeline_page(
+        &mut self,
+        task_id: &str,
+        holder: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<pb::GetTaskTimelineResponse, tonic::Status> {
         let task = Some(pb::TaskRef {
             task_id: task_id.into(),
             holder: holder.into(),
         });
-        Ok(self
-            .admin
-            .get_task_timeline(pb::GetTaskTimelineRequest { task })
-            .await?
-            .into_inner())
+        let req = pb::GetTaskTimelineRequest {
+            task,
+            page_size,
+            page_token: page_token.into(),
+        };
+        Ok(self.admin.get_task_timeline(req).await?.into_inner())
     }
 
-    /// `Admin.ListBreakGlass`.
+    /// `Admin.ListBreakGlass`, every page, newest first.
     pub async fn list_break_glass(
         &mut self,
         include_reviewed: bool,
     ) -> Result<Vec<pb::Task>, tonic::Status> {
-        let req = pb::ListBreakGlassRequest { include_reviewed };
-        Ok(self.admin.list_break_glass(req).await?.into_inner().tasks)
+        let mut tasks = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let req = pb::ListBreakGlassRequest {
+                include_reviewed,
+                page_size: 0,
+                page_token,
+            };
+            let page = self.admin.list_break_glass(req).await?.into_inner();
+            tasks.extend(page.tasks);
+            if page.next_page_token.is_empty() {
+                return Ok(tasks);
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     /// `Admin.MarkReviewed`; `holder` is the SPIFFE ID holding the task.

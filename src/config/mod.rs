@@ -592,6 +592,9 @@ impl Config {
         if let Some(p) = &mut self.store.path {
             fix(p);
         }
+        if let Some(p) = &mut self.store.audit_archive {
+            fix(p);
+        }
         fix(&mut self.policy.file);
     }
 

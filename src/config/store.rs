@@ -1,6 +1,9 @@
 //! `[store]`: where durable state lives — a SQLite file (`path`) or a
-//! PostgreSQL database (`url`, or `TASKMINT_STORE_URL`) — and the
-//! PostgreSQL pool's size and timeouts.
+//! PostgreSQL database (`url`, or `TASKMINT_STORE_URL`) — the PostgreSQL
+//! pool's size and timeouts, and what keeps the store bounded: the window
+//! repeated events are counted in (`use_interval`), how long ended tasks,
+//! expired credentials and audit events are kept (`retention`), and where
+//! the audit trail is archived before it is pruned (`audit_archive`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +36,20 @@ pub struct StoreConfig {
     /// PostgreSQL: how long the start waits for the first connection.
     #[serde(default = "default_connect_timeout", with = "humantime_serde_compat")]
     pub connect_timeout: Duration,
+    /// An event that changes no state (a status check, a read, a refusal)
+    /// is chained once per key in this window; its repeats are counted and
+    /// chained as one summary event when the window closes.
+    #[serde(default = "default_use_interval", with = "humantime_serde_compat")]
+    pub use_interval: Duration,
+    /// Ended tasks, expired credentials and (with `audit_archive`) audit
+    /// events older than this are deleted by the leader.
+    #[serde(default = "default_retention", with = "humantime_serde_compat")]
+    pub retention: Duration,
+    /// Directory the audit trail is archived to (JSON lines, fsynced)
+    /// before events older than `retention` are deleted; without it the
+    /// audit trail is never pruned.
+    #[serde(default)]
+    pub audit_archive: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -44,6 +61,9 @@ impl std::fmt::Debug for StoreConfig {
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout", &self.acquire_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("use_interval", &self.use_interval)
+            .field("retention", &self.retention)
+            .field("audit_archive", &self.audit_archive)
             .finish()
     }
 }
@@ -90,10 +110,31 @@ impl StoreConfig {
                 return Err(format!("store.{name} must be at least 100ms"));
             }
         }
+        if self.use_interval < Duration::from_secs(1)
+            || self.use_interval > Duration::from_secs(3600)
+        {
+            return Err("store.use_interval must be 1s-1h".into());
+        }
+        if self.retention < MIN_RETENTION {
+            return Err(format!(
+                "store.retention must be at least {} (what is pruned must have been off every \
+                 CRL and out of every feed snapshot for a while)",
+                humantime::format_duration(MIN_RETENTION)
+            ));
+        }
         Ok(())
     }
 }
 
+/// The shortest `store.retention` accepted.
+pub const MIN_RETENTION: Duration = Duration::from_secs(60 * 60);
+
+fn default_use_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_retention() -> Duration {
+    Duration::from_secs(30 * 24 * 60 * 60)
+}
 fn default_max_connections() -> u32 {
     crate::store::PgPoolConfig::default().max_connections
 }

@@ -125,3 +125,36 @@ fn durations_parse() {
     assert!(parse_duration("1.5s").is_err());
     assert!(parse_duration("").is_err());
 }
+
+#[test]
+fn bounded_storage_keys_have_safe_defaults_and_limits() {
+    let cfg = Config::from_toml(MINIMAL, Path::new("/etc/tm")).unwrap();
+    assert_eq!(cfg.store.use_interval, Duration::from_secs(60));
+    assert_eq!(cfg.store.retention, Duration::from_secs(30 * 24 * 3600));
+    // No archive: the audit trail is never pruned.
+    assert_eq!(cfg.store.audit_archive, None);
+    let text = MINIMAL.replace(
+        "path = \"data/taskmint.db\"",
+        "path = \"data/taskmint.db\"\nuse_interval = \"5m\"\nretention = \"7d\"\n\
+         audit_archive = \"archive\"",
+    );
+    let cfg = Config::from_toml(&text, Path::new("/etc/tm")).unwrap();
+    assert_eq!(cfg.store.use_interval, Duration::from_secs(300));
+    assert_eq!(cfg.store.retention, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(
+        cfg.store.audit_archive.as_deref(),
+        Some(Path::new("/etc/tm/archive"))
+    );
+    for (key, bad, says) in [
+        ("use_interval", "0s", "store.use_interval must be 1s-1h"),
+        ("use_interval", "2h", "store.use_interval must be 1s-1h"),
+        ("retention", "59m", "store.retention must be at least 1h"),
+    ] {
+        let text = MINIMAL.replace(
+            "path = \"data/taskmint.db\"",
+            &format!("path = \"data/taskmint.db\"\n{key} = \"{bad}\""),
+        );
+        let err = Config::from_toml(&text, Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains(says), "{key} = {bad}: {err}");
+    }
+}

@@ -115,9 +115,14 @@ impl pb::admin_server::Admin for AdminService {
         let task = |r: &pb::GetTaskTimelineRequest| task_id_of(r.task.as_ref());
         self.calls
             .handle("GetTaskTimeline", req, task, |c, r| async move {
-                let t = self.calls.issuer.timeline(&c, task_ref(r.task)?).await?;
+                let (t, next_page_token) = self
+                    .calls
+                    .issuer
+                    .timeline(&c, task_ref(r.task)?, r.page_size, &r.page_token)
+                    .await?;
                 Ok((
                     pb::GetTaskTimelineResponse {
+                        next_page_token,
                         task: Some(task_pb(&t.task)),
                         events: t.events.iter().map(audit_pb).collect(),
                         acks: t
@@ -145,14 +150,15 @@ impl pb::admin_server::Admin for AdminService {
                 req,
                 |_| String::new(),
                 |c, r| async move {
-                    let tasks = self
+                    let (tasks, next_page_token) = self
                         .calls
                         .issuer
-                        .break_glass_list(&c, r.include_reviewed)
+                        .break_glass_list(&c, r.include_reviewed, r.page_size, &r.page_token)
                         .await?;
                     Ok((
                         pb::ListBreakGlassResponse {
                             tasks: tasks.iter().map(task_pb).collect(),
+                            next_page_token,
                         },
                         String::new(),
                     ))

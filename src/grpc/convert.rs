@@ -92,7 +92,7 @@ pub(super) fn task_id_of(r: Option<&pb::TaskRef>) -> String {
 
 /// The audit kinds, wire value and stored text, in one table so that the
 /// two directions cannot disagree.
-const AUDIT_KINDS: [(pb::AuditKind, &str); 19] = [
+const AUDIT_KINDS: [(pb::AuditKind, &str); 20] = [
     (pb::AuditKind::MintX509, audit::kind::MINT_X509),
     (pb::AuditKind::MintJwt, audit::kind::MINT_JWT),
     (pb::AuditKind::Renew, audit::kind::RENEW),
@@ -114,6 +114,7 @@ const AUDIT_KINDS: [(pb::AuditKind, &str); 19] = [
         pb::AuditKind::DeliveryOverdue,
         audit::kind::DELIVERY_OVERDUE,
     ),
+    (pb::AuditKind::AuditPruned, audit::kind::AUDIT_PRUNED),
     (pb::AuditKind::Limit, audit::kind::LIMIT),
 ];
 

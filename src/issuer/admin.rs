@@ -12,13 +12,40 @@ use crate::audit::{AuditDraft, AuditEvent, decision, kind};
 use crate::clock::{now_unix, rfc3339};
 use crate::identity::Caller;
 use crate::policy::{self, PolicyStatus, Reload};
-use crate::store::{CredentialRecord, GrantFilter, Review, ReviewOutcome, TaskRecord};
+use crate::store::{CredentialRecord, GrantFilter, Page, Review, ReviewOutcome, TaskRecord};
 
-/// Largest inventory page.
+/// Largest page of a listing (inventory, timeline, break-glass list).
 pub const MAX_PAGE_SIZE: u32 = 500;
 
 /// Most audit events one export returns.
 pub const MAX_EXPORT_LIMIT: u32 = 1000;
+
+/// Rows a listing reads for `page_size` (0: the largest page).
+fn page_limit(page_size: u32) -> u32 {
+    match page_size {
+        0 => MAX_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    }
+}
+
+fn bad_token() -> Error {
+    Error::InvalidArgument(
+        "page_token is not one this server returned; start again without one".into(),
+    )
+}
+
+/// A page token's content (`None` for the first page).
+fn decode_token(page_token: &str) -> Result<Option<String>, Error> {
+    if page_token.is_empty() {
+        return Ok(None);
+    }
+    let raw = B64URL.decode(page_token).map_err(|_| bad_token())?;
+    String::from_utf8(raw).map(Some).map_err(|_| bad_token())
+}
+
+fn encode_token(content: &str) -> String {
+    B64URL.encode(content)
+}
 
 /// An active task and its active credentials (the inventory).
 #[derive(Debug, Clone)]
@@ -36,10 +63,10 @@ pub struct Grant {
 pub struct Timeline {
     /// The task now.
     pub task: TaskRecord,
-    /// Every audit event about it, in order.
+    /// A page of the audit events about it, in order.
     pub events: Vec<AuditEvent>,
-    /// For each revocation of it (by sequence): the first acknowledgement of
-    /// each subscriber that covers it.
+    /// For each revocation of it in the page (by sequence): the first
+    /// acknowledgement of each subscriber that covers it.
     pub acks: Vec<(u64, Vec<AuditEvent>)>,
 }
 
@@ -69,24 +96,18 @@ impl Issuer {
             0 => 100,
             n => n.min(MAX_PAGE_SIZE),
         };
-        let after = if page_token.is_empty() {
-            None
-        } else {
-            let bad = || {
-                Error::InvalidArgument(
-                    "page_token is not one this server returned; start again without one".into(),
-                )
-            };
-            let raw = B64URL.decode(page_token).map_err(|_| bad())?;
-            let text = String::from_utf8(raw).map_err(|_| bad())?;
-            let (o, t) = text.split_once('\n').ok_or_else(bad)?;
-            Some((o.to_owned(), t.to_owned()))
+        let after = match decode_token(page_token)? {
+            None => None,
+            Some(text) => {
+                let (o, t) = text.split_once('\n').ok_or_else(bad_token)?;
+                Some((o.to_owned(), t.to_owned()))
+            }
         };
         let now = now_unix();
         let tasks = self.store.active_tasks(&filter, now, after, limit).await?;
         let next = match tasks.last() {
             Some(t) if tasks.len() as u32 == limit => {
-                B64URL.encode(format!("{}\n{}", t.holder, t.task_id))
+                encode_token(&format!("{}\n{}", t.holder, t.task_id))
             }
             _ => String::new(),
         };
@@ -124,36 +145,79 @@ impl Issuer {
         Ok((events, self.store.audit_head().await?))
     }
 
-    /// A task's timeline: every audit event about it, and who acknowledged
-    /// each of its revocations.
-    pub async fn timeline(&self, caller: &Caller, r: TaskRef) -> Result<Timeline, Error> {
+    /// A page of a task's timeline: audit events about it (since it was
+    /// begun), and who acknowledged each of its revocations in the page.
+    pub async fn timeline(
+        &self,
+        caller: &Caller,
+        r: TaskRef,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Timeline, String), Error> {
         let (task, holder) = self.holder_of(caller, &r)?;
         let t = self.find_task(&holder, &task).await?;
         self.read_task(caller, &t, "timeline read").await?;
-        let events = self.store.task_audit(&holder, task.as_str()).await?;
+        let limit = page_limit(page_size);
+        let after = match decode_token(page_token)? {
+            None => 0,
+            Some(text) => text.parse::<u64>().map_err(|_| bad_token())?,
+        };
+        let events = self
+            .store
+            .task_audit(&holder, task.as_str(), t.created_at, after, limit)
+            .await?;
+        let next = Page::of(events, limit, |e| e.seq);
         let mut acks = Vec::new();
-        for e in &events {
+        for e in &next.rows {
             if e.body.kind == kind::REVOKED
                 && let Some(seq) = e.body.ref_seq
             {
                 acks.push((seq, self.store.acks_covering(seq).await?));
             }
         }
-        Ok(Timeline {
-            task: t,
-            events,
-            acks,
-        })
+        let token = next.next.map(|s| encode_token(&s.to_string()));
+        Ok((
+            Timeline {
+                task: t,
+                events: next.rows,
+                acks,
+            },
+            token.unwrap_or_default(),
+        ))
     }
 
-    /// Break-glass tasks awaiting review (or all of them).
+    /// Break-glass tasks awaiting review (or all of them), newest first, a
+    /// page at a time.
     pub async fn break_glass_list(
         &self,
         caller: &Caller,
         include_reviewed: bool,
-    ) -> Result<Vec<TaskRecord>, Error> {
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<TaskRecord>, String), Error> {
         self.gate.admin(caller, "review_list").await?;
-        Ok(self.store.break_glass_tasks(include_reviewed).await?)
+        let limit = page_limit(page_size);
+        let after = match decode_token(page_token)? {
+            None => None,
+            Some(text) => {
+                let mut parts = text.splitn(3, '\n');
+                let (Some(at), Some(holder), Some(task)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(bad_token());
+                };
+                let at = at.parse::<i64>().map_err(|_| bad_token())?;
+                Some((at, holder.to_owned(), task.to_owned()))
+            }
+        };
+        let tasks = self
+            .store
+            .break_glass_tasks(include_reviewed, after, limit)
+            .await?;
+        let page = Page::of(tasks, limit, |t| {
+            encode_token(&format!("{}\n{}\n{}", t.created_at, t.holder, t.task_id))
+        });
+        Ok((page.rows, page.next.unwrap_or_default()))
     }
 
     /// Marks a break-glass task reviewed.

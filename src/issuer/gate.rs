@@ -11,7 +11,10 @@
 //! Denials are audited here, with the policies that decided them; refusals
 //! of an allowed call (a limit, the state of a task) are audited through
 //! [`Gate::refuse`] with the policies that had allowed it. Internal failures
-//! are never audited: the store may be what failed.
+//! are never audited: the store may be what failed. Every event the gate
+//! writes changes no state, so each is written as a repeated event
+//! ([`Gate::record`]): once per key per `store.use_interval`, its repeats
+//! counted, so no caller grows the trail at its call rate.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +41,8 @@ pub(super) struct Gate {
     refusals: Refusals,
     store: Arc<dyn Store>,
     material: Arc<TlsMaterial>,
+    /// `store.use_interval`, in seconds.
+    repeat_window: i64,
 }
 
 impl Gate {
@@ -65,7 +70,19 @@ impl Gate {
             refusals: Refusals::new(REFUSAL_AUDIT_INTERVAL),
             store,
             material,
+            repeat_window: cfg.store.use_interval.as_secs() as i64,
         }
+    }
+
+    /// Records an event that changes no state (a read, a status check, a
+    /// denial, a refusal): chained once per key per `store.use_interval`,
+    /// its repeats counted and chained as one summary when the window
+    /// closes.
+    pub(super) async fn record(&self, event: AuditDraft) -> Result<(), Error> {
+        self.store
+            .append_audit_repeated(event, self.repeat_window)
+            .await?;
+        Ok(())
     }
 
     /// The policy engine (status and reload).
@@ -228,7 +245,7 @@ impl Gate {
                 .clone()
                 .decided(decision::DENY, &d.policies)
                 .because(message.clone());
-            self.store.append_audit(&[event]).await?;
+            self.record(event).await?;
             tracing::info!(spiffe_id = %caller.spiffe_id, action = action.as_str(), %resource, policies = ?d.policies, "denied");
             return Err(Error::PermissionDenied(message));
         }
@@ -273,8 +290,7 @@ impl Gate {
         draft: AuditDraft,
     ) -> Result<Decision, Error> {
         let d = self.authorize(caller, request, resource, &draft).await?;
-        self.store
-            .append_audit(&[draft.decided(decision::ALLOW, &d.policies)])
+        self.record(draft.decided(decision::ALLOW, &d.policies))
             .await?;
         Ok(d)
     }
@@ -319,9 +335,9 @@ impl Gate {
         }
         draft.decision = verdict.into();
         draft.reason = reason;
-        match self.store.append_audit(&[draft]).await {
-            Ok(_) => e,
-            Err(se) => se.into(),
+        match self.record(draft).await {
+            Ok(()) => e,
+            Err(se) => se,
         }
     }
 }

@@ -186,9 +186,8 @@ impl Issuer {
         };
         let draft = draft.decided(decision::ALLOW, &d.policies);
         if let Some(message) = already {
-            self.store
-                .append_audit(&[draft.because(message.clone())])
-                .await?;
+            // Nothing changes: repeats are counted, not chained each.
+            self.gate.record(draft.because(message.clone())).await?;
             return Ok(RevokeOutcome {
                 message,
                 ..Default::default()
@@ -209,7 +208,11 @@ impl Issuer {
     }
 
     /// The state of a credential. Audited: a status check is the "use"
-    /// signal of the credential's task.
+    /// signal of the credential's task, recorded once per credential and
+    /// checker per `store.use_interval` with a count of the repeats (see
+    /// `Gate::record`). Checks of credentials
+    /// the store does not hold are recorded under no credential id, so
+    /// that guessing ids cannot open a window per guess.
     pub async fn check_status(&self, caller: &Caller, id: &str) -> Result<CredentialState, Error> {
         check_credential_id(id)?;
         let c = self.store.credential(id).await?;
@@ -219,12 +222,11 @@ impl Issuer {
             Some(c) => state_of(c, now),
         };
         let mut event = AuditDraft::new(kind::STATUS_CHECK, &caller.spiffe_id.to_string(), now)
-            .credential(id)
             .because(match &state {
-                CredentialState::Active { .. } => "active",
-                CredentialState::Revoked { .. } => "revoked",
-                CredentialState::Expired { .. } => "expired",
-                CredentialState::Unknown => "unknown",
+                CredentialState::Active { .. } => "active".to_owned(),
+                CredentialState::Revoked { .. } => "revoked".to_owned(),
+                CredentialState::Expired { .. } => "expired".to_owned(),
+                CredentialState::Unknown => format!("unknown credential `{id}`"),
             });
         if let Some(c) = &c {
             // The break-glass flag never changes: the cache serves most checks.
@@ -233,9 +235,9 @@ impl Issuer {
                 None => self.store.task(&c.task_holder, &c.task_id).await?,
             };
             let bg = task.is_some_and(|t| t.break_glass);
-            event = event.task(&c.task_holder, &c.task_id, bg);
+            event = event.credential(id).task(&c.task_holder, &c.task_id, bg);
         }
-        self.store.append_audit(&[event]).await?;
+        self.gate.record(event).await?;
         Ok(state)
     }
 

@@ -475,9 +475,8 @@ impl Issuer {
                 t.state.as_str(),
                 rfc3339(t.ended_at.unwrap_or(t.deadline))
             );
-            self.store
-                .append_audit(&[draft.because(message.clone())])
-                .await?;
+            // Nothing changes: repeats are counted, not chained each.
+            self.gate.record(draft.because(message.clone())).await?;
             return Ok((
                 t,
                 RevokeOutcome {
@@ -541,8 +540,9 @@ impl Issuer {
         let d = self
             .authorize_task(caller, Request::ReadTask, t, &draft)
             .await?;
-        self.store
-            .append_audit(&[draft.decided(decision::ALLOW, &d.policies)])
+        // A read changes nothing: repeats are counted, not chained each.
+        self.gate
+            .record(draft.decided(decision::ALLOW, &d.policies))
             .await?;
         Ok(())
     }

@@ -1,5 +1,8 @@
 //! One subscriber's view of the revocation log: snapshot or replay, then live
 //! events and heartbeats, pushed into a bounded per-subscriber buffer. The
+//! snapshot and the replay read the log a page ([`SNAPSHOT_PAGE`]) at a time
+//! while they stream, so a watcher never holds more than a page and its
+//! buffer, however many revocations are in force. The
 //! live events come from the hub, which the follower feeds from the log
 //! whichever replica committed them; a heartbeat carries the last sequence
 //! considered, which is the log's head as this process last read it.
@@ -24,6 +27,10 @@ use tokio_stream::Stream;
 use super::Revocations;
 use crate::clock::now_unix;
 use crate::store::{RevocationEvent, StoreError};
+
+/// Most revocation events a snapshot or a replay reads from the store at
+/// once: what one watcher holds in memory, whatever the size of the log.
+pub const SNAPSHOT_PAGE: u32 = 512;
 
 /// What a subscriber wants to see. Empty fields match everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -239,7 +246,7 @@ impl Forwarder {
     async fn replay(&mut self) -> Result<(), Stop> {
         let store = self.revs.store().clone();
         loop {
-            let page = store.events_after(self.last, 512).await?;
+            let page = store.events_after(self.last, SNAPSHOT_PAGE).await?;
             if page.is_empty() {
                 // Empty because caught up, or because pruning removed what
                 // follows the cursor since it was checked: tell them apart.
@@ -276,15 +283,31 @@ impl Forwarder {
         let store = self.revs.store().clone();
         match after {
             None => {
+                // The snapshot is read a page at a time, each page sent
+                // before the next is read, so a watcher holds one page in
+                // memory however many revocations are in force. It covers
+                // the log through the sequence read first; anything
+                // committed since is live, or read from the log by the
+                // loop below when the hub skips ahead.
                 let current = store.current_seq().await?;
-                for e in store.unexpired_events(now_unix()).await? {
-                    let seq = e.seq;
-                    if self.filter.matches(&e) {
-                        self.send(FeedItem::Event(Arc::new(e)), true).await?;
+                let now = now_unix();
+                let mut after = 0;
+                loop {
+                    let page = store
+                        .unexpired_events(now, after, current, SNAPSHOT_PAGE)
+                        .await?;
+                    let full = page.len() as u32 == SNAPSHOT_PAGE;
+                    for e in page {
+                        after = e.seq;
+                        if self.filter.matches(&e) {
+                            self.send(FeedItem::Event(Arc::new(e)), true).await?;
+                        }
                     }
-                    self.last = self.last.max(seq);
+                    if !full {
+                        break;
+                    }
                 }
-                self.last = self.last.max(current);
+                self.last = current;
             }
             Some(cursor) => {
                 let pruned = store.pruned_through().await?;

@@ -1,8 +1,10 @@
 //! The background duties that make access end by itself: revoke tasks whose
 //! deadline passed (also those that passed while the issuer was down: the
 //! first pass runs before serving), prune the log past retention, watch for
-//! overdue acknowledgements, and seal the audit trail. With several
-//! replicas, only the leader runs them.
+//! overdue acknowledgements, seal the audit trail, close the windows of
+//! repeated audit events, and age out old tasks, credentials and (archived
+//! first) audit events ([`crate::retention`]). With several replicas, only
+//! the leader runs them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +14,7 @@ use super::delivery::{self, OverdueLog};
 use crate::audit::{self, AuditDraft};
 use crate::clock::now_unix;
 use crate::config::FeedConfig;
+use crate::retention::Retention;
 use crate::store::{Leadership, RevokeRequest, RevokeScope, StoreError, TaskState};
 
 /// Reason recorded for credentials of a task whose deadline passed.
@@ -55,6 +58,7 @@ pub async fn expire_due_tasks(revs: &Arc<Revocations>, actor: &str) -> Result<us
 pub async fn run(
     revs: Arc<Revocations>,
     feed: FeedConfig,
+    retention: Retention,
     actor: String,
     mut lead: Leadership,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -92,7 +96,15 @@ pub async fn run(
         if !leading {
             continue;
         }
-        duties(&revs, &feed, &actor, &mut overdue, &mut last_prune).await;
+        duties(
+            &revs,
+            &feed,
+            &retention,
+            &actor,
+            &mut overdue,
+            &mut last_prune,
+        )
+        .await;
     }
     lead.release().await;
 }
@@ -105,6 +117,7 @@ pub async fn run(
 async fn duties(
     revs: &Arc<Revocations>,
     feed: &FeedConfig,
+    retention: &Retention,
     actor: &str,
     overdue: &mut OverdueLog,
     last_prune: &mut Option<Instant>,
@@ -122,6 +135,13 @@ async fn duties(
         }
         Err(e) => tracing::error!(error = %e, "delivery check failed"),
     }
+    // Chain the counts of repeated events whose window closed.
+    if let Err(e) = retention
+        .close_windows(revs.store().as_ref(), now_unix())
+        .await
+    {
+        tracing::error!(error = %e, "cannot close the windows of repeated audit events");
+    }
     // Chain what was committed since the last round (PostgreSQL; a no-op
     // where events are chained as they are written).
     if let Err(e) = revs.store().seal_audit().await {
@@ -134,6 +154,16 @@ async fn duties(
             Ok(0) => {}
             Ok(n) => tracing::info!(pruned = n, "pruned expired revocation events"),
             Err(e) => tracing::error!(error = %e, "pruning failed"),
+        }
+        match retention.prune(revs.store().as_ref(), now_unix()).await {
+            Ok(r) if r == Default::default() => {}
+            Ok(r) => tracing::info!(
+                credentials = r.records.credentials,
+                tasks = r.records.tasks,
+                audit_events = r.audit_events,
+                "retention: aged-out records deleted"
+            ),
+            Err(e) => tracing::error!(error = %e, "retention pruning failed"),
         }
     }
 }

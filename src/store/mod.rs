@@ -7,6 +7,8 @@
 //!
 //! - [`records`](self): the records every backend keeps (re-exported here).
 //! - `rows`: one row-to-record mapping per kind, shared by the backends.
+//! - `repeats`: the database-free part of repeated events (key, window,
+//!   summary), shared by the backends.
 //! - `revoking`: the database-free parts of a revocation (scope filter,
 //!   one event per task, its audit events), shared by the backends.
 //! - `conformance` (test builds): the behaviour every backend must have,
@@ -28,6 +30,7 @@ pub mod conformance;
 mod fleet;
 mod postgres;
 mod records;
+mod repeats;
 mod revoking;
 mod rows;
 mod sqlite;
@@ -244,8 +247,16 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<RevocationEvent>, StoreError>;
 
-    /// Events whose revoked credentials have not all expired at `now`.
-    async fn unexpired_events(&self, now: i64) -> Result<Vec<RevocationEvent>, StoreError>;
+    /// Events with `seq` in `(after, through]` whose revoked credentials
+    /// have not all expired at `now`, in order, at most `limit`: a page of a
+    /// watcher's snapshot (never the whole of it at once).
+    async fn unexpired_events(
+        &self,
+        now: i64,
+        after: u64,
+        through: u64,
+        limit: u32,
+    ) -> Result<Vec<RevocationEvent>, StoreError>;
 
     /// The last sequence handed out (0 if none).
     async fn current_seq(&self) -> Result<u64, StoreError>;
@@ -306,8 +317,17 @@ pub trait Store: Send + Sync + 'static {
     /// The head record: seq and hash of the newest event.
     async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError>;
 
-    /// Every audit event about one task, in order.
-    async fn task_audit(&self, holder: &str, task_id: &str) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Audit events about one task, in order: those at or after `since`
+    /// (the task's begin: an older task of the same name, pruned since, was
+    /// another) with `seq > after`, at most `limit`.
+    async fn task_audit(
+        &self,
+        holder: &str,
+        task_id: &str,
+        since: i64,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError>;
 
     /// For each subscriber, its first acknowledgement event covering `seq`.
     async fn acks_covering(&self, seq: u64) -> Result<Vec<AuditEvent>, StoreError>;
@@ -322,10 +342,14 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<TaskRecord>, StoreError>;
 
-    /// Break-glass tasks, newest first; reviewed ones too if asked.
+    /// Break-glass tasks, newest first (ordered by creation time
+    /// descending, then holder and task id), starting after `after`;
+    /// reviewed ones too if asked; at most `limit`.
     async fn break_glass_tasks(
         &self,
         include_reviewed: bool,
+        after: Option<BreakGlassKey>,
+        limit: u32,
     ) -> Result<Vec<TaskRecord>, StoreError>;
 
     /// Marks a break-glass task reviewed, with its audit event.
@@ -365,7 +389,56 @@ pub trait Store: Send + Sync + 'static {
     /// its own; reads of the trail call it first, and the leader calls it
     /// periodically so the chain covers new events within a moment.
     async fn seal_audit(&self) -> Result<u64, StoreError>;
+
+    /// Appends `event`, which changes no state (a status check, a read, a
+    /// refusal), as a repeated event (see `repeats`): chained now if it
+    /// opens a window of `window` seconds for its key — after the summary
+    /// of the key's previous window, if that one saw repeats — otherwise
+    /// only counted in the open window. Whether it was chained.
+    async fn append_audit_repeated(
+        &self,
+        event: AuditDraft,
+        window: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Closes at most `limit` windows of repeated events opened at or
+    /// before `before`, chaining the summary of each that saw repeats (the
+    /// leader's sweep, so a count is chained within a window and a sweep of
+    /// its last repeat); how many it closed.
+    async fn close_repeat_windows(&self, before: i64, limit: u32) -> Result<u64, StoreError>;
+
+    /// The audit checkpoint: where the stored trail starts.
+    async fn audit_checkpoint(&self) -> Result<AuditCheckpoint, StoreError>;
+
+    /// Claims the prune of audit events `(at, to]`: succeeds if the
+    /// checkpoint is still at `at` and no other range is claimed (or this
+    /// very one is), so two processes pruning at once archive the same
+    /// range. Whether the claim stands.
+    async fn claim_audit_prune(&self, at: u64, to: u64) -> Result<bool, StoreError>;
+
+    /// Moves the checkpoint from `at` to `to` — whose event must have hash
+    /// `hash`, checked in the transaction — deletes the events through
+    /// `to` and appends `audit` (the record of the prune), in one
+    /// transaction, if the claim of `(at, to]` still stands. Call it only
+    /// once those events are durably archived. Whether it did.
+    async fn commit_audit_prune(
+        &self,
+        at: u64,
+        to: u64,
+        hash: &str,
+        audit: AuditDraft,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes at most `limit` credentials that expired before `before`,
+    /// then at most `limit` tasks that ended before `before` and hold no
+    /// credential any more (break-glass tasks awaiting review stay), in one
+    /// short transaction.
+    async fn prune_records(&self, before: i64, limit: u32) -> Result<PrunedRecords, StoreError>;
 }
+
+/// Where a page of the break-glass list ends: (creation time, holder, task
+/// id) of its last task.
+pub type BreakGlassKey = (i64, String, String);
 
 /// The store the config names, opened (and migrated).
 #[derive(Debug, Clone)]

@@ -348,3 +348,48 @@ pub enum ReviewOutcome {
     /// Marked now.
     Reviewed(TaskRecord),
 }
+
+/// Where the audit trail starts in the store: every event through `seq` was
+/// archived and then deleted (see [`Store::commit_audit_prune`](super::Store::commit_audit_prune)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCheckpoint {
+    /// The last pruned event (0: nothing pruned).
+    pub seq: u64,
+    /// Its hash ([`GENESIS`](crate::audit::GENESIS) when nothing was pruned):
+    /// the first stored event's `prev_hash`.
+    pub hash: String,
+    /// A prune in progress: events `(seq, archiving_to]` are being archived,
+    /// and no other range may be pruned until this one commits.
+    pub archiving_to: Option<u64>,
+}
+
+/// What one retention batch deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrunedRecords {
+    /// Credentials that expired before the cutoff.
+    pub credentials: u64,
+    /// Tasks that ended before the cutoff and hold no credential any more.
+    pub tasks: u64,
+}
+
+/// One page of a keyset-paged listing: the rows, and the key to read the
+/// next page after (`None` on the last page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T, K> {
+    /// The rows, in the listing's order.
+    pub rows: Vec<T>,
+    /// Where the next page starts (exclusive); `None` when this was the last.
+    pub next: Option<K>,
+}
+
+impl<T, K> Page<T, K> {
+    /// A page of `rows` read with `limit`: full pages continue after the key
+    /// of their last row.
+    pub fn of(rows: Vec<T>, limit: u32, key: impl Fn(&T) -> K) -> Self {
+        let next = match rows.last() {
+            Some(last) if rows.len() as u64 >= u64::from(limit) => Some(key(last)),
+            _ => None,
+        };
+        Self { rows, next }
+    }
+}

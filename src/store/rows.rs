@@ -141,3 +141,40 @@ pub(crate) fn ack(r: &impl Cols) -> Result<AckRecord, StoreError> {
         acked_at: r.int("acked_at")?,
     })
 }
+
+/// An open window of repeated events from its `audit_repeats` row.
+pub(crate) fn repeat_window(r: &impl Cols) -> Result<super::repeats::Window, StoreError> {
+    let policies = r.text("policies")?;
+    Ok(super::repeats::Window {
+        window_start: r.int("window_start")?,
+        repeats: r.int("repeats")? as u64,
+        first_repeat: r.opt_int("first_repeat")?,
+        last_repeat: r.opt_int("last_repeat")?,
+        last_reason: r.text("last_reason")?,
+        event: AuditDraft {
+            kind: r.text("kind")?,
+            actor: r.text("actor")?,
+            task_holder: r.text("task_holder")?,
+            task_id: r.text("task_id")?,
+            credential_id: r.text("credential_id")?,
+            decision: r.text("decision")?,
+            policies: if policies.is_empty() {
+                Vec::new()
+            } else {
+                policies.split(',').map(str::to_owned).collect()
+            },
+            break_glass: r.flag("break_glass")?,
+            subject: r.text("subject")?,
+            ..Default::default()
+        },
+    })
+}
+
+/// The audit checkpoint from its row.
+pub(crate) fn checkpoint(r: &impl Cols) -> Result<super::AuditCheckpoint, StoreError> {
+    Ok(super::AuditCheckpoint {
+        seq: r.int("seq")? as u64,
+        hash: r.text("hash")?,
+        archiving_to: r.opt_int("archiving_to")?.map(|s| s as u64),
+    })
+}

@@ -52,7 +52,8 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use super::Pg;
 use crate::audit::{self, AuditDraft, AuditEvent};
-use crate::store::StoreError;
+use crate::store::rows::{self, repeat_window};
+use crate::store::{AuditCheckpoint, StoreError, repeats};
 
 const COLUMNS: &str = "seq, time, prev_hash, hash, kind, actor, task_holder, task_id, \
      credential_id, decision, policies, reason, break_glass, ref_seq, subject";
@@ -211,19 +212,26 @@ pub(super) async fn head(pool: &PgPool) -> Result<Option<(u64, String)>, StoreEr
     Ok(row.map(|(s, h)| (s as u64, h)))
 }
 
-/// Every sealed event about one task, in order.
+/// Sealed events about one task at or after `since`, after `after`, in
+/// order, at most `limit`.
 pub(super) async fn of_task(
     pool: &PgPool,
-    holder: &str,
-    task_id: &str,
+    (holder, task_id): (&str, &str),
+    since: i64,
+    after: u64,
+    limit: u32,
 ) -> Result<Vec<AuditEvent>, StoreError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM audit \
-         WHERE task_holder = $1 AND task_id = $2 AND seq IS NOT NULL ORDER BY seq"
+         WHERE task_holder = $1 AND task_id = $2 AND seq > $3 AND time >= $4 \
+         ORDER BY seq LIMIT $5"
     );
     let rows = sqlx::query(&sql)
         .bind(holder)
         .bind(task_id)
+        .bind(after.min(i64::MAX as u64) as i64)
+        .bind(since)
+        .bind(i64::from(limit))
         .fetch_all(pool)
         .await
         .pg()?;
@@ -244,4 +252,217 @@ pub(super) async fn acks_covering(pool: &PgPool, seq: u64) -> Result<Vec<AuditEv
         .await
         .pg()?;
     rows.iter().map(from_row).collect()
+}
+
+const WINDOW_COLUMNS: &str = "window_start, repeats, first_repeat, last_repeat, last_reason, \
+     kind, actor, task_holder, task_id, credential_id, decision, policies, break_glass, subject";
+
+/// Appends a repeated event (see [`Store::append_audit_repeated`]) in the
+/// caller's transaction; whether it was chained (inserted pending). A
+/// repeat inside the open window is one `UPDATE` of the key's row. A new
+/// key's row is inserted with `ON CONFLICT DO NOTHING`, so of replicas
+/// racing on a new key one opens the window; otherwise the key's row is
+/// locked, so repeats on several replicas are counted, not lost. Repeats of
+/// one key queue on its row lock for the length of that short transaction
+/// (never on the audit head).
+///
+/// [`Store::append_audit_repeated`]: crate::store::Store::append_audit_repeated
+pub(super) async fn append_repeated(
+    conn: &mut PgConnection,
+    d: &AuditDraft,
+    window: i64,
+) -> Result<bool, StoreError> {
+    let key = repeats::key(d);
+    // The common case, a repeat inside the open window: one statement.
+    let counted = sqlx::query(
+        "UPDATE audit_repeats SET repeats = repeats + 1, \
+         first_repeat = COALESCE(first_repeat, $2), last_repeat = $2, last_reason = $3 \
+         WHERE key = $1 AND window_start > $2 - $4",
+    )
+    .bind(&key)
+    .bind(d.time)
+    .bind(&d.reason)
+    .bind(window)
+    .execute(&mut *conn)
+    .await
+    .pg()?
+    .rows_affected()
+        == 1;
+    if counted {
+        return Ok(false);
+    }
+    let opened = sqlx::query(
+        "INSERT INTO audit_repeats (key, window_start, repeats, last_reason, kind, actor, \
+         task_holder, task_id, credential_id, decision, policies, break_glass, subject) \
+         VALUES ($1, $2, 0, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(&key)
+    .bind(d.time)
+    .bind(&d.reason)
+    .bind(&d.kind)
+    .bind(&d.actor)
+    .bind(&d.task_holder)
+    .bind(&d.task_id)
+    .bind(&d.credential_id)
+    .bind(&d.decision)
+    .bind(d.policies.join(","))
+    .bind(d.break_glass)
+    .bind(&d.subject)
+    .execute(&mut *conn)
+    .await
+    .pg()?
+    .rows_affected()
+        == 1;
+    if opened {
+        append(conn, [d.clone()]).await?;
+        return Ok(true);
+    }
+    let row = sqlx::query(&format!(
+        "SELECT {WINDOW_COLUMNS} FROM audit_repeats WHERE key = $1 FOR UPDATE"
+    ))
+    .bind(&key)
+    .fetch_optional(&mut *conn)
+    .await
+    .pg()?;
+    let Some(row) = row else {
+        // Closed by the sweep between the insert and the lock: a new
+        // window would race the sweep's delete; count it as chained now.
+        append(conn, [d.clone()]).await?;
+        return Ok(true);
+    };
+    let open = repeat_window(&row)?;
+    if open.covers(d.time, window) {
+        sqlx::query(
+            "UPDATE audit_repeats SET repeats = repeats + 1, \
+             first_repeat = COALESCE(first_repeat, $2), last_repeat = $2, last_reason = $3 \
+             WHERE key = $1",
+        )
+        .bind(&key)
+        .bind(d.time)
+        .bind(&d.reason)
+        .execute(&mut *conn)
+        .await
+        .pg()?;
+        return Ok(false);
+    }
+    append(conn, open.summary()).await?;
+    sqlx::query(
+        "UPDATE audit_repeats SET window_start = $2, repeats = 0, first_repeat = NULL, \
+         last_repeat = NULL, last_reason = $3 WHERE key = $1",
+    )
+    .bind(&key)
+    .bind(d.time)
+    .bind(&d.reason)
+    .execute(&mut *conn)
+    .await
+    .pg()?;
+    append(conn, [d.clone()]).await?;
+    Ok(true)
+}
+
+/// Closes at most `limit` windows opened at or before `before` (skipping
+/// rows a writer holds), chaining each one's summary; how many it closed.
+pub(super) async fn close_windows(
+    conn: &mut PgConnection,
+    before: i64,
+    limit: u32,
+) -> Result<u64, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT key, {WINDOW_COLUMNS} FROM audit_repeats WHERE window_start <= $1 \
+         ORDER BY window_start, key LIMIT $2 FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(before)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await
+    .pg()?;
+    let mut keys = Vec::with_capacity(rows.len());
+    for r in &rows {
+        append(conn, repeat_window(r)?.summary()).await?;
+        keys.push(r.try_get::<String, _>("key").pg()?);
+    }
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    sqlx::query("DELETE FROM audit_repeats WHERE key = ANY($1)")
+        .bind(&keys)
+        .execute(&mut *conn)
+        .await
+        .pg()?;
+    Ok(keys.len() as u64)
+}
+
+const CHECKPOINT: &str = "SELECT seq, hash, archiving_to FROM audit_checkpoint WHERE id = 1";
+
+/// The checkpoint.
+pub(super) async fn checkpoint(pool: &PgPool) -> Result<AuditCheckpoint, StoreError> {
+    let row = sqlx::query(CHECKPOINT).fetch_one(pool).await.pg()?;
+    rows::checkpoint(&row)
+}
+
+/// The checkpoint, locked until the transaction ends.
+async fn lock_checkpoint(conn: &mut PgConnection) -> Result<AuditCheckpoint, StoreError> {
+    let row = sqlx::query(&format!("{CHECKPOINT} FOR UPDATE"))
+        .fetch_one(conn)
+        .await
+        .pg()?;
+    rows::checkpoint(&row)
+}
+
+/// Claims the prune of `(at, to]`; whether the claim stands.
+pub(super) async fn claim_prune(
+    conn: &mut PgConnection,
+    at: u64,
+    to: u64,
+) -> Result<bool, StoreError> {
+    let cp = lock_checkpoint(conn).await?;
+    if cp.seq != at || to <= at || cp.archiving_to.is_some_and(|t| t != to) {
+        return Ok(false);
+    }
+    sqlx::query("UPDATE audit_checkpoint SET archiving_to = $1 WHERE id = 1")
+        .bind(to as i64)
+        .execute(conn)
+        .await
+        .pg()?;
+    Ok(true)
+}
+
+/// Moves the checkpoint to `to` (whose sealed event must have `hash`) and
+/// deletes the events through it, if the claim of `(at, to]` stands.
+pub(super) async fn commit_prune(
+    conn: &mut PgConnection,
+    at: u64,
+    to: u64,
+    hash: &str,
+) -> Result<bool, StoreError> {
+    let cp = lock_checkpoint(conn).await?;
+    if cp.seq != at || cp.archiving_to != Some(to) {
+        return Ok(false);
+    }
+    let stored: Option<String> = sqlx::query_scalar("SELECT hash FROM audit WHERE seq = $1")
+        .bind(to as i64)
+        .fetch_optional(&mut *conn)
+        .await
+        .pg()?;
+    if stored.as_deref() != Some(hash) {
+        return Err(StoreError::Corrupt(format!(
+            "audit event {to} is not the one archived (its hash changed): nothing pruned"
+        )));
+    }
+    // The checkpoint first: the trigger lets only events behind it go.
+    sqlx::query(
+        "UPDATE audit_checkpoint SET seq = $1, hash = $2, archiving_to = NULL WHERE id = 1",
+    )
+    .bind(to as i64)
+    .bind(hash)
+    .execute(&mut *conn)
+    .await
+    .pg()?;
+    sqlx::query("DELETE FROM audit WHERE seq <= $1")
+        .bind(to as i64)
+        .execute(conn)
+        .await
+        .pg()?;
+    Ok(true)
 }

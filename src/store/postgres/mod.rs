@@ -46,9 +46,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, Row};
 
 use super::{
-    AckRecord, Condition, CredentialRecord, CrlEntry, GrantFilter, RecordRefusal, Review,
-    ReviewOutcome, RevocationEvent, RevokeRequest, SetSigner, Store, StoreError, StoredCrl,
-    TaskRecord,
+    AckRecord, AuditCheckpoint, BreakGlassKey, Condition, CredentialRecord, CrlEntry, GrantFilter,
+    PrunedRecords, RecordRefusal, Review, ReviewOutcome, RevocationEvent, RevokeRequest, SetSigner,
+    Store, StoreError, StoredCrl, TaskRecord,
 };
 use crate::audit::{AuditDraft, AuditEvent};
 
@@ -533,8 +533,14 @@ impl Store for PgStore {
             .await
     }
 
-    async fn unexpired_events(&self, now: i64) -> Result<Vec<RevocationEvent>, StoreError> {
-        self.refine(revocations::unexpired(&self.pool, now).await)
+    async fn unexpired_events(
+        &self,
+        now: i64,
+        after: u64,
+        through: u64,
+        limit: u32,
+    ) -> Result<Vec<RevocationEvent>, StoreError> {
+        self.refine(revocations::unexpired(&self.pool, now, (after, through), limit).await)
             .await
     }
 
@@ -658,9 +664,16 @@ impl Store for PgStore {
         self.refine(audit::head(&self.pool).await).await
     }
 
-    async fn task_audit(&self, holder: &str, task_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
+    async fn task_audit(
+        &self,
+        holder: &str,
+        task_id: &str,
+        since: i64,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
         self.seal_for_read().await?;
-        self.refine(audit::of_task(&self.pool, holder, task_id).await)
+        self.refine(audit::of_task(&self.pool, (holder, task_id), since, after, limit).await)
             .await
     }
 
@@ -684,8 +697,10 @@ impl Store for PgStore {
     async fn break_glass_tasks(
         &self,
         include_reviewed: bool,
+        after: Option<BreakGlassKey>,
+        limit: u32,
     ) -> Result<Vec<TaskRecord>, StoreError> {
-        self.refine(tasks::break_glass(&self.pool, include_reviewed).await)
+        self.refine(tasks::break_glass(&self.pool, include_reviewed, after, limit).await)
             .await
     }
 
@@ -738,6 +753,65 @@ impl Store for PgStore {
             }
         }
         Ok(total)
+    }
+
+    async fn append_audit_repeated(
+        &self,
+        event: AuditDraft,
+        window: i64,
+    ) -> Result<bool, StoreError> {
+        let event = &event;
+        self.write(|mut tx| async move {
+            let out = audit::append_repeated(&mut tx, event, window).await?;
+            Ok((out, tx))
+        })
+        .await
+    }
+
+    async fn close_repeat_windows(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
+        self.write(|mut tx| async move {
+            let out = audit::close_windows(&mut tx, before, limit).await?;
+            Ok((out, tx))
+        })
+        .await
+    }
+
+    async fn audit_checkpoint(&self) -> Result<AuditCheckpoint, StoreError> {
+        self.refine(audit::checkpoint(&self.pool).await).await
+    }
+
+    async fn claim_audit_prune(&self, at: u64, to: u64) -> Result<bool, StoreError> {
+        self.write(|mut tx| async move {
+            let out = audit::claim_prune(&mut tx, at, to).await?;
+            Ok((out, tx))
+        })
+        .await
+    }
+
+    async fn commit_audit_prune(
+        &self,
+        at: u64,
+        to: u64,
+        hash: &str,
+        record: AuditDraft,
+    ) -> Result<bool, StoreError> {
+        let record = &record;
+        self.write(|mut tx| async move {
+            let done = audit::commit_prune(&mut tx, at, to, hash).await?;
+            if done {
+                append(&mut tx, [record.clone()]).await?;
+            }
+            Ok((done, tx))
+        })
+        .await
+    }
+
+    async fn prune_records(&self, before: i64, limit: u32) -> Result<PrunedRecords, StoreError> {
+        self.write(|mut tx| async move {
+            let out = tasks::prune(&mut tx, before, limit).await?;
+            Ok((out, tx))
+        })
+        .await
     }
 }
 

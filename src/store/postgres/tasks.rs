@@ -7,7 +7,10 @@ use sqlx::PgPool;
 
 use super::{Pg, append};
 use crate::audit::AuditDraft;
-use crate::store::{GrantFilter, Review, ReviewOutcome, StoreError, TaskRecord, TaskState};
+use crate::store::{
+    BreakGlassKey, GrantFilter, PrunedRecords, Review, ReviewOutcome, StoreError, TaskRecord,
+    TaskState,
+};
 
 pub(super) const COLUMNS: &str = "holder, task_id, created_at, purpose, ticket, labels, \
      implicit, deadline, state, ended_at, owner, break_glass, justification, reviewed_by, \
@@ -334,18 +337,27 @@ pub(super) async fn active(
     rows.iter().map(from_row).collect()
 }
 
-/// Break-glass tasks, newest first.
+/// Break-glass tasks, newest first, a page at a time.
 pub(super) async fn break_glass(
     pool: &PgPool,
     include_reviewed: bool,
+    after: Option<BreakGlassKey>,
+    limit: u32,
 ) -> Result<Vec<TaskRecord>, StoreError> {
+    // The first page starts after a key that sorts before every task.
+    let (at, holder, task_id) = after.unwrap_or((i64::MAX, String::new(), String::new()));
     let sql = format!(
         "SELECT {COLUMNS} FROM tasks \
          WHERE break_glass AND ($1 OR reviewed_at IS NULL) \
-         ORDER BY created_at DESC, holder, task_id"
+           AND (created_at < $2 OR (created_at = $2 AND (holder, task_id) > ($3, $4))) \
+         ORDER BY created_at DESC, holder, task_id LIMIT $5"
     );
     let rows = sqlx::query(&sql)
         .bind(include_reviewed)
+        .bind(at)
+        .bind(&holder)
+        .bind(&task_id)
+        .bind(i64::from(limit))
         .fetch_all(pool)
         .await
         .pg()?;
@@ -366,4 +378,42 @@ pub(super) async fn holder_lock(
         .await
         .pg()?;
     Ok(())
+}
+
+/// Deletes at most `limit` credentials that expired before `before`, then
+/// at most `limit` tasks that ended before it and hold no credential (a
+/// break-glass task awaiting review stays). Rows another transaction holds
+/// are skipped, not waited for: the next round takes them.
+pub(super) async fn prune(
+    conn: &mut PgConnection,
+    before: i64,
+    limit: u32,
+) -> Result<PrunedRecords, StoreError> {
+    let credentials = sqlx::query(
+        "DELETE FROM credentials WHERE id IN ( \
+           SELECT id FROM credentials WHERE not_after < $1 ORDER BY not_after, id LIMIT $2 \
+           FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(before)
+    .bind(i64::from(limit))
+    .execute(&mut *conn)
+    .await
+    .pg()?
+    .rows_affected();
+    let tasks = sqlx::query(
+        "DELETE FROM tasks WHERE (holder, task_id) IN ( \
+           SELECT t.holder, t.task_id FROM tasks t \
+           WHERE t.state <> 'active' AND t.ended_at < $1 \
+             AND NOT (t.break_glass AND t.reviewed_at IS NULL) \
+             AND NOT EXISTS (SELECT 1 FROM credentials c \
+                             WHERE c.task_holder = t.holder AND c.task_id = t.task_id) \
+           ORDER BY t.ended_at, t.holder, t.task_id LIMIT $2 FOR UPDATE OF t SKIP LOCKED)",
+    )
+    .bind(before)
+    .bind(i64::from(limit))
+    .execute(&mut *conn)
+    .await
+    .pg()?
+    .rows_affected();
+    Ok(PrunedRecords { credentials, tasks })
 }

@@ -35,8 +35,9 @@ use sqlx::sqlite::{
 
 use self::writer::Writer;
 use super::{
-    AckRecord, CredentialRecord, CrlEntry, GrantFilter, RecordRefusal, Review, ReviewOutcome,
-    RevocationEvent, RevokeRequest, SetSigner, Store, StoreError, StoredCrl, TaskRecord,
+    AckRecord, AuditCheckpoint, BreakGlassKey, CredentialRecord, CrlEntry, GrantFilter,
+    PrunedRecords, RecordRefusal, Review, ReviewOutcome, RevocationEvent, RevokeRequest, SetSigner,
+    Store, StoreError, StoredCrl, TaskRecord,
 };
 use crate::audit::{AuditDraft, AuditEvent};
 
@@ -323,8 +324,14 @@ impl Store for SqliteStore {
         revocations::after(&self.reader, after, limit).await
     }
 
-    async fn unexpired_events(&self, now: i64) -> Result<Vec<RevocationEvent>, StoreError> {
-        revocations::unexpired(&self.reader, now).await
+    async fn unexpired_events(
+        &self,
+        now: i64,
+        after: u64,
+        through: u64,
+        limit: u32,
+    ) -> Result<Vec<RevocationEvent>, StoreError> {
+        revocations::unexpired(&self.reader, now, (after, through), limit).await
     }
 
     async fn current_seq(&self) -> Result<u64, StoreError> {
@@ -411,8 +418,15 @@ impl Store for SqliteStore {
         audit::head(&self.reader).await
     }
 
-    async fn task_audit(&self, holder: &str, task_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
-        audit::of_task(&self.reader, holder, task_id).await
+    async fn task_audit(
+        &self,
+        holder: &str,
+        task_id: &str,
+        since: i64,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        audit::of_task(&self.reader, (holder, task_id), since, after, limit).await
     }
 
     async fn acks_covering(&self, seq: u64) -> Result<Vec<AuditEvent>, StoreError> {
@@ -432,8 +446,10 @@ impl Store for SqliteStore {
     async fn break_glass_tasks(
         &self,
         include_reviewed: bool,
+        after: Option<BreakGlassKey>,
+        limit: u32,
     ) -> Result<Vec<TaskRecord>, StoreError> {
-        tasks::break_glass(&self.reader, include_reviewed).await
+        tasks::break_glass(&self.reader, include_reviewed, after, limit).await
     }
 
     async fn mark_reviewed(
@@ -463,6 +479,57 @@ impl Store for SqliteStore {
     /// The writer chains every event as it appends it: nothing is pending.
     async fn seal_audit(&self) -> Result<u64, StoreError> {
         Ok(0)
+    }
+
+    async fn append_audit_repeated(
+        &self,
+        event: AuditDraft,
+        window: i64,
+    ) -> Result<bool, StoreError> {
+        self.writer()?
+            .run(move |w| audit::append_repeated(w, event, window))
+            .await
+    }
+
+    async fn close_repeat_windows(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
+        self.writer()?
+            .run(move |w| audit::close_windows(w, before, limit))
+            .await
+    }
+
+    async fn audit_checkpoint(&self) -> Result<AuditCheckpoint, StoreError> {
+        audit::checkpoint(&self.reader).await
+    }
+
+    async fn claim_audit_prune(&self, at: u64, to: u64) -> Result<bool, StoreError> {
+        self.writer()?
+            .run(move |w| audit::claim_prune(w.conn, at, to))
+            .await
+    }
+
+    async fn commit_audit_prune(
+        &self,
+        at: u64,
+        to: u64,
+        hash: &str,
+        record: AuditDraft,
+    ) -> Result<bool, StoreError> {
+        let hash = hash.to_owned();
+        self.writer()?
+            .run(move |w| {
+                let done = audit::commit_prune(w.conn, at, to, &hash)?;
+                if done {
+                    w.append([record])?;
+                }
+                Ok(done)
+            })
+            .await
+    }
+
+    async fn prune_records(&self, before: i64, limit: u32) -> Result<PrunedRecords, StoreError> {
+        self.writer()?
+            .run(move |w| tasks::prune(w.conn, before, limit))
+            .await
     }
 }
 

@@ -173,13 +173,25 @@ pub(super) async fn after(
     super::seq_page(pool, (COLUMNS, "revocations"), after, limit, from_row).await
 }
 
-/// Events whose revoked credentials have not all expired at `now`.
+/// Events in `(after, through]` whose revoked credentials have not all
+/// expired at `now`, in order, at most `limit`.
 pub(super) async fn unexpired(
     pool: &SqlitePool,
     now: i64,
+    (after, through): (u64, u64),
+    limit: u32,
 ) -> Result<Vec<RevocationEvent>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM revocations WHERE expires_at > ? ORDER BY seq");
-    let rows = sqlx::query(&sql).bind(now).fetch_all(pool).await?;
+    let sql = format!(
+        "SELECT {COLUMNS} FROM revocations WHERE seq > ? AND seq <= ? AND expires_at > ? \
+         ORDER BY seq LIMIT ?"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(after.min(i64::MAX as u64) as i64)
+        .bind(through.min(i64::MAX as u64) as i64)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
     rows.iter().map(from_row).collect()
 }
 

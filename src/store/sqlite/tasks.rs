@@ -7,7 +7,10 @@ use sqlx::SqlitePool;
 use super::Cols;
 use super::writer::Write;
 use crate::audit::AuditDraft;
-use crate::store::{GrantFilter, Review, ReviewOutcome, StoreError, TaskRecord, TaskState};
+use crate::store::{
+    BreakGlassKey, GrantFilter, PrunedRecords, Review, ReviewOutcome, StoreError, TaskRecord,
+    TaskState,
+};
 
 pub(super) const COLUMNS: &str = "holder, task_id, created_at, purpose, ticket, labels, \
      implicit, deadline, state, ended_at, owner, break_glass, justification, reviewed_by, \
@@ -257,19 +260,61 @@ pub(super) async fn active(
     rows.iter().map(from_row).collect()
 }
 
-/// Break-glass tasks, newest first.
+/// Break-glass tasks, newest first, a page at a time.
 pub(super) async fn break_glass(
     pool: &SqlitePool,
     include_reviewed: bool,
+    after: Option<BreakGlassKey>,
+    limit: u32,
 ) -> Result<Vec<TaskRecord>, StoreError> {
+    // The first page starts after a key that sorts before every task.
+    let (at, holder, task_id) = after.unwrap_or((i64::MAX, String::new(), String::new()));
     let sql = format!(
         "SELECT {COLUMNS} FROM tasks \
          WHERE break_glass AND (? OR reviewed_at IS NULL) \
-         ORDER BY created_at DESC, holder, task_id"
+           AND (created_at < ? OR (created_at = ? AND (holder > ? OR (holder = ? AND task_id > ?)))) \
+         ORDER BY created_at DESC, holder, task_id LIMIT ?"
     );
     let rows = sqlx::query(&sql)
         .bind(include_reviewed)
+        .bind(at)
+        .bind(at)
+        .bind(&holder)
+        .bind(&holder)
+        .bind(&task_id)
+        .bind(i64::from(limit))
         .fetch_all(pool)
         .await?;
     rows.iter().map(from_row).collect()
+}
+
+/// Deletes at most `limit` credentials that expired before `before`, then
+/// at most `limit` tasks that ended before it and hold no credential (a
+/// break-glass task awaiting review stays).
+pub(super) fn prune(
+    conn: &Connection,
+    before: i64,
+    limit: u32,
+) -> Result<PrunedRecords, StoreError> {
+    let credentials = conn
+        .prepare_cached(
+            "DELETE FROM credentials WHERE id IN ( \
+               SELECT id FROM credentials WHERE not_after < ?1 ORDER BY not_after, id LIMIT ?2)",
+        )?
+        .execute(params![before, i64::from(limit)])?;
+    let tasks = conn
+        .prepare_cached(
+            "DELETE FROM tasks WHERE (holder, task_id) IN ( \
+               SELECT t.holder, t.task_id FROM tasks t \
+               WHERE t.state != 'active' AND t.ended_at < ?1 \
+                 AND NOT (t.break_glass AND t.reviewed_at IS NULL) \
+                 AND NOT EXISTS (SELECT 1 FROM credentials c \
+                                 WHERE c.task_holder = t.holder AND c.task_id = t.task_id) \
+               ORDER BY t.ended_at, t.holder, t.task_id LIMIT ?2)",
+        )?
+        .execute(params![before, i64::from(limit)])?;
+    Ok(PrunedRecords {
+        credentials: credentials as u64,
+        tasks: tasks as u64,
+    })
 }

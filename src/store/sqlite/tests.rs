@@ -239,7 +239,7 @@ async fn renaming_migration_keeps_rows_and_keys() {
         store.audit_after(0, 10).await.unwrap()[0].body.task_holder,
         a
     );
-    assert_eq!(store.task_audit(a, "t").await.unwrap().len(), 1);
+    assert_eq!(store.task_audit(a, "t", 0, 0, 100).await.unwrap().len(), 1);
     // The credential's foreign key follows the renamed columns, and
     // still refuses a credential of a task that does not exist.
     assert!(

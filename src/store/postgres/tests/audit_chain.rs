@@ -204,7 +204,7 @@ async fn every_read_of_the_trail_seals_first() {
         .await
         .unwrap()
         .unwrap();
-    let timeline = r.task_audit(HOLDER, "t").await.unwrap();
+    let timeline = r.task_audit(HOLDER, "t", 0, 0, 100).await.unwrap();
     assert_eq!(timeline.len(), 2);
 
     let ack = AckRecord {
@@ -455,4 +455,83 @@ async fn migration_keeps_a_chain_written_under_0001() {
         ["old 1", "old 2", "old 3", "old 4", "new 1", "new 2"]
     );
     pool.close().await;
+}
+
+/// The trail pruned behind its checkpoint on PostgreSQL: the triggers let
+/// only events behind the checkpoint be deleted and the checkpoint only
+/// move forward; `audit verify` proves the archive and the stored trail
+/// together, and an event edited after pruning is found.
+#[tokio::test]
+async fn a_pruned_trail_verifies_with_its_archive() {
+    let Some(h) = Harness::new().await else {
+        return;
+    };
+    let s = h.store().await;
+    let drafts: Vec<_> = (0..12)
+        .map(|i| {
+            let mut d = draft(&format!("event {i}"));
+            d.time = 100 + i;
+            d
+        })
+        .collect();
+    s.append_audit(&drafts).await.unwrap();
+    let archive = tempfile::tempdir().unwrap();
+    let pruned = crate::retention::prune_audit_batch(&s, archive.path(), 108, HOLDER)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 8);
+    // The record of the prune is pending until sealed (verify only reads).
+    assert_eq!(s.seal_audit().await.unwrap(), 1);
+    for sql in [
+        "DELETE FROM audit WHERE seq = 9",
+        "UPDATE audit_checkpoint SET seq = 2",
+        "DELETE FROM audit_checkpoint",
+        "TRUNCATE audit_checkpoint",
+    ] {
+        let err = sqlx::query(sql).execute(&s.pool).await.unwrap_err();
+        assert!(
+            err.to_string().contains("append-only")
+                || err.to_string().contains("only moves forward"),
+            "{sql}: {err}"
+        );
+    }
+    let verify = |dir: std::path::PathBuf| {
+        let url = h.url.clone();
+        async move {
+            crate::cli::verify_pg_store_with_archive(
+                &url,
+                &PgPoolConfig::default(),
+                None,
+                Some(&dir),
+            )
+            .await
+        }
+    };
+    let v = verify(archive.path().to_owned()).await.unwrap();
+    // 12 events and the record of the prune.
+    assert_eq!((v.through, v.verified.checkpoint.seq), (13, 8));
+    assert_eq!(v.verified.archive.as_ref().map(|a| a.events), Some(8));
+    // Without the archive, the stored trail still verifies from the
+    // checkpoint.
+    let live = verify_audit_pg_store(&h.url, &PgPoolConfig::default(), None)
+        .await
+        .unwrap();
+    assert_eq!((live.through, live.verified.archive), (13, None));
+
+    sqlx::query("ALTER TABLE audit DISABLE TRIGGER audit_no_update")
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit SET reason = 'nothing to see' WHERE seq = 10")
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    let err = verify(archive.path().to_owned())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("broken at seq 10") && err.contains("edited"),
+        "{err}"
+    );
 }
