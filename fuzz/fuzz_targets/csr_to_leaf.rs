@@ -27,7 +27,7 @@ fuzz_target!(|der: &[u8]| {
     // The template varies a little with the input, so both CN rules (a task
     // id of up to 64 characters or longer) and both extension shapes are
     // signed and read back.
-    let long = der.len() % 2 == 0;
+    let long = der.len().is_multiple_of(2);
     let task = TaskId::parse(&format!(
         "task-{}",
         if long {

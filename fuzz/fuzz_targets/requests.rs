@@ -12,10 +12,13 @@
 //!
 //! The store keeps what earlier inputs wrote (tasks, credentials, audit), so
 //! later inputs reach the paths of existing tasks; a crash found late in a
-//! run may need the earlier inputs to reproduce.
+//! run may need the earlier inputs to reproduce. It lives in
+//! `taskmint-fuzz-<pid>-*` under `$TMPDIR`, else `/dev/shm`; a run removes
+//! the directories of runs that ended.
 #![no_main]
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
 use libfuzzer_sys::fuzz_target;
@@ -42,15 +45,49 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
-static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
-    // tmpfs when there is one: SQLite syncs every commit.
-    let shm = std::path::Path::new("/dev/shm");
-    let dir = if shm.is_dir() {
-        tempfile::tempdir_in(shm)
-    } else {
-        tempfile::tempdir()
+/// Prefix of the store directories, followed by the fuzzing process's id.
+const DIR_PREFIX: &str = "taskmint-fuzz-";
+
+/// Where the store lives: `$TMPDIR` when set, else tmpfs when there is one
+/// (SQLite syncs every commit), else the system's temporary directory.
+fn base_dir() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    match std::env::var_os("TMPDIR") {
+        Some(t) => PathBuf::from(t),
+        None if shm.is_dir() => shm.to_owned(),
+        None => std::env::temp_dir(),
     }
-    .expect("a temporary directory");
+}
+
+/// libFuzzer leaves with `exit`, which drops no static: the directory of
+/// an ended run stays behind. Each run removes those whose process is gone.
+fn remove_ended_runs(base: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    for entry in std::fs::read_dir(base).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
+    let base = base_dir();
+    remove_ended_runs(&base);
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
+        .tempdir_in(&base)
+        .expect("a temporary directory");
     let workloads: Vec<String> = ["agent-1", "admin"].map(String::from).to_vec();
     let init = taskmint::devca::init(dir.path(), "example.org", &workloads, "127.0.0.1:0", false)
         .expect("a dev trust domain");
