@@ -616,6 +616,10 @@ pub fn parse_task_extension(der: &[u8]) -> Option<TaskBinding> {
         ..Default::default()
     };
     if let Some((0x80, owner, r)) = read_tlv(rest) {
+        // No owner is written as no field: a present one is never empty.
+        if owner.is_empty() {
+            return None;
+        }
         b.owner = String::from_utf8(owner.to_vec()).ok()?;
         rest = r;
     }
@@ -651,12 +655,17 @@ fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         first as usize
     } else {
         let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
+        // DER (X.690 10.1) has one length encoding: the short form below
+        // 128, else the fewest octets, so no leading zero octet.
+        if n == 0 || n > 4 || rest.len() < n || rest[0] == 0 {
             return None;
         }
         let len = rest[..n]
             .iter()
             .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        if len < 0x80 {
+            return None;
+        }
         rest = &rest[n..];
         len
     };
@@ -687,6 +696,46 @@ mod tests {
             assert_eq!(parse_task_extension(&task_extension_der(&b)), Some(b));
         }
         assert_eq!(parse_task_extension(&[0x30, 0x05, 0x0c]), None);
+    }
+
+    /// Found by the `task_extension` fuzz target: the decoder took
+    /// encodings that are not DER (a length in long form where the short
+    /// form fits, a length with a leading zero octet, an owner present but
+    /// empty), so one binding had several accepted encodings. Each is
+    /// refused now; the DER of the same binding still reads.
+    #[test]
+    fn only_the_der_encoding_of_a_binding_is_accepted() {
+        let refused: [&[u8]; 4] = [
+            // The fuzzer's input: the holder's length as 0x81 0x00.
+            &[0x30, 0x05, 0x0c, 0x00, 0x0c, 0x81, 0x00],
+            // The sequence's length in long form.
+            &[0x30, 0x81, 0x06, 0x0c, 0x01, b't', 0x0c, 0x01, b'o'],
+            // A two-octet length with a leading zero.
+            &[0x30, 0x82, 0x00, 0x06, 0x0c, 0x01, b't', 0x0c, 0x01, b'o'],
+            // An empty owner.
+            &[0x30, 0x08, 0x0c, 0x01, b't', 0x0c, 0x01, b'o', 0x80, 0x00],
+        ];
+        for der in refused {
+            assert_eq!(parse_task_extension(der), None, "{der:02x?}");
+        }
+        let b = TaskBinding {
+            task_id: "t".into(),
+            holder: "o".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            task_extension_der(&b),
+            [0x30, 0x06, 0x0c, 0x01, b't', 0x0c, 0x01, b'o']
+        );
+        let long = TaskBinding {
+            task_id: "t".repeat(200),
+            holder: "o".into(),
+            owner: "team-a".into(),
+            break_glass: true,
+        };
+        let der = task_extension_der(&long);
+        assert_eq!(der[..3], [0x30, 0x81, 0xd9]);
+        assert_eq!(parse_task_extension(&der), Some(long));
     }
 
     fn ca_with(alg: &'static rcgen::SignatureAlgorithm) -> SigningCa {

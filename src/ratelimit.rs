@@ -66,7 +66,11 @@ impl RateLimiter {
             *tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - *tokens) / self.per_second))
+            // A rate the config accepts may be so small that the wait does
+            // not fit a Duration (`per_second = 1e-300`): the wait is then
+            // "never", not a panic.
+            let wait = (1.0 - *tokens) / self.per_second;
+            Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
         }
     }
 }
@@ -513,5 +517,19 @@ mod tests {
             .record_at("w", "rate:mint", "y", t1 + Duration::from_secs(61))
             .unwrap();
         assert_eq!(b.count, 2);
+    }
+
+    /// Found while writing the `config` fuzz target (which checks it since):
+    /// `limits.rate.per_second = 1e-300` passes config validation, and the
+    /// wait for the next token (1e300 s) panicked converting to a Duration.
+    #[test]
+    fn a_vanishing_rate_refuses_without_panicking() {
+        let l = RateLimiter::new(1e-300, 1);
+        let t0 = Instant::now();
+        assert!(l.check_at("a", t0).is_ok());
+        assert_eq!(l.check_at("a", t0), Err(Duration::MAX));
+        let l = RateLimiter::new(f64::MIN_POSITIVE, 1);
+        assert!(l.check_at("a", t0).is_ok());
+        assert_eq!(l.check_at("a", t0), Err(Duration::MAX));
     }
 }

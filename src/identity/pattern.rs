@@ -58,16 +58,33 @@ impl SpiffePattern {
 }
 
 /// One segment: `*` stands for any run of characters (within the segment).
+///
+/// The literal pieces between the stars are found left to right, each at its
+/// leftmost place after the previous one; the first must start the segment
+/// and the last must end it. Leftmost is never worse than any later place (it
+/// leaves the most of the segment to the pieces after it), so no choice is
+/// ever undone: the work is one forward scan of the segment per piece at
+/// most, whatever the number of stars. Trying every split instead, as a
+/// recursive matcher does, takes time exponential in the number of stars.
 fn segment_matches(pattern: &str, seg: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == seg,
-        Some((head, tail)) => {
-            seg.len() >= head.len()
-                && seg.starts_with(head)
-                && (0..=seg.len() - head.len())
-                    .any(|i| segment_matches(tail, &seg[head.len() + i..]))
+    let mut pieces = pattern.split('*');
+    let head = pieces.next().unwrap_or_default();
+    let Some(mut rest) = seg.strip_prefix(head) else {
+        return false;
+    };
+    let Some(mut piece) = pieces.next() else {
+        // No star: the whole segment, exactly.
+        return rest.is_empty();
+    };
+    for next in pieces {
+        // `piece` lies between two stars.
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
         }
+        piece = next;
     }
+    rest.ends_with(piece)
 }
 
 #[cfg(test)]
@@ -88,5 +105,65 @@ mod tests {
         assert!(SpiffePattern::parse("spiffe://*.org/a").is_err());
         assert!(SpiffePattern::parse("spiffe://example.org/**/a").is_err());
         assert!(SpiffePattern::parse("http://example.org/a").is_err());
+    }
+
+    /// The definition the matcher must agree with: `*` is any split of the
+    /// segment, tried one after the other (exponential in the stars; only
+    /// for short inputs).
+    fn by_definition(pattern: &str, seg: &str) -> bool {
+        match pattern.split_once('*') {
+            None => pattern == seg,
+            Some((head, tail)) => {
+                seg.starts_with(head)
+                    && (head.len()..=seg.len()).any(|i| by_definition(tail, &seg[i..]))
+            }
+        }
+    }
+
+    /// Every pattern of up to 6 characters over `a`, `b`, `*` against every
+    /// segment of up to 6 characters over `a`, `b`.
+    #[test]
+    fn segments_match_as_defined() {
+        fn words(alphabet: &[char], max: usize) -> Vec<String> {
+            let mut all = vec![String::new()];
+            let mut last = vec![String::new()];
+            for _ in 0..max {
+                last = last
+                    .iter()
+                    .flat_map(|w| alphabet.iter().map(move |c| format!("{w}{c}")))
+                    .collect();
+                all.extend(last.iter().cloned());
+            }
+            all
+        }
+        let segments = words(&['a', 'b'], 6);
+        let mut checked = 0;
+        for pattern in words(&['a', 'b', '*'], 6) {
+            for seg in &segments {
+                assert_eq!(
+                    segment_matches(&pattern, seg),
+                    by_definition(&pattern, seg),
+                    "`{pattern}` against `{seg}`"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 1093 * 127);
+    }
+
+    /// Many stars against a long segment that almost matches: trying every
+    /// split would take about C(200, 40) steps (more than 10^40); this
+    /// completes at once. Several such segments in one ID, too.
+    #[test]
+    fn hostile_patterns_complete() {
+        let stars = format!("{}b", "*a".repeat(40));
+        let seg = "a".repeat(200);
+        let pattern =
+            SpiffePattern::parse(&format!("spiffe://example.org/{stars}/{stars}")).unwrap();
+        assert!(!pattern.matches(&format!("spiffe://example.org/{seg}/{seg}")));
+        assert!(pattern.matches(&format!("spiffe://example.org/{seg}b/{seg}b")));
+        assert!(!segment_matches(&stars, &seg));
+        assert!(segment_matches(&stars, &format!("{seg}b")));
+        assert!(!segment_matches(&format!("{}*", "a*".repeat(201)), &seg));
     }
 }

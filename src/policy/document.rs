@@ -49,6 +49,16 @@ impl PolicyDoc {
                 .annotation("id")
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("policy{i}"));
+            // Decisions name policies by Cedar's `PolicyId`, whose text is
+            // the id escaped (`escape_debug`): an id that escaping changes
+            // would be audited under another name than the one loaded.
+            if id.escape_debug().ne(id.chars()) {
+                return Err(PolicyError::Parse(format!(
+                    "policy id `{}` has quotes, backslashes, control or other \
+                     unprintable characters",
+                    id.escape_debug()
+                )));
+            }
             if ids.contains(&id) {
                 return Err(PolicyError::Parse(format!(
                     "policy id `{id}` is used twice"

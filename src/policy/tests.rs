@@ -176,6 +176,32 @@ fn groups_and_refusals() {
     ));
 }
 
+/// Found by the `policy` fuzz target: an `@id` with a control character
+/// (`\u{1}`) was loaded as written, but decisions named the policy by
+/// Cedar's escaped text of it, so the audit trail named a policy the loaded
+/// document does not have. Ids that escaping would change are refused; the
+/// ids of decisions are the loaded ones.
+#[test]
+fn policy_ids_are_named_in_decisions_as_loaded() {
+    let schema = schema();
+    for id in ["mint\u{1}", "o'brien", "a\\\"b", "tab\there", "line\nbreak"] {
+        let text = format!(r#"@id("{id}") permit(principal, action, resource);"#);
+        match PolicyDoc::parse(&text, &schema) {
+            Err(PolicyError::Parse(m)) => assert!(m.contains("unprintable"), "{m}"),
+            other => panic!("`{id}`: {other:?}"),
+        }
+    }
+    let e = engine(r#"@id("mint for ci — 7") permit(principal, action, resource);"#);
+    let ci = SpiffeId::new("spiffe://example.org/ci/a").unwrap();
+    let list = Request::Admin(AdminContext {
+        operation: "list_grants",
+    });
+    let d = e.authorize(&ci, list, &Resource::Issuer).unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.policies, e.status().ids);
+    assert_eq!(d.policies, vec!["mint for ci — 7".to_owned()]);
+}
+
 #[test]
 fn an_erroring_policy_denies_and_empty_files_are_refused() {
     let e = engine(
