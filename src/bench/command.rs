@@ -76,6 +76,35 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
             }
         }
+        Some(BenchCommand::Hostile(a)) => {
+            let exes = if a.exe.is_empty() {
+                vec![exe.clone()]
+            } else {
+                a.exe.clone()
+            };
+            let mut runs = Vec::new();
+            for e in &exes {
+                let figures = bench::hostile::run(
+                    &bench::hostile::HostileBench {
+                        exe: e.clone(),
+                        connections: a.connections,
+                        hold: a.hold,
+                        streams: a.streams,
+                        flood: a.flood,
+                        reads: a.reads,
+                        names: a.names,
+                    },
+                    |step| eprintln!("bench hostile ({}): {step}", e.display()),
+                )
+                .await?;
+                runs.push(figures);
+            }
+            let labels: Vec<String> = exes.iter().map(|e| e.display().to_string()).collect();
+            print!("{}", bench::hostile::table(&labels, &runs));
+            if let Some(path) = a.json {
+                std::fs::write(&path, serde_json::to_string_pretty(&runs)?)?;
+            }
+        }
         Some(BenchCommand::Cfssl(a)) => {
             let rows = bench::compare_cfssl(
                 &exe,

@@ -3,6 +3,8 @@
 //! ceiling, mint throughput and latency over mTLS at several concurrencies,
 //! server CPU per credential, revocation delivery to many subscribers and
 //! their memory, a large store against an empty one, and cold start.
+//! `hostile.rs` measures instead what one hostile caller can do to an
+//! issuer on its default configuration.
 //!
 //! The issuer under test is a child process (`taskmint serve` on a fresh
 //! dev trust domain, durable SQLite store, policy and audit on), so its CPU
@@ -17,6 +19,7 @@ pub mod cfssl;
 mod command;
 pub mod crypto;
 pub mod env;
+pub mod hostile;
 pub mod load;
 pub mod plot;
 pub mod proc_stats;

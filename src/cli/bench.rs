@@ -33,6 +33,39 @@ pub enum BenchCommand {
     /// PostgreSQL against SQLite and two replicas on one PostgreSQL, side
     /// by side; then revocation delivery over two replicas.
     Replicas(ReplicasArgs),
+    /// What one hostile caller can do to an issuer on its default dev
+    /// configuration; with several --exe, builds side by side.
+    Hostile(HostileArgs),
+}
+
+/// Arguments of `bench hostile`.
+#[derive(Debug, Args)]
+pub struct HostileArgs {
+    /// A `taskmint` executable to attack (repeatable; default: this one).
+    /// Each writes its own dev trust domain with its own `dev init`.
+    #[arg(long)]
+    pub exe: Vec<PathBuf>,
+    /// TLS connections opened without a client certificate and held.
+    #[arg(long, default_value_t = 500)]
+    pub connections: usize,
+    /// How long they are held before counting what is still open.
+    #[arg(long, value_parser = parse_duration, default_value = "12s")]
+    pub hold: Duration,
+    /// Watch streams opened on one connection.
+    #[arg(long, default_value_t = 500)]
+    pub streams: usize,
+    /// How long BeginTask is flooded.
+    #[arg(long, value_parser = parse_duration, default_value = "4s")]
+    pub flood: Duration,
+    /// CheckStatus and GetCrl calls, each.
+    #[arg(long, default_value_t = 2000)]
+    pub reads: usize,
+    /// New subscriber names acknowledged under.
+    #[arg(long, default_value_t = 300)]
+    pub names: usize,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// Settings of the full run.
