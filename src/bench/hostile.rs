@@ -133,7 +133,7 @@ pub async fn run(b: &HostileBench, progress: impl Fn(&str)) -> anyhow::Result<Ve
     let (begun, refused) = begin_flood(&env, &addr, b.flood).await?;
     let db_after = db_bytes(&env.store_path());
     fig(
-        "BeginTask flood, every field at its maximum",
+        "BeginTask flood with large fields",
         "begun / refused",
         format!(
             "{begun} / {refused} in {}",
@@ -141,7 +141,7 @@ pub async fn run(b: &HostileBench, progress: impl Fn(&str)) -> anyhow::Result<Ve
         ),
     );
     fig(
-        "BeginTask flood, every field at its maximum",
+        "BeginTask flood with large fields",
         "store growth MB",
         format!("{:.1}", (db_after as f64 - db_before as f64) / 1e6),
     );
