@@ -307,6 +307,8 @@ handshake_timeout = "10s"
 # No call in flight for this long: the connection is closed.
 idle_timeout = "5m"
 max_connections = 10000
+# Connections one SPIFFE ID may hold on this replica (pods may share an ID).
+max_connections_per_workload = 1000
 # Advertised in SETTINGS_MAX_CONCURRENT_STREAMS.
 max_concurrent_streams = 100
 keepalive_interval = "30s"

@@ -133,9 +133,17 @@ async fn a_flood_of_cheap_calls_grows_the_store_by_a_bounded_amount() {
         }),
         ("MintJwt denied by policy", "agent", |mut c, _| {
             Box::pin(async move {
-                // The dev policy permits at most 900 s.
+                // The dev policy permits at most 900 s. A new task id
+                // each call: what the caller chooses opens no new window.
+                let task = format!(
+                    "flood-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_nanos()
+                );
                 let err = c
-                    .mint_jwt("flood", "db", Some(Duration::from_secs(1200)))
+                    .mint_jwt(&task, "db", Some(Duration::from_secs(1200)))
                     .await
                     .unwrap_err();
                 assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");

@@ -857,8 +857,10 @@ async fn not_yours_and_does_not_exist_are_the_same_answer() {
         .iter()
         .filter(|e| e.actor == SIDECAR && e.decision == pb::AuditDecision::Deny as i32)
         .count();
+    // GetTask and GetTaskTimeline are both a denied task read by the same
+    // caller: one key, so the second is counted in its window, not chained.
     assert!(
-        denials >= 6,
+        denials >= 5,
         "{denials} denials recorded: {:?}",
         trail.events
     );

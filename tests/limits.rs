@@ -607,3 +607,51 @@ async fn connections_over_the_cap_are_closed_at_once() {
     assert!(ok);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn one_workload_cannot_take_every_connection() {
+    let mut s = start_with(|t| {
+        t.replace(
+            "max_connections_per_workload = 1000",
+            "max_connections_per_workload = 2",
+        )
+    })
+    .await;
+    let agent = || read_identity(&s.path("agent.pem"), &s.path("agent.key"));
+    let (mut a, _ca) = h2_connect(&s, Some(agent())).await;
+    let (mut b, _cb) = h2_connect(&s, Some(agent())).await;
+    assert_eq!(
+        raw_call(&mut a, "/taskmint.v1.Issuer/GetTrustBundle", &[])
+            .await
+            .0,
+        0
+    );
+    assert_eq!(
+        raw_call(&mut b, "/taskmint.v1.Issuer/GetTrustBundle", &[])
+            .await
+            .0,
+        0
+    );
+    let (mut c, cc) = h2_connect(&s, Some(agent())).await;
+    let (code, message) = raw_call(&mut c, "/taskmint.v1.Issuer/GetTrustBundle", &[]).await;
+    assert_eq!(code, Code::ResourceExhausted as i32, "{message}");
+    assert!(
+        message.contains("listen.max_connections_per_workload"),
+        "{message}"
+    );
+    drop(c);
+    assert!(
+        closed_within(cc, Duration::from_secs(3)).await,
+        "the third is closed"
+    );
+    // Another workload still gets in.
+    let sidecar = read_identity(&s.path("sidecar.pem"), &s.path("sidecar.key"));
+    let (mut d, _cd) = h2_connect(&s, Some(sidecar)).await;
+    assert_eq!(
+        raw_call(&mut d, "/taskmint.v1.Issuer/GetTrustBundle", &[])
+            .await
+            .0,
+        0
+    );
+    s.stop().await;
+}

@@ -97,6 +97,12 @@ pub struct ListenConfig {
     /// file descriptor limit above it.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Connections one SPIFFE ID may hold open at once on this replica; the
+    /// calls of one past it are refused with `RESOURCE_EXHAUSTED` and the
+    /// connection is closed. Many pods may share one SPIFFE ID: size it for
+    /// the largest such fleet.
+    #[serde(default = "default_max_connections_per_workload")]
+    pub max_connections_per_workload: u32,
     /// HTTP/2 streams (calls) in flight on one connection, advertised to the
     /// peer in `SETTINGS_MAX_CONCURRENT_STREAMS`.
     #[serde(default = "default_max_concurrent_streams")]
@@ -124,6 +130,7 @@ impl Default for ListenConfig {
             handshake_timeout: default_handshake_timeout(),
             idle_timeout: default_idle_timeout(),
             max_connections: default_max_connections(),
+            max_connections_per_workload: default_max_connections_per_workload(),
             max_concurrent_streams: default_max_concurrent_streams(),
             keepalive_interval: default_keepalive_interval(),
             keepalive_timeout: default_keepalive_timeout(),
@@ -407,6 +414,9 @@ fn default_idle_timeout() -> Duration {
 fn default_max_connections() -> u32 {
     10_000
 }
+fn default_max_connections_per_workload() -> u32 {
+    1000
+}
 fn default_max_concurrent_streams() -> u32 {
     100
 }
@@ -679,9 +689,13 @@ impl Config {
             }
         }
         let n = &self.listen;
-        if n.max_connections == 0 || n.max_concurrent_streams == 0 {
+        if n.max_connections == 0
+            || n.max_concurrent_streams == 0
+            || n.max_connections_per_workload == 0
+        {
             return invalid(
-                "listen.max_connections and listen.max_concurrent_streams must be at least 1"
+                "listen.max_connections, max_connections_per_workload and \
+                 max_concurrent_streams must be at least 1"
                     .into(),
             );
         }

@@ -42,6 +42,9 @@ pub struct ConnInfo {
     generation: u64,
     /// Calls in flight, idleness and closing.
     pub(super) state: Arc<ConnState>,
+    /// Set when the caller held `listen.max_connections_per_workload`
+    /// connections already: the cap, for the refusal.
+    pub(super) over_workload_cap: Option<u32>,
 }
 
 impl ConnInfo {
@@ -64,7 +67,21 @@ impl ConnInfo {
             verdict,
             generation,
             state: Arc::new(ConnState::new(idle_timeout)),
+            over_workload_cap: None,
         }
+    }
+
+    /// The SPIFFE ID the handshake authenticated, if its SVID was accepted.
+    pub(super) fn spiffe_id(&self) -> Option<String> {
+        self.verdict.as_ref().ok().map(|c| c.spiffe_id.to_string())
+    }
+
+    /// Marks a connection past its workload's cap: its calls are refused and
+    /// it is bounded like a refused one.
+    pub(super) fn over_cap(mut self, max: u32, bound: Duration) -> Self {
+        self.over_workload_cap = Some(max);
+        self.state.shorten_idle(bound);
+        self
     }
 
     /// Bounds a connection that can only be refused: it is closed after
@@ -200,17 +217,27 @@ pub struct AuthedConn<IO> {
     deadline: Pin<Box<Sleep>>,
     /// Held while the connection is open (`listen.max_connections`).
     _permit: tokio::sync::OwnedSemaphorePermit,
+    /// Held while the connection is open
+    /// (`listen.max_connections_per_workload`).
+    _workload_slot: Option<crate::ratelimit::StreamSlot>,
 }
 
 impl<IO> AuthedConn<IO> {
-    /// Wraps a connection that holds one of the server's connection permits.
-    pub(super) fn new(io: IO, info: ConnInfo, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+    /// Wraps a connection that holds one of the server's connection permits
+    /// (and, when authenticated, one of its workload's).
+    pub(super) fn new(
+        io: IO,
+        info: ConnInfo,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        workload_slot: Option<crate::ratelimit::StreamSlot>,
+    ) -> Self {
         let (at, _) = info.state.deadline(Instant::now());
         Self {
             io,
             info,
             deadline: Box::pin(tokio::time::sleep_until(at)),
             _permit: permit,
+            _workload_slot: workload_slot,
         }
     }
 

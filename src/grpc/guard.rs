@@ -11,6 +11,9 @@
 //! 3. for `WatchRevocations`, a slot among the caller's concurrent watch
 //!    streams.
 //!
+//! A connection that was over its workload's connection cap when it was
+//! accepted gets one `RESOURCE_EXHAUSTED` naming the cap and is closed.
+//!
 //! An admitted call carries its [`Caller`] in the request extensions (the
 //! only way a handler learns who called) and holds a ticket that keeps its
 //! connection from counting as idle until the response ends. A response
@@ -104,6 +107,10 @@ where
     }
 }
 
+/// How long a stream whose caller is no longer authenticated may take to
+/// deliver its `UNAUTHENTICATED` before its connection is closed.
+const STALLED_STREAM_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Method paths whose response is a long-lived stream.
 fn is_stream(path: &str) -> bool {
     matches!(
@@ -134,6 +141,13 @@ impl Shared {
             }
         };
         let who = caller.spiffe_id.to_string();
+        if let Some(max) = info.over_workload_cap {
+            info.state.close_soon();
+            return Err(refused(
+                &who,
+                self.issuer.refuse_connection(&caller, max).await,
+            ));
+        }
         self.issuer
             .admit(&caller, Class::of_path(&path))
             .await
@@ -142,6 +156,7 @@ impl Shared {
             ticket: info.state.call_started(),
             slot: None,
             ends: None,
+            watchdog: None,
         };
         if is_stream(&path) {
             if path.ends_with("/WatchRevocations") {
@@ -152,11 +167,19 @@ impl Shared {
                         .map_err(|e| refused(&who, e))?,
                 );
             }
-            track.ends = Some(Box::pin(svid_end(
-                self.material.clone(),
-                info,
-                caller.svid_not_after,
-            )));
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (material, state) = (self.material.clone(), info.state.clone());
+            let not_after = caller.svid_not_after;
+            let watchdog = tokio::spawn(async move {
+                let _ = tx.send(svid_end(material, info, not_after).await);
+                // The body sends the status when it is next polled; a peer
+                // that stopped reading (no flow-control window) never has
+                // it polled, so its connection goes instead.
+                tokio::time::sleep(STALLED_STREAM_GRACE).await;
+                state.close_soon();
+            });
+            track.ends = Some(rx);
+            track.watchdog = Some(watchdog.abort_handle());
         }
         req.extensions_mut().insert(caller);
         Ok(track)
@@ -189,13 +212,15 @@ async fn svid_end(material: Arc<TlsMaterial>, info: ConnInfo, not_after: i64) ->
     }
 }
 
-type Ends = Pin<Box<dyn Future<Output = Status> + Send>>;
+/// Delivers the status that ends a stream (see [`svid_end`]).
+type Ends = tokio::sync::oneshot::Receiver<Status>;
 
 /// What an admitted call holds until its response ends.
 struct Admitted {
     ticket: CallTicket,
     slot: Option<StreamSlot>,
     ends: Option<Ends>,
+    watchdog: Option<tokio::task::AbortHandle>,
 }
 
 impl Admitted {
@@ -203,6 +228,7 @@ impl Admitted {
         Tracked {
             inner,
             ends: self.ends,
+            watchdog: self.watchdog,
             done: false,
             _ticket: self.ticket,
             _slot: self.slot,
@@ -215,9 +241,19 @@ impl Admitted {
 struct Tracked {
     inner: Body,
     ends: Option<Ends>,
+    /// Watches a stream's caller; stopped when the stream is gone.
+    watchdog: Option<tokio::task::AbortHandle>,
     done: bool,
     _ticket: CallTicket,
     _slot: Option<StreamSlot>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+    }
 }
 
 impl http_body::Body for Tracked {
@@ -233,8 +269,14 @@ impl http_body::Body for Tracked {
             return Poll::Ready(None);
         }
         if let Some(ends) = this.ends.as_mut()
-            && let Poll::Ready(status) = ends.as_mut().poll(cx)
+            && let Poll::Ready(ended) = Pin::new(ends).poll(cx)
         {
+            let Ok(status) = ended else {
+                // The watchdog is gone without a verdict (aborted with the
+                // server): nothing more to wait for.
+                this.ends = None;
+                return Pin::new(&mut this.inner).poll_frame(cx);
+            };
             this.done = true;
             let mut trailers = http::HeaderMap::new();
             if status.add_header(&mut trailers).is_err() {

@@ -201,6 +201,7 @@ async fn accept_loop(
     tx: tokio::sync::mpsc::Sender<Result<Conn, std::io::Error>>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(listen.max_connections as usize));
+    let per_workload = crate::ratelimit::StreamCounter::new(listen.max_connections_per_workload);
     let mut last_full_warning: Option<tokio::time::Instant> = None;
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -229,6 +230,7 @@ async fn accept_loop(
         let tx = tx.clone();
         let handshake_timeout = listen.handshake_timeout;
         let idle_timeout = listen.idle_timeout;
+        let per_workload = per_workload.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -249,9 +251,20 @@ async fn accept_loop(
                 .unwrap_or_default();
             // A connection that can only be refused gets no more time than
             // a handshake.
-            let info = auth::ConnInfo::judge(peer, chain, &material, idle_timeout)
+            let mut info = auth::ConnInfo::judge(peer, chain, &material, idle_timeout)
                 .bound_if_refused(handshake_timeout);
-            let _ = tx.send(Ok(auth::AuthedConn::new(tls, info, permit))).await;
+            // One workload cannot take every connection: past its own cap
+            // its calls are refused (by the guard, naming the limit).
+            let mut slot = None;
+            if let Some(id) = info.spiffe_id() {
+                slot = per_workload.acquire(&id);
+                if slot.is_none() {
+                    info = info.over_cap(per_workload.max(), handshake_timeout);
+                }
+            }
+            let _ = tx
+                .send(Ok(auth::AuthedConn::new(tls, info, permit, slot)))
+                .await;
         });
     }
 }

@@ -174,6 +174,24 @@ impl Issuer {
         self.gate.watch_slot(caller).await
     }
 
+    /// Refuses a call on a connection opened past the caller's
+    /// `listen.max_connections_per_workload` (audited in aggregate).
+    pub async fn refuse_connection(&self, caller: &Caller, max: u32) -> Error {
+        let id = caller.spiffe_id.to_string();
+        let message = format!(
+            "`{id}` already holds {max} connections to this replica \
+             (listen.max_connections_per_workload); reuse one of them"
+        );
+        self.gate
+            .refuse_limit(
+                &id,
+                "max_connections_per_workload",
+                message,
+                Duration::from_secs(1),
+            )
+            .await
+    }
+
     /// Writes the aggregated refusal counts that are due (called by the
     /// server every few seconds).
     pub async fn flush_refusals(&self) {
@@ -196,8 +214,9 @@ impl Issuer {
             Err(StoreError::TooManyTasks { max }) => (
                 "max_active_tasks",
                 format!(
-                    "the holder already has {max} active tasks (limits.max_active_tasks); \
-                     complete one or wait for one to end, then retry"
+                    "`{}` already has {max} active tasks it began or delegated \
+                     (limits.max_active_tasks); complete one or wait for one to end, then retry",
+                    caller.spiffe_id
                 ),
             ),
             Err(StoreError::TooManySubscriberNames { max }) => (

@@ -1216,6 +1216,37 @@ pub async fn holding_caps_hold_across_handles(h: &dyn Harness) {
             .1
     );
 
+    // Delegated tasks count for the delegator, not the delegate: no
+    // workload can fill another's cap by delegating to it.
+    let delegator = "spiffe://example.org/workload/delegator";
+    let victim = "spiffe://example.org/workload/victim";
+    assert!(
+        s.begin_task_within(&TaskRecord::new(delegator, "parent", 100, FAR), 3, &[])
+            .await
+            .unwrap()
+            .1
+    );
+    let child = |i: u32| {
+        let mut c = TaskRecord::new(victim, &format!("child-{i}"), 100, FAR);
+        c.parent = Some((delegator.into(), "parent".into()));
+        c.depth = 1;
+        c
+    };
+    for i in 0..2 {
+        assert!(s.begin_task_within(&child(i), 3, &[]).await.unwrap().1);
+    }
+    assert!(matches!(
+        s.begin_task_within(&child(2), 3, &[]).await,
+        Err(super::StoreError::TooManyTasks { max: 3 })
+    ));
+    assert!(
+        s.begin_task_within(&TaskRecord::new(victim, "own", 100, FAR), 1, &[])
+            .await
+            .unwrap()
+            .1,
+        "the delegate's own cap is untouched"
+    );
+
     // Subscriber names: one workload racing for new names from many handles
     // gets at most the cap; an existing name of its own is still acked.
     let mut racers = Vec::new();

@@ -147,6 +147,15 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
+    /// The workload whose `limits.max_active_tasks` this task counts
+    /// against: its delegator for a delegated task (who chose to create it,
+    /// so no workload can fill another's), else its holder.
+    pub fn counts_against(&self) -> &str {
+        self.parent
+            .as_ref()
+            .map_or(&self.holder, |(holder, _)| holder)
+    }
+
     /// A plain active task with nothing but its key and times set.
     pub fn new(holder: &str, task_id: &str, created_at: i64, deadline: i64) -> Self {
         Self {

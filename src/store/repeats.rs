@@ -16,23 +16,38 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::audit::AuditDraft;
+use crate::audit::{AuditDraft, decision};
 use crate::clock::rfc3339;
 
 /// The key of an event: everything but its time, reason and `ref_seq`
-/// (length-prefixed, so no two different keys hash the same input).
+/// (length-prefixed, so no two different keys hash the same input). A
+/// refusal (`deny`, `refused`, `rate_limited`) is keyed without the task,
+/// credential and subject it names: those are the caller's to choose, and a
+/// new one per call would otherwise open a window, and chain an event, per
+/// call. Its first event and its summary still name them.
 pub(crate) fn key(d: &AuditDraft) -> String {
     let mut h = Sha256::new();
     let policies = d.policies.join(",");
+    let refusal = matches!(
+        d.decision.as_str(),
+        decision::DENY | decision::REFUSED | decision::RATE_LIMITED
+    );
+    let chosen = |f: &str| if refusal { "" } else { f }.as_bytes().to_vec();
+    let (holder, task, credential, subject) = (
+        chosen(&d.task_holder),
+        chosen(&d.task_id),
+        chosen(&d.credential_id),
+        chosen(&d.subject),
+    );
     let fields: [&[u8]; 9] = [
         d.kind.as_bytes(),
         d.actor.as_bytes(),
-        d.task_holder.as_bytes(),
-        d.task_id.as_bytes(),
-        d.credential_id.as_bytes(),
+        &holder,
+        &task,
+        &credential,
         d.decision.as_bytes(),
         policies.as_bytes(),
-        d.subject.as_bytes(),
+        &subject,
         if d.break_glass { b"1" } else { b"0" },
     ];
     for f in fields {
@@ -112,6 +127,21 @@ mod tests {
         ] {
             assert_ne!(key(&a), key(&other), "{other:?}");
         }
+        // A refusal names what the caller chose, but is keyed without it.
+        let denied = AuditDraft::new(kind::MINT_JWT, "spiffe://td/a", 100)
+            .task("spiffe://td/a", "t1", false)
+            .subject("x")
+            .decided("deny", &["p".into()]);
+        let mut other_task = denied
+            .clone()
+            .task("spiffe://td/b", "t2", false)
+            .subject("y");
+        other_task.credential_id = "cd".into();
+        assert_eq!(key(&denied), key(&other_task));
+        assert_ne!(
+            key(&denied),
+            key(&denied.clone().decided("deny", &["q".into()]))
+        );
     }
 
     #[test]

@@ -31,7 +31,9 @@ pub(super) async fn begin(
         // Replicas beginning tasks for one holder at once take turns here
         // (a lock per holder, released at commit), so each counts the
         // others' committed tasks and the cap holds across the fleet.
-        holder_lock(conn, "tasks", &t.holder).await?;
+        // A delegated task counts for the delegator, who chose to create it.
+        let causer = t.counts_against();
+        holder_lock(conn, "tasks", causer).await?;
         let exists: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM tasks WHERE holder = $1 AND task_id = $2)",
         )
@@ -42,9 +44,10 @@ pub(super) async fn begin(
         .pg()?;
         if !exists {
             let active: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM tasks WHERE holder = $1 AND state = 'active' AND deadline > $2",
+                "SELECT count(*) FROM tasks WHERE state = 'active' AND deadline > $2 \
+                 AND ((holder = $1 AND parent_holder IS NULL) OR parent_holder = $1)",
             )
-            .bind(&t.holder)
+            .bind(causer)
             .bind(t.created_at)
             .fetch_one(&mut *conn)
             .await

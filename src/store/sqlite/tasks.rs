@@ -25,6 +25,13 @@ const INSERT: &str = "INSERT INTO tasks (holder, task_id, created_at, purpose, t
 pub(super) use crate::store::rows::task as from_row;
 
 /// Creates a task (with its audit events) unless it exists; whether it did.
+/// Active tasks a workload caused: those it holds that were not delegated
+/// to it, and those it delegated. So a delegator cannot fill another
+/// workload's `limits.max_active_tasks`.
+const ACTIVE_CAUSED: &str = "SELECT count(*) FROM tasks \
+     WHERE state = 'active' AND deadline > ?2 \
+       AND ((holder = ?1 AND parent_holder IS NULL) OR parent_holder = ?1)";
+
 pub(super) fn begin(
     w: &mut Write<'_>,
     t: &TaskRecord,
@@ -34,14 +41,13 @@ pub(super) fn begin(
     if get_in(w.conn, &t.holder, &t.task_id)?.is_some() {
         return Ok(false);
     }
-    // Counted on the one writer: no other begin can slip in between.
+    // Counted on the one writer: no other begin can slip in between. A
+    // delegated task counts for the delegator, who chose to create it.
     if max_active != u32::MAX {
         let active: i64 = w
             .conn
-            .prepare_cached(
-                "SELECT count(*) FROM tasks WHERE holder = ?1 AND state = 'active' AND deadline > ?2",
-            )?
-            .query_row(params![t.holder, t.created_at], |r| r.get(0))?;
+            .prepare_cached(ACTIVE_CAUSED)?
+            .query_row(params![t.counts_against(), t.created_at], |r| r.get(0))?;
         if active >= i64::from(max_active) {
             return Err(StoreError::TooManyTasks { max: max_active });
         }
