@@ -175,7 +175,7 @@ impl StoreError {
 /// back before any other write ran). Revocation sequence numbers are gap-free
 /// in commit order and never handed out twice: SQLite has one writer,
 /// PostgreSQL serialises revocations on the counter's row lock.
-/// `conformance.rs` (test builds) holds the behaviour every implementation must pass.
+/// `conformance/` (test builds) holds the behaviour every implementation must pass.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates a task and writes `audit` with it; returns the existing row
