@@ -15,6 +15,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Debian ships venv's pip bootstrap in a package of its own.
+if ! "$python" -c 'import ensurepip' 2>/dev/null && command -v apt-get >/dev/null; then
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv
+fi
 "$python" -m venv "$work/venv"
 export PIP_CONSTRAINT="$here/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1
 "$work/venv/bin/pip" install -q "$here[spiffe,test]"

@@ -359,3 +359,36 @@ def test_the_example_workload_runs(dev_server):
     )
     assert bad.returncode == 1
     assert "not the expected `spiffe://example.org/nope`" in bad.stderr
+
+
+def test_feed_resumes_across_a_server_restart(binary, tmp_path):
+    from conftest import free_port, start, stop
+
+    addr = f"127.0.0.1:{free_port()}"
+    subprocess.run(
+        [str(binary), "dev", "init", "--dir", str(tmp_path), "--listen", addr],
+        check=True,
+        capture_output=True,
+    )
+    cfg, log = tmp_path / "taskmint.toml", tmp_path / "serve.log"
+    proc = start(binary, cfg, addr, log)
+    ident = Identity.from_files(
+        tmp_path / "agent.pem", tmp_path / "agent.key", tmp_path / "bundle.pem"
+    )
+    try:
+        with Client(addr, ident) as c:
+            w = c.watch()
+            cursor = synced(w)
+            stop(proc)  # the stream breaks; the watcher must say so and retry
+            item = w.next()
+            assert isinstance(item, taskmint.Reconnecting)
+            assert item.after_seq == cursor
+            proc = start(binary, cfg, addr, log)
+            tid = task_id()
+            c.mint_jwt(tid, "https://api.example.org")
+            c.complete_task(tid)
+            ev = next_event(w)
+            assert ev.event.seq == cursor + 1 and ev.event.task_id == tid
+            w.close()
+    finally:
+        stop(proc)
