@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 import taskmint
 from taskmint import Client, Identity, Verify, jwtsvid
-from taskmint.v1 import common_pb2
+from taskmint.v1 import common_pb2, revocations_pb2_grpc
 
 AGENT = "spiffe://example.org/workload/agent"
 ISSUER = "spiffe://example.org/taskmint"
@@ -98,16 +98,37 @@ def test_a_uri_only_serving_svid_verifies_by_spiffe_id(spire_like_server):
 
 
 def test_grpcio_tls_needs_a_dns_san(spire_like_server, dev_server):
-    # What users hit: grpcio checks DNS names only, and a URI-only SVID has none.
-    with Client(spire_like_server.addr, agent(spire_like_server), verify=Verify.DNS_NAME) as c:
-        with pytest.raises(taskmint.Unavailable) as e:
-            c.trust_bundle()
-        assert "Hostname Verification" in e.value.message
+    # What users hit: grpcio checks DNS names only, and a URI-only SVID has
+    # none. The client says so when it connects, with the way out.
+    with pytest.raises(taskmint.ServerVerificationError) as e:
+        Client(spire_like_server.addr, agent(spire_like_server), verify=Verify.DNS_NAME)
+    assert "no DNS or IP SAN `127.0.0.1`" in e.value.reason
+    assert "-dns 127.0.0.1" in e.value.reason
     # With a DNS SAN (the dev SVID has `localhost`) and the name to expect.
     with Client(
         dev_server.addr, agent(dev_server), verify=Verify.DNS_NAME, tls_name="localhost"
     ) as c:
         assert c.trust_bundle().trust_domain == "example.org"
+    with pytest.raises(taskmint.ServerVerificationError) as e:
+        Client(dev_server.addr, agent(dev_server), verify=Verify.DNS_NAME, tls_name="other.test")
+    assert "no DNS or IP SAN `other.test`" in e.value.reason
+
+
+def test_grpcio_alone_fails_on_a_uri_only_svid(spire_like_server):
+    # The problem users hit, shown with grpcio alone: a URI-only serving SVID
+    # fails grpcio's hostname verification.
+    d = spire_like_server
+    creds = grpc.ssl_channel_credentials(
+        Path(d.file("bundle.pem")).read_bytes(),
+        Path(d.file("agent.key")).read_bytes(),
+        Path(d.file("agent.pem")).read_bytes(),
+    )
+    with grpc.secure_channel(d.addr, creds) as ch:
+        stub = revocations_pb2_grpc.RevocationsStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.GetTrustBundle(common_pb2.GetTrustBundleRequest(), timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "Hostname Verification" in e.value.details()
 
 
 def test_unreadable_identity_files_say_which(dev_server, tmp_path):
@@ -196,7 +217,8 @@ def test_renew_both_kinds(dev_server):
 
 def test_task_lifecycle(dev_server):
     tid = task_id()
-    with Client(dev_server.addr, agent(dev_server)) as c:
+    trace = [("traceparent", f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01")]
+    with Client(dev_server.addr, agent(dev_server), metadata=trace) as c:
         task = c.begin_task(tid, purpose="python test", lifetime_seconds=600, labels={"k": "v"})
         assert task.holder == AGENT
         assert task.state == common_pb2.TASK_STATE_ACTIVE

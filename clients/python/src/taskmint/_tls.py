@@ -141,15 +141,28 @@ class SpiffeBridge:
                 self._ctx_of = material
             return self._ctx
 
-    async def _dial(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _dial(
+        self, dns_name: str | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
             ctx = self._context()
+            if dns_name is not None:
+                # What grpcio's own TLS will check: a DNS (or IP) SAN.
+                ctx = ssl_context(self._identity.material(self._trust_domain), self._dir)
+                ctx.check_hostname = True
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self._host, self._port, ssl=ctx, server_hostname=None),
+                asyncio.open_connection(self._host, self._port, ssl=ctx, server_hostname=dns_name),
                 self._timeout,
             )
         except ssl.SSLCertVerificationError as e:
-            raise ServerVerificationError(self._address, e.verify_message or str(e)) from None
+            reason = e.verify_message or str(e)
+            if dns_name is not None and "mismatch" in reason.lower():
+                reason = (
+                    f"its certificate has no DNS or IP SAN `{dns_name}`, which grpcio's TLS "
+                    "checks; verify by SPIFFE ID (Verify.SPIFFE_ID) or give the issuer's "
+                    f"SVID that name (SPIRE: `-dns {dns_name}` on its registration entry)"
+                )
+            raise ServerVerificationError(self._address, reason) from None
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
             raise ConnectionError(
                 f"cannot connect to `{self._address}`: {e or 'timed out'}"
@@ -161,8 +174,9 @@ class SpiffeBridge:
             raise ServerVerificationError(self._address, str(e)) from None
         return reader, writer
 
-    def check(self) -> None:
-        """Makes one verified connection now.
+    def check(self, dns_name: str | None = None) -> None:
+        """Makes one verified connection now; with ``dns_name``, the serving
+        certificate must also be valid for that name.
 
         Raises:
             ServerVerificationError: the server is not the expected issuer.
@@ -170,7 +184,7 @@ class SpiffeBridge:
         """
 
         async def once() -> None:
-            _, writer = await self._dial()
+            _, writer = await self._dial(dns_name)
             writer.close()
 
         self._call(once()).result()

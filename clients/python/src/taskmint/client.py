@@ -7,7 +7,7 @@ verifies the issuer by its SPIFFE ID: see :class:`Verify` for the two ways.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -63,6 +63,9 @@ class Client:
         tls_name: for :attr:`Verify.DNS_NAME`, the DNS name the serving SVID
             must carry when it is not the host of ``server``.
         timeout: seconds each unary call may take.
+        metadata: gRPC metadata sent with every call, e.g.
+            ``[("traceparent", "00-<trace-id>-<span-id>-01")]``; the
+            attribute :attr:`metadata` may be changed between calls.
 
     Raises:
         ServerVerificationError: the server is not ``server_id``.
@@ -81,9 +84,10 @@ class Client:
         verify: Verify = Verify.SPIFFE_ID,
         tls_name: str | None = None,
         timeout: float = 30.0,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         try:
-            split_address(server)
+            host, _ = split_address(server)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         own = identity.material()
@@ -93,11 +97,12 @@ class Client:
         """The issuer's SPIFFE ID, verified."""
         td = trust_domain_of(self.server_id)
         self.timeout = timeout
+        self.metadata: list[tuple[str, str]] = list(metadata)
         self._server = server
         self._identity = identity
         self._bridge: SpiffeBridge | None = SpiffeBridge(server, identity, self.server_id, td)
         try:
-            self._bridge.check()
+            self._bridge.check(None if verify is Verify.SPIFFE_ID else (tls_name or host))
         except ConnectionError as e:
             self._bridge.close()
             raise Unavailable(grpc.StatusCode.UNAVAILABLE, str(e), "connect") from None
@@ -148,7 +153,8 @@ class Client:
 
     def _unary(self, stub: Any, name: str, service: str, request: Message, reply: type[M]) -> M:
         try:
-            return cast(M, getattr(stub, name)(request, timeout=self.timeout))
+            call = getattr(stub, name)
+            return cast(M, call(request, timeout=self.timeout, metadata=self.metadata))
         except grpc.RpcError as e:
             raise self._error(e, f"{service}.{name}") from None
 

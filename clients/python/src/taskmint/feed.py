@@ -145,7 +145,9 @@ class Watcher:
                 else:
                     req.after_seq = self._cursor
                 with self._lock:
-                    self._stream = self._client._revocations.WatchRevocations(req)
+                    self._stream = self._client._revocations.WatchRevocations(
+                        req, metadata=self._client.metadata
+                    )
             try:
                 msg = next(self._stream)
             except StopIteration:
