@@ -252,6 +252,9 @@ def test_errors_carry_code_and_message(dev_server):
         assert "task" in e.value.message
         with pytest.raises(taskmint.NotFound):
             c.get_task(task_id())
+        with pytest.raises(taskmint.InvalidArgument) as e:
+            c.mint_jwt(task_id(), "https://api.example.org", ttl_seconds=10**6)
+        assert "exceeds the configured maximum" in e.value.message
 
 
 # -- the revocation feed -----------------------------------------------------
@@ -325,7 +328,8 @@ def test_an_expected_subscriber_acknowledges(dev_server):
     with Client(dev_server.addr, agent(dev_server)) as c:
         with pytest.raises(taskmint.RpcError) as e:
             c.ack("sidecar", 1)
-        assert e.value.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
+        assert isinstance(e.value, taskmint.PermissionDenied)
+        assert "bound to another workload" in e.value.message
 
 
 # -- the example -------------------------------------------------------------
@@ -414,3 +418,11 @@ def test_feed_resumes_across_a_server_restart(binary, tmp_path):
             w.close()
     finally:
         stop(proc)
+
+
+def test_closing_the_client_ends_its_watchers(dev_server):
+    c = Client(dev_server.addr, agent(dev_server))
+    w = c.watch()
+    synced(w)
+    c.close()
+    assert list(w) == []

@@ -97,6 +97,7 @@ class Client:
         """The issuer's SPIFFE ID, verified."""
         td = trust_domain_of(self.server_id)
         self.timeout = timeout
+        self._closed = False
         self.metadata: list[tuple[str, str]] = list(metadata)
         self._server = server
         self._identity = identity
@@ -132,8 +133,14 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def closed(self) -> bool:
+        """:meth:`close` was called."""
+        return self._closed
+
     def close(self) -> None:
-        """Closes the channel (and the bridge)."""
+        """Closes the channel (and the bridge); open watchers end."""
+        self._closed = True
         self._channel.close()
         if self._bridge is not None:
             self._bridge.close()

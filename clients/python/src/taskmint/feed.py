@@ -132,10 +132,10 @@ class Watcher:
         Raises:
             ResyncRequired: the cursor is too old and ``auto_resync`` is off.
             RpcError: authentication, permission or a malformed request.
-            StopIteration: after :meth:`close`.
+            StopIteration: after :meth:`close`, or once the client is closed.
         """
         while True:
-            if self._closed:
+            if self._closed or self._client.closed:
                 raise StopIteration
             if self._stream is None:
                 req = revocations_pb2.WatchRevocationsRequest()
@@ -153,7 +153,7 @@ class Watcher:
             except StopIteration:
                 return self._broke("the server ended the stream")
             except grpc.RpcError as e:
-                if self._closed:
+                if self._closed or self._client.closed:
                     raise StopIteration from None
                 code = e.code()
                 if code == grpc.StatusCode.OUT_OF_RANGE:
