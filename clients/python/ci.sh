@@ -26,7 +26,7 @@ export PIP_CONSTRAINT="$here/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # The server under test: TASKMINT_BIN if given, else this checkout's debug build.
 if [ -z "${TASKMINT_BIN:-}" ]; then
-  (cd "$repo" && cargo build -q --bin taskmint)
+  (cd "$repo" && cargo build --locked -q --bin taskmint)
   target=$(cd "$repo" && cargo metadata --format-version 1 --no-deps |
     "$python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
   TASKMINT_BIN="$target/debug/taskmint"
