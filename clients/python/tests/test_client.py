@@ -243,6 +243,22 @@ def test_task_lifecycle(dev_server):
         assert e.value.code != grpc.StatusCode.OK and tid in e.value.message
 
 
+def test_delegation_and_its_revocation(dev_server):
+    tid, aud = task_id(), "https://api.example.org"
+    with Client(dev_server.addr, agent(dev_server)) as c:
+        c.begin_task(tid, audiences=[aud])
+        child = c.delegate_task(tid, "spiffe://example.org/workload/sidecar", [aud])
+        assert child.holder == "spiffe://example.org/workload/sidecar"
+        assert child.parent.task_id == tid and child.depth == 1
+        with Client(dev_server.addr, sidecar(dev_server)) as s:
+            token = s.mint_jwt(child.task_id, aud)
+            claims = jwtsvid.verify(token.token, s.trust_bundle().spiffe_bundle_jwks, aud)
+            assert claims["act"]["sub"] == AGENT
+            c.complete_task(tid)  # the parent's end revokes the child's token
+            st = s.check_status(token.credential.id)
+            assert st.state == common_pb2.CREDENTIAL_STATE_REVOKED
+
+
 def test_errors_carry_code_and_message(dev_server):
     with Client(dev_server.addr, agent(dev_server)) as c:
         with pytest.raises(taskmint.InvalidArgument) as e:

@@ -223,6 +223,42 @@ class Client:
         req = issuer_pb2.GetTaskRequest(task=common_pb2.TaskRef(task_id=task_id, holder=holder))
         return self._unary(self._issuer, "GetTask", "Issuer", req, issuer_pb2.GetTaskResponse)
 
+    def delegate_task(
+        self,
+        task_id: str,
+        delegate: str,
+        audiences: Iterable[str],
+        *,
+        lifetime_seconds: int = 0,
+        child_task_id: str = "",
+        holder: str = "",
+    ) -> common_pb2.Task:
+        """``Issuer.DelegateTask``: hands part of a task to another workload.
+
+        Args:
+            task_id: the parent task.
+            delegate: SPIFFE ID of the workload that will hold the child.
+            audiences: a non-empty subset of the parent's audiences.
+            lifetime_seconds: 0 = until the parent's deadline.
+            child_task_id: empty = the parent's id plus a random suffix.
+            holder: the parent's holder when it is not the caller (admins).
+
+        Returns:
+            The child task, held by ``delegate``; its JWTs carry an ``act``
+            chain naming the caller. Completing the parent revokes it.
+        """
+        req = issuer_pb2.DelegateTaskRequest(
+            parent=common_pb2.TaskRef(task_id=task_id, holder=holder),
+            delegate=delegate,
+            audiences=list(audiences),
+            lifetime_seconds=lifetime_seconds,
+            task_id=child_task_id,
+        )
+        r = self._unary(
+            self._issuer, "DelegateTask", "Issuer", req, issuer_pb2.DelegateTaskResponse
+        )
+        return r.task
+
     # -- credentials ---------------------------------------------------------
 
     def mint_jwt(
