@@ -30,7 +30,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import ServerVerificationError
+from .errors import ConfigError, ServerVerificationError
 from .identity import Identity, Material
 
 _PIPE_CHUNK = 64 * 1024
@@ -196,7 +196,9 @@ class SpiffeBridge:
             self.last_error = e
             local_w.close()
             return
-        except ConnectionError:
+        except (ConnectionError, ConfigError):
+            # grpcio sees the connection fail and retries with backoff; a
+            # ConfigError (an SVID file mid-rotation) is retried the same way.
             local_w.close()
             return
         self.last_error = None
