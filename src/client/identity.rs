@@ -108,13 +108,8 @@ impl IdentitySource {
                 bundle,
             })
         };
-        let flag_files = pair(
-            flags.svid.clone(),
-            flags.svid_key.clone(),
-            ("--svid", "--svid-key"),
-        )?;
         if let Some(endpoint) = &flags.workload_api {
-            if flag_files.is_some() || flags.svid.is_some() || flags.svid_key.is_some() {
+            if flags.svid.is_some() || flags.svid_key.is_some() {
                 return Err(ClientError::Config(
                     "--workload-api and --svid/--svid-key name two identities: give one".into(),
                 ));
@@ -124,6 +119,11 @@ impl IdentitySource {
                 bundle: bundle_given,
             });
         }
+        let flag_files = pair(
+            flags.svid.clone(),
+            flags.svid_key.clone(),
+            ("--svid", "--svid-key"),
+        )?;
         if let Some(p) = flag_files {
             return files(p);
         }
