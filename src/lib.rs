@@ -17,7 +17,7 @@
 //! - [`config`]: the `taskmint.toml` tree and its validation.
 //! - [`pem`]: PEM reading for certificates and keys.
 //! - [`identity`]: SPIFFE IDs, task ids, ID patterns, trust bundles, the
-//!   caller-SVID rules.
+//!   caller-SVID rules, the SPIFFE Workload API as a source of SVIDs.
 //! - [`tls`]: rustls server config, the hot-reloaded bundles and serving SVID.
 //! - [`ca`]: the per-task X.509 signing CA (template, sign, validate, CRL).
 //! - [`jwt`]: JWT-SVID claims, ES256 signing, the JWK.
@@ -40,7 +40,8 @@
 //!   file each, the accept loop, the guard layer that admits every call
 //!   before it is decoded, the codec, the one Error -> Status map.
 //! - [`server`]: assembly from config; `serve` and the tests start here.
-//! - [`client`]: a Rust client for workloads, with a resuming feed watcher.
+//! - [`client`]: a Rust client for workloads (SVID from files or the Workload
+//!   API), with a resuming feed watcher.
 //! - [`devca`]: a development trust domain (used by `dev init` and tests).
 //! - [`cli`]: the `taskmint` command line, one file per subcommand.
 //!
