@@ -2,6 +2,10 @@
 //! things happen (the gRPC edge, the issuer, the revocation log, the store)
 //! and encoded by the operations listener.
 //!
+//! A labelled metric shows up in the exposition once it has a first label
+//! set (after the first event of its kind), except `credentials_issued`,
+//! whose two kinds start at 0.
+//!
 //! Labels are bounded sets chosen by the code, never by a caller: no task
 //! id, SPIFFE ID, reason text or unknown method path ever becomes a label
 //! (a method the issuer does not serve is counted as `unknown`).
@@ -179,6 +183,11 @@ impl Metrics {
                 ),
             ]),
         );
+        // Both kinds exist from the start (at 0), so a rate over them is
+        // defined before the first mint of each.
+        for kind in ["x509", "jwt"] {
+            m.credentials_issued.get_or_create(&KindLabels { kind });
+        }
         Self { registry, ..m }
     }
 
@@ -293,10 +302,12 @@ mod tests {
             Some(std::time::Duration::from_millis(3)),
         );
         m.revoked("requested", "task", 2);
+        m.store_commit("sqlite", std::time::Duration::from_micros(300));
         let text = m.encode();
         for line in [
             "# TYPE taskmint_credentials_issued counter",
             "taskmint_credentials_issued_total{kind=\"jwt\"} 1",
+            "taskmint_credentials_issued_total{kind=\"x509\"} 0",
             "taskmint_requests_total{service=\"taskmint.v1.Issuer\",method=\"MintJwt\",code=\"OK\"} 1",
             "# TYPE taskmint_request_duration_seconds histogram",
             "taskmint_request_duration_seconds_count{service=\"taskmint.v1.Issuer\",method=\"MintJwt\"} 1",
@@ -305,6 +316,7 @@ mod tests {
             "# TYPE taskmint_feed_head_seq gauge",
             "# TYPE taskmint_delivery_overdue_subscribers gauge",
             "# TYPE taskmint_store_commit_duration_seconds histogram",
+            "taskmint_store_commit_duration_seconds_bucket{le=\"0.0004\",backend=\"sqlite\"} 1",
             "taskmint_policy_reload_errors_total 0",
             "taskmint_trust_reload_errors_total 0",
             "# TYPE taskmint_build info",
