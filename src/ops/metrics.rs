@@ -186,7 +186,7 @@ impl Metrics {
         // Both kinds exist from the start (at 0), so a rate over them is
         // defined before the first mint of each.
         for kind in ["x509", "jwt"] {
-            m.credentials_issued.get_or_create(&KindLabels { kind });
+            let _ = m.credentials_issued.get_or_create(&KindLabels { kind });
         }
         Self { registry, ..m }
     }
