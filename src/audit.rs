@@ -112,15 +112,21 @@ pub struct AuditDraft {
     pub ref_seq: Option<u64>,
     /// The other party: a subscriber name, a delegate, a reviewed task.
     pub subject: String,
+    /// The W3C `traceparent` of the request that wrote it, when the caller
+    /// sent a valid one (empty otherwise): links the caller's trace to the
+    /// trail.
+    pub trace: String,
 }
 
 impl AuditDraft {
-    /// A draft of `kind` by `actor` at `time`.
+    /// A draft of `kind` by `actor` at `time`, carrying the trace context of
+    /// the request being served, if any ([`crate::ops::trace`]).
     pub fn new(kind: &str, actor: &str, time: i64) -> Self {
         Self {
             time,
             kind: kind.to_owned(),
             actor: actor.to_owned(),
+            trace: crate::ops::trace::current_text(),
             ..Default::default()
         }
     }
@@ -199,6 +205,13 @@ pub fn hash(seq: u64, prev_hash: &str, d: &AuditDraft) -> String {
     for f in fields {
         h.update((f.len() as u64).to_be_bytes());
         h.update(f);
+    }
+    // Added after the first events were written: hashed only when present,
+    // so events without a trace keep the hash they were written with (a
+    // fifteenth length-prefixed field cannot be confused with none).
+    if !d.trace.is_empty() {
+        h.update((d.trace.len() as u64).to_be_bytes());
+        h.update(d.trace.as_bytes());
     }
     hex::encode(h.finalize())
 }
@@ -355,6 +368,30 @@ mod tests {
         let mut truncated = good.clone();
         truncated.pop();
         assert_eq!(verify(&truncated).unwrap_err().seq, 4);
+    }
+
+    #[test]
+    fn the_trace_is_covered_by_the_hash_only_when_present() {
+        let d = AuditDraft::new(kind::MINT_JWT, "spiffe://example.org/a", 100);
+        assert_eq!(d.trace, "");
+        // The hash of an event without a trace is what it always was: the
+        // fourteen fields alone (pinned, so old trails keep verifying).
+        assert_eq!(
+            hash(1, GENESIS, &d),
+            "b4bbcd7eefe6adbf6cc392902ebdf49baf71c0c8f954b40655fff94d008c6d20"
+        );
+        let mut traced = d.clone();
+        traced.trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into();
+        let sealed = seal(0, GENESIS, traced.clone());
+        assert_ne!(sealed.hash, hash(1, GENESIS, &d));
+        let mut v = Verifier::default();
+        v.check(&sealed).unwrap();
+        // Editing or removing the trace breaks the chain.
+        let mut edited = sealed.clone();
+        edited.body.trace = "00-4bf92f3577b34da6a3ce929d0e0e4737-00f067aa0ba902b7-01".into();
+        assert!(Verifier::default().check(&edited).is_err());
+        edited.body.trace.clear();
+        assert!(Verifier::default().check(&edited).is_err());
     }
 
     #[test]

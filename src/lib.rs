@@ -40,6 +40,8 @@
 //!   file each, the accept loop, the guard layer that admits every call
 //!   before it is decoded, the codec, the one Error -> Status map.
 //! - [`server`]: assembly from config; `serve` and the tests start here.
+//! - [`ops`]: the operations listener (metrics, `/healthz`, `/readyz`), the
+//!   log format, the caller's trace context.
 //! - [`client`]: a Rust client for workloads (SVID from files or the Workload
 //!   API), with a resuming feed watcher.
 //! - [`devca`]: a development trust domain (used by `dev init` and tests).
@@ -61,6 +63,7 @@ pub mod grpc;
 pub mod identity;
 pub mod issuer;
 pub mod jwt;
+pub mod ops;
 pub mod pem;
 pub mod policy;
 pub mod ratelimit;

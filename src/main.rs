@@ -31,13 +31,7 @@ async fn main() -> std::process::ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    taskmint::ops::logging::init(cli.log_format, default);
     let result = match cli.command {
         #[cfg(feature = "bench")]
         Command::Bench(b) => bench::run(b).await,

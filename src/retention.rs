@@ -269,6 +269,9 @@ pub struct ArchivedEvent {
     pub ref_seq: Option<u64>,
     /// The other party.
     pub subject: String,
+    /// The W3C `traceparent` of the request (absent when none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace: String,
     /// Previous event's hash.
     pub prev_hash: String,
     /// This event's hash.
@@ -292,6 +295,7 @@ impl From<&AuditEvent> for ArchivedEvent {
             break_glass: b.break_glass,
             ref_seq: b.ref_seq,
             subject: b.subject.clone(),
+            trace: b.trace.clone(),
             prev_hash: e.prev_hash.clone(),
             hash: e.hash.clone(),
         }
@@ -317,6 +321,7 @@ impl From<ArchivedEvent> for AuditEvent {
                 break_glass: a.break_glass,
                 ref_seq: a.ref_seq,
                 subject: a.subject,
+                trace: a.trace,
             },
         }
     }

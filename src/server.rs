@@ -112,6 +112,11 @@ impl Server {
         &self.issuer
     }
 
+    /// What the operations listener's `/readyz` checks.
+    pub fn readiness(&self) -> crate::ops::Readiness {
+        crate::ops::Readiness::new(self.issuer.clone(), self.material.clone())
+    }
+
     /// The store the issuer writes to.
     pub fn store(&self) -> &AnyStore {
         &self.store

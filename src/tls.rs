@@ -282,6 +282,9 @@ pub struct TlsMaterial {
     fingerprint: RwLock<[u8; 32]>,
     sources: MaterialSources,
     provider: Arc<CryptoProvider>,
+    /// What failed at the last reload (each such source kept its previous
+    /// version, which may be stale); empty when everything loaded.
+    reload_errors: RwLock<Vec<String>>,
 }
 
 impl TlsMaterial {
@@ -300,6 +303,7 @@ impl TlsMaterial {
             fingerprint: RwLock::new(fingerprint),
             sources,
             provider,
+            reload_errors: RwLock::new(Vec::new()),
         }))
     }
 
@@ -329,6 +333,24 @@ impl TlsMaterial {
         self.reloads.subscribe()
     }
 
+    /// What failed at the last reload, one message per source; empty when
+    /// everything loaded (readiness reports these as stale trust).
+    pub fn reload_errors(&self) -> Vec<String> {
+        self.reload_errors
+            .read()
+            .expect("reload errors lock")
+            .clone()
+    }
+
+    /// Unix seconds: the notAfter of the serving SVID in force, if it parses.
+    pub fn server_not_after(&self) -> Option<i64> {
+        use x509_parser::prelude::FromDer as _;
+        let key = self.server_key.read().expect("server key lock").clone();
+        let leaf = key.cert.first()?;
+        let (_, cert) = x509_parser::prelude::X509Certificate::from_der(leaf.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
     /// Re-reads the files if their content changed and swaps in what loaded.
     /// Each source fails alone: a broken bundle file keeps that trust
     /// domain's previous bundle, a broken serving SVID keeps the previous
@@ -352,6 +374,8 @@ impl TlsMaterial {
             }
             Err(e) => errors.push(e),
         }
+        *self.reload_errors.write().expect("reload errors lock") =
+            errors.iter().map(|e| e.to_string()).collect();
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.reloads.send_replace(generation);
         (true, errors)
@@ -405,12 +429,13 @@ pub async fn reload_loop(
         let m = material.clone();
         match tokio::task::spawn_blocking(move || m.reload_if_changed()).await {
             Ok((true, errors)) => {
+                crate::ops::metrics::get().trust_reload_errors(errors.len());
                 for e in errors {
                     tracing::error!(error = %e, "reload: keeping the previous version of this source");
                 }
                 let domains = material.bundles();
                 let names: Vec<String> = domains.domains().iter().map(|d| d.to_string()).collect();
-                tracing::info!(generation = material.generation(), trust_domains = ?names, "reloaded trust bundles and serving SVID");
+                tracing::info!(generation = material.generation(), trust_domains = %names.join(","), "reloaded trust bundles and serving SVID");
             }
             Ok((false, _)) => {}
             Err(e) => tracing::error!(error = %e, "reload task failed"),

@@ -169,6 +169,7 @@ pub fn event_json(e: &pb::AuditEvent) -> Value {
         "break_glass": e.break_glass,
         "ref_seq": (e.ref_seq != 0).then_some(e.ref_seq),
         "subject": e.subject,
+        "trace": e.trace,
         "prev_hash": e.prev_hash,
         "hash": e.hash,
     })
@@ -581,6 +582,9 @@ pub fn render_timeline(t: &pb::GetTaskTimelineResponse) -> String {
             e.actor,
             e.reason
         );
+        if !e.trace.is_empty() {
+            let _ = writeln!(out, "           trace {}", e.trace);
+        }
         if kind == "revoked" {
             for r in t.acks.iter().filter(|r| r.seq == e.ref_seq) {
                 if r.acks.is_empty() {

@@ -32,6 +32,16 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as text (colour only on a terminal) or as JSON objects,
+    /// one per line, on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "TASKMINT_LOG_FORMAT",
+        default_value_t
+    )]
+    pub log_format: crate::ops::logging::LogFormat,
 }
 
 /// Subcommands.
@@ -107,6 +117,10 @@ pub struct ConnArgs {
     /// Expected SPIFFE ID of the issuer (default: `spiffe://<your trust domain>/taskmint`).
     #[arg(long, env = "TASKMINT_SERVER_ID")]
     pub server_id: Option<String>,
+    /// W3C trace context sent with every call; the issuer records it on the
+    /// call's log line and in its audit events.
+    #[arg(long, env = "TRACEPARENT")]
+    pub traceparent: Option<String>,
 }
 
 impl ConnArgs {
@@ -117,7 +131,11 @@ impl ConnArgs {
             svid_key: self.svid_key.clone(),
             bundle: self.bundle.clone(),
         })?;
-        Ok(Client::connect_source(&self.server, &source, self.server_id.clone()).await?)
+        Ok(
+            Client::connect_source(&self.server, &source, self.server_id.clone())
+                .await?
+                .with_traceparent(self.traceparent.as_deref())?,
+        )
     }
 }
 

@@ -1,5 +1,6 @@
 //! `taskmint serve`: run the issuer until SIGINT or SIGTERM.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -20,6 +21,10 @@ pub struct ServeArgs {
     /// Listen address (overrides the config).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Operations listener address for /metrics, /healthz, /readyz
+    /// (overrides `[ops] listen`; must be free) [default: 127.0.0.1:9090].
+    #[arg(long)]
+    pub ops_listen: Option<SocketAddr>,
 }
 
 pub(super) async fn run(a: ServeArgs) -> anyhow::Result<()> {
@@ -46,6 +51,11 @@ pub(super) async fn run(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(addr) = a.listen {
         cfg.listen.addr = addr;
     }
+    if let Some(addr) = a.ops_listen {
+        cfg.ops.enabled = true;
+        cfg.ops.listen = Some(addr);
+    }
+    let ops_listener = bind_ops(&cfg.ops).await?;
     let started = std::time::Instant::now();
     let listener = tokio::net::TcpListener::bind(cfg.listen.addr)
         .await
@@ -59,15 +69,58 @@ pub(super) async fn run(a: ServeArgs) -> anyhow::Result<()> {
     } else {
         format!(" --server {addr}")
     };
-    eprintln!(
-        "\nMint a credential from another terminal (as the dev `agent` workload):\n  \
+    // For a person at a terminal; logs collected from stderr stay pure.
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "\nMint a credential from another terminal (as the dev `agent` workload):\n  \
          taskmint mint jwt --task demo-1 --aud db{server_flag}\n  \
          taskmint mint x509 --task demo-1 --out /tmp/demo-1{server_flag}\n\
          (from a checkout, `cargo run --release --` in place of `taskmint`)\n"
-    );
-    server.run(listener, shutdown_signal()).await?;
+        );
+    }
+    let ops = ops_listener.map(|l| {
+        tokio::spawn(crate::ops::serve(
+            l,
+            server.readiness(),
+            std::future::pending(),
+        ))
+    });
+    let result = server.run(listener, shutdown_signal()).await;
+    if let Some(ops) = ops {
+        ops.abort();
+    }
+    result?;
     tracing::info!("taskmint stopped");
     Ok(())
+}
+
+/// Binds the operations listener. An address that was asked for must be
+/// free; the default one may be taken (a second issuer on one host), which
+/// only costs this process its metrics and probes, and is said loudly.
+async fn bind_ops(
+    ops: &crate::config::OpsConfig,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some((addr, explicit)) = ops.address() else {
+        tracing::info!("operations listener off ([ops] enabled = false)");
+        return Ok(None);
+    };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => {
+            let addr = l.local_addr()?;
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "the operations listener is not on loopback: metrics and readiness are served without authentication to whoever reaches it");
+            }
+            tracing::info!(%addr, "operations listener: /metrics /healthz /readyz");
+            Ok(Some(l))
+        }
+        Err(e) if !explicit => {
+            tracing::error!(%addr, error = %e, "cannot listen on the default operations address: no metrics or probes from this process; set [ops] listen to another address");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot listen on {addr} ([ops] listen): {e}"
+        )),
+    }
 }
 
 async fn shutdown_signal() {

@@ -9,6 +9,9 @@
 //! With the Workload API, every handshake presents the SVID the agent holds
 //! at that moment: a rotation reaches the next connection (a new client, or
 //! the channel reconnecting) while open connections keep theirs.
+//!
+//! Every call carries the caller's `traceparent` if it sets one
+//! ([`Client::with_traceparent`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,7 +27,7 @@ use rustls::pki_types::{
 };
 use rustls::sign::CertifiedKey;
 use spiffe::SpiffeId;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Endpoint, Uri};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::grpc::pb;
@@ -32,8 +35,10 @@ use crate::grpc::pb::admin_client::AdminClient;
 use crate::grpc::pb::issuer_client::IssuerClient;
 use crate::grpc::pb::revocations_client::RevocationsClient;
 use crate::identity::WorkloadApiSource;
+use trace::Traced;
 
 mod identity;
+mod trace;
 mod watch;
 pub use identity::{BUNDLE_ENV, DEV_DIR, IdentityFlags, IdentitySource, SVID_ENV, SVID_KEY_ENV};
 pub use watch::{WatchItem, Watcher};
@@ -108,10 +113,12 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
 /// service on it.
 #[derive(Debug, Clone)]
 pub struct Client {
-    issuer: IssuerClient<Channel>,
-    revocations: RevocationsClient<Channel>,
-    admin: AdminClient<Channel>,
-    health: HealthClient<Channel>,
+    issuer: IssuerClient<Traced>,
+    revocations: RevocationsClient<Traced>,
+    admin: AdminClient<Traced>,
+    health: HealthClient<Traced>,
+    /// The connection they share.
+    channel: Traced,
 }
 
 impl Client {
@@ -288,12 +295,33 @@ impl Client {
                 server: server.to_owned(),
                 reason: error_chain(&e),
             })?;
-        Ok(Self {
+        Ok(Self::on(Traced::new(channel, None)))
+    }
+
+    fn on(channel: Traced) -> Self {
+        Self {
             issuer: IssuerClient::new(channel.clone()),
             revocations: RevocationsClient::new(channel.clone()),
             admin: AdminClient::new(channel.clone()),
-            health: HealthClient::new(channel),
-        })
+            health: HealthClient::new(channel.clone()),
+            channel,
+        }
+    }
+
+    /// The same connection, sending the W3C `traceparent` (e.g. from the
+    /// workload's current span, or the `TRACEPARENT` environment variable)
+    /// with every call: the issuer logs it with each call and records it in
+    /// the audit events the call writes. `None` stops sending one. The
+    /// issuer ignores a value that is not well formed.
+    pub fn with_traceparent(self, traceparent: Option<&str>) -> Result<Self, ClientError> {
+        let value = traceparent
+            .map(|t| {
+                tonic::codegen::http::HeaderValue::from_str(t).map_err(|_| {
+                    ClientError::Config(format!("traceparent `{t}` is not a header value"))
+                })
+            })
+            .transpose()?;
+        Ok(Self::on(Traced::new(self.channel.channel(), value)))
     }
 
     /// `grpc.health.v1.Health/Check` of `service` (`""`: the server as a

@@ -76,6 +76,9 @@ pub struct Config {
     /// Who is accountable for each task.
     #[serde(default)]
     pub ownership: OwnershipConfig,
+    /// The operations listener (metrics and probes).
+    #[serde(default)]
+    pub ops: OpsConfig,
     /// The directory relative paths were resolved against (not in the file).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -838,3 +841,51 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+
+/// The operations listener: `/metrics`, `/healthz` and `/readyz` over plain
+/// HTTP, without authentication (see [`crate::ops`]). On by default, on
+/// loopback.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    /// `false` turns the listener off.
+    #[serde(default = "default_ops_enabled")]
+    pub enabled: bool,
+    /// Socket address. Unset: [`OpsConfig::DEFAULT_LISTEN`], and a busy port
+    /// there is a warning, not a failure to start; set: the address must be
+    /// free. Anything but loopback exposes metrics and readiness to whoever
+    /// reaches it (Kubernetes probes need the pod address).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
+impl OpsConfig {
+    /// Where the listener binds when `listen` is unset.
+    pub const DEFAULT_LISTEN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
+
+    /// The address to bind, and whether it was chosen explicitly; `None`
+    /// when the listener is off.
+    pub fn address(&self) -> Option<(SocketAddr, bool)> {
+        if !self.enabled {
+            return None;
+        }
+        Some(match self.listen {
+            Some(a) => (a, true),
+            None => (Self::DEFAULT_LISTEN, false),
+        })
+    }
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+        }
+    }
+}
+
+fn default_ops_enabled() -> bool {
+    true
+}

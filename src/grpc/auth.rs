@@ -59,7 +59,7 @@ impl ConnInfo {
         let verdict = identity::authenticate(&chain, &material.bundles(), UnixTime::now());
         if let Err(e) = &verdict {
             // Debug formatting escapes control characters a hostile SAN may carry.
-            tracing::info!(%peer, reason = ?e.to_string(), "refused client SVID");
+            tracing::info!(%peer, reason = %e, "refused client SVID");
         }
         Self {
             peer,

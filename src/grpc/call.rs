@@ -1,14 +1,13 @@
 //! The request wrapper every handler of every service goes through: take
-//! the caller the guard admitted (`guard.rs`), run the handler, log one
-//! line, and turn a crate error into a `tonic::Status` (via `status.rs`).
+//! the caller the guard admitted (`guard.rs`), run the handler, tell the
+//! observer (`observe.rs`) the task and credential for the call's log line,
+//! and turn a crate error into a `tonic::Status` (via `status.rs`).
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use super::auth;
 use crate::Error;
 use crate::identity::Caller;
 use crate::issuer::Issuer;
@@ -17,8 +16,9 @@ use crate::issuer::Issuer;
 #[derive(Debug, Clone)]
 pub(super) struct Calls {
     pub(super) issuer: Arc<Issuer>,
-    /// The service's short name (`Issuer`, `Revocations`, `Admin`), logged
-    /// with each call: `GetTrustBundle` is served by two.
+    /// The service's short name (`Issuer`, `Revocations`, `Admin`), on the
+    /// span of each call (so what a handler logs says which call it was
+    /// in): `GetTrustBundle` is served by two.
     service: &'static str,
 }
 
@@ -27,7 +27,7 @@ impl Calls {
         Self { issuer, service }
     }
 
-    /// Runs `f` for the admitted caller, logs one line, maps the error. `task` names
+    /// Runs `f` for the admitted caller, notes the task, maps the error. `task` names
     /// the task of the request for the log line; `f` returns the reply and
     /// the credential id it concerns (empty if none), also for the log.
     pub(super) async fn handle<Req, Resp, F, Fut>(
@@ -41,11 +41,10 @@ impl Calls {
         F: FnOnce(Caller, Req) -> Fut,
         Fut: Future<Output = Result<(Resp, String), Error>>,
     {
-        let started = Instant::now();
-        let peer = req
+        let note = req
             .extensions()
-            .get::<auth::ConnInfo>()
-            .map(|i| i.peer.to_string())
+            .get::<super::observe::CallNote>()
+            .cloned()
             .unwrap_or_default();
         // The guard admitted the call and left its caller here; without one
         // (a service mounted outside the guard) nobody is authenticated.
@@ -54,30 +53,27 @@ impl Calls {
             .get::<Caller>()
             .cloned()
             .ok_or(crate::identity::AuthError::NoCertificate);
-        let who = caller
-            .as_ref()
-            .map(|c| c.spiffe_id.to_string())
-            .unwrap_or_else(|_| "-".into());
         let body = req.into_inner();
         let task = task(&body);
         let result = match caller {
             // A replica that cannot read the database answers nothing from
             // what it remembers: the caller retries on another.
             Ok(_) if let Some(e) = self.issuer.revocations().unavailable() => Err(e.into()),
-            Ok(c) => f(c, body).await,
+            Ok(c) => {
+                let span = tracing::info_span!("call", service = self.service, method = rpc);
+                tracing::Instrument::instrument(f(c, body), span).await
+            }
             Err(e) => Err(Error::from(e)),
         };
-        let micros = started.elapsed().as_micros() as u64;
-        let service = self.service;
+        // The observer (`observe.rs`) writes the call's one log line.
         match result {
             Ok((resp, credential_id)) => {
-                tracing::info!(service, rpc, %peer, caller = %who, task, credential_id, code = "OK", micros);
+                note.task(&task, &credential_id);
                 Ok(Response::new(resp))
             }
             Err(e) => {
-                let status = Status::from(e);
-                tracing::info!(service, rpc, %peer, caller = %who, task, code = ?status.code(), error = status.message(), micros);
-                Err(status)
+                note.task(&task, "");
+                Err(Status::from(e))
             }
         }
     }

@@ -197,6 +197,7 @@ pub(super) fn audit_pb(e: &AuditEvent) -> pb::AuditEvent {
         break_glass: b.break_glass,
         ref_seq: b.ref_seq.unwrap_or(0),
         subject: b.subject.clone(),
+        trace: b.trace.clone(),
     }
 }
 
@@ -220,6 +221,7 @@ pub fn audit_from_pb(e: pb::AuditEvent) -> AuditEvent {
             break_glass: e.break_glass,
             ref_seq: (e.ref_seq != 0).then_some(e.ref_seq),
             subject: e.subject,
+            trace: e.trace,
         },
     }
 }

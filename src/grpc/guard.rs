@@ -19,6 +19,8 @@
 //! connection from counting as idle until the response ends. A response
 //! stream ends with `UNAUTHENTICATED` when the caller's SVID expires or the
 //! reloaded bundles stop trusting it, like a new call would be refused.
+//! The guard tells the observer (`observe.rs`), which logs every call, who
+//! the caller was.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,6 +32,7 @@ use tonic::body::Body;
 use tonic::codegen::{Bytes, http};
 
 use super::auth::{self, CallTicket, ConnInfo};
+use super::observe::CallNote;
 use crate::Error;
 use crate::identity::AuthError;
 use crate::issuer::Issuer;
@@ -125,11 +128,17 @@ impl Shared {
         let Some(info) = req.extensions().get::<ConnInfo>().cloned() else {
             return Err(Status::from(Error::from(AuthError::NoCertificate)));
         };
-        let peer = info.peer;
+        // The observer logs the call (with its status) once it ends.
+        let note = req
+            .extensions()
+            .get::<CallNote>()
+            .cloned()
+            .unwrap_or_default();
         let refused = |caller: &str, e: Error| {
-            let status = Status::from(e);
-            tracing::info!(rpc = %path, %peer, caller, code = ?status.code(), error = status.message(), "refused before decoding");
-            status
+            if caller != "-" {
+                note.caller(caller);
+            }
+            Status::from(e)
         };
         let caller = match info.caller(&self.material) {
             Ok(c) => c,
@@ -141,6 +150,7 @@ impl Shared {
             }
         };
         let who = caller.spiffe_id.to_string();
+        note.caller(&who);
         if let Some(max) = info.over_workload_cap {
             info.state.close_soon();
             return Err(refused(

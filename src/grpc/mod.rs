@@ -14,7 +14,8 @@
 //! peer holds only its own task), and each finished handshake is judged once
 //! before tonic sees the connection. The guard layer (`guard.rs`) then admits
 //! or refuses every call before its body is decoded; idle and refused
-//! connections are closed (`auth.rs`). HTTP/2 limits, keepalive and the
+//! connections are closed (`auth.rs`). Around it, the observer
+//! (`observe.rs`) logs one line per call and counts it in the metrics. HTTP/2 limits, keepalive and the
 //! per-call timeout come from `[listen]`.
 
 mod admin;
@@ -24,6 +25,7 @@ pub mod codec;
 mod convert;
 mod guard;
 mod issuer;
+mod observe;
 mod revocations;
 mod status;
 
@@ -123,6 +125,8 @@ pub async fn serve(
         .http2_keepalive_interval(Some(listen.keepalive_interval))
         .http2_keepalive_timeout(Some(listen.keepalive_timeout))
         .timeout(listen.request_timeout)
+        // The observer is outermost: it sees every call, refused ones too.
+        .layer(observe::ObserveLayer)
         .layer(guard)
         .add_service(health_svc)
         .add_service(issuer_svc)
@@ -157,7 +161,7 @@ pub async fn serve(
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
                 Ok(r) => r,
                 Err(_) => {
-                    tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them");
+                    tracing::warn!(grace = %humantime::format_duration(SHUTDOWN_GRACE), "connections still open after the grace period; closing them");
                     Ok(())
                 }
             }

@@ -59,9 +59,12 @@ impl pb::revocations_server::Revocations for RevocationsService {
             let f = self.calls.issuer.feed_config();
             let opts = FeedOptions { heartbeat: f.heartbeat_interval, buffer: f.subscriber_buffer };
             self.calls.issuer.authorize_watch(&c, r.after_seq, &r.subscriber, &filter).await?;
-            tracing::info!(subscriber = %r.subscriber, caller = %c.spiffe_id, after = ?r.after_seq, "watch started");
+            tracing::debug!(subscriber = %r.subscriber, caller = %c.spiffe_id, after_seq = r.after_seq, "watch started");
             let feed = feed::watch(self.calls.issuer.revocations().clone(), r.after_seq, filter, opts);
-            let stream = feed.map(|item| {
+            // Counted in `taskmint_feed_subscribers` until the stream is dropped.
+            let open = crate::ops::metrics::get().feed_subscriber();
+            let stream = feed.map(move |item| {
+                let _ = &open;
                 use pb::watch_revocations_response::Msg;
                 let msg = match item.map_err(feed_status)? {
                     FeedItem::Event(e) => Msg::Event(event_pb(&e)),

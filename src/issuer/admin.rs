@@ -340,6 +340,7 @@ impl Issuer {
                 tracing::info!(%sha256, policies = ids.len(), "policy reloaded")
             }
             Reload::Refused(e) => {
+                crate::ops::metrics::get().policy_reload_error();
                 tracing::error!(error = %e, "policy file refused; the previous policy stays in force")
             }
             Reload::Unchanged => {}

@@ -170,6 +170,7 @@ impl Gate {
         message: String,
         retry_after: Duration,
     ) -> Error {
+        crate::ops::metrics::get().limit_refused(limit);
         if let Some(batch) = self.refusals.record(workload, limit, &message) {
             self.write_refusals(&[batch]).await;
         }
@@ -246,7 +247,7 @@ impl Gate {
                 .decided(decision::DENY, &d.policies)
                 .because(message.clone());
             self.record(event).await?;
-            tracing::info!(spiffe_id = %caller.spiffe_id, action = action.as_str(), %resource, policies = ?d.policies, "denied");
+            tracing::debug!(spiffe_id = %caller.spiffe_id, action = action.as_str(), %resource, policies = %d.policies.join(","), "denied");
             return Err(Error::PermissionDenied(message));
         }
         Ok(d)
@@ -269,7 +270,7 @@ impl Gate {
             tracing::warn!(action = action.as_str(), error = %e, "a policy failed to evaluate");
         }
         if !d.allowed {
-            tracing::info!(spiffe_id = %caller.spiffe_id, action = action.as_str(), %resource, policies = ?d.policies, "denied (not audited)");
+            tracing::debug!(spiffe_id = %caller.spiffe_id, action = action.as_str(), %resource, policies = %d.policies.join(","), "denied (not audited)");
             return Err(Error::PermissionDenied(format!(
                 "`{}` may not {} {resource}: {}",
                 caller.spiffe_id,

@@ -369,6 +369,7 @@ impl Issuer {
             revocation: None,
         };
         self.record(&record, max_active, audit).await?;
+        crate::ops::metrics::get().credential_issued("x509");
         let mut chain = vec![leaf];
         chain.extend(self.ca.chain().iter().map(|c| c.to_vec()));
         Ok(Minted {
@@ -432,6 +433,7 @@ impl Issuer {
             revocation: None,
         };
         self.record(&record, max_active, audit).await?;
+        crate::ops::metrics::get().credential_issued("jwt");
         Ok(Minted {
             record,
             chain: Vec::new(),

@@ -94,6 +94,8 @@ impl OverdueLog {
         now: i64,
     ) -> Vec<crate::audit::AuditDraft> {
         let mut events = Vec::new();
+        crate::ops::metrics::get()
+            .delivery_overdue(state.iter().filter(|s| s.overdue_since.is_some()).count());
         for s in state {
             match (s.overdue_since, self.overdue.get(&s.name)) {
                 (Some(_), None) => {

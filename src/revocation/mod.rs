@@ -147,6 +147,15 @@ impl Revocations {
                 .map_err(|e| e.to_string())
         });
         let events = self.store.revoke(req, sign).await?;
+        // The reason a caller gives is free text: only the issuer's own
+        // reasons are label values.
+        let reason = match req.reason.as_str() {
+            reaper::REASON_DEADLINE => reaper::REASON_DEADLINE,
+            crate::issuer::REASON_COMPLETED => crate::issuer::REASON_COMPLETED,
+            crate::issuer::REASON_SUPERSEDED => crate::issuer::REASON_SUPERSEDED,
+            _ => "requested",
+        };
+        crate::ops::metrics::get().revoked(reason, req.scope.kind(), events.len());
         for e in &events {
             tracing::info!(
                 seq = e.seq,
@@ -176,6 +185,7 @@ impl Revocations {
             match self.catch_up(after).await {
                 Ok(last) => {
                     after = last;
+                    crate::ops::metrics::get().feed_head(last);
                     self.health.send_if_modified(|h| h.take().is_some());
                 }
                 Err(e) => self.read_failed(e).await,

@@ -102,6 +102,8 @@ pub(crate) fn revoked_audit(
             req.reason.clone()
         });
     a.ref_seq = Some(e.seq);
+    // Built in the store's own task: the request's trace comes with it.
+    a.trace.clone_from(&req.audit.trace);
     a
 }
 
@@ -112,7 +114,7 @@ pub(crate) fn ended_audit(
     state: TaskState,
     break_glass: bool,
 ) -> AuditDraft {
-    AuditDraft::new(&req.audit.kind, &req.audit.actor, req.now)
+    let mut a = AuditDraft::new(&req.audit.kind, &req.audit.actor, req.now)
         .task(holder, task_id, break_glass)
         .decided(&req.audit.decision, &req.audit.policies)
         .because(format!(
@@ -120,5 +122,7 @@ pub(crate) fn ended_audit(
             state.as_str(),
             req.audit.task_id,
             req.audit.task_holder
-        ))
+        ));
+    a.trace.clone_from(&req.audit.trace);
+    a
 }

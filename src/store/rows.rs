@@ -128,6 +128,7 @@ pub(crate) fn audit_event(r: &impl Cols) -> Result<AuditEvent, StoreError> {
             break_glass: r.flag("break_glass")?,
             ref_seq: r.opt_int("ref_seq")?.map(|s| s as u64),
             subject: r.text("subject")?,
+            trace: r.text("trace")?,
         },
     })
 }

@@ -56,17 +56,17 @@ use crate::store::rows::{self, repeat_window};
 use crate::store::{AuditCheckpoint, StoreError, repeats};
 
 const COLUMNS: &str = "seq, time, prev_hash, hash, kind, actor, task_holder, task_id, \
-     credential_id, decision, policies, reason, break_glass, ref_seq, subject";
+     credential_id, decision, policies, reason, break_glass, ref_seq, subject, trace";
 
 /// A pending row as the shared row mapping reads it: the chain columns are
 /// placeholders, replaced when it is sealed.
 const PENDING_COLUMNS: &str = "id, nth, 0::BIGINT AS seq, ''::TEXT AS prev_hash, \
      ''::TEXT AS hash, time, kind, actor, task_holder, task_id, credential_id, decision, \
-     policies, reason, break_glass, ref_seq, subject";
+     policies, reason, break_glass, ref_seq, subject, trace";
 
 const INSERT: &str = "INSERT INTO audit (time, kind, actor, task_holder, task_id, \
-     credential_id, decision, policies, reason, break_glass, ref_seq, subject) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id";
+     credential_id, decision, policies, reason, break_glass, ref_seq, subject, trace) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id";
 
 /// How many transactions' events one sealing pass takes at most, so a
 /// backlog is sealed in several short transactions rather than one long one.
@@ -93,6 +93,7 @@ pub(super) async fn append(
             .bind(b.break_glass)
             .bind(b.ref_seq.map(|s| s as i64))
             .bind(&b.subject)
+            .bind(&b.trace)
             .fetch_one(&mut *conn)
             .await
             .pg()?;

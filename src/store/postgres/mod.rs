@@ -237,6 +237,7 @@ impl PgStore {
         let mut attempt = 1;
         loop {
             let result: Result<T, StoreError> = async {
+                let started = std::time::Instant::now();
                 let tx = self.pool.begin().await.pg()?;
                 let (out, tx) = work(tx).await?;
                 tx.commit().await.map_err(|e| match store_error(e) {
@@ -252,6 +253,7 @@ impl PgStore {
                     },
                     other => other,
                 })?;
+                crate::ops::metrics::get().store_commit("postgres", started.elapsed());
                 Ok(out)
             }
             .await;

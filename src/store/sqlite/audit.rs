@@ -14,11 +14,11 @@ use crate::store::rows::{self, repeat_window};
 use crate::store::{AuditCheckpoint, StoreError, repeats};
 
 const COLUMNS: &str = "seq, time, prev_hash, hash, kind, actor, task_holder, task_id, \
-     credential_id, decision, policies, reason, break_glass, ref_seq, subject";
+     credential_id, decision, policies, reason, break_glass, ref_seq, subject, trace";
 
 const INSERT: &str = "INSERT INTO audit (seq, time, prev_hash, hash, kind, actor, \
      task_holder, task_id, credential_id, decision, policies, reason, break_glass, ref_seq, \
-     subject) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+     subject, trace) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
 
 /// The chain's head as the writer sees it inside a transaction.
 #[derive(Debug, Clone)]
@@ -85,6 +85,7 @@ pub(super) fn append(
             b.break_glass,
             b.ref_seq.map(|s| s as i64),
             b.subject,
+            b.trace,
         ])?;
         head.seq = e.seq;
         head.hash.clone_from(&e.hash);

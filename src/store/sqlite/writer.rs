@@ -272,6 +272,7 @@ fn apply_cap(conn: &Connection, pages: Option<u32>) -> Result<u32, StoreError> {
 
 /// Runs one batch; every job is answered before this returns.
 fn run_batch(conn: &Connection, jobs: Vec<Box<dyn Job>>) {
+    let started = std::time::Instant::now();
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let e = StoreError::from(e);
         log_failure(&e, jobs.len());
@@ -325,7 +326,10 @@ fn run_batch(conn: &Connection, jobs: Vec<Box<dyn Job>>) {
     let committed = super::audit::store_head(conn, &head)
         .and_then(|()| conn.execute_batch("COMMIT").map_err(StoreError::from));
     match committed {
-        Ok(()) => ran.into_iter().for_each(|j| j.answer()),
+        Ok(()) => {
+            crate::ops::metrics::get().store_commit("sqlite", started.elapsed());
+            ran.into_iter().for_each(|j| j.answer())
+        }
         Err(e) => abort(conn, ran, e),
     }
 }
