@@ -9,6 +9,7 @@ mod common;
 mod workload_api;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,37 +45,42 @@ fn view(root: &DevRoot, spiffe_id: &str, svid: &Issued) -> AgentView {
     }
 }
 
-/// The issuer of `example.org` with no PEM for its serving SVID or its
-/// bundle: both come from `agent`. Its signing CA (a file, as always) is
-/// signed by `root`, the root the agent hands out.
-async fn start_on_agent(agent: &FakeAgent, root: &DevRoot, dir: &std::path::Path) -> TestServer {
+/// Writes a signing CA signed by `root` into `dir` and edits a dev config's
+/// text so that the serving SVID and every bundle come from the Workload
+/// API: from `[server] workload_api = endpoint`, or with `None` from
+/// nothing the config names (left to `SPIFFE_ENDPOINT_SOCKET`).
+fn agent_config(text: &str, endpoint: Option<&str>, root: &DevRoot, dir: &Path) -> String {
     let ca = root.signing_ca().unwrap();
     std::fs::write(dir.join("ca.pem"), &ca.cert_pem).unwrap();
     std::fs::write(dir.join("ca.key"), &ca.key_pem).unwrap();
+    let server = match endpoint {
+        Some(e) => format!("workload_api = \"{e}\""),
+        None => String::new(),
+    };
+    let edited = text
+        .replace(
+            "[[trust.domains]]\nname = \"example.org\"\nbundle = \"bundle.pem\"\n",
+            "",
+        )
+        .replace("cert = \"taskmint.pem\"\nkey = \"taskmint.key\"", &server)
+        .replace(
+            "cert = \"signing-ca.pem\"\nkey = \"signing-ca.key\"",
+            &format!(
+                "cert = \"{}\"\nkey = \"{}\"",
+                dir.join("ca.pem").display(),
+                dir.join("ca.key").display()
+            ),
+        );
+    assert!(!edited.contains("[[trust.domains]]") && !edited.contains("taskmint.pem"));
+    edited
+}
+
+/// The issuer of `example.org` with no PEM for its serving SVID or its
+/// bundle: both come from `agent`. Its signing CA (a file, as always) is
+/// signed by `root`, the root the agent hands out.
+async fn start_on_agent(agent: &FakeAgent, root: &DevRoot, dir: &Path) -> TestServer {
     let endpoint = agent.endpoint();
-    let dir = dir.to_owned();
-    start_with(move |t| {
-        let edited = t
-            .replace(
-                "[[trust.domains]]\nname = \"example.org\"\nbundle = \"bundle.pem\"\n",
-                "",
-            )
-            .replace(
-                "cert = \"taskmint.pem\"\nkey = \"taskmint.key\"",
-                &format!("workload_api = \"{endpoint}\""),
-            )
-            .replace(
-                "cert = \"signing-ca.pem\"\nkey = \"signing-ca.key\"",
-                &format!(
-                    "cert = \"{}\"\nkey = \"{}\"",
-                    dir.join("ca.pem").display(),
-                    dir.join("ca.key").display()
-                ),
-            );
-        assert!(edited.contains("workload_api") && !edited.contains("[[trust.domains]]"));
-        edited
-    })
-    .await
+    start_with(|t| agent_config(&t, Some(&endpoint), root, dir)).await
 }
 
 /// A client presenting `svid` that verifies the issuer with `root`.
@@ -127,6 +133,10 @@ impl ServerCertVerifier for AnyServer {
 
 /// The leaf a new handshake with the issuer is served.
 async fn served_leaf(s: &TestServer) -> Vec<u8> {
+    served_leaf_at(s.addr).await
+}
+
+async fn served_leaf_at(addr: std::net::SocketAddr) -> Vec<u8> {
     let provider = taskmint::tls::provider();
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -135,7 +145,7 @@ async fn served_leaf(s: &TestServer) -> Vec<u8> {
         .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(ServerName::try_from("taskmint").unwrap(), tcp)
         .await
@@ -415,4 +425,76 @@ async fn the_stand_in_agent_requires_the_security_header_like_spire() {
         .unwrap();
     assert_eq!(source.svid().unwrap().spiffe_id.to_string(), AGENT);
     assert_eq!(agent.refused(), 1);
+}
+
+/// `taskmint serve` with a config that names no serving SVID: the
+/// Workload API from `SPIFFE_ENDPOINT_SOCKET`, and without it a start error
+/// naming every source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_spiffe_endpoint_socket_when_the_config_names_no_svid() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = DevRoot::new(TD).unwrap();
+    let svid = root.server_svid().unwrap();
+    let agent = FakeAgent::start(view(&root, "spiffe://example.org/taskmint", &svid)).await;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    taskmint::devca::init(
+        dir.path(),
+        TD,
+        &Vec::<String>::new(),
+        &listen.to_string(),
+        false,
+    )
+    .unwrap();
+    let config = dir.path().join("taskmint.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, agent_config(&text, None, &root, dir.path())).unwrap();
+
+    let serve = |socket: Option<String>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config", config.to_str().unwrap()])
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .stdout(std::process::Stdio::null());
+        match socket {
+            Some(s) => cmd
+                .env("SPIFFE_ENDPOINT_SOCKET", s)
+                .stderr(std::process::Stdio::null()),
+            None => cmd.stderr(std::process::Stdio::piped()),
+        };
+        cmd.spawn().unwrap()
+    };
+
+    let out = tokio::task::spawn_blocking({
+        let child = serve(None);
+        move || child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for source in [
+        "[server] cert and key",
+        "[server] workload_api",
+        "SPIFFE_ENDPOINT_SOCKET",
+    ] {
+        assert!(stderr.contains(source), "{source} missing from: {stderr}");
+    }
+
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _running = Kill(serve(Some(agent.endpoint())));
+    eventually("serve answers with the agent's SVID", || async {
+        match tokio::net::TcpStream::connect(listen).await {
+            Ok(_) => served_leaf_at(listen).await == svid.cert_der,
+            Err(_) => false,
+        }
+    })
+    .await;
 }
