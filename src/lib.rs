@@ -39,6 +39,8 @@
 //! - [`grpc`]: the three services (`Issuer`, `Revocations`, `Admin`), one
 //!   file each, the accept loop, the guard layer that admits every call
 //!   before it is decoded, the codec, the one Error -> Status map.
+//! - [`ops`]: what is served besides gRPC: the discovery listener (OIDC
+//!   discovery, JWKS, SPIFFE bundle endpoint).
 //! - [`server`]: assembly from config; `serve` and the tests start here.
 //! - [`client`]: a Rust client for workloads, with a resuming feed watcher.
 //! - [`devca`]: a development trust domain (used by `dev init` and tests).
@@ -60,6 +62,7 @@ pub mod grpc;
 pub mod identity;
 pub mod issuer;
 pub mod jwt;
+pub mod ops;
 pub mod pem;
 pub mod policy;
 pub mod ratelimit;

@@ -97,6 +97,7 @@ pub struct Client {
     revocations: RevocationsClient<Channel>,
     admin: AdminClient<Channel>,
     health: HealthClient<Channel>,
+    channel: Channel,
 }
 
 impl Client {
@@ -187,8 +188,15 @@ impl Client {
             issuer: IssuerClient::new(channel.clone()),
             revocations: RevocationsClient::new(channel.clone()),
             admin: AdminClient::new(channel.clone()),
-            health: HealthClient::new(channel),
+            health: HealthClient::new(channel.clone()),
+            channel,
         })
+    }
+
+    /// The mTLS channel, for clients of other services on the same
+    /// connection (server reflection, for one).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// `grpc.health.v1.Health/Check` of `service` (`""`: the server as a

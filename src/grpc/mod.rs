@@ -16,6 +16,9 @@
 //! or refuses every call before its body is decoded; idle and refused
 //! connections are closed (`auth.rs`). HTTP/2 limits, keepalive and the
 //! per-call timeout come from `[listen]`.
+//!
+//! Server reflection (`reflection.rs`) lists and describes every service to
+//! tools such as grpcurl; it is behind the guard like the rest.
 
 mod admin;
 pub mod auth;
@@ -24,6 +27,7 @@ pub mod codec;
 mod convert;
 mod guard;
 mod issuer;
+mod reflection;
 mod revocations;
 mod status;
 
@@ -128,6 +132,8 @@ pub async fn serve(
         .add_service(issuer_svc)
         .add_service(revocations_svc)
         .add_service(admin_svc)
+        .add_service(reflection::v1())
+        .add_service(reflection::v1alpha())
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), async {
             let _ = drain_rx.await;
         });
