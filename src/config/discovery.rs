@@ -110,3 +110,56 @@ impl DiscoveryConfig {
             .unwrap_or_else(|| format!("https://{bound}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(listen: &str, url: Option<&str>) -> DiscoveryConfig {
+        DiscoveryConfig {
+            listen: listen.parse().unwrap(),
+            cert: "d.pem".into(),
+            key: "d.key".into(),
+            url: url.map(str::to_owned),
+            max_connections: default_max_connections(),
+            handshake_timeout: default_timeout(),
+            request_timeout: default_timeout(),
+            connection_timeout: default_connection_timeout(),
+        }
+    }
+
+    #[test]
+    fn the_url_defaults_to_the_bound_address_and_must_be_https() {
+        let c = cfg("127.0.0.1:8444", None);
+        c.validate().unwrap();
+        assert_eq!(
+            c.base_url("127.0.0.1:8444".parse().unwrap()),
+            "https://127.0.0.1:8444"
+        );
+        let c = cfg("[::1]:0", None);
+        assert_eq!(
+            c.base_url("[::1]:9000".parse().unwrap()),
+            "https://[::1]:9000"
+        );
+        let c = cfg("0.0.0.0:8444", Some("https://keys.example.org"));
+        c.validate().unwrap();
+        assert_eq!(
+            c.base_url("0.0.0.0:8444".parse().unwrap()),
+            "https://keys.example.org"
+        );
+        for bad in [
+            "http://keys.example.org",
+            "https://",
+            "https://keys.example.org/",
+            "https://keys.example.org?x=1",
+        ] {
+            let e = cfg("127.0.0.1:8444", Some(bad)).validate().unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+        let e = cfg("0.0.0.0:8444", None).validate().unwrap_err();
+        assert!(e.contains("discovery.url is required"), "{e}");
+        let mut c = cfg("127.0.0.1:8444", None);
+        c.max_connections = 0;
+        assert!(c.validate().unwrap_err().contains("max_connections"));
+    }
+}
