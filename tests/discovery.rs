@@ -139,6 +139,15 @@ impl Answer {
 
 /// One request over a fresh TLS connection that trusts only `ca`.
 async fn fetch(addr: SocketAddr, ca: &Path, method: &str, path: &str) -> Answer {
+    try_fetch(addr, ca, method, path).await.unwrap()
+}
+
+async fn try_fetch(
+    addr: SocketAddr,
+    ca: &Path,
+    method: &str,
+    path: &str,
+) -> Result<Answer, String> {
     let mut roots = rustls::RootCertStore::empty();
     for c in taskmint::pem::certs(&std::fs::read(ca).unwrap()).unwrap() {
         roots.add(c).unwrap();
@@ -148,14 +157,16 @@ async fn fetch(addr: SocketAddr, ca: &Path, method: &str, path: &str) -> Answer 
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect(ServerName::IpAddress(addr.ip().into()), tcp)
         .await
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let req = hyper::Request::builder()
         .method(method)
@@ -163,21 +174,21 @@ async fn fetch(addr: SocketAddr, ca: &Path, method: &str, path: &str) -> Answer 
         .header("host", addr.to_string())
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let resp = send.send_request(req).await.unwrap();
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp
         .into_body()
         .collect()
         .await
-        .unwrap()
+        .map_err(|e| e.to_string())?
         .to_bytes()
         .to_vec();
-    Answer {
+    Ok(Answer {
         status,
         headers,
         body,
-    }
+    })
 }
 
 fn jwt_set(bundle: &serde_json::Value) -> JwtBundleSet {
@@ -385,6 +396,50 @@ async fn discovery_closes_silent_connections_and_those_over_its_cap() {
     assert!(started.elapsed() < Duration::from_secs(3));
     let ok = fetch(s.discovery, &s.path("discovery-ca.pem"), "GET", "/keys").await;
     assert_eq!(ok.status, 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_replaced_discovery_certificate_is_served_without_restart() {
+    let mut s = start(|t| t).await;
+    let old_ca = s.path("discovery-ca.pem");
+    assert_eq!(
+        fetch(s.discovery, &old_ca, "GET", "/keys").await.status,
+        200
+    );
+    // A new certificate from another issuer (here self-signed), key first
+    // so the pair on disk is mismatched for a moment, as in a real rotation.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    p.subject_alt_names
+        .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+    let cert = p.self_signed(&key).unwrap();
+    std::fs::write(s.path("discovery.key"), key.serialize_pem()).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Mismatched: the old certificate is still served.
+    assert_eq!(
+        fetch(s.discovery, &old_ca, "GET", "/keys").await.status,
+        200
+    );
+    std::fs::write(s.path("discovery.pem"), cert.pem()).unwrap();
+    let new_ca = s.path("new-ca.pem");
+    std::fs::write(&new_ca, cert.pem()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while try_fetch(s.discovery, &new_ca, "GET", "/keys")
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new certificate not served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        try_fetch(s.discovery, &old_ca, "GET", "/keys")
+            .await
+            .is_err()
+    );
     s.stop().await;
 }
 
