@@ -1,4 +1,5 @@
-//! Compiles `proto/` with protox (pure Rust), so the build needs no system `protoc`.
+//! Compiles `proto/` with protox (pure Rust), so the build needs no system `protoc`,
+//! and writes the encoded file descriptor set that server reflection serves.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // common.proto is imported by the three services; listing it too keeps
@@ -15,6 +16,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=src/store/migrations");
     println!("cargo:rerun-if-changed=src/store/postgres/migrations");
     let fds = protox::compile(protos, ["proto"])?;
+    // Server reflection (src/grpc/reflection.rs) answers from the same
+    // descriptors the code was generated from, comments included.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("taskmint_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
     // Our codec: prost's, with a request that does not decode answered
     // INVALID_ARGUMENT naming the field (src/grpc/codec.rs).
     tonic_prost_build::configure()

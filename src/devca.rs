@@ -285,6 +285,101 @@ pub fn init(
     })
 }
 
+/// Adds the discovery listener to the dev trust domain in `dir` (written by
+/// [`init`]): a dev web PKI CA (`discovery-ca.pem`, what relying parties
+/// trust, separate from the SPIFFE root), a server certificate for
+/// `localhost`, `127.0.0.1`, `::1` and the listen address signed by it
+/// (`discovery.pem`, `discovery.key`), and a `[discovery]` section on
+/// `listen`, with `jwt.issuer` set to the listener's URL as OpenID Connect
+/// relying parties require. Returns that URL.
+pub fn add_discovery(dir: &Path, listen: &str) -> Result<String, DevError> {
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| DevError::Invalid(format!("discovery address `{listen}`: {e}")))?;
+    let url = if addr.ip().is_unspecified() {
+        format!("https://localhost:{}", addr.port())
+    } else {
+        format!("https://{addr}")
+    };
+    let ca_key = KeyPair::generate()?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::OrganizationName, "taskmint dev");
+    p.distinguished_name
+        .push(DnType::CommonName, "taskmint dev discovery CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    validity(&mut p, 3650);
+    let ca_cert = p.self_signed(&ca_key)?;
+    let ca = Issuer::new(p, ca_key);
+
+    let mut p = CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::OrganizationName, "taskmint dev");
+    p.distinguished_name.push(DnType::CommonName, "localhost");
+    p.subject_alt_names = vec![
+        SanType::DnsName("localhost".try_into()?),
+        SanType::IpAddress([127, 0, 0, 1].into()),
+        SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()),
+    ];
+    if !addr.ip().is_unspecified() && !addr.ip().is_loopback() {
+        p.subject_alt_names.push(SanType::IpAddress(addr.ip()));
+    }
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.use_authority_key_identifier_extension = true;
+    validity(&mut p, 365);
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, &ca)?;
+    write(&dir.join("discovery-ca.pem"), &ca_cert.pem(), false)?;
+    write(&dir.join("discovery.pem"), &cert.pem(), false)?;
+    write(&dir.join("discovery.key"), &key.serialize_pem(), true)?;
+
+    let config = dir.join("taskmint.toml");
+    let io = |source| DevError::Io {
+        path: config.clone(),
+        source,
+    };
+    let text = std::fs::read_to_string(&config).map_err(io)?;
+    let text = text.replacen(
+        "[jwt]\nkey = \"jwt.key\"\n",
+        &format!(
+            "[jwt]\nkey = \"jwt.key\"\n# The discovery URL: OpenID Connect relying parties compare it with `iss`.\nissuer = \"{url}\"\n"
+        ),
+        1,
+    );
+    let text = text
+        .lines()
+        .filter(|l| !l.starts_with("# issuer = "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let section = format!(
+        r#"
+
+# HTTPS for relying parties (no client certificate): OpenID Connect
+# discovery at /.well-known/openid-configuration, the JWKS at /keys, the
+# SPIFFE bundle endpoint (https_web) at /.
+[discovery]
+listen = "{addr}"
+# A web PKI server certificate, re-read when it changes; the dev one is
+# signed by discovery-ca.pem, which relying parties must trust.
+cert = "discovery.pem"
+key = "discovery.key"
+# What relying parties reach it at (jwks_uri is built from it).
+url = "{url}"
+max_connections = 256
+handshake_timeout = "10s"
+request_timeout = "10s"
+connection_timeout = "60s"
+"#
+    );
+    write(&config, &format!("{text}{section}"), false)?;
+    Ok(url)
+}
+
 /// The `[store]` line of a dev config: the SQLite file.
 pub const SQLITE_STORE_LINE: &str = r#"path = "data/taskmint.db""#;
 

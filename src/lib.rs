@@ -39,6 +39,8 @@
 //! - [`grpc`]: the three services (`Issuer`, `Revocations`, `Admin`), one
 //!   file each, the accept loop, the guard layer that admits every call
 //!   before it is decoded, the codec, the one Error -> Status map.
+//! - [`ops`]: what is served besides gRPC: the discovery listener (OIDC
+//!   discovery, JWKS, SPIFFE bundle endpoint).
 //! - [`server`]: assembly from config; `serve` and the tests start here.
 //! - [`ops`]: the operations listener (metrics, `/healthz`, `/readyz`), the
 //!   log format, the caller's trace context.

@@ -37,6 +37,9 @@ pub enum StartError {
     /// The policy file.
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    /// The discovery listener.
+    #[error(transparent)]
+    Discovery(#[from] crate::ops::discovery::DiscoveryError),
     /// The signing CA does not chain to the issuer's own trust domain.
     #[error("signing CA does not chain to a root of trust domain `{td}`: {reason}")]
     CaChain {
@@ -57,6 +60,9 @@ pub struct Server {
     /// The log's head when the store was opened: the follower publishes
     /// what comes after it.
     feed_from: u64,
+    /// The discovery listener, when bound by the caller (else `run` binds
+    /// `discovery.listen`).
+    discovery_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -104,7 +110,15 @@ impl Server {
             material,
             store,
             feed_from,
+            discovery_listener: None,
         })
+    }
+
+    /// Serves discovery on `listener` rather than binding
+    /// `discovery.listen` (tests bind port 0); ignored without `[discovery]`.
+    pub fn with_discovery_listener(mut self, listener: TcpListener) -> Self {
+        self.discovery_listener = Some(listener);
+        self
     }
 
     /// The domain issuer.
@@ -131,11 +145,19 @@ impl Server {
     /// Serves on `listener` until `shutdown` resolves, reloading TLS material
     /// in the background; closes the store on the way out.
     pub async fn run(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartError> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let discovery = crate::ops::discovery::spawn(
+            &self.cfg,
+            self.discovery_listener.take(),
+            self.issuer.clone(),
+            self.material.clone(),
+            stop_rx.clone(),
+        )
+        .await?;
         let stop_rx_reaper = stop_rx.clone();
         let reload = tokio::spawn(crate::tls::reload_loop(
             self.material.clone(),
@@ -200,6 +222,9 @@ impl Server {
         let _ = follower.await;
         let _ = policy_reload.await;
         let _ = flusher.await;
+        if let Some(d) = discovery {
+            let _ = d.await;
+        }
         // What was counted but not yet due is written on the way out.
         self.issuer.flush_refusals_now().await;
         self.store.close().await;

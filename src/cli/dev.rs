@@ -26,6 +26,11 @@ pub struct InitArgs {
     /// several replicas can share it.
     #[arg(long)]
     pub store_url: Option<String>,
+    /// Also serve discovery (OIDC, JWKS, SPIFFE bundle endpoint) over HTTPS
+    /// on this address, with a dev web certificate (`discovery-ca.pem`
+    /// verifies it); sets `jwt.issuer` to its URL.
+    #[arg(long, value_name = "ADDR")]
+    pub discovery: Option<String>,
     /// Overwrite an existing dev trust domain.
     #[arg(long)]
     pub force: bool,
@@ -45,6 +50,12 @@ pub(super) fn init(a: InitArgs) -> anyhow::Result<()> {
             cert.display()
         );
     }
+    if let Some(addr) = &a.discovery {
+        eprintln!(
+            "  discovery: {addr} (its certificate verifies with {})",
+            a.dir.join("discovery-ca.pem").display()
+        );
+    }
     eprintln!("  config: {}", out.config.display());
     Ok(())
 }
@@ -59,6 +70,9 @@ pub(super) fn write(a: &InitArgs) -> anyhow::Result<devca::DevInit> {
         a.workloads.clone()
     };
     let out = devca::init(&a.dir, &a.trust_domain, &workloads, &a.listen, a.force)?;
+    if let Some(addr) = &a.discovery {
+        devca::add_discovery(&a.dir, addr)?;
+    }
     if let Some(url) = &a.store_url {
         let text = std::fs::read_to_string(&out.config)?;
         let url = toml::Value::String(url.clone());

@@ -41,6 +41,7 @@ pub(super) async fn run(a: ServeArgs) -> anyhow::Result<()> {
                     workloads: vec![],
                     listen: "127.0.0.1:8443".into(),
                     store_url: None,
+                    discovery: None,
                     force: false,
                 })?;
             }

@@ -27,7 +27,7 @@ use rustls::pki_types::{
 };
 use rustls::sign::CertifiedKey;
 use spiffe::SpiffeId;
-use tonic::transport::{Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint, Uri};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::grpc::pb;
@@ -322,6 +322,12 @@ impl Client {
             })
             .transpose()?;
         Ok(Self::on(Traced::new(self.channel.channel(), value)))
+    }
+
+    /// The mTLS channel, for clients of other services on the same
+    /// connection (server reflection, for one).
+    pub fn channel(&self) -> Channel {
+        self.channel.channel()
     }
 
     /// `grpc.health.v1.Health/Check` of `service` (`""`: the server as a

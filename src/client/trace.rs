@@ -25,7 +25,7 @@ impl Traced {
     }
 
     /// The channel without a trace context.
-    pub(super) fn channel(&self) -> Channel {
+    pub(crate) fn channel(&self) -> Channel {
         self.inner.clone()
     }
 }

@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use spiffe::TrustDomain;
 
+mod discovery;
 mod store;
+pub use discovery::DiscoveryConfig;
 pub use store::{STORE_URL_ENV, StoreConfig};
 
 /// A configuration problem, found while reading or validating the file.
@@ -79,6 +81,9 @@ pub struct Config {
     /// The operations listener (metrics and probes).
     #[serde(default)]
     pub ops: OpsConfig,
+    /// The HTTPS listener for relying parties; off unless present.
+    #[serde(default)]
+    pub discovery: Option<DiscoveryConfig>,
     /// The directory relative paths were resolved against (not in the file).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -634,6 +639,9 @@ impl Config {
             fix(p);
         }
         fix(&mut self.policy.file);
+        if let Some(d) = &mut self.discovery {
+            d.resolve_paths(&base);
+        }
     }
 
     /// `[server]`: PEM files or the Workload API, not both, and never half
@@ -826,6 +834,9 @@ impl Config {
             && iss.trim().is_empty()
         {
             return invalid("jwt.issuer must not be empty".into());
+        }
+        if let Some(d) = &self.discovery {
+            d.validate().map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }

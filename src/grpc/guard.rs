@@ -114,11 +114,16 @@ where
 /// deliver its `UNAUTHENTICATED` before its connection is closed.
 const STALLED_STREAM_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Method paths whose response is a long-lived stream.
+/// Method paths whose response is a long-lived stream (a reflection client
+/// may keep its bidirectional stream open): each ends when its caller's SVID
+/// does.
 fn is_stream(path: &str) -> bool {
     matches!(
         path,
-        "/taskmint.v1.Revocations/WatchRevocations" | "/grpc.health.v1.Health/Watch"
+        "/taskmint.v1.Revocations/WatchRevocations"
+            | "/grpc.health.v1.Health/Watch"
+            | "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+            | "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
     )
 }
 

@@ -15,8 +15,11 @@
 //! before tonic sees the connection. The guard layer (`guard.rs`) then admits
 //! or refuses every call before its body is decoded; idle and refused
 //! connections are closed (`auth.rs`). Around it, the observer
-//! (`observe.rs`) logs one line per call and counts it in the metrics. HTTP/2 limits, keepalive and the
-//! per-call timeout come from `[listen]`.
+//! (`observe.rs`) logs one line per call and counts it in the metrics.
+//! HTTP/2 limits, keepalive and the per-call timeout come from `[listen]`.
+//!
+//! Server reflection (`reflection.rs`) lists and describes every service to
+//! tools such as grpcurl; it is behind the guard like the rest.
 
 mod admin;
 pub mod auth;
@@ -26,6 +29,7 @@ mod convert;
 mod guard;
 mod issuer;
 mod observe;
+mod reflection;
 mod revocations;
 mod status;
 
@@ -132,6 +136,8 @@ pub async fn serve(
         .add_service(issuer_svc)
         .add_service(revocations_svc)
         .add_service(admin_svc)
+        .add_service(reflection::v1())
+        .add_service(reflection::v1alpha())
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), async {
             let _ = drain_rx.await;
         });

@@ -1,6 +1,9 @@
-//! Operations: what an operator and an orchestrator see of a running
-//! issuer, apart from the gRPC API.
+//! Operations: what an operator, an orchestrator and a relying party see
+//! of a running issuer, apart from the mTLS gRPC API (none of it needs an
+//! SVID).
 //!
+//! - [`discovery`]: the optional HTTPS listener for relying parties (OpenID
+//!   Connect discovery, the JWKS, the SPIFFE bundle endpoint).
 //! - [`metrics`]: the Prometheus metrics, updated where things happen.
 //! - [`logging`]: the log format (text or JSON lines) and colour rules.
 //! - [`trace`]: the caller's W3C `traceparent`, carried with each request
@@ -14,6 +17,7 @@
 //! SPIFFE bundle endpoint) is a separate listener with its own config
 //! section; it lives beside this one as `ops::discovery`.
 
+pub mod discovery;
 pub mod logging;
 pub mod metrics;
 pub mod trace;
