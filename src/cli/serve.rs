@@ -18,7 +18,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Listen address (overrides the config).
-    #[arg(long)]
+    #[arg(long, env = "TASKMINT_LISTEN")]
     pub listen: Option<SocketAddr>,
 }
 
