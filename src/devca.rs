@@ -438,7 +438,9 @@ key = "jwt.key"
 
 [limits]
 default_ttl = "5m"
-max_ttl = "1h"
+# The dev policy (policy.cedar) permits the same 15 minutes: keep the two in
+# step, or the lower one decides (a policy denial names its policies).
+max_ttl = "15m"
 default_task_lifetime = "15m"
 max_task_lifetime = "8h"
 max_renewals = 3
@@ -513,5 +515,50 @@ mod tests {
         let ku = cert.key_usage().unwrap().expect("a key usage").value;
         assert!(ku.key_cert_sign() && ku.crl_sign());
         assert!(!ku.digital_signature());
+    }
+
+    /// The dev config's `limits.max_ttl` and the dev policy agree: the
+    /// policy permits a mint at the configured maximum and not past it, so
+    /// a request over it is refused by the limit, which names itself.
+    #[test]
+    fn the_dev_policy_permits_what_the_dev_config_allows() {
+        use crate::identity::SpiffeId;
+        use crate::policy::{Engine, Groups, MintContext, PolicyDoc, Request, Resource, schema};
+        let dir = tempfile::tempdir().unwrap();
+        let out = super::init(
+            dir.path(),
+            "example.org",
+            &["agent".into()],
+            "127.0.0.1:0",
+            false,
+        )
+        .unwrap();
+        let cfg = crate::config::Config::load(&out.config).unwrap();
+        let max = cfg.limits.max_ttl.as_secs() as i64;
+        assert_eq!(max, 900);
+        let path = dir.path().join("policy.cedar");
+        let doc = PolicyDoc::load(&path, &schema()).unwrap();
+        let engine = Engine::with_doc(schema(), doc, Groups::new(Vec::new(), &[]), &path, 0);
+        let agent = SpiffeId::new("spiffe://example.org/workload/agent").unwrap();
+        let mint = |ttl| {
+            Request::MintJwt(MintContext {
+                task_id: "t".into(),
+                ttl_seconds: ttl,
+                break_glass: false,
+                depth: 0,
+            })
+        };
+        let db = Resource::Audience("db".into());
+        assert!(engine.authorize(&agent, mint(max), &db).unwrap().allowed);
+        let over = engine.authorize(&agent, mint(max + 1), &db).unwrap();
+        assert!(!over.allowed);
+        // Nothing permits it; the hint names the cap the policy keeps.
+        assert_eq!(
+            engine.hint(&agent, &mint(1800), &db).as_deref(),
+            Some(
+                "ttl_seconds 1800 is more than the policy permits here: policy \
+                 `workloads-mint-own-tasks` permits it with ttl_seconds up to 900"
+            )
+        );
     }
 }

@@ -11,19 +11,9 @@ use taskmint::cli::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
-        Err(e) => {
-            // One line, like every other error; `--help` has the rest.
-            let text = e.to_string();
-            eprintln!(
-                "{}",
-                text.lines().next().unwrap_or("error: invalid arguments")
-            );
-            return std::process::ExitCode::from(2);
-        }
-    };
+    // An argument error is clap's whole rendering (usage, "did you mean"
+    // hints) with status 2.
+    let cli = Cli::parse();
     // The server logs each request at info; client commands stay quiet
     // unless RUST_LOG asks for more.
     let default = if matches!(cli.command, Command::Serve(_)) {
@@ -41,11 +31,9 @@ async fn main() -> std::process::ExitCode {
         )),
         _ => taskmint::cli::run(cli).await,
     };
+    // The exit statuses are the README's "Exit codes" (`cli::out::code`).
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => std::process::ExitCode::from(taskmint::cli::out::report(&e)),
     }
 }

@@ -1,5 +1,6 @@
-//! The `taskmint` binary end to end: `dev init`, `serve`, `mint jwt`,
-//! `mint x509`, `bundle`, and one-line errors with a non-zero exit.
+//! The `taskmint` binary end to end: `dev init`, `serve`, every client
+//! command, its output (text, one `--json` document, JSON lines), its errors
+//! and exit statuses, and the README's quick start, run verbatim.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -155,20 +156,26 @@ fn the_cli_mints_both_kinds_and_reports_errors_in_one_line() {
             with(&["mint", "jwt", "--task", "a b", "--aud", "db"]),
             "task id `a b`",
         ),
-        (
-            with(&["mint", "jwt", "--task", "t", "--aud", "db", "--ttl", "soon"]),
-            "invalid duration `soon`",
-        ),
     ] {
         let out = run(
             dir.path(),
             &args.iter().map(String::as_str).collect::<Vec<_>>(),
         );
-        assert!(!out.status.success());
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
         let err = String::from_utf8(out.stderr).unwrap();
         assert!(err.contains(fragment), "{err}");
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     }
+    // An argument error is clap's: whole, status 2.
+    let args = with(&["mint", "jwt", "--task", "t", "--aud", "db", "--ttl", "soon"]);
+    let out = run(
+        dir.path(),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("invalid duration `soon`"), "{err}");
+    assert!(err.contains("For more information, try '--help'."), "{err}");
 
     let wrong_port = conn(dir.path(), &format!("127.0.0.1:{}", free_port()));
     let mut args = vec!["mint", "jwt", "--task", "t", "--aud", "db"];
@@ -274,7 +281,7 @@ fn the_cli_drives_tasks_revocation_renewal_watch_and_crl() {
         .unwrap()
         .to_owned();
     assert_eq!(
-        json_of(&cli(&["status", "--credential", &id]))["state"],
+        json_of(&cli(&["status", "--credential", &id, "--json"]))["state"],
         "active"
     );
 
@@ -331,7 +338,9 @@ fn the_cli_drives_tasks_revocation_renewal_watch_and_crl() {
         assert!(ev[key].is_string(), "{key} missing: {ev}");
     }
 
-    let st = json_of(&cli(&["status", "--credential", &id]));
+    let st = cli(&["status", "--credential", &id, "--json"]);
+    assert_eq!(st.status.code(), Some(5), "revoked: {st:?}");
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(st["state"], "revoked");
     assert_eq!(st["reason"], "task_completed");
     assert!(st["revoked_at"].is_string() && st["expires_at"].is_string());
@@ -393,21 +402,23 @@ fn the_cli_drives_tasks_revocation_renewal_watch_and_crl() {
     ]));
     assert_eq!(renewed["renewal_count"], 1);
     assert!(renewed["token"].is_string());
-    assert_eq!(
-        json_of(&cli(&[
-            "status",
-            "--credential",
-            j["credential_id"].as_str().unwrap()
-        ]))["reason"],
-        "superseded"
-    );
+    let superseded = cli(&[
+        "status",
+        "--credential",
+        j["credential_id"].as_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(superseded.status.code(), Some(5));
+    let v: serde_json::Value = serde_json::from_slice(&superseded.stdout).unwrap();
+    assert_eq!(v["reason"], "superseded");
 
+    // A denial by the policy: status 3, the policy's answer in one line.
     let err = cli(&["revoke", "--trust-domain", "example.org"]);
-    assert!(!err.status.success());
+    assert_eq!(err.status.code(), Some(3), "{err:?}");
+    let err = String::from_utf8(err.stderr).unwrap();
     assert!(
-        String::from_utf8(err.stderr)
-            .unwrap()
-            .contains("PermissionDenied")
+        err.starts_with("error: PermissionDenied: ") && err.contains("no policy permits"),
+        "{err}"
     );
 }
 
@@ -499,6 +510,7 @@ fn the_cli_governs_policy_break_glass_delegation_audit_and_inventory() {
                 &format!(
                     r#"{{"task_id":"t","ttl_seconds":{ttl},"renewal_count":0,"break_glass":false,"depth":0}}"#
                 ),
+                "--json",
             ],
         )
     };
@@ -510,7 +522,7 @@ fn the_cli_governs_policy_break_glass_delegation_audit_and_inventory() {
         serde_json::json!(["workloads-mint-own-tasks"])
     );
     let deny = eval(3600);
-    assert_eq!(deny.status.code(), Some(2));
+    assert_eq!(deny.status.code(), Some(3));
     let v: serde_json::Value = serde_json::from_slice(&deny.stdout).unwrap();
     assert_eq!(v["reason"], "no policy permits");
 
@@ -575,11 +587,8 @@ fn the_cli_governs_policy_break_glass_delegation_audit_and_inventory() {
 
     let inv = as_("admin", &["inventory", "--json"]);
     assert!(inv.status.success(), "{inv:?}");
-    let tasks: Vec<serde_json::Value> = String::from_utf8(inv.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let inv = json_of(&inv);
+    let tasks = inv["grants"].as_array().unwrap();
     let ids: Vec<&str> = tasks
         .iter()
         .map(|t| t["task_id"].as_str().unwrap())
@@ -658,4 +667,623 @@ fn the_cli_governs_policy_break_glass_delegation_audit_and_inventory() {
     );
     assert!(v.status.success(), "{v:?}");
     assert!(String::from_utf8_lossy(&v.stdout).contains("intact"));
+}
+
+/// Runs `args` with stdout a pipe whose reader is already gone.
+#[cfg(unix)]
+fn with_closed_stdout(dir: &Path, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn argument_errors_are_shown_whole_with_status_2_and_completions_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["crl"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    for fragment in [
+        "error: the following required arguments were not provided:",
+        "--out <OUT>",
+        "Usage: taskmint crl --out <OUT>",
+        "For more information, try '--help'.",
+    ] {
+        assert!(err.contains(fragment), "{fragment}: {err}");
+    }
+    let out = run(dir.path(), &["mint", "jwt", "--tsk", "t", "--aud", "db"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("tip: a similar argument exists: '--task'"),
+        "{err}"
+    );
+    let out = run(dir.path(), &["statsu"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("'status'"));
+
+    // Completions: a script naming the commands, for each shell asked.
+    let bash = run(dir.path(), &["completions", "bash"]);
+    assert!(bash.status.success(), "{bash:?}");
+    let script = String::from_utf8(bash.stdout).unwrap();
+    assert!(script.contains("_taskmint()"), "{script}");
+    for command in ["delivery", "health", "completions", "inventory"] {
+        assert!(script.contains(command), "{command}");
+    }
+    let zsh = run(dir.path(), &["completions", "zsh"]);
+    assert!(
+        String::from_utf8(zsh.stdout)
+            .unwrap()
+            .starts_with("#compdef taskmint")
+    );
+    assert_eq!(
+        run(dir.path(), &["completions", "tcsh"]).status.code(),
+        Some(2)
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_the_command_quietly_with_status_141() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["policy", "schema"][..],
+        &["completions", "bash"][..],
+        &["--help"][..],
+    ] {
+        let out = with_closed_stdout(dir.path(), args);
+        let err = String::from_utf8(out.stderr.clone()).unwrap();
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        if args[0] == "--help" {
+            // clap's own help ignores a failed write.
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        } else {
+            assert_eq!(out.status.code(), Some(141), "{args:?}: {out:?}");
+            assert_eq!(err, "", "quiet: {args:?}");
+        }
+    }
+}
+
+/// A served dev trust domain with its config edited by `edit` first.
+fn serve_edited(dir: &Path, edit: impl FnOnce(String) -> String) -> (Serve, String) {
+    let init = run(dir, &["dev", "init"]);
+    assert!(init.status.success(), "{init:?}");
+    let cfg = dir.join("certs/dev/taskmint.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, edit(text)).unwrap();
+    serve(dir)
+}
+
+fn as_who(dir: &Path, server: &str, who: &str, args: &[&str]) -> Output {
+    let all: Vec<String> = args
+        .iter()
+        .map(|s| s.to_string())
+        .chain(conn_as(dir, server, who))
+        .collect();
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(&all)
+        .output()
+        .unwrap()
+}
+
+/// stdout is exactly one JSON document on one line.
+fn one_document(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(text.lines().count(), 1, "one line: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn the_cli_prints_text_one_json_document_and_meaningful_exit_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_serve, server) = serve(dir.path());
+    let d = dir.path();
+    let agent = |args: &[&str]| as_who(d, &server, "agent", args);
+    let admin = |args: &[&str]| as_who(d, &server, "admin", args);
+
+    // Health, over mTLS: waits for the server, then says it serves.
+    let h = agent(&["health", "--wait", "30s"]);
+    assert_eq!(h.status.code(), Some(0), "{h:?}");
+    assert_eq!(String::from_utf8_lossy(&h.stdout), "serving\n");
+    let h = one_document(&agent(&["health", "--json"]));
+    assert_eq!(h, serde_json::json!({"service": "", "status": "serving"}));
+    let h = one_document(&agent(&[
+        "health",
+        "--service",
+        "taskmint.v1.Issuer",
+        "--json",
+    ]));
+    assert_eq!(h["status"], "serving");
+    let down = as_who(
+        d,
+        &format!("127.0.0.1:{}", free_port()),
+        "agent",
+        &["health"],
+    );
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
+
+    // The dev defaults agree: 15 minutes is allowed, 30 is refused by the
+    // limit, which names its config key (the README's words).
+    let ok = one_document(&agent(&[
+        "mint", "jwt", "--task", "ttl", "--aud", "db", "--ttl", "15m", "--json",
+    ]));
+    assert!(ok["token"].is_string());
+    let long = agent(&[
+        "mint", "jwt", "--task", "ttl", "--aud", "db", "--ttl", "30m",
+    ]);
+    assert_eq!(long.status.code(), Some(1), "{long:?}");
+    assert_eq!(
+        String::from_utf8(long.stderr).unwrap(),
+        "error: InvalidArgument: requested ttl 30m exceeds the configured maximum 15m \
+         (limits.max_ttl)\n"
+    );
+
+    let begun = agent(&[
+        "task",
+        "begin",
+        "--task",
+        "T",
+        "--purpose",
+        "deploy",
+        "--label",
+        "env=prod",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&begun.stdout).starts_with("task T begun, deadline "),
+        "{begun:?}"
+    );
+    let jwt = one_document(&agent(&[
+        "mint", "jwt", "--task", "T", "--aud", "db", "--json",
+    ]));
+    let id = jwt["credential_id"].as_str().unwrap().to_owned();
+    // Plain `mint jwt`: the token alone.
+    let token = agent(&["mint", "jwt", "--task", "T", "--aud", "db"]);
+    let token = String::from_utf8(token.stdout).unwrap();
+    assert_eq!(token.trim_end().split('.').count(), 3, "{token}");
+    assert_eq!(token.lines().count(), 1);
+
+    // status: text for people, one document with --json, 0 only for active.
+    let st = agent(&["status", "--credential", &id]);
+    assert_eq!(st.status.code(), Some(0));
+    let text = String::from_utf8(st.stdout).unwrap();
+    assert!(text.starts_with("active, expires 20"), "{text}");
+    assert_eq!(
+        one_document(&agent(&["status", "--credential", &id, "--json"]))["state"],
+        "active"
+    );
+    let unknown = agent(&["status", "--credential", "abcdef"]);
+    assert_eq!(unknown.status.code(), Some(7), "{unknown:?}");
+    assert_eq!(
+        String::from_utf8(unknown.stdout).unwrap(),
+        "unknown: not issued by this issuer\n"
+    );
+    let short = one_document(&agent(&[
+        "mint", "jwt", "--task", "T", "--aud", "db", "--ttl", "1s", "--json",
+    ]));
+    std::thread::sleep(Duration::from_millis(2100));
+    let expired = agent(&[
+        "status",
+        "--credential",
+        short["credential_id"].as_str().unwrap(),
+    ]);
+    assert_eq!(expired.status.code(), Some(6), "{expired:?}");
+    assert!(String::from_utf8_lossy(&expired.stdout).starts_with("expired at "));
+
+    // task show: text (the task, one line per credential) or one document.
+    let shown = agent(&["task", "show", "--task", "T"]);
+    let text = String::from_utf8(shown.stdout).unwrap();
+    assert!(
+        text.starts_with("task T held by spiffe://example.org/workload/agent: active\n"),
+        "{text}"
+    );
+    for fragment in [
+        "  purpose   deploy",
+        "  label     env=prod",
+        "  owner     team-agents",
+    ] {
+        assert!(text.contains(fragment), "{fragment}: {text}");
+    }
+    assert!(
+        text.contains(&format!("    {id} jwt aud db: active, expires ")),
+        "{text}"
+    );
+    let v = one_document(&agent(&["task", "show", "--task", "T", "--json"]));
+    assert_eq!(v["credentials"].as_array().unwrap().len(), 3);
+    // A reader that went away: no panic, status 141.
+    let mut args = vec!["task", "show", "--task", "T"];
+    let c = conn_as(d, &server, "agent");
+    args.extend(c.iter().map(String::as_str));
+    #[cfg(unix)]
+    {
+        let closed = with_closed_stdout(d, &args);
+        assert_eq!(closed.status.code(), Some(141), "{closed:?}");
+        assert!(closed.stderr.is_empty(), "{closed:?}");
+    }
+
+    // renew: a JWT's token alone in text, the document with --json.
+    let renewed = agent(&["renew", "--credential", &id]);
+    assert!(renewed.status.success(), "{renewed:?}");
+    let text = String::from_utf8(renewed.stdout).unwrap();
+    assert_eq!(text.trim_end().split('.').count(), 3, "{text}");
+    let x = one_document(&agent(&[
+        "mint", "x509", "--task", "T", "--out", "-", "--json",
+    ]));
+    let serial = x["credential_id"].as_str().unwrap().to_owned();
+    assert!(
+        x["cert_pem"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    assert!(x["key_pem"].as_str().unwrap().contains("PRIVATE KEY"));
+    let r = one_document(&agent(&[
+        "renew",
+        "--credential",
+        &serial,
+        "--out",
+        "-",
+        "--json",
+    ]));
+    assert_eq!(r["renewal_count"], 1);
+    assert!(r["cert_pem"].is_string() && r["key_pem"].is_string());
+
+    // `--out -` is stdout: PEM for mint x509, DER for the CRL; no file `-`.
+    let pem = agent(&["mint", "x509", "--task", "T", "--out", "-"]);
+    assert!(pem.status.success(), "{pem:?}");
+    let certs = taskmint::pem::certs(&pem.stdout).unwrap();
+    assert_eq!(certs.len(), 2, "leaf, then chain");
+    assert!(String::from_utf8_lossy(&pem.stdout).contains("-----BEGIN PRIVATE KEY-----"));
+    let crl = agent(&["crl", "--out", "-"]);
+    assert!(crl.status.success(), "{crl:?}");
+    x509_parser::parse_x509_crl(&crl.stdout).expect("the DER CRL on stdout");
+    let both = agent(&["crl", "--out", "-", "--json"]);
+    assert_eq!(both.status.code(), Some(2), "{both:?}");
+    assert!(!d.join("-").exists(), "no file named `-`");
+    let crl_file = one_document(&agent(&["crl", "--out", "c.der", "--json"]));
+    assert_eq!(crl_file["path"], "c.der");
+
+    // policy status: text for people, one document with --json.
+    let ps = admin(&["policy", "status"]);
+    let text = String::from_utf8(ps.stdout).unwrap();
+    assert!(
+        text.starts_with("policy ") && text.contains("workloads-mint-own-tasks"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let v = one_document(&admin(&["policy", "status", "--json"]));
+    assert_eq!(v["policies"].as_array().unwrap().len(), 9);
+
+    // One document per command, lists included.
+    let inv = one_document(&admin(&["inventory", "--json"]));
+    let grants = inv["grants"].as_array().unwrap();
+    assert!(grants.iter().any(|g| g["task_id"] == "T"), "{inv}");
+    assert!(one_document(&admin(&["audit", "review", "--json"]))["tasks"].is_array());
+    assert!(one_document(&agent(&["bundle", "--json"]))["keys"].is_array());
+    let complete = one_document(&agent(&["task", "complete", "--task", "T", "--json"]));
+    assert_eq!(complete["state"], "completed");
+    assert!(
+        one_document(&admin(&[
+            "audit",
+            "task",
+            "--task",
+            "T",
+            "--holder",
+            "spiffe://example.org/workload/agent",
+            "--json"
+        ]))["events"]
+            .is_array()
+    );
+    // A stream: JSON lines, one document each.
+    let export = admin(&["audit", "export"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8(export.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() > 3, "{lines:?}");
+
+    // An admin call by a workload: denied, status 3.
+    let denied = agent(&["delivery"]);
+    assert_eq!(denied.status.code(), Some(3), "{denied:?}");
+}
+
+#[test]
+fn delivery_shows_overdue_subscribers_and_denials_name_the_policy_or_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // An ack deadline short enough to pass in the test; a ttl limit above
+    // the policy's, so the policy decides a longer request.
+    let (_serve, server) = serve_edited(d, |t| {
+        t.replace("ack_deadline = \"30s\"", "ack_deadline = \"1s\"")
+            .replace("max_ttl = \"15m\"", "max_ttl = \"1h\"")
+    });
+    let agent = |args: &[&str]| as_who(d, &server, "agent", args);
+    let admin = |args: &[&str]| as_who(d, &server, "admin", args);
+    until_up(|| agent(&["health"]));
+
+    // Nothing revoked yet: nothing overdue.
+    let fine = admin(&["delivery", "--json"]);
+    assert_eq!(fine.status.code(), Some(0), "{fine:?}");
+    let v = one_document(&fine);
+    assert_eq!(v["subscribers"][0]["name"], "sidecar");
+    assert_eq!(v["subscribers"][0]["overdue"], false);
+
+    // Denied by the policy, with the cause: the ttl, and what would do.
+    let denied = agent(&["mint", "jwt", "--task", "D", "--aud", "db", "--ttl", "20m"]);
+    assert_eq!(denied.status.code(), Some(3), "{denied:?}");
+    let err = String::from_utf8(denied.stderr).unwrap();
+    assert!(
+        err.ends_with(
+            "no policy permits; ttl_seconds 1200 is more than the policy permits here: \
+             policy `workloads-mint-own-tasks` permits it with ttl_seconds up to 900\n"
+        ),
+        "{err}"
+    );
+    // Refused by a limit, which names its key.
+    let too_long = agent(&["task", "begin", "--task", "L", "--lifetime", "9h"]);
+    assert_eq!(too_long.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&too_long.stderr).contains("(limits.max_task_lifetime)"),
+        "{too_long:?}"
+    );
+
+    // A revocation no one acknowledges: overdue after the deadline.
+    one_document(&agent(&[
+        "mint", "jwt", "--task", "D", "--aud", "db", "--json",
+    ]));
+    agent(&["task", "complete", "--task", "D"]);
+    let started = Instant::now();
+    let overdue = loop {
+        let out = admin(&["delivery"]);
+        if out.status.code() == Some(9) {
+            break out;
+        }
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(started.elapsed() < Duration::from_secs(30), "never overdue");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = String::from_utf8(overdue.stdout).unwrap();
+    assert!(
+        text.contains(
+            "sidecar (spiffe://example.org/workload/sidecar): never acknowledged; OVERDUE since"
+        ),
+        "{text}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&admin(&["delivery", "--json"]).stdout).unwrap();
+    assert_eq!(v["subscribers"][0]["overdue"], true);
+    assert_eq!(v["subscribers"][0]["oldest_unacked_seq"], 1);
+
+    // The sidecar acknowledges as it prints: no longer overdue.
+    let watched = as_who(
+        d,
+        &server,
+        "sidecar",
+        &[
+            "watch",
+            "--after",
+            "0",
+            "--count",
+            "1",
+            "--subscriber",
+            "sidecar",
+        ],
+    );
+    assert!(watched.status.success(), "{watched:?}");
+    let ev = one_document(&watched);
+    assert_eq!(ev["reason"], "task_completed");
+    let v = one_document(&admin(&["delivery", "--json"]));
+    assert_eq!(v["subscribers"][0]["overdue"], false);
+    assert_eq!(v["subscribers"][0]["acked_seq"], 1);
+}
+
+#[test]
+fn policy_eval_fills_the_context_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(run(d, &["dev", "init"]).status.success());
+    let eval = |action: &str, resource: &str, extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "eval",
+            "--principal",
+            "spiffe://example.org/workload/agent",
+            "--action",
+            action,
+            "--resource",
+            resource,
+        ];
+        args.extend(extra);
+        run(d, &args)
+    };
+    // No --context: a plain request under the config's defaults.
+    let allow = eval("mint_jwt", "Audience::\"db\"", &[]);
+    assert_eq!(allow.status.code(), Some(0), "{allow:?}");
+    assert_eq!(
+        String::from_utf8(allow.stdout).unwrap(),
+        "allow: permitted by policy `workloads-mint-own-tasks`\n"
+    );
+    for (action, resource) in [
+        (
+            "mint_x509",
+            "Task::\"spiffe://example.org/workload/agent#t\"",
+        ),
+        ("renew", "Task::\"spiffe://example.org/workload/agent#t\""),
+        (
+            "begin_task",
+            "Task::\"spiffe://example.org/workload/agent#t\"",
+        ),
+        (
+            "read_task",
+            "Task::\"spiffe://example.org/workload/agent#t\"",
+        ),
+        (
+            "revoke",
+            "Workload::\"spiffe://example.org/workload/agent\"",
+        ),
+        ("watch", "Issuer::\"taskmint\""),
+    ] {
+        let out = eval(action, resource, &["--json"]);
+        assert_eq!(out.status.code(), Some(0), "{action}: {out:?}");
+        assert_eq!(one_document(&out)["decision"], "allow", "{action}");
+    }
+    // Given attributes override the defaults.
+    let deny = eval(
+        "mint_jwt",
+        "Audience::\"db\"",
+        &["--context", r#"{"ttl_seconds":1800}"#, "--json"],
+    );
+    assert_eq!(deny.status.code(), Some(3), "{deny:?}");
+    let v: serde_json::Value = serde_json::from_slice(&deny.stdout).unwrap();
+    assert_eq!(v["decision"], "deny");
+    assert_eq!(v["reason"], "no policy permits");
+    // A delegate has no default; given as a SPIFFE ID, the forbid decides.
+    let task = "Task::\"spiffe://example.org/workload/agent#t\"";
+    let missing = eval("delegate", task, &[]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("action `delegate` needs `delegate` in --context"),
+        "{missing:?}"
+    );
+    let forbid = eval(
+        "delegate",
+        task,
+        &["--context", r#"{"delegate":"spiffe://other.org/x"}"#],
+    );
+    assert_eq!(forbid.status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8(forbid.stdout).unwrap(),
+        "deny: denied by policy `delegates-stay-in-trust-domain`\n"
+    );
+}
+
+/// The README's quick start, every `sh` block between its markers, run as
+/// one bash script in a fresh directory against the issuer it starts. Only
+/// the environment differs from a reader's terminal: `cargo run --release
+/// [-q] -- ARGS` runs this build's binary with ARGS, `cargo test` (the test
+/// suite itself, running now) is skipped, and the issuer listens on a free
+/// port (`TASKMINT_LISTEN`, `TASKMINT_SERVER`) instead of 8443.
+#[cfg(unix)]
+#[test]
+fn the_readme_quick_start_runs_verbatim() {
+    use std::os::unix::process::CommandExt;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let (_, rest) = readme
+        .split_once("<!-- quickstart:begin -->")
+        .expect("README.md marks its quick start");
+    let (section, _) = rest
+        .split_once("<!-- quickstart:end -->")
+        .expect("README.md closes its quick start");
+    let mut script = String::new();
+    let mut in_sh = false;
+    for line in section.lines() {
+        match (in_sh, line.trim_end()) {
+            (false, "```sh") => in_sh = true,
+            (true, "```") => in_sh = false,
+            (true, l) => {
+                script.push_str(l);
+                script.push('\n');
+            }
+            _ => {}
+        }
+    }
+    assert!(!in_sh, "an unclosed sh block");
+    for must in [
+        "cargo run --release -- serve",
+        "cargo test",
+        "task begin",
+        "mint jwt",
+    ] {
+        assert!(script.contains(must), "the quick start lost `{must}`");
+    }
+    let prelude = r#"set -euo pipefail
+shopt -s expand_aliases
+cargo() {
+  case "$*" in
+    test*) echo "(cargo test: skipped, the test suite is running)" ;;
+    "run --release -q -- "*) shift 4; "$TASKMINT_BIN" "$@" ;;
+    "run --release -- "*) shift 3; "$TASKMINT_BIN" "$@" ;;
+    *) echo "unexpected: cargo $*" >&2; return 64 ;;
+  esac
+}
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("quickstart.sh");
+    std::fs::write(&path, format!("{prelude}{script}")).unwrap();
+    let port = free_port();
+    let (stdout, stderr) = (dir.path().join("out.txt"), dir.path().join("err.txt"));
+    let mut cmd = Command::new("bash");
+    cmd.arg(&path)
+        .current_dir(dir.path())
+        .env("TASKMINT_BIN", BIN)
+        .env("TASKMINT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TASKMINT_SERVER", format!("127.0.0.1:{port}"))
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .process_group(0);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TASKMINT_") && k != "TASKMINT_BIN" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("TASKMINT_BIN", BIN)
+        .env("TASKMINT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TASKMINT_SERVER", format!("127.0.0.1:{port}"));
+    let mut child = cmd.spawn().unwrap();
+    let pgid = child.id();
+    // Whatever happens, the issuer it started goes with the script.
+    struct Group(u32);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.0)])
+                .status();
+        }
+    }
+    let _group = Group(pgid);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the quick start hangs: {}",
+            std::fs::read_to_string(&stderr).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = std::fs::read_to_string(&stdout).unwrap();
+    let err = std::fs::read_to_string(&stderr).unwrap();
+    assert!(
+        status.success(),
+        "the quick start failed ({status}):\n{out}\n{err}"
+    );
+    // What the README says it prints.
+    for fragment in [
+        "serving\n",
+        "task build-42 begun, deadline ",
+        "active, expires ",
+        "/tmp/build-42/cert.pem: OK",
+        "task completed: 2 credential(s) revoked",
+        "(task_completed)",
+        "exit status 5",
+        "\"reason\":\"task_completed\"",
+        "acknowledged through seq 1 at ",
+    ] {
+        assert!(
+            out.contains(fragment),
+            "`{fragment}` missing from:\n{out}\n{err}"
+        );
+    }
 }

@@ -71,8 +71,13 @@ async fn decisions_name_their_policies_and_denials_are_audited() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
+    // Nothing permits it, and the denial says why: the ttl, and the policy
+    // that would permit less.
     assert!(
-        err.message().ends_with("no policy permits"),
+        err.message().ends_with(
+            "no policy permits; ttl_seconds 1200 is more than the policy permits here: \
+             policy `workloads-mint-own-tasks` permits it with ttl_seconds up to 900"
+        ),
         "{}",
         err.message()
     );

@@ -13,6 +13,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     match a.cmd {
         None => {
             let o = a.all;
+            if taskmint::cli::out::is_stdout(&o.out) {
+                // Two files (results and a plot) do not fit on one stdout.
+                return Err(taskmint::cli::out::usage(
+                    "`bench --out` names a directory for results.json and plot.svg; `-` does not apply",
+                ));
+            }
             let report = bench::run_all(
                 &bench::Options {
                     exe,
@@ -33,7 +39,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 |step| eprintln!("bench: {step}"),
             )
             .await?;
-            print!("{}", bench::render(&report));
+            taskmint::cli::out::text(&bench::render(&report))?;
             std::fs::create_dir_all(&o.out)?;
             let json = o.out.join("results.json");
             std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
@@ -52,7 +58,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 },
             )
             .await?;
-            print!("{}", bench::table(&rows));
+            taskmint::cli::out::text(&bench::table(&rows))?;
             if let Some(path) = a.json {
                 std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
             }
@@ -71,7 +77,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 |step| eprintln!("bench: {step}"),
             )
             .await?;
-            print!("{}", bench::replicas::render(&report));
+            taskmint::cli::out::text(&bench::replicas::render(&report))?;
             if let Some(path) = a.json {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
             }
@@ -100,7 +106,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 runs.push(figures);
             }
             let labels: Vec<String> = exes.iter().map(|e| e.display().to_string()).collect();
-            print!("{}", bench::hostile::table(&labels, &runs));
+            taskmint::cli::out::text(&bench::hostile::table(&labels, &runs))?;
             if let Some(path) = a.json {
                 std::fs::write(&path, serde_json::to_string_pretty(&runs)?)?;
             }
@@ -118,7 +124,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 },
             )
             .await?;
-            print!("{}", bench::cfssl_table(&rows));
+            taskmint::cli::out::text(&bench::cfssl_table(&rows))?;
             if let Some(path) = a.json {
                 std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
             }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use super::out;
 use super::task::task_json;
 use super::{ConnArgs, rfc3339, status_line};
 use crate::audit::Verifier;
@@ -145,7 +146,7 @@ pub struct InventoryArgs {
     /// Page size used to fetch (all pages are printed).
     #[arg(long, default_value_t = 100)]
     pub page_size: u32,
-    /// Print JSON lines, one grant each.
+    /// Print JSON: `{"grants": [...]}`, every page in one document.
     #[arg(long)]
     pub json: bool,
     /// Connection.
@@ -403,40 +404,47 @@ pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             };
             let (n, cp) = (v.through, &v.checkpoint);
             if cp.seq == 0 {
-                println!("audit trail intact: {n} events, hash chain and head verified ({at})");
+                out::line(format_args!(
+                    "audit trail intact: {n} events, hash chain and head verified ({at})"
+                ))?;
             } else {
-                println!(
+                out::line(format_args!(
                     "audit trail intact: events {}..={n} stored, hash chain verified from the \
                      checkpoint {}:{} and the head ({at})",
                     cp.seq + 1,
                     cp.seq,
                     cp.hash
-                );
+                ))?;
                 match &v.archive {
-                    Some(x) => println!(
+                    Some(x) => out::line(format_args!(
                         "archive intact: events 1..={} in {} files verified from the genesis to \
                          the checkpoint",
                         x.events, x.files
-                    ),
-                    None => println!(
+                    ))?,
+                    None => out::line(format_args!(
                         "events 1..={} were pruned behind the checkpoint; the archive was not \
                          checked (set store.audit_archive or pass --archive DIR)",
                         cp.seq
-                    ),
+                    ))?,
                 }
             }
             if n > 0 {
                 // Kept outside the store, it exposes a later deleted tail.
-                println!(
+                out::line(format_args!(
                     "head {n}:{} (check a later chain with --expect-head)",
                     v.head_hash
-                );
+                ))?;
             }
             if let Some(x) = expect {
-                println!("expected head {}:{} is in the chain", x.seq, x.hash);
+                out::line(format_args!(
+                    "expected head {}:{} is in the chain",
+                    x.seq, x.hash
+                ))?;
             }
             if let Some(p) = pending {
-                println!("{p} events pending seal (committed, not yet in the chain)");
+                out::line(format_args!(
+                    "{p} events pending seal (committed, not yet in the chain)"
+                ))?;
             }
         }
         AuditCommand::Export(a) => {
@@ -452,7 +460,7 @@ pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                     .map_err(|s| status_line(&s))?;
                 let head = *head.get_or_insert(page.head_seq);
                 for e in page.events.iter().filter(|e| e.seq <= head) {
-                    println!("{}", event_json(e));
+                    out::json(&event_json(e))?;
                     after = e.seq;
                 }
                 if after >= head || page.events.is_empty() {
@@ -475,9 +483,9 @@ pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                         "acks": r.acks.iter().map(event_json).collect::<Vec<_>>(),
                     })).collect::<Vec<_>>(),
                 });
-                println!("{v}");
+                out::json(&v)?;
             } else {
-                print!("{}", render_timeline(&t));
+                out::text(&render_timeline(&t))?;
             }
         }
         AuditCommand::Review(a) => {
@@ -488,12 +496,12 @@ pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                     .await
                     .map_err(|s| status_line(&s))?;
                 if a.json {
-                    println!("{}", task_json(&t));
+                    out::json(&task_json(&t))?;
                 } else {
-                    println!(
+                    out::line(format_args!(
                         "break-glass task {} held by {} marked reviewed by {}",
                         t.task_id, t.holder, t.reviewed_by
-                    );
+                    ))?;
                 }
                 return Ok(());
             }
@@ -502,14 +510,13 @@ pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(|s| status_line(&s))?;
             if a.json {
-                for t in &tasks {
-                    println!("{}", task_json(t));
-                }
+                let tasks: Vec<Value> = tasks.iter().map(task_json).collect();
+                out::json(&json!({ "tasks": tasks }))?;
             } else if tasks.is_empty() {
-                println!("no break-glass grants awaiting review");
+                out::line(format_args!("no break-glass grants awaiting review"))?;
             } else {
                 for t in &tasks {
-                    println!(
+                    out::line(format_args!(
                         "{}  {}  task {}  ticket {}  {}  justification: {}",
                         rfc3339(t.created_at),
                         t.holder,
@@ -521,7 +528,7 @@ pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                             format!("reviewed by {}", t.reviewed_by)
                         },
                         t.justification
-                    );
+                    ))?;
                 }
             }
         }
@@ -611,6 +618,7 @@ pub(super) async fn inventory(a: InventoryArgs) -> anyhow::Result<()> {
     let mut c = a.conn.connect().await?;
     let mut token = String::new();
     let mut count = 0usize;
+    let mut grants = Vec::new();
     loop {
         let page = c
             .list_grants(pb::ListGrantsRequest {
@@ -641,9 +649,9 @@ pub(super) async fn inventory(a: InventoryArgs) -> anyhow::Result<()> {
                         })
                     })
                     .collect();
-                println!("{v}");
+                grants.push(v);
             } else {
-                println!(
+                out::line(format_args!(
                     "holder {}  task {}  owner {}  {} active credential(s)  audiences [{}]  {}s left{}",
                     t.holder,
                     t.task_id,
@@ -652,7 +660,7 @@ pub(super) async fn inventory(a: InventoryArgs) -> anyhow::Result<()> {
                     t.audiences.join(", "),
                     g.remaining_seconds,
                     if t.break_glass { "  BREAK-GLASS" } else { "" }
-                );
+                ))?;
             }
         }
         if page.next_page_token.is_empty() {
@@ -660,10 +668,11 @@ pub(super) async fn inventory(a: InventoryArgs) -> anyhow::Result<()> {
         }
         token = page.next_page_token;
     }
-    if !a.json {
-        println!("{count} active grant(s)");
+    if a.json {
+        out::json(&json!({ "grants": grants }))
+    } else {
+        out::line(format_args!("{count} active grant(s)"))
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use super::ConnArgs;
 /// Arguments of `bundle`.
 #[derive(Debug, Args)]
 pub struct BundleArgs {
-    /// Print the SPIFFE bundle (JWKS) instead of PEM.
+    /// Print the SPIFFE bundle (JWKS, one JSON document) instead of PEM.
     #[arg(long)]
     pub json: bool,
     /// Connection.
@@ -22,9 +22,11 @@ pub(super) async fn run(a: BundleArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| super::status_line(&s))?;
     if a.json {
-        println!("{}", b.spiffe_bundle_jwks);
+        // One compact document, as every `--json`.
+        let v: serde_json::Value = serde_json::from_str(&b.spiffe_bundle_jwks)
+            .map_err(|e| anyhow::anyhow!("the issuer's SPIFFE bundle is not JSON: {e}"))?;
+        super::out::json(&v)
     } else {
-        print!("{}", b.x509_authorities_pem);
+        super::out::text(&b.x509_authorities_pem)
     }
-    Ok(())
 }

@@ -1,10 +1,14 @@
 //! The `taskmint` command line: one file per subcommand, argument structs here.
+//! What commands print, and how they exit, goes through [`out`].
+#![deny(clippy::print_stdout)]
 
 mod audit;
 pub mod bench;
 mod bundle;
 mod dev;
+mod health;
 mod mint;
+pub mod out;
 mod policy;
 mod serve;
 mod status;
@@ -80,6 +84,13 @@ pub enum Command {
     Audit(audit::AuditCommand),
     /// Active grants: tasks and their credentials (admin).
     Inventory(audit::InventoryArgs),
+    /// Delivery evidence: which expected subscribers acknowledged what, and
+    /// which are overdue (cleanup failed) (admin).
+    Delivery(health::DeliveryArgs),
+    /// The issuer's standard gRPC health check, over mTLS.
+    Health(health::HealthArgs),
+    /// Print a shell completion script.
+    Completions(health::CompletionsArgs),
 }
 
 /// `dev` subcommands.
@@ -143,9 +154,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::config::parse_duration(s)
 }
 
-/// Formats a gRPC status as one line.
+/// A gRPC status as an error: printed as one line, its code kept for the
+/// exit status.
 fn status_line(s: &tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+    out::Rpc::from(s.clone()).into()
 }
 
 /// Runs a parsed command line.
@@ -167,5 +179,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(p) => policy::run(p).await,
         Command::Audit(a) => audit::run(a).await,
         Command::Inventory(a) => audit::inventory(a).await,
+        Command::Delivery(a) => health::delivery(a).await,
+        Command::Health(a) => health::health(a).await,
+        Command::Completions(a) => health::completions(a),
     }
 }

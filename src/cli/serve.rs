@@ -19,7 +19,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Listen address (overrides the config).
-    #[arg(long)]
+    #[arg(long, env = "TASKMINT_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Operations listener address for /metrics, /healthz, /readyz
     /// (overrides `[ops] listen`; must be free) [default: 127.0.0.1:9090].

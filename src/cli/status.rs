@@ -6,6 +6,8 @@ use std::time::Duration;
 use clap::{ArgGroup, Args};
 use serde_json::{Value, json};
 
+use super::mint::Written;
+use super::out::{self, Exit, code};
 use super::{ConnArgs, parse_duration, rfc3339, status_line};
 use crate::grpc::pb;
 
@@ -26,12 +28,36 @@ pub struct StatusArgs {
     /// Credential id (serial hex or jti).
     #[arg(long)]
     pub credential: String,
-    /// Print JSON (the output is JSON either way; accepted for symmetry).
+    /// Print JSON.
     #[arg(long)]
     pub json: bool,
     /// Connection.
     #[command(flatten)]
     pub conn: ConnArgs,
+}
+
+/// A credential state in words: `active, expires ...`, `revoked at ...`.
+pub fn status_text(s: &pb::CheckStatusResponse) -> String {
+    let state = pb::CredentialState::try_from(s.state).unwrap_or(pb::CredentialState::Unspecified);
+    let expires = if s.expires_at != 0 {
+        format!(", expires {}", rfc3339(s.expires_at))
+    } else {
+        String::new()
+    };
+    match state {
+        pb::CredentialState::Active => format!("active{expires}"),
+        pb::CredentialState::Revoked => format!(
+            "revoked at {} ({}){expires}",
+            rfc3339(s.revoked_at),
+            if s.reason.is_empty() {
+                "no reason given"
+            } else {
+                &s.reason
+            }
+        ),
+        pb::CredentialState::Expired => format!("expired at {}", rfc3339(s.expires_at)),
+        _ => "unknown: not issued by this issuer".to_owned(),
+    }
 }
 
 pub(super) async fn status(a: StatusArgs) -> anyhow::Result<()> {
@@ -40,8 +66,20 @@ pub(super) async fn status(a: StatusArgs) -> anyhow::Result<()> {
         .check_status(&a.credential)
         .await
         .map_err(|s| status_line(&s))?;
-    println!("{}", status_json(&s));
-    Ok(())
+    if a.json {
+        out::json(&status_json(&s))?;
+    } else {
+        out::line(status_text(&s))?;
+    }
+    // Scripts ask `taskmint status` whether to trust a credential: only
+    // `active` succeeds.
+    let exit = match pb::CredentialState::try_from(s.state) {
+        Ok(pb::CredentialState::Active) => return Ok(()),
+        Ok(pb::CredentialState::Revoked) => code::REVOKED,
+        Ok(pb::CredentialState::Expired) => code::EXPIRED,
+        _ => code::UNKNOWN,
+    };
+    Err(Exit(exit).into())
 }
 
 /// Arguments of `revoke`.
@@ -96,12 +134,9 @@ pub(super) async fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| status_line(&s))?;
     if a.json {
-        println!(
-            "{}",
-            json!({ "revoked": r.revoked, "seqs": r.seqs, "message": r.message })
-        );
+        out::json(&json!({ "revoked": r.revoked, "seqs": r.seqs, "message": r.message }))?;
     } else {
-        println!("{}", r.message);
+        out::line(&r.message)?;
     }
     Ok(())
 }
@@ -112,7 +147,8 @@ pub struct RenewArgs {
     /// The credential to renew.
     #[arg(long)]
     pub credential: String,
-    /// For X.509: directory for the new cert.pem and key.pem.
+    /// For X.509: directory for the new cert.pem and key.pem (`-`: print
+    /// the chain and the key as PEM).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Lifetime [default: the issuer's].
@@ -158,26 +194,39 @@ pub(super) async fn renew(a: RenewArgs) -> anyhow::Result<()> {
     if !r.token.is_empty() {
         v["token"] = json!(r.token);
     }
+    let mut written = None;
     if !r.cert_chain.is_empty() {
         let (Some(dir), Some(key)) = (&a.out, key_pem) else {
             anyhow::bail!("renewing an X.509 credential needs --out DIR");
         };
-        let (cert, key) = super::mint::write_x509(dir, &r.cert_chain, &key)?;
-        v["cert_path"] = json!(cert);
-        v["key_path"] = json!(key);
+        let w = super::mint::save_x509(dir, &r.cert_chain, &key)?;
+        w.describe(&mut v);
+        written = Some(w);
     }
     if a.json {
-        println!("{v}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        return out::json(&v);
     }
-    Ok(())
+    match written {
+        Some(Written::Files { cert, key }) => out::line(format_args!(
+            "renewed as {} (renewal {}) for {} (task {}), expires {}\n  {}\n  {}",
+            cred.id,
+            r.renewal_count,
+            cred.spiffe_id,
+            cred.task_id,
+            rfc3339(cred.expires_at),
+            cert.display(),
+            key.display()
+        )),
+        Some(w @ Written::Pem { .. }) => w.print(),
+        // A JWT alone, as `mint jwt` prints it.
+        None => out::line(&r.token),
+    }
 }
 
 /// Arguments of `crl`.
 #[derive(Debug, Args)]
 pub struct CrlArgs {
-    /// Where to write the DER CRL.
+    /// Where to write the DER CRL (`-`: stdout).
     #[arg(long)]
     pub out: PathBuf,
     /// Print JSON.
@@ -189,20 +238,31 @@ pub struct CrlArgs {
 }
 
 pub(super) async fn crl(a: CrlArgs) -> anyhow::Result<()> {
+    let to_stdout = out::is_stdout(&a.out);
+    if to_stdout && a.json {
+        return Err(out::usage(
+            "`--out -` writes the DER CRL to stdout, so `--json` has nowhere to go",
+        ));
+    }
     let mut c = a.conn.connect().await?;
     let r = c.crl().await.map_err(|s| status_line(&s))?;
+    if to_stdout {
+        return out::bytes(&r.crl);
+    }
     std::fs::write(&a.out, &r.crl)
         .map_err(|e| anyhow::anyhow!("cannot write `{}`: {e}", a.out.display()))?;
-    let v = json!({
-        "path": a.out,
-        "crl_number": r.crl_number,
-        "this_update": rfc3339(r.this_update),
-        "next_update": rfc3339(r.next_update),
-    });
     if a.json {
-        println!("{v}");
+        out::json(&json!({
+            "path": a.out,
+            "crl_number": r.crl_number,
+            "this_update": rfc3339(r.this_update),
+            "next_update": rfc3339(r.next_update),
+        }))
     } else {
-        println!("wrote CRL #{} to {}", r.crl_number, a.out.display());
+        out::line(format_args!(
+            "wrote CRL #{} to {}",
+            r.crl_number,
+            a.out.display()
+        ))
     }
-    Ok(())
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use super::out;
 use super::{ConnArgs, parse_duration, rfc3339, status_line};
 use crate::grpc::pb;
 
@@ -154,9 +155,9 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(|s| status_line(&s))?;
             if a.json {
-                println!("{}", task_json(&t));
+                out::json(&task_json(&t))?;
             } else {
-                println!(
+                out::line(format_args!(
                     "task {} begun, deadline {}, owner {}{}",
                     t.task_id,
                     rfc3339(t.deadline),
@@ -166,7 +167,7 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<()> {
                     } else {
                         ""
                     }
-                );
+                ))?;
             }
         }
         TaskCommand::Delegate(a) => {
@@ -185,16 +186,16 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(|s| status_line(&s))?;
             if a.json {
-                println!("{}", task_json(&t));
+                out::json(&task_json(&t))?;
             } else {
-                println!(
+                out::line(format_args!(
                     "task {} delegated to {} (depth {}), audiences [{}], deadline {}",
                     t.task_id,
                     t.holder,
                     t.depth,
                     t.audiences.join(", "),
                     rfc3339(t.deadline)
-                );
+                ))?;
             }
         }
         TaskCommand::Complete(a) => {
@@ -213,9 +214,9 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<()> {
                 v["revoked"] = json!(revoked.revoked);
                 v["seqs"] = json!(revoked.seqs);
                 v["message"] = json!(revoked.message);
-                println!("{v}");
+                out::json(&v)?;
             } else {
-                println!("{}", revoked.message);
+                out::line(&revoked.message)?;
             }
         }
         TaskCommand::Show(a) => {
@@ -224,7 +225,11 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<()> {
                 .get_task(&a.task, &a.holder)
                 .await
                 .map_err(|s| status_line(&s))?;
-            let mut v = task_json(&r.task.unwrap_or_default());
+            let task = r.task.unwrap_or_default();
+            if !a.json {
+                return out::text(&show_text(&task, &r.credentials));
+            }
+            let mut v = task_json(&task);
             v["credentials"] = r
                 .credentials
                 .iter()
@@ -243,12 +248,77 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<()> {
                     j
                 })
                 .collect();
-            if a.json {
-                println!("{v}");
-            } else {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            }
+            out::json(&v)?;
         }
     }
     Ok(())
+}
+
+/// `task show` for a human: the task, then one line per credential.
+fn show_text(t: &pb::Task, credentials: &[pb::CredentialStatus]) -> String {
+    use std::fmt::Write;
+    let state = pb::TaskState::try_from(t.state).unwrap_or(pb::TaskState::Unspecified);
+    let or_dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "task {} held by {}: {}{}",
+        t.task_id,
+        t.holder,
+        state
+            .as_str_name()
+            .trim_start_matches("TASK_STATE_")
+            .to_lowercase(),
+        if t.break_glass { " BREAK-GLASS" } else { "" }
+    );
+    let _ = writeln!(o, "  owner     {}", or_dash(&t.owner));
+    let _ = writeln!(o, "  purpose   {}", or_dash(&t.purpose));
+    let _ = writeln!(o, "  ticket    {}", or_dash(&t.ticket));
+    let _ = writeln!(o, "  created   {}", rfc3339(t.created_at));
+    let _ = writeln!(o, "  deadline  {}", rfc3339(t.deadline));
+    if t.ended_at != 0 {
+        let _ = writeln!(o, "  ended     {}", rfc3339(t.ended_at));
+    }
+    if !t.audiences.is_empty() {
+        let _ = writeln!(o, "  audiences {}", t.audiences.join(", "));
+    }
+    if let Some(p) = &t.parent {
+        let _ = writeln!(
+            o,
+            "  delegated from task {} of {} (depth {})",
+            p.task_id, p.holder, t.depth
+        );
+    }
+    let mut labels: Vec<_> = t.labels.iter().collect();
+    labels.sort();
+    for (k, v) in labels {
+        let _ = writeln!(o, "  label     {k}={v}");
+    }
+    let _ = writeln!(o, "  {} credential(s)", credentials.len());
+    for cs in credentials {
+        let cred = cs.credential.clone().unwrap_or_default();
+        let kind = if cred.kind == pb::CredentialKind::X509 as i32 {
+            "x509".to_owned()
+        } else {
+            format!("jwt aud {}", cred.audience)
+        };
+        let renewed = if cs.renewal_count > 0 {
+            format!(", renewal {} of {}", cs.renewal_count, cs.predecessor)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            o,
+            "    {} {kind}: {}{renewed}",
+            cred.id,
+            super::status::status_text(&cs.status.clone().unwrap_or_default())
+        );
+    }
+    o
 }

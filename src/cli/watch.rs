@@ -1,12 +1,10 @@
 //! `taskmint watch`: one JSON line per revocation, acknowledged as printed,
 //! resuming by itself after a disconnect.
 
-use std::io::Write;
-
 use clap::Args;
 use serde_json::json;
 
-use super::{ConnArgs, rfc3339, status_line};
+use super::{ConnArgs, out, rfc3339, status_line};
 use crate::client::WatchItem;
 use crate::grpc::{pb, revocation_kind_text};
 
@@ -28,9 +26,12 @@ pub struct WatchArgs {
     /// Only this trust domain.
     #[arg(long)]
     pub trust_domain: Option<String>,
-    /// Print JSON lines (the default output; accepted for symmetry).
+    /// Print JSON lines (the only output; accepted for symmetry).
     #[arg(long)]
     pub json: bool,
+    /// Stop after printing this many events (and acknowledging them).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
     /// Connection.
     #[command(flatten)]
     pub conn: ConnArgs,
@@ -46,8 +47,8 @@ pub(super) async fn run(a: WatchArgs) -> anyhow::Result<()> {
         task_id: a.task.unwrap_or_default(),
         subscriber: a.subscriber.clone().unwrap_or_default(),
     });
-    let mut out = std::io::stdout().lock();
     let mut acked = 0u64;
+    let mut printed = 0u64;
     loop {
         let item = w.next().await.map_err(|s| status_line(&s))?;
         let ack_to = match item {
@@ -64,8 +65,8 @@ pub(super) async fn run(a: WatchArgs) -> anyhow::Result<()> {
                     "expires_at": rfc3339(e.expires_at),
                     "set": e.set,
                 });
-                writeln!(out, "{line}")?;
-                out.flush()?;
+                out::json(&line)?;
+                printed += 1;
                 w.cursor()
             }
             WatchItem::Synced(seq) | WatchItem::Heartbeat(seq) => Some(seq),
@@ -83,6 +84,11 @@ pub(super) async fn run(a: WatchArgs) -> anyhow::Result<()> {
                     tracing::warn!(error = %e.message(), "acknowledgement failed; will retry")
                 }
             }
+        }
+        if a.count.is_some_and(|n| printed >= n) {
+            // Acknowledged above when a subscriber is named; a failed
+            // acknowledgement is retried by the next watch.
+            return Ok(());
         }
     }
 }

@@ -229,6 +229,7 @@ impl Gate {
         draft: &AuditDraft,
     ) -> Result<Decision, Error> {
         let action = request.action();
+        let probe = request.clone();
         let d = self
             .policy
             .authorize(&caller.spiffe_id, request, resource)?;
@@ -236,12 +237,7 @@ impl Gate {
             tracing::warn!(action = action.as_str(), error = %e, "a policy failed to evaluate");
         }
         if !d.allowed {
-            let message = format!(
-                "`{}` may not {} {resource}: {}",
-                caller.spiffe_id,
-                action.as_str(),
-                d.describe()
-            );
+            let message = self.denial(caller, &probe, resource, &d);
             let event = draft
                 .clone()
                 .decided(decision::DENY, &d.policies)
@@ -263,6 +259,7 @@ impl Gate {
         resource: &Resource,
     ) -> Result<Decision, Error> {
         let action = request.action();
+        let probe = request.clone();
         let d = self
             .policy
             .authorize(&caller.spiffe_id, request, resource)?;
@@ -271,14 +268,40 @@ impl Gate {
         }
         if !d.allowed {
             tracing::debug!(spiffe_id = %caller.spiffe_id, action = action.as_str(), %resource, policies = %d.policies.join(","), "denied (not audited)");
-            return Err(Error::PermissionDenied(format!(
-                "`{}` may not {} {resource}: {}",
-                caller.spiffe_id,
-                action.as_str(),
-                d.describe()
-            )));
+            return Err(Error::PermissionDenied(
+                self.denial(caller, &probe, resource, &d),
+            ));
         }
         Ok(d)
+    }
+
+    /// The message of a denial: who may not do what, and which policies
+    /// decided it; when none did (nothing permits), the likely cause if one
+    /// of the request's own caps is it (`ttl_seconds 1800 is more than the
+    /// policy permits here: ...`). Callers answer a denial on another
+    /// workload's task as "not found", so the hint only ever describes the
+    /// caller's own request.
+    fn denial(
+        &self,
+        caller: &Caller,
+        request: &Request,
+        resource: &Resource,
+        d: &Decision,
+    ) -> String {
+        let mut message = format!(
+            "`{}` may not {} {resource}: {}",
+            caller.spiffe_id,
+            request.action().as_str(),
+            d.describe()
+        );
+        if d.policies.is_empty()
+            && d.errors.is_empty()
+            && let Some(hint) = self.policy.hint(&caller.spiffe_id, request, resource)
+        {
+            message.push_str("; ");
+            message.push_str(&hint);
+        }
+        message
     }
 
     /// Authorizes a call that changes nothing and records the allow (a

@@ -120,7 +120,7 @@ impl Issuer {
         let ttl = requested.unwrap_or(self.limits.default_ttl);
         if ttl > self.limits.max_ttl {
             return Err(Error::InvalidArgument(format!(
-                "requested ttl {} exceeds the configured maximum {}",
+                "requested ttl {} exceeds the configured maximum {} (limits.max_ttl)",
                 humantime::format_duration(ttl),
                 humantime::format_duration(self.limits.max_ttl)
             )));

@@ -93,7 +93,7 @@ impl Issuer {
             }
             if pred.renewal_count + 1 > self.limits.max_renewals {
                 return Err(Error::FailedPrecondition(format!(
-                    "credential `{}` has been renewed {} times; max_renewals is {}",
+                    "credential `{}` has been renewed {} times; limits.max_renewals is {}",
                     pred.id, pred.renewal_count, self.limits.max_renewals
                 )));
             }

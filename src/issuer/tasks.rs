@@ -168,10 +168,18 @@ impl Issuer {
         self.gate.mintable(&caller.spiffe_id, &early).await?;
         let (audiences, requested_owner) = req.checked()?;
         let requested_lifetime = validate::duration("lifetime_seconds", req.lifetime)?;
-        let (max, what) = if req.break_glass {
-            (self.limits.break_glass_max_lifetime, "break-glass maximum")
+        let (max, what, key) = if req.break_glass {
+            (
+                self.limits.break_glass_max_lifetime,
+                "break-glass maximum",
+                "limits.break_glass_max_lifetime",
+            )
         } else {
-            (self.limits.max_task_lifetime, "configured maximum")
+            (
+                self.limits.max_task_lifetime,
+                "configured maximum",
+                "limits.max_task_lifetime",
+            )
         };
         let lifetime = match requested_lifetime {
             Some(l) => l,
@@ -179,7 +187,7 @@ impl Issuer {
         };
         if lifetime > max {
             let e = Error::InvalidArgument(format!(
-                "requested task lifetime {} exceeds the {what} {}",
+                "requested task lifetime {} exceeds the {what} {} ({key})",
                 humantime::format_duration(lifetime),
                 humantime::format_duration(max)
             ));
@@ -367,7 +375,7 @@ impl Issuer {
             ensure_active(&parent, now)?;
             if depth > self.limits.max_delegation_depth {
                 return Err(Error::FailedPrecondition(format!(
-                    "task `{}` is {} delegations deep; max_delegation_depth is {}",
+                    "task `{}` is {} delegations deep; limits.max_delegation_depth is {}",
                     parent.task_id, parent.depth, self.limits.max_delegation_depth
                 )));
             }

@@ -90,6 +90,69 @@ impl Action {
     }
 }
 
+/// What `taskmint policy eval` fills in for context attributes it is not
+/// given: what the issuer sends for a plain request under the configured
+/// defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextDefaults {
+    /// `limits.default_ttl`, in seconds.
+    pub ttl_seconds: i64,
+    /// `limits.default_task_lifetime`, in seconds.
+    pub lifetime_seconds: i64,
+}
+
+impl Action {
+    /// The context of a plain request of this action, as Cedar JSON, for a
+    /// resource of type `resource_type` whose task id (for a `Task`) is
+    /// `task_id`. Attributes with no sensible default (`delegate` of
+    /// `delegate`, `operation` of `admin`) are left out: they must be given.
+    pub fn default_context(
+        self,
+        d: &ContextDefaults,
+        resource_type: &str,
+        task_id: &str,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::json;
+        let v = match self {
+            Self::MintX509 | Self::MintJwt => json!({
+                "task_id": task_id, "ttl_seconds": d.ttl_seconds, "renewal_count": 0,
+                "break_glass": false, "depth": 0,
+            }),
+            Self::Renew => json!({
+                "ttl_seconds": d.ttl_seconds, "renewal_count": 1, "kind": "jwt", "audience": "",
+            }),
+            Self::BeginTask | Self::BreakGlass => json!({
+                "lifetime_seconds": d.lifetime_seconds, "owner": "", "owner_requested": false,
+                "justification": "", "ticket": "",
+            }),
+            Self::Delegate => json!({
+                "task_id": format!("{task_id}.sub"), "audiences": [],
+                "lifetime_seconds": d.lifetime_seconds, "depth": 1,
+            }),
+            Self::Revoke => json!({
+                "scope": match resource_type {
+                    "Workload" => "workload",
+                    "TrustDomain" => "trust_domain",
+                    _ => "task",
+                },
+                "reason": "",
+            }),
+            Self::Watch => json!({ "operation": "watch", "subscriber": "" }),
+            Self::Admin | Self::CompleteTask | Self::ReadTask | Self::ReadCrl => json!({}),
+        };
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    /// The context attributes that have no default for this action.
+    pub fn required_context(self) -> &'static [&'static str] {
+        match self {
+            Self::Delegate => &["delegate"],
+            Self::Admin => &["operation"],
+            _ => &[],
+        }
+    }
+}
+
 /// An action with its context, as the issuer asks it: the action is the
 /// variant, the context the typed value it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +313,45 @@ impl Request {
             Self::Admin(_) => Action::Admin,
             Self::ReadCrl => Action::ReadCrl,
         }
+    }
+
+    /// The numeric attributes of this request that policies cap (a ttl, a
+    /// lifetime, a count), with their values: what a denial's hint tries
+    /// lower values of ([`Engine::hint`](super::Engine::hint)).
+    pub(super) fn bounds(&self) -> Vec<(&'static str, i64)> {
+        match self {
+            Self::MintX509(c) | Self::MintJwt(c) => vec![("ttl_seconds", c.ttl_seconds)],
+            Self::Renew(c) => vec![
+                ("ttl_seconds", c.ttl_seconds),
+                ("renewal_count", c.renewal_count),
+            ],
+            Self::BeginTask(c) | Self::BreakGlass(c) => {
+                vec![("lifetime_seconds", c.lifetime_seconds)]
+            }
+            Self::Delegate(c) => vec![
+                ("lifetime_seconds", c.lifetime_seconds),
+                ("depth", i64::from(c.depth)),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// This request with the attribute `name` (one of [`Request::bounds`])
+    /// set to `value`.
+    pub(super) fn with_bound(&self, name: &str, value: i64) -> Self {
+        let mut r = self.clone();
+        match (&mut r, name) {
+            (Self::MintX509(c) | Self::MintJwt(c), "ttl_seconds") => c.ttl_seconds = value,
+            (Self::Renew(c), "ttl_seconds") => c.ttl_seconds = value,
+            (Self::Renew(c), "renewal_count") => c.renewal_count = value,
+            (Self::BeginTask(c) | Self::BreakGlass(c), "lifetime_seconds") => {
+                c.lifetime_seconds = value
+            }
+            (Self::Delegate(c), "lifetime_seconds") => c.lifetime_seconds = value,
+            (Self::Delegate(c), "depth") => c.depth = u32::try_from(value).unwrap_or(u32::MAX),
+            _ => {}
+        }
+        r
     }
 
     /// A workload the context refers to, whose entity the request must carry.

@@ -20,6 +20,8 @@
 //!   file reload ([`Engine::attempt`], [`Engine::apply`], [`PolicyStatus`]).
 //! - `eval.rs`: evaluation ([`Engine::authorize`], and
 //!   [`Engine::eval_text`] for `taskmint policy eval`).
+//! - `explain.rs`: the hint of a denial no policy decided
+//!   ([`Engine::hint`]).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -31,12 +33,13 @@ mod action;
 mod document;
 mod entities;
 mod eval;
+mod explain;
 #[cfg(test)]
 mod tests;
 
 pub use action::{
-    Action, AdminContext, BeginContext, DelegateContext, MintContext, RenewContext, Request,
-    RevokeContext, WatchContext, WatchOperation,
+    Action, AdminContext, BeginContext, ContextDefaults, DelegateContext, MintContext,
+    RenewContext, Request, RevokeContext, WatchContext, WatchOperation,
 };
 use document::Seen;
 pub use document::{Attempt, PolicyDoc, PolicyStatus, Reload};

@@ -264,3 +264,54 @@ fn polls_wait_for_stable_content_and_report_a_bad_file_once() {
     assert!(matches!(e.reload(false, 9), Reload::Loaded { ids, .. } if ids.len() == 2));
     assert_eq!(e.status().last_error, None);
 }
+
+/// `policy eval` without a context: every action's defaults (with the
+/// attributes that have none given) are a complete context of the schema,
+/// and decide as the typed request the issuer sends.
+#[test]
+fn every_action_s_default_context_matches_the_schema() {
+    let e = engine(&DEFAULT_POLICY.replace("TRUST_DOMAIN", "example.org"));
+    let d = ContextDefaults {
+        ttl_seconds: 300,
+        lifetime_seconds: 900,
+    };
+    let agent = "spiffe://example.org/agent";
+    for action in Action::ALL {
+        let (ty, resource) = match action {
+            Action::MintJwt => ("Audience", "Audience::\"db\"".to_owned()),
+            Action::Watch | Action::Admin | Action::ReadCrl => {
+                ("Issuer", "Issuer::\"taskmint\"".to_owned())
+            }
+            Action::Revoke => ("Workload", format!("Workload::\"{agent}\"")),
+            _ => ("Task", format!("Task::\"{agent}#t\"")),
+        };
+        let mut context = action.default_context(&d, ty, "t");
+        for key in action.required_context() {
+            let value = match *key {
+                "delegate" => workload_ref("spiffe://example.org/sidecar"),
+                _ => json!("list_grants"),
+            };
+            context.insert((*key).to_owned(), value);
+        }
+        let decided = e.eval_text(agent, action.as_str(), &resource, Some(context.into()));
+        assert!(decided.is_ok(), "{action:?}: {decided:?}");
+    }
+    let mint = Action::MintJwt.default_context(&d, "Audience", "");
+    assert_eq!(mint["ttl_seconds"], 300);
+    let typed = e
+        .authorize(
+            &SpiffeId::new(agent).unwrap(),
+            Request::MintJwt(MintContext {
+                task_id: String::new(),
+                ttl_seconds: 300,
+                break_glass: false,
+                depth: 0,
+            }),
+            &Resource::Audience("db".into()),
+        )
+        .unwrap();
+    let text = e
+        .eval_text(agent, "mint_jwt", "Audience::\"db\"", Some(mint.into()))
+        .unwrap();
+    assert_eq!(typed, text);
+}

@@ -53,6 +53,10 @@ pub async fn start_with(edit: impl FnOnce(String) -> String) -> TestServer {
     // Tests drive many calls from one identity; the limits' own tests set
     // them back.
     let text = raise_call_limits(text);
+    // The dev config caps ttl where the dev policy does (15 minutes); tests
+    // keep a higher cap so the policy, not the limit, decides a longer
+    // request (its denial and its hint are what they check).
+    let text = text.replace("max_ttl = \"15m\"", "max_ttl = \"1h\"");
     std::fs::write(&path, edit(text)).unwrap();
     let cfg = Config::load(&path).unwrap();
     let mut s = TestServer {
