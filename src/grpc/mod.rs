@@ -15,8 +15,8 @@
 //! before tonic sees the connection. The guard layer (`guard.rs`) then admits
 //! or refuses every call before its body is decoded; idle and refused
 //! connections are closed (`auth.rs`). Around it, the observer
-//! (`observe.rs`) logs one line per call and counts it in the metrics. HTTP/2 limits, keepalive and the
-//! per-call timeout come from `[listen]`.
+//! (`observe.rs`) logs one line per call and counts it in the metrics.
+//! HTTP/2 limits, keepalive and the per-call timeout come from `[listen]`.
 
 mod admin;
 pub mod auth;
