@@ -22,5 +22,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
+    // The SPIFFE Workload API for the tests' stand-in SPIRE agent (and a raw
+    // client to probe it); taskmint's own client is the `spiffe` crate's. It has no
+    // proto package, so prost names the output `_.rs`: a directory of its
+    // own keeps that name clear. Tests include it from OUT_DIR.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("spiffe_workload");
+    std::fs::create_dir_all(&out)?;
+    let fds = protox::compile(["proto/spiffe/workload.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .out_dir(out)
+        .compile_fds(fds)?;
     Ok(())
 }

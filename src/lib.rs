@@ -17,7 +17,7 @@
 //! - [`config`]: the `taskmint.toml` tree and its validation.
 //! - [`pem`]: PEM reading for certificates and keys.
 //! - [`identity`]: SPIFFE IDs, task ids, ID patterns, trust bundles, the
-//!   caller-SVID rules.
+//!   caller-SVID rules, the SPIFFE Workload API as a source of SVIDs.
 //! - [`tls`]: rustls server config, the hot-reloaded bundles and serving SVID.
 //! - [`ca`]: the per-task X.509 signing CA (template, sign, validate, CRL).
 //! - [`jwt`]: JWT-SVID claims, ES256 signing, the JWK.
@@ -42,7 +42,8 @@
 //! - [`server`]: assembly from config; `serve` and the tests start here.
 //! - [`ops`]: the operations listener (metrics, `/healthz`, `/readyz`), the
 //!   log format, the caller's trace context.
-//! - [`client`]: a Rust client for workloads, with a resuming feed watcher.
+//! - [`client`]: a Rust client for workloads (SVID from files or the Workload
+//!   API), with a resuming feed watcher.
 //! - [`devca`]: a development trust domain (used by `dev init` and tests).
 //! - [`cli`]: the `taskmint` command line, one file per subcommand.
 //!

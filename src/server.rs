@@ -62,7 +62,7 @@ pub struct Server {
 impl Server {
     /// Loads keys, bundles and the store (running migrations).
     pub async fn build(cfg: Config) -> Result<Self, StartError> {
-        let material = TlsMaterial::load(MaterialSources::from_config(&cfg)?)?;
+        let material = TlsMaterial::load(MaterialSources::resolve(&cfg).await?)?;
         let ca = SigningCa::load(&cfg.ca)?;
         check_ca_chains_to_own_domain(&cfg, &ca, &material)?;
         let jwt = Arc::new(JwtSigner::load(&cfg.jwt.key)?);
@@ -193,6 +193,9 @@ impl Server {
         .await;
         let _ = stop_tx.send(true);
         let _ = reload.await;
+        if let Some(w) = self.material.workload_api() {
+            w.shutdown().await;
+        }
         let _ = reaper.await;
         let _ = follower.await;
         let _ = policy_reload.await;
@@ -265,9 +268,9 @@ fn check_ca_chains_to_own_domain(
         reason,
     };
     let bundles = material.bundles();
-    let bundle = bundles
-        .get(&td)
-        .ok_or_else(|| err("no bundle is configured for it".into()))?;
+    let bundle = bundles.get(&td).ok_or_else(|| {
+        err("no bundle for it (from trust.domains, trust.bundle_dir or the Workload API)".into())
+    })?;
     fn parse(der: &[u8]) -> Result<X509Certificate<'_>, String> {
         X509Certificate::from_der(der)
             .map(|(_, c)| c)

@@ -8,6 +8,14 @@
 //! Kubernetes volume updates replace files by rename or symlink swap, which
 //! inotify-based watchers miss or double-report.
 //!
+//! The SPIFFE Workload API is one more source of the same material
+//! ([`MaterialSources::resolve`]): when it supplies the serving SVID, its
+//! revision counter takes the place of the SVID files' content in the
+//! fingerprint, and each rotation it pushes wakes the reload loop at once.
+//! Its bundles (the agent's own and federated trust domains) join the file
+//! bundles; for a trust domain named by both, the file wins (explicit
+//! configuration over discovery).
+//!
 //! Client authentication is split in two. The rustls verifier here requests a
 //! client certificate and checks the handshake signature (proof that the peer
 //! holds the leaf's key), and nothing else; it grants nothing. The SVID rules
@@ -31,7 +39,7 @@ use sha2::{Digest, Sha256};
 use spiffe::TrustDomain;
 
 use crate::config::Config;
-use crate::identity::{BundleError, TrustBundles};
+use crate::identity::{Bundle, BundleError, TrustBundles, WorkloadApiError, WorkloadApiSource};
 
 /// Why TLS material could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +53,17 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Config(String),
+    /// The Workload API gave no usable material.
+    #[error(transparent)]
+    WorkloadApi(#[from] WorkloadApiError),
+    /// A bundle the Workload API sent cannot be used.
+    #[error("Workload API bundle of trust domain `{td}`: {reason}")]
+    WorkloadApiBundle {
+        /// The trust domain.
+        td: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The URI SAN of a serving SVID's leaf.
@@ -67,12 +86,47 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub struct MaterialSources {
     domains: Vec<(TrustDomain, PathBuf)>,
     bundle_dir: Option<PathBuf>,
-    server_cert: PathBuf,
-    server_key: PathBuf,
+    /// The serving SVID's PEM chain and key; `None` when the Workload API
+    /// supplies it.
+    server_files: Option<(PathBuf, PathBuf)>,
+    workload_api: Option<WorkloadApiSource>,
 }
 
 impl MaterialSources {
-    /// The files named by a config.
+    /// Everything a config names, connecting to the Workload API when it is
+    /// the serving SVID's source. Precedence: `[server] workload_api`, then
+    /// `[server] cert` + `key`, then `SPIFFE_ENDPOINT_SOCKET`; with none of
+    /// them the start fails naming all three.
+    pub async fn resolve(cfg: &Config) -> Result<Self, TlsError> {
+        let mut sources = Self::from_config(cfg)?;
+        let endpoint = match (&cfg.server.workload_api, &sources.server_files) {
+            (Some(e), _) => e.clone(),
+            (None, Some(_)) => return Ok(sources),
+            (None, None) => crate::identity::endpoint_from_env().ok_or_else(|| {
+                TlsError::ServerSvid(format!(
+                    "no source: set [server] cert and key (PEM files), or [server] workload_api, \
+                     or export {} (a SPIFFE Workload API endpoint)",
+                    crate::identity::ENDPOINT_ENV
+                ))
+            })?,
+        };
+        let source =
+            WorkloadApiSource::connect(&endpoint, crate::identity::DEFAULT_INITIAL_SYNC).await?;
+        tracing::info!(
+            endpoint = source.endpoint(),
+            "serving SVID and bundles from the Workload API"
+        );
+        sources.workload_api = Some(source);
+        Ok(sources)
+    }
+
+    /// The Workload API source, when one is in use.
+    pub fn workload_api(&self) -> Option<&WorkloadApiSource> {
+        self.workload_api.as_ref()
+    }
+
+    /// The files named by a config (no Workload API: see
+    /// [`MaterialSources::resolve`]).
     pub fn from_config(cfg: &Config) -> Result<Self, TlsError> {
         let domains = cfg
             .trust
@@ -87,8 +141,8 @@ impl MaterialSources {
         Ok(Self {
             domains,
             bundle_dir: cfg.trust.bundle_dir.clone(),
-            server_cert: cfg.server.cert.clone(),
-            server_key: cfg.server.key.clone(),
+            server_files: cfg.server.cert.clone().zip(cfg.server.key.clone()),
+            workload_api: None,
         })
     }
 
@@ -111,32 +165,106 @@ impl MaterialSources {
                 add(&p);
             }
         }
-        add(&self.server_cert);
-        add(&self.server_key);
+        if let Some((cert, key)) = &self.server_files {
+            add(cert);
+            add(key);
+        }
+        if let Some(w) = &self.workload_api {
+            h.update(b"workload-api");
+            h.update(w.revision().to_le_bytes());
+        }
         h.finalize().into()
     }
 
     fn load_bundles(&self) -> Result<TrustBundles, TlsError> {
-        Ok(TrustBundles::load(
-            &self.domains,
-            self.bundle_dir.as_deref(),
-        )?)
+        let (bundles, mut errors) = self.load_bundles_lenient(None);
+        match errors.is_empty() {
+            true => Ok(bundles),
+            false => Err(errors.remove(0)),
+        }
+    }
+
+    /// The file bundles, then the Workload API's for every trust domain no
+    /// file names. A source that fails keeps `previous` for its trust
+    /// domain(s).
+    fn load_bundles_lenient(
+        &self,
+        previous: Option<&TrustBundles>,
+    ) -> (TrustBundles, Vec<TlsError>) {
+        let (mut bundles, errors) =
+            TrustBundles::load_lenient(&self.domains, self.bundle_dir.as_deref(), previous);
+        let mut errors: Vec<TlsError> = errors.into_iter().map(TlsError::from).collect();
+        let Some(w) = &self.workload_api else {
+            return (bundles, errors);
+        };
+        let from_files: Vec<TrustDomain> = bundles.domains().into_iter().cloned().collect();
+        match w.bundles() {
+            Ok(list) => {
+                for (td, roots) in list {
+                    if from_files.contains(&td) {
+                        continue;
+                    }
+                    match Bundle::from_der(roots) {
+                        Ok(b) => bundles.insert(td, b),
+                        Err(reason) => {
+                            if let Some(b) = previous.and_then(|p| p.get(&td)) {
+                                bundles.insert(td.clone(), b.clone());
+                            }
+                            errors.push(TlsError::WorkloadApiBundle {
+                                td: td.to_string(),
+                                reason,
+                            });
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                // Withdrawn or closed: keep what was trusted until the agent
+                // answers again rather than locking every caller out.
+                if let Some(p) = previous {
+                    for td in p.domains() {
+                        if !from_files.contains(td)
+                            && let Some(b) = p.get(td)
+                        {
+                            bundles.insert(td.clone(), b.clone());
+                        }
+                    }
+                }
+                errors.push(e.into());
+            }
+        }
+        (bundles, errors)
     }
 
     fn load_server_key(&self, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
-        let err = |p: &PathBuf, e: String| TlsError::ServerSvid(format!("`{}`: {e}", p.display()));
-        let certs = std::fs::read(&self.server_cert)
-            .map_err(|e| e.to_string())
-            .and_then(|b| crate::pem::certs(&b))
-            .map_err(|e| err(&self.server_cert, e))?;
-        let key = std::fs::read(&self.server_key)
-            .map_err(|e| e.to_string())
-            .and_then(|b| crate::pem::pkcs8_key(&b))
-            .map_err(|e| err(&self.server_key, e))?;
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec()));
-        let ck = CertifiedKey::from_der(certs, key, provider)
-            .map_err(|e| err(&self.server_key, e.to_string()))?;
-        Ok(ck)
+        let (certs, key, named) = match (&self.server_files, &self.workload_api) {
+            (Some((cert, key)), _) => {
+                let err = |p: &PathBuf, e: String| {
+                    TlsError::ServerSvid(format!("`{}`: {e}", p.display()))
+                };
+                let certs = std::fs::read(cert)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| crate::pem::certs(&b))
+                    .map_err(|e| err(cert, e))?;
+                let der = std::fs::read(key)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| crate::pem::pkcs8_key(&b))
+                    .map_err(|e| err(key, e))?;
+                let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.to_vec()));
+                (certs, der, format!("`{}`", key.display()))
+            }
+            (None, Some(w)) => {
+                let svid = w.svid()?;
+                (
+                    svid.chain,
+                    svid.key,
+                    format!("Workload API `{}`", w.endpoint()),
+                )
+            }
+            (None, None) => return Err(TlsError::ServerSvid("no source configured".into())),
+        };
+        CertifiedKey::from_der(certs, key, provider)
+            .map_err(|e| TlsError::ServerSvid(format!("{named}: {e}")))
     }
 }
 
@@ -195,6 +323,11 @@ impl TlsMaterial {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// The Workload API source, when one is in use.
+    pub fn workload_api(&self) -> Option<&WorkloadApiSource> {
+        self.sources.workload_api()
+    }
+
     /// Changes whenever new material is swapped in.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.reloads.subscribe()
@@ -232,12 +365,7 @@ impl TlsMaterial {
         // not on every poll; a fixed file changes the fingerprint again.
         *self.fingerprint.write().expect("fingerprint lock") = fp;
         let previous = self.bundles();
-        let (bundles, errors) = TrustBundles::load_lenient(
-            &self.sources.domains,
-            self.sources.bundle_dir.as_deref(),
-            Some(&previous),
-        );
-        let mut errors: Vec<TlsError> = errors.into_iter().map(TlsError::from).collect();
+        let (bundles, mut errors) = self.sources.load_bundles_lenient(Some(&previous));
         *self.bundles.write().expect("bundles lock") = Arc::new(bundles);
         match self.sources.load_server_key(&self.provider) {
             Ok(key) => {
@@ -269,7 +397,8 @@ impl TlsMaterial {
     }
 }
 
-/// Polls the material's files every `interval` until `shutdown` resolves.
+/// Polls the material's files every `interval`, and reloads at once when
+/// the Workload API pushes a change, until `shutdown` resolves.
 pub async fn reload_loop(
     material: Arc<TlsMaterial>,
     interval: Duration,
@@ -278,9 +407,23 @@ pub async fn reload_loop(
     let mut shutdown = shutdown;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pushed = material.workload_api().map(|w| w.updates());
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            closed = async {
+                match pushed.as_mut() {
+                    Some(u) => u.changed().await.is_err(),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if closed {
+                    // Shut down or failed for good: the poll keeps serving
+                    // the last material (and reports its expiry as errors).
+                    tracing::warn!("the Workload API source closed; no more rotations");
+                    pushed = None;
+                }
+            }
             _ = shutdown.changed() => return,
         }
         let m = material.clone();

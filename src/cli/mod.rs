@@ -22,7 +22,7 @@ pub use audit::{
     verify_store as verify_audit_store,
 };
 
-use crate::client::{Client, ClientConfig};
+use crate::client::{Client, IdentityFlags, IdentitySource};
 use crate::clock::rfc3339;
 
 /// Per-task credentials for SPIFFE-identified workloads.
@@ -89,23 +89,33 @@ pub enum DevCommand {
     Init(dev::InitArgs),
 }
 
-/// Connection flags shared by every client command.
+/// Connection flags shared by every client command. The identity's sources
+/// and their precedence are [`crate::client::IdentitySource`]'s (flags, then
+/// `TASKMINT_SVID`/`TASKMINT_SVID_KEY`, then `SPIFFE_ENDPOINT_SOCKET`, then
+/// the dev identity in `./certs/dev`).
 #[derive(Debug, Clone, Args)]
 pub struct ConnArgs {
     /// Issuer address.
     #[arg(long, default_value = "127.0.0.1:8443", env = "TASKMINT_SERVER")]
     pub server: String,
-    /// The workload's X.509-SVID (PEM chain, leaf first).
-    #[arg(long, default_value = "certs/dev/agent.pem", env = "TASKMINT_SVID")]
-    pub svid: PathBuf,
-    /// The workload's private key (PEM PKCS#8).
-    #[arg(long, default_value = "certs/dev/agent.key", env = "TASKMINT_SVID_KEY")]
-    pub svid_key: PathBuf,
-    /// Roots that verify the issuer (PEM).
-    #[arg(long, default_value = "certs/dev/bundle.pem", env = "TASKMINT_BUNDLE")]
-    pub bundle: PathBuf,
+    /// Take the workload's X.509-SVID (and the issuer's bundle) from this
+    /// SPIFFE Workload API, e.g. `unix:///run/spire/agent.sock` [default:
+    /// $SPIFFE_ENDPOINT_SOCKET when no SVID file is given].
+    #[arg(long, value_name = "URI")]
+    pub workload_api: Option<String>,
+    /// The workload's X.509-SVID (PEM chain, leaf first) [env: TASKMINT_SVID;
+    /// default: certs/dev/agent.pem when no other identity is given].
+    #[arg(long, value_name = "FILE")]
+    pub svid: Option<PathBuf>,
+    /// The workload's private key (PEM PKCS#8) [env: TASKMINT_SVID_KEY].
+    #[arg(long, value_name = "FILE")]
+    pub svid_key: Option<PathBuf>,
+    /// Roots that verify the issuer (PEM) [env: TASKMINT_BUNDLE; default: the
+    /// Workload API's bundle, or bundle.pem beside the SVID file].
+    #[arg(long, value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
     /// Expected SPIFFE ID of the issuer (default: `spiffe://<your trust domain>/taskmint`).
-    #[arg(long)]
+    #[arg(long, env = "TASKMINT_SERVER_ID")]
     pub server_id: Option<String>,
     /// W3C trace context sent with every call; the issuer records it on the
     /// call's log line and in its audit events.
@@ -115,15 +125,17 @@ pub struct ConnArgs {
 
 impl ConnArgs {
     async fn connect(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect(&ClientConfig {
-            server: self.server.clone(),
+        let source = IdentitySource::resolve(&IdentityFlags {
+            workload_api: self.workload_api.clone(),
             svid: self.svid.clone(),
             svid_key: self.svid_key.clone(),
             bundle: self.bundle.clone(),
-            server_id: self.server_id.clone(),
-        })
-        .await?
-        .with_traceparent(self.traceparent.as_deref())?)
+        })?;
+        Ok(
+            Client::connect_source(&self.server, &source, self.server_id.clone())
+                .await?
+                .with_traceparent(self.traceparent.as_deref())?,
+        )
     }
 }
 

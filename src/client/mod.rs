@@ -3,6 +3,13 @@
 //! and exposes the RPCs of the three services (`Issuer`, `Revocations`,
 //! `Admin`) over one channel, with the caller's `traceparent` if it sets one
 //! ([`Client::with_traceparent`]).
+//!
+//! The identity is PEM files ([`Client::connect`]) or a SPIFFE Workload API
+//! ([`Client::connect_workload_api`]); [`IdentitySource`] applies the CLI's
+//! precedence of flags, `TASKMINT_*` variables and `SPIFFE_ENDPOINT_SOCKET`.
+//! With the Workload API, every handshake presents the SVID the agent holds
+//! at that moment: a rotation reaches the next connection (a new client, or
+//! the channel reconnecting) while open connections keep theirs.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,11 +17,13 @@ use std::time::Duration;
 use tonic_health::pb::health_client::HealthClient;
 
 use hyper_util::rt::TokioIo;
+use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, TrustAnchor, UnixTime,
 };
+use rustls::sign::CertifiedKey;
 use spiffe::SpiffeId;
 use tonic::transport::{Endpoint, Uri};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -23,10 +32,13 @@ use crate::grpc::pb;
 use crate::grpc::pb::admin_client::AdminClient;
 use crate::grpc::pb::issuer_client::IssuerClient;
 use crate::grpc::pb::revocations_client::RevocationsClient;
+use crate::identity::WorkloadApiSource;
 use trace::Traced;
 
+mod identity;
 mod trace;
 mod watch;
+pub use identity::{BUNDLE_ENV, DEV_DIR, IdentityFlags, IdentitySource, SVID_ENV, SVID_KEY_ENV};
 pub use watch::{WatchItem, Watcher};
 
 /// Why a client could not be set up or connect.
@@ -43,6 +55,9 @@ pub enum ClientError {
     /// The configuration is inconsistent.
     #[error("{0}")]
     Config(String),
+    /// The Workload API gave no identity.
+    #[error(transparent)]
+    WorkloadApi(#[from] crate::identity::WorkloadApiError),
     /// The connection failed.
     #[error("cannot connect to `{server}`: {reason}")]
     Connect {
@@ -133,6 +148,86 @@ impl Client {
         Self::connect_with(&cfg.server, Some(identity), roots, server_id).await
     }
 
+    /// Connects with the identity `source` names (see [`IdentitySource`]);
+    /// `server_id` defaults to `spiffe://<the workload's trust domain>/taskmint`.
+    pub async fn connect_source(
+        server: &str,
+        source: &IdentitySource,
+        server_id: Option<String>,
+    ) -> Result<Self, ClientError> {
+        match source {
+            IdentitySource::Files {
+                svid,
+                svid_key,
+                bundle,
+            } => {
+                Self::connect(&ClientConfig {
+                    server: server.to_owned(),
+                    svid: svid.clone(),
+                    svid_key: svid_key.clone(),
+                    bundle: bundle.clone(),
+                    server_id,
+                })
+                .await
+            }
+            IdentitySource::WorkloadApi { endpoint, bundle } => {
+                let wl =
+                    WorkloadApiSource::connect(endpoint, crate::identity::DEFAULT_INITIAL_SYNC)
+                        .await?;
+                let roots =
+                    match bundle {
+                        Some(p) => Some(crate::pem::certs(&read(p)?).map_err(|reason| {
+                            ClientError::File {
+                                path: p.clone(),
+                                reason,
+                            }
+                        })?),
+                        None => None,
+                    };
+                let server_id = server_id
+                    .map(|id| {
+                        SpiffeId::new(&id)
+                            .map_err(|e| ClientError::Config(format!("--server-id `{id}`: {e}")))
+                    })
+                    .transpose()?;
+                Self::connect_workload_api(server, &wl, roots, server_id).await
+            }
+        }
+    }
+
+    /// Connects presenting the Workload API's X.509-SVID. Each new
+    /// connection (this one, and any the channel makes after losing it)
+    /// takes the SVID current at its handshake. The issuer is verified with
+    /// `roots` if given, else with the agent's bundle of its trust domain,
+    /// also read at each handshake. `server_id` defaults to
+    /// `spiffe://<the SVID's trust domain>/taskmint`.
+    pub async fn connect_workload_api(
+        server: &str,
+        source: &WorkloadApiSource,
+        roots: Option<Vec<CertificateDer<'static>>>,
+        server_id: Option<SpiffeId>,
+    ) -> Result<Self, ClientError> {
+        let svid = source.svid()?;
+        let server_id = match server_id {
+            Some(id) => id,
+            None => SpiffeId::new(format!(
+                "spiffe://{}/taskmint",
+                svid.spiffe_id.trust_domain()
+            ))
+            .map_err(|e| ClientError::Config(e.to_string()))?,
+        };
+        let roots = match roots {
+            Some(r) => ServerRoots::Fixed(anchors(&r)?),
+            None => ServerRoots::WorkloadApi(source.clone()),
+        };
+        let provider = crate::tls::provider();
+        let auth = ClientAuth::WorkloadApi(Arc::new(WorkloadApiCert {
+            source: source.clone(),
+            provider: provider.clone(),
+        }));
+        Self::connect_tls(server, auth, roots, server_id, provider).await
+    }
+
     /// Connects to `server` presenting `identity` (or no certificate).
     pub async fn connect_with(
         server: &str,
@@ -140,14 +235,23 @@ impl Client {
         roots: Vec<CertificateDer<'static>>,
         server_id: SpiffeId,
     ) -> Result<Self, ClientError> {
-        let provider = crate::tls::provider();
-        let anchors = roots
-            .iter()
-            .map(|r| webpki::anchor_from_trusted_cert(r).map(|a| a.to_owned()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ClientError::Config(format!("bundle: {e}")))?;
+        let auth = match identity {
+            Some(id) => ClientAuth::Fixed(id),
+            None => ClientAuth::None,
+        };
+        let roots = ServerRoots::Fixed(anchors(&roots)?);
+        Self::connect_tls(server, auth, roots, server_id, crate::tls::provider()).await
+    }
+
+    async fn connect_tls(
+        server: &str,
+        auth: ClientAuth,
+        roots: ServerRoots,
+        server_id: SpiffeId,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self, ClientError> {
         let verifier = Arc::new(SpiffeServerVerifier {
-            anchors,
+            roots,
             server_id,
             algs: provider.signature_verification_algorithms,
         });
@@ -156,11 +260,12 @@ impl Client {
             .map_err(|e| ClientError::Config(e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
-        let mut tls = match identity {
-            Some(id) => builder
+        let mut tls = match auth {
+            ClientAuth::Fixed(id) => builder
                 .with_client_auth_cert(id.chain, id.key)
                 .map_err(|e| ClientError::Config(format!("SVID: {e}")))?,
-            None => builder.with_no_client_auth(),
+            ClientAuth::WorkloadApi(resolver) => builder.with_client_cert_resolver(resolver),
+            ClientAuth::None => builder.with_no_client_auth(),
         };
         tls.alpn_protocols = vec![b"h2".to_vec()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
@@ -581,11 +686,65 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+fn anchors(roots: &[CertificateDer<'static>]) -> Result<Vec<TrustAnchor<'static>>, ClientError> {
+    roots
+        .iter()
+        .map(|r| webpki::anchor_from_trusted_cert(r).map(|a| a.to_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClientError::Config(format!("bundle: {e}")))
+}
+
+/// What the client presents in the handshake.
+enum ClientAuth {
+    None,
+    Fixed(Identity),
+    WorkloadApi(Arc<WorkloadApiCert>),
+}
+
+/// Presents the Workload API's current SVID at each handshake.
+#[derive(Debug)]
+struct WorkloadApiCert {
+    source: WorkloadApiSource,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ResolvesClientCert for WorkloadApiCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        // A handshake without a certificate is refused by the issuer with a
+        // status naming the missing SVID; log why ours is missing.
+        let svid = self
+            .source
+            .svid()
+            .map_err(|e| tracing::warn!(error = %e, "no client certificate for this handshake"))
+            .ok()?;
+        CertifiedKey::from_der(svid.chain, svid.key, &self.provider)
+            .map_err(|e| tracing::warn!(error = %e, "the Workload API's SVID is unusable"))
+            .ok()
+            .map(Arc::new)
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The roots that verify the issuer.
+#[derive(Debug)]
+enum ServerRoots {
+    Fixed(Vec<TrustAnchor<'static>>),
+    /// The agent's bundle of the issuer's trust domain, read per handshake.
+    WorkloadApi(WorkloadApiSource),
+}
+
 /// Verifies the issuer's certificate chain against the bundle and its URI
 /// SAN against the expected SPIFFE ID. DNS names play no part.
 #[derive(Debug)]
 struct SpiffeServerVerifier {
-    anchors: Vec<TrustAnchor<'static>>,
+    roots: ServerRoots,
     server_id: SpiffeId,
     algs: WebPkiSupportedAlgorithms,
 }
@@ -601,9 +760,24 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let bad = |m: String| rustls::Error::General(m);
         let ee = webpki::EndEntityCert::try_from(end_entity).map_err(|e| bad(e.to_string()))?;
+        let from_agent;
+        let anchors = match &self.roots {
+            ServerRoots::Fixed(a) => a,
+            ServerRoots::WorkloadApi(source) => {
+                let td = self.server_id.trust_domain();
+                let roots = source.bundle(td).ok_or_else(|| {
+                    bad(format!(
+                        "the Workload API at `{}` sent no bundle for the issuer's trust domain `{td}`",
+                        source.endpoint()
+                    ))
+                })?;
+                from_agent = anchors(&roots).map_err(|e| bad(e.to_string()))?;
+                &from_agent
+            }
+        };
         ee.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
-            &self.anchors,
+            anchors,
             intermediates,
             now,
             webpki::KeyUsage::server_auth(),

@@ -48,9 +48,13 @@ pub struct Config {
     /// Network settings.
     #[serde(default)]
     pub listen: ListenConfig,
-    /// Trust bundles of every trust domain whose workloads may call.
+    /// Trust bundles of every trust domain whose workloads may call (may be
+    /// left out when the Workload API supplies them).
+    #[serde(default)]
     pub trust: TrustConfig,
-    /// The issuer's own serving SVID.
+    /// The issuer's own serving SVID (may be left out when
+    /// `SPIFFE_ENDPOINT_SOCKET` names the Workload API).
+    #[serde(default)]
     pub server: ServerConfig,
     /// The CA that signs per-task X.509-SVIDs.
     pub ca: CaConfig,
@@ -159,6 +163,16 @@ pub struct TrustConfig {
     pub reload_interval: Duration,
 }
 
+impl Default for TrustConfig {
+    fn default() -> Self {
+        Self {
+            domains: Vec::new(),
+            bundle_dir: None,
+            reload_interval: default_reload_interval(),
+        }
+    }
+}
+
 /// One trust domain and its bundle file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,14 +183,21 @@ pub struct TrustDomainConfig {
     pub bundle: PathBuf,
 }
 
-/// The issuer's serving X.509-SVID.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The issuer's serving X.509-SVID: PEM files, or a SPIFFE Workload API
+/// (a SPIRE agent's socket), which then also supplies trust bundles.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// PEM chain, leaf first.
-    pub cert: PathBuf,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
     /// PEM PKCS#8 private key.
-    pub key: PathBuf,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Workload API endpoint, e.g. `unix:///run/spire/agent.sock`. Without it
+    /// and without `cert`/`key`, `SPIFFE_ENDPOINT_SOCKET` is used.
+    #[serde(default)]
+    pub workload_api: Option<String>,
 }
 
 /// The per-task X.509 signing CA.
@@ -597,8 +618,12 @@ impl Config {
         if let Some(dir) = &mut self.trust.bundle_dir {
             fix(dir);
         }
-        fix(&mut self.server.cert);
-        fix(&mut self.server.key);
+        if let Some(p) = &mut self.server.cert {
+            fix(p);
+        }
+        if let Some(p) = &mut self.server.key {
+            fix(p);
+        }
         fix(&mut self.ca.cert);
         fix(&mut self.ca.key);
         fix(&mut self.jwt.key);
@@ -609,6 +634,25 @@ impl Config {
             fix(p);
         }
         fix(&mut self.policy.file);
+    }
+
+    /// `[server]`: PEM files or the Workload API, not both, and never half
+    /// of the files.
+    fn validate_server_svid(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.into()));
+        match (&s.cert, &s.key, &s.workload_api) {
+            (Some(_), None, _) | (None, Some(_), _) => {
+                invalid("[server] cert and key go together: set both, or neither")
+            }
+            (Some(_), Some(_), Some(_)) => invalid(
+                "[server] names both PEM files (cert, key) and workload_api: choose one source for the serving SVID",
+            ),
+            (_, _, Some(w)) if w.trim().is_empty() => invalid(
+                "[server] workload_api is empty: give an endpoint such as `unix:///run/spire/agent.sock`",
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// Checks every value and the relations between them.
@@ -626,13 +670,16 @@ impl Config {
                 return invalid(format!("trust domain `{}` is listed twice", d.name));
             }
         }
-        if !seen.contains(&td) && self.trust.bundle_dir.is_none() {
+        // Without a serving SVID file the Workload API is the source, and it
+        // sends the own trust domain's bundle (checked again at start).
+        if !seen.contains(&td) && self.trust.bundle_dir.is_none() && self.server.cert.is_some() {
             return invalid(format!(
                 "the issuer's own trust domain `{}` has no bundle in trust.domains",
                 self.trust_domain
             ));
         }
         self.store.validate().map_err(ConfigError::Invalid)?;
+        self.validate_server_svid()?;
         if self.trust.reload_interval < Duration::from_millis(100) {
             return invalid("trust.reload_interval must be at least 100ms".into());
         }

@@ -158,3 +158,53 @@ fn bounded_storage_keys_have_safe_defaults_and_limits() {
         assert!(err.to_string().contains(says), "{key} = {bad}: {err}");
     }
 }
+
+/// MINIMAL with its `[server]` and `[[trust.domains]]` replaced by `server`.
+fn with_server(server: &str) -> String {
+    MINIMAL
+        .replace(
+            "[[trust.domains]]\n    name = \"example.org\"\n    bundle = \"bundle.pem\"\n",
+            "",
+        )
+        .replace(
+            "[server]\n    cert = \"server.pem\"\n    key = \"server.key\"\n",
+            server,
+        )
+}
+
+#[test]
+fn the_workload_api_may_supply_the_serving_svid_and_every_bundle() {
+    let text = with_server("[server]\n    workload_api = \"unix:///run/spire/agent.sock\"\n");
+    let cfg = Config::from_toml(&text, Path::new("/etc/tm")).unwrap();
+    assert_eq!(
+        cfg.server.workload_api.as_deref(),
+        Some("unix:///run/spire/agent.sock")
+    );
+    assert!(cfg.server.cert.is_none() && cfg.trust.domains.is_empty());
+    // Neither files nor an endpoint: SPIFFE_ENDPOINT_SOCKET decides at start.
+    let cfg = Config::from_toml(&with_server(""), Path::new("/etc/tm")).unwrap();
+    assert!(cfg.server.cert.is_none() && cfg.server.workload_api.is_none());
+}
+
+#[test]
+fn the_serving_svid_has_exactly_one_source() {
+    let both = MINIMAL.replace(
+        "key = \"server.key\"\n",
+        "key = \"server.key\"\n    workload_api = \"unix:///run/spire/agent.sock\"\n",
+    );
+    let e = Config::from_toml(&both, Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("choose one source"), "{e}");
+    let half = MINIMAL.replace("    key = \"server.key\"\n", "");
+    let e = Config::from_toml(&half, Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cert and key go together"), "{e}");
+    // PEM files for the SVID still need the own trust domain's bundle file.
+    let text = with_server("[server]\n    cert = \"s.pem\"\n    key = \"s.key\"\n");
+    let e = Config::from_toml(&text, Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("has no bundle"), "{e}");
+}

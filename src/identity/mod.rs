@@ -1,6 +1,7 @@
 //! Who is calling and what they name: the authenticated [`Caller`], the
 //! validated [`TaskId`], per-trust-domain [`TrustBundles`], and the caller-SVID
-//! rules ([`authenticate`]).
+//! rules ([`authenticate`]), and the SPIFFE Workload API as a source of SVIDs
+//! and bundles ([`WorkloadApiSource`]).
 //!
 //! SPIFFE ID and trust-domain parsing is the `spiffe` crate's; this module only
 //! adds the rules an issuer must enforce on a presented X.509-SVID.
@@ -8,10 +9,15 @@
 mod bundle;
 mod pattern;
 mod svid;
+mod workload_api;
 
 pub use bundle::{Bundle, BundleError, TrustBundles};
 pub use pattern::SpiffePattern;
 pub use svid::{AuthError, authenticate, spiffe_id_of_leaf};
+pub use workload_api::{
+    DEFAULT_INITIAL_SYNC, ENDPOINT_ENV, WorkloadApiError, WorkloadApiSource, WorkloadSvid,
+    endpoint_from_env,
+};
 
 pub use spiffe::{SpiffeId, TrustDomain};
 
