@@ -1,0 +1,115 @@
+//! The shipped deployment files (`deploy/`) load as the server loads them,
+//! and the manifests agree with the config they mount: a renamed key, a
+//! policy the schema refuses or a port moved on one side only fails here.
+//! The manifests' schema and the systemd unit are checked by
+//! `.ci/validate-deploy`.
+
+use std::path::{Path, PathBuf};
+
+use taskmint::config::Config;
+use taskmint::policy::{PolicyDoc, schema};
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// Loads a shipped config as if it were installed in `installed_dir`.
+fn load(rel: &str, installed_dir: &str) -> Config {
+    Config::from_toml(&read(rel), Path::new(installed_dir))
+        .unwrap_or_else(|e| panic!("{rel} does not load: {e}"))
+}
+
+#[test]
+fn systemd_config_loads_with_absolute_state_paths() {
+    let cfg = load("deploy/systemd/taskmint.toml", "/etc/taskmint");
+    // ProtectSystem=strict leaves only the StateDirectory writable.
+    let db = cfg
+        .store
+        .path
+        .as_deref()
+        .expect("the systemd config uses SQLite");
+    assert!(db.starts_with("/var/lib/taskmint"), "{}", db.display());
+    let archive = cfg.store.audit_archive.as_deref().expect("an archive");
+    assert!(
+        archive.starts_with("/var/lib/taskmint"),
+        "{}",
+        archive.display()
+    );
+    assert!(cfg.ca.key.starts_with("/etc/taskmint"));
+    let unit = read("deploy/systemd/taskmint.service");
+    assert!(unit.contains("StateDirectory=taskmint"));
+    assert!(unit.contains("--config /etc/taskmint/taskmint.toml"));
+}
+
+#[test]
+fn kubernetes_config_loads_and_matches_the_manifests() {
+    let cfg = load(
+        "deploy/kubernetes/config/taskmint.toml",
+        "/etc/taskmint/config",
+    );
+    assert!(cfg.store.url.is_some(), "replicas share PostgreSQL");
+    assert!(cfg.store.path.is_none());
+    let deployment = read("deploy/kubernetes/deployment.yaml");
+    assert!(deployment.contains("- /etc/taskmint/config/taskmint.toml"));
+    let grpc = format!("containerPort: {}", cfg.listen.addr.port());
+    assert!(
+        deployment.contains(&grpc),
+        "the gRPC port {grpc} is not exposed"
+    );
+    let ops = cfg
+        .ops
+        .listen
+        .expect("the kubelet probes an explicit ops address");
+    assert!(!ops.ip().is_loopback(), "probes cannot reach loopback");
+    let ops_port = format!("containerPort: {}", ops.port());
+    assert!(
+        deployment.contains(&ops_port),
+        "the ops port {ops_port} is not exposed"
+    );
+    for probe in ["path: /healthz", "path: /readyz"] {
+        assert!(deployment.contains(probe), "no probe on {probe}");
+    }
+    // The serving SVID comes from the socket the CSI driver mounts.
+    let socket = cfg
+        .server
+        .workload_api
+        .as_deref()
+        .expect("the Workload API");
+    let dir = socket
+        .strip_prefix("unix://")
+        .and_then(|p| p.rsplit_once('/'))
+        .map(|(dir, _)| dir)
+        .expect("a unix socket path");
+    assert!(
+        deployment.contains(&format!("mountPath: {dir}")),
+        "{dir} is not mounted"
+    );
+    assert!(deployment.contains("driver: csi.spiffe.io"));
+    // Keys come from the Secret mounted at /etc/taskmint/keys.
+    for key in [&cfg.ca.cert, &cfg.ca.key, &cfg.jwt.key] {
+        assert!(key.starts_with("/etc/taskmint/keys"), "{}", key.display());
+    }
+    let kustomization = read("deploy/kubernetes/kustomization.yaml");
+    assert!(kustomization.contains("config/taskmint.toml"));
+    assert!(kustomization.contains("config/policy.cedar"));
+    assert_eq!(
+        cfg.policy.file,
+        Path::new("/etc/taskmint/config/policy.cedar")
+    );
+}
+
+#[test]
+fn shipped_policies_validate_against_the_schema() {
+    for rel in [
+        "deploy/kubernetes/config/policy.cedar",
+        "deploy/systemd/policy.cedar",
+    ] {
+        let doc = PolicyDoc::parse(&read(rel), &schema())
+            .unwrap_or_else(|e| panic!("{rel} is refused: {e}"));
+        assert!(!doc.ids.is_empty(), "{rel} permits nothing");
+    }
+}
