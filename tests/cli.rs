@@ -417,7 +417,7 @@ fn the_cli_drives_tasks_revocation_renewal_watch_and_crl() {
     assert_eq!(err.status.code(), Some(3), "{err:?}");
     let err = String::from_utf8(err.stderr).unwrap();
     assert!(
-        err.starts_with("error: PermissionDenied: ") && err.contains("no policy permits"),
+        err.starts_with("error: PERMISSION_DENIED: ") && err.contains("no policy permits"),
         "{err}"
     );
 }
@@ -583,7 +583,7 @@ fn the_cli_governs_policy_break_glass_delegation_audit_and_inventory() {
         "{review:?}"
     );
     let not_admin = as_("agent", &["audit", "review"]);
-    assert!(String::from_utf8_lossy(&not_admin.stderr).contains("PermissionDenied"));
+    assert!(String::from_utf8_lossy(&not_admin.stderr).contains("error: PERMISSION_DENIED: "));
 
     let inv = as_("admin", &["inventory", "--json"]);
     assert!(inv.status.success(), "{inv:?}");
@@ -822,7 +822,7 @@ fn the_cli_prints_text_one_json_document_and_meaningful_exit_statuses() {
     assert_eq!(long.status.code(), Some(1), "{long:?}");
     assert_eq!(
         String::from_utf8(long.stderr).unwrap(),
-        "error: InvalidArgument: requested ttl 30m exceeds the configured maximum 15m \
+        "error: INVALID_ARGUMENT: requested ttl 30m exceeds the configured maximum 15m \
          (limits.max_ttl)\n"
     );
 

@@ -54,9 +54,10 @@ pub struct Exit(pub u8);
 pub struct StdoutClosed(#[source] pub std::io::Error);
 
 /// A refusal or failure reported by the issuer, printed as
-/// `error: Code: message`.
+/// `error: CODE: message` with the code's canonical gRPC name
+/// (`PERMISSION_DENIED`), as in the issuer's logs and metrics.
 #[derive(Debug, thiserror::Error)]
-#[error("{code:?}: {message}")]
+#[error("{}: {}", crate::grpc::code_name(*.code), .message)]
 pub struct Rpc {
     /// The gRPC status code.
     pub code: tonic::Code,

@@ -29,6 +29,7 @@ mod convert;
 mod guard;
 mod issuer;
 mod observe;
+pub use observe::code_name;
 mod reflection;
 mod revocations;
 mod status;

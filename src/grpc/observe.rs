@@ -95,7 +95,7 @@ fn method_of(path: &str) -> (&'static str, &'static str) {
 }
 
 /// The canonical name of a gRPC status code (`OK`, `NOT_FOUND`, ...).
-fn code_name(code: tonic::Code) -> &'static str {
+pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
         Ok => "OK",
