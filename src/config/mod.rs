@@ -5,7 +5,6 @@
 //! the file, so a config and the material next to it can move together.
 //! [`Config::validate`] is the only gate: a config that passes it starts.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,8 +12,12 @@ use serde::{Deserialize, Serialize};
 use spiffe::TrustDomain;
 
 mod discovery;
+mod limits;
+mod listen;
 mod store;
 pub use discovery::DiscoveryConfig;
+pub use limits::{LimitsConfig, RateConfig};
+pub use listen::{ListenConfig, OpsConfig};
 pub use store::{STORE_URL_ENV, StoreConfig};
 
 /// A configuration problem, found while reading or validating the file.
@@ -87,68 +90,6 @@ pub struct Config {
     /// The directory relative paths were resolved against (not in the file).
     #[serde(skip)]
     pub base_dir: PathBuf,
-}
-
-/// Where and how the gRPC endpoint listens.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenConfig {
-    /// Socket address, e.g. `127.0.0.1:8443`.
-    #[serde(default = "default_listen")]
-    pub addr: SocketAddr,
-    /// How long a TLS handshake may take before the connection is dropped.
-    #[serde(default = "default_handshake_timeout", with = "humantime_serde_compat")]
-    pub handshake_timeout: Duration,
-    /// A connection with no call in flight for this long is closed (the
-    /// gRPC `MAX_CONNECTION_IDLE` of other servers). A connection whose SVID
-    /// was refused is closed after `handshake_timeout` at the latest.
-    #[serde(default = "default_idle_timeout", with = "humantime_serde_compat")]
-    pub idle_timeout: Duration,
-    /// Connections open at once, handshakes included; past it a new
-    /// connection is closed as soon as it is accepted. Keep the process's
-    /// file descriptor limit above it.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: u32,
-    /// Connections one SPIFFE ID may hold open at once on this replica; the
-    /// calls of one past it are refused with `RESOURCE_EXHAUSTED` and the
-    /// connection is closed. Many pods may share one SPIFFE ID: size it for
-    /// the largest such fleet.
-    #[serde(default = "default_max_connections_per_workload")]
-    pub max_connections_per_workload: u32,
-    /// HTTP/2 streams (calls) in flight on one connection, advertised to the
-    /// peer in `SETTINGS_MAX_CONCURRENT_STREAMS`.
-    #[serde(default = "default_max_concurrent_streams")]
-    pub max_concurrent_streams: u32,
-    /// Interval of HTTP/2 keepalive pings to each peer.
-    #[serde(
-        default = "default_keepalive_interval",
-        with = "humantime_serde_compat"
-    )]
-    pub keepalive_interval: Duration,
-    /// A peer that does not answer a keepalive ping within this is dropped.
-    #[serde(default = "default_keepalive_timeout", with = "humantime_serde_compat")]
-    pub keepalive_timeout: Duration,
-    /// Longest a unary call (or the opening of a stream) may take; the
-    /// caller gets `CANCELLED`/`DEADLINE_EXCEEDED` past it. A client's
-    /// shorter `grpc-timeout` wins.
-    #[serde(default = "default_request_timeout", with = "humantime_serde_compat")]
-    pub request_timeout: Duration,
-}
-
-impl Default for ListenConfig {
-    fn default() -> Self {
-        Self {
-            addr: default_listen(),
-            handshake_timeout: default_handshake_timeout(),
-            idle_timeout: default_idle_timeout(),
-            max_connections: default_max_connections(),
-            max_connections_per_workload: default_max_connections_per_workload(),
-            max_concurrent_streams: default_max_concurrent_streams(),
-            keepalive_interval: default_keepalive_interval(),
-            keepalive_timeout: default_keepalive_timeout(),
-            request_timeout: default_request_timeout(),
-        }
-    }
 }
 
 /// Trust bundles, one per trust domain (bundles are never merged).
@@ -230,90 +171,6 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
 }
 
-/// Minting limits.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Lifetime given when a request names none.
-    #[serde(default = "default_ttl", with = "humantime_serde_compat")]
-    pub default_ttl: Duration,
-    /// Longest lifetime a request may ask for.
-    #[serde(default = "default_max_ttl", with = "humantime_serde_compat")]
-    pub max_ttl: Duration,
-    /// Lifetime of a task begun implicitly by a mint, or without one.
-    #[serde(default = "default_task_lifetime", with = "humantime_serde_compat")]
-    pub default_task_lifetime: Duration,
-    /// Longest lifetime `BeginTask` may ask for.
-    #[serde(default = "default_max_task_lifetime", with = "humantime_serde_compat")]
-    pub max_task_lifetime: Duration,
-    /// Renewals allowed per lineage (a credential and its successors).
-    #[serde(default = "default_max_renewals")]
-    pub max_renewals: u32,
-    /// Active (unrevoked, unexpired) credentials allowed per task at once.
-    #[serde(default = "default_max_active_credentials")]
-    pub max_active_credentials: u32,
-    /// Longest lifetime of a break-glass task (shorter than a normal one).
-    #[serde(
-        default = "default_break_glass_max_lifetime",
-        with = "humantime_serde_compat"
-    )]
-    pub break_glass_max_lifetime: Duration,
-    /// How many delegations deep a task chain may go (0 = no delegation).
-    #[serde(default = "default_max_delegation_depth")]
-    pub max_delegation_depth: u32,
-    /// Per-workload token bucket for `MintX509`, `MintJwt` and `Renew`,
-    /// kept by each replica on its own (the fleet allows N times this). The
-    /// other classes of call have buckets of their own below; every call,
-    /// refused ones included, takes a token before its body is decoded.
-    #[serde(default)]
-    pub rate: RateConfig,
-    /// Bucket for `BeginTask`, `CompleteTask`, `DelegateTask` and `Revoke`.
-    #[serde(default = "default_task_rate")]
-    pub task_rate: RateConfig,
-    /// Bucket for `GetTask`, `CheckStatus`, `GetCrl`, `GetTrustBundle` and
-    /// health checks.
-    #[serde(default = "default_read_rate")]
-    pub read_rate: RateConfig,
-    /// Bucket for `WatchRevocations` and `AckRevocations`.
-    #[serde(default = "default_watch_rate")]
-    pub watch_rate: RateConfig,
-    /// Bucket for every call of the `Admin` service.
-    #[serde(default = "default_admin_rate")]
-    pub admin_rate: RateConfig,
-    /// Active tasks (not ended, deadline not passed) one holder may have.
-    #[serde(default = "default_max_active_tasks")]
-    pub max_active_tasks: u32,
-    /// Subscriber names one workload may acknowledge under (configured
-    /// subscribers excepted).
-    #[serde(default = "default_max_subscriber_names")]
-    pub max_subscriber_names: u32,
-    /// Watch streams one workload may hold open at once, on each replica.
-    #[serde(default = "default_max_watch_streams")]
-    pub max_watch_streams: u32,
-}
-
-/// A token bucket: `burst` calls at once, refilled at `per_second`. Each
-/// replica keeps its own buckets, so this is a per-replica budget.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateConfig {
-    /// Sustained calls per second per workload.
-    #[serde(default = "default_rate")]
-    pub per_second: f64,
-    /// Calls a workload may make at once after being idle.
-    #[serde(default = "default_burst")]
-    pub burst: u32,
-}
-
-impl Default for RateConfig {
-    fn default() -> Self {
-        Self {
-            per_second: default_rate(),
-            burst: default_burst(),
-        }
-    }
-}
-
 /// The policy file and the groups policies can name.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -358,29 +215,6 @@ pub struct OwnerRule {
     pub pattern: String,
     /// Team or person accountable, e.g. `team-payments` or `alice@example.org`.
     pub owner: String,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            default_ttl: default_ttl(),
-            max_ttl: default_max_ttl(),
-            default_task_lifetime: default_task_lifetime(),
-            max_task_lifetime: default_max_task_lifetime(),
-            max_renewals: default_max_renewals(),
-            max_active_credentials: default_max_active_credentials(),
-            break_glass_max_lifetime: default_break_glass_max_lifetime(),
-            max_delegation_depth: default_max_delegation_depth(),
-            rate: RateConfig::default(),
-            task_rate: default_task_rate(),
-            read_rate: default_read_rate(),
-            watch_rate: default_watch_rate(),
-            admin_rate: default_admin_rate(),
-            max_active_tasks: default_max_active_tasks(),
-            max_subscriber_names: default_max_subscriber_names(),
-            max_watch_streams: default_max_watch_streams(),
-        }
-    }
 }
 
 /// The revocation feed and delivery evidence.
@@ -431,89 +265,8 @@ pub struct SubscriberConfig {
     pub spiffe_id: String,
 }
 
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8443))
-}
-fn default_handshake_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(5 * 60)
-}
-fn default_max_connections() -> u32 {
-    10_000
-}
-fn default_max_connections_per_workload() -> u32 {
-    1000
-}
-fn default_max_concurrent_streams() -> u32 {
-    100
-}
-fn default_keepalive_interval() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_keepalive_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn rate(per_second: f64, burst: u32) -> RateConfig {
-    RateConfig { per_second, burst }
-}
-fn default_task_rate() -> RateConfig {
-    rate(20.0, 50)
-}
-fn default_read_rate() -> RateConfig {
-    rate(100.0, 200)
-}
-fn default_watch_rate() -> RateConfig {
-    rate(20.0, 50)
-}
-fn default_admin_rate() -> RateConfig {
-    rate(20.0, 50)
-}
-fn default_max_active_tasks() -> u32 {
-    1000
-}
-fn default_max_subscriber_names() -> u32 {
-    16
-}
-fn default_max_watch_streams() -> u32 {
-    16
-}
 fn default_reload_interval() -> Duration {
     Duration::from_secs(5)
-}
-fn default_ttl() -> Duration {
-    Duration::from_secs(5 * 60)
-}
-fn default_max_ttl() -> Duration {
-    Duration::from_secs(60 * 60)
-}
-fn default_task_lifetime() -> Duration {
-    Duration::from_secs(15 * 60)
-}
-fn default_max_task_lifetime() -> Duration {
-    Duration::from_secs(8 * 60 * 60)
-}
-fn default_max_renewals() -> u32 {
-    3
-}
-fn default_max_active_credentials() -> u32 {
-    100
-}
-fn default_break_glass_max_lifetime() -> Duration {
-    Duration::from_secs(60 * 60)
-}
-fn default_max_delegation_depth() -> u32 {
-    3
-}
-fn default_rate() -> f64 {
-    100.0
-}
-fn default_burst() -> u32 {
-    200
 }
 fn default_crl_validity() -> Duration {
     Duration::from_secs(60 * 60)
@@ -852,51 +605,3 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
-
-/// The operations listener: `/metrics`, `/healthz` and `/readyz` over plain
-/// HTTP, without authentication (see [`crate::ops`]). On by default, on
-/// loopback.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OpsConfig {
-    /// `false` turns the listener off.
-    #[serde(default = "default_ops_enabled")]
-    pub enabled: bool,
-    /// Socket address. Unset: [`OpsConfig::DEFAULT_LISTEN`], and a busy port
-    /// there is a warning, not a failure to start; set: the address must be
-    /// free. Anything but loopback exposes metrics and readiness to whoever
-    /// reaches it (Kubernetes probes need the pod address).
-    #[serde(default)]
-    pub listen: Option<SocketAddr>,
-}
-
-impl OpsConfig {
-    /// Where the listener binds when `listen` is unset.
-    pub const DEFAULT_LISTEN: SocketAddr =
-        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
-
-    /// The address to bind, and whether it was chosen explicitly; `None`
-    /// when the listener is off.
-    pub fn address(&self) -> Option<(SocketAddr, bool)> {
-        if !self.enabled {
-            return None;
-        }
-        Some(match self.listen {
-            Some(a) => (a, true),
-            None => (Self::DEFAULT_LISTEN, false),
-        })
-    }
-}
-
-impl Default for OpsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            listen: None,
-        }
-    }
-}
-
-fn default_ops_enabled() -> bool {
-    true
-}
