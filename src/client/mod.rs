@@ -19,13 +19,7 @@ use std::time::Duration;
 use tonic_health::pb::health_client::HealthClient;
 
 use hyper_util::rt::TokioIo;
-use rustls::client::ResolvesClientCert;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, TrustAnchor, UnixTime,
-};
-use rustls::sign::CertifiedKey;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use spiffe::SpiffeId;
 use tonic::transport::{Channel, Endpoint, Uri};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -36,9 +30,11 @@ use crate::grpc::pb::issuer_client::IssuerClient;
 use crate::grpc::pb::revocations_client::RevocationsClient;
 use crate::identity::WorkloadApiSource;
 use trace::Traced;
+use verify::{ClientAuth, ServerRoots, SpiffeServerVerifier, WorkloadApiCert, anchors};
 
 mod identity;
 mod trace;
+mod verify;
 mod watch;
 pub use identity::{BUNDLE_ENV, DEV_DIR, IdentityFlags, IdentitySource, SVID_ENV, SVID_KEY_ENV};
 pub use watch::{WatchItem, Watcher};
@@ -692,140 +688,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
-}
-
-fn anchors(roots: &[CertificateDer<'static>]) -> Result<Vec<TrustAnchor<'static>>, ClientError> {
-    roots
-        .iter()
-        .map(|r| webpki::anchor_from_trusted_cert(r).map(|a| a.to_owned()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ClientError::Config(format!("bundle: {e}")))
-}
-
-/// What the client presents in the handshake.
-enum ClientAuth {
-    None,
-    Fixed(Identity),
-    WorkloadApi(Arc<WorkloadApiCert>),
-}
-
-/// Presents the Workload API's current SVID at each handshake.
-#[derive(Debug)]
-struct WorkloadApiCert {
-    source: WorkloadApiSource,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ResolvesClientCert for WorkloadApiCert {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[rustls::SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        // A handshake without a certificate is refused by the issuer with a
-        // status naming the missing SVID; log why ours is missing.
-        let svid = self
-            .source
-            .svid()
-            .map_err(|e| tracing::warn!(error = %e, "no client certificate for this handshake"))
-            .ok()?;
-        CertifiedKey::from_der(svid.chain, svid.key, &self.provider)
-            .map_err(|e| tracing::warn!(error = %e, "the Workload API's SVID is unusable"))
-            .ok()
-            .map(Arc::new)
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
-/// The roots that verify the issuer.
-#[derive(Debug)]
-enum ServerRoots {
-    Fixed(Vec<TrustAnchor<'static>>),
-    /// The agent's bundle of the issuer's trust domain, read per handshake.
-    WorkloadApi(WorkloadApiSource),
-}
-
-/// Verifies the issuer's certificate chain against the bundle and its URI
-/// SAN against the expected SPIFFE ID. DNS names play no part.
-#[derive(Debug)]
-struct SpiffeServerVerifier {
-    roots: ServerRoots,
-    server_id: SpiffeId,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let bad = |m: String| rustls::Error::General(m);
-        let ee = webpki::EndEntityCert::try_from(end_entity).map_err(|e| bad(e.to_string()))?;
-        let from_agent;
-        let anchors = match &self.roots {
-            ServerRoots::Fixed(a) => a,
-            ServerRoots::WorkloadApi(source) => {
-                let td = self.server_id.trust_domain();
-                let roots = source.bundle(td).ok_or_else(|| {
-                    bad(format!(
-                        "the Workload API at `{}` sent no bundle for the issuer's trust domain `{td}`",
-                        source.endpoint()
-                    ))
-                })?;
-                from_agent = anchors(&roots).map_err(|e| bad(e.to_string()))?;
-                &from_agent
-            }
-        };
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            anchors,
-            intermediates,
-            now,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| bad(format!("issuer certificate: {e}")))?;
-        let (_, leaf) =
-            X509Certificate::from_der(end_entity.as_ref()).map_err(|e| bad(e.to_string()))?;
-        let id = crate::identity::spiffe_id_of_leaf(&leaf).map_err(|e| bad(e.to_string()))?;
-        if id != self.server_id {
-            return Err(bad(format!(
-                "issuer presented SPIFFE ID `{id}`, expected `{}`",
-                self.server_id
-            )));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.algs.supported_schemes()
-    }
 }
 
 fn serving_status(wire: i32) -> tonic_health::ServingStatus {
