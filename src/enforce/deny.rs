@@ -85,6 +85,25 @@ impl DenySet {
         self.len() == 0
     }
 
+    /// Bytes its tables hold (slots and control bytes at their current
+    /// capacity; the few ids of unknown shape counted at their length).
+    pub fn table_bytes(&self) -> usize {
+        fn table<K, V>(m: &HashMap<K, V>) -> usize {
+            // A SwissTable of `capacity` holds 8/7 as many slots, a power
+            // of two, each with one control byte.
+            let cap = m.capacity();
+            if cap == 0 {
+                return 0;
+            }
+            let slots = (cap * 8).div_ceil(7).next_power_of_two();
+            slots * (std::mem::size_of::<(K, V)>() + 1)
+        }
+        table(&self.jti)
+            + table(&self.serial)
+            + table(&self.other)
+            + self.other.keys().map(|k| k.len()).sum::<usize>()
+    }
+
     /// Every entry as `(id, until)`, ids in lowercase hex: what the state
     /// file is rewritten from.
     pub fn entries(&self) -> impl Iterator<Item = (String, i64)> + '_ {

@@ -185,6 +185,7 @@ impl Follower {
                             deny.insert(id, until);
                         }
                     }
+                    self.shared.applied.send_replace(e.seq);
                     self.shared.stats.events.fetch_add(1, Ordering::Relaxed);
                     if in_sync {
                         self.fresh();

@@ -107,6 +107,8 @@ struct Shared {
     /// The cursor the last session started from (`None`: a snapshot), and
     /// the cursor now.
     session: Mutex<(Option<Option<u64>>, Option<u64>)>,
+    /// The sequence of the last event in the deny set.
+    applied: watch::Sender<u64>,
     stats: Stats,
 }
 
@@ -151,6 +153,7 @@ impl Enforcer {
                 fresh_at_ms: AtomicU64::new(0),
                 epoch: Instant::now(),
                 session: Mutex::new((None, None)),
+                applied: watch::channel(0).0,
                 stats: Stats::default(),
             }),
         }
@@ -265,6 +268,12 @@ impl Enforcer {
     /// from: `Some(None)` a snapshot, `None` no session yet.
     pub fn resumed_from(&self) -> Option<Option<u64>> {
         self.shared.session.lock().expect("session lock").0
+    }
+
+    /// A receiver of the sequence of the last event applied to the deny set
+    /// (checks deny its credentials from then on).
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.shared.applied.subscribe()
     }
 
     /// Counts since start.

@@ -22,12 +22,12 @@ const HEADER: &str = "taskmint-enforce-state 1";
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// A file operation failed.
-    #[error("`{path}`: {source}")]
+    #[error("`{path}`: {error}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A line other than the last cannot be read.
     #[error("`{path}` line {line}: not a state record (`{text}`)")]
@@ -69,7 +69,7 @@ impl State {
     pub fn load(dir: &Path) -> Result<Loaded, StateError> {
         let io = |path: &Path| {
             let path = path.to_owned();
-            move |source| StateError::Io { path, source }
+            move |error| StateError::Io { path, error }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let path = Self::path(dir);
@@ -122,8 +122,9 @@ impl State {
         let tmp = dir.join(format!("{FILE}.tmp"));
         let io = |p: &Path| {
             let path = p.to_owned();
-            move |source| StateError::Io { path, source }
+            move |error| StateError::Io { path, error }
         };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut lines = 1;
         {
             let mut w = std::io::BufWriter::new(File::create(&tmp).map_err(io(&tmp))?);
@@ -172,7 +173,7 @@ impl State {
         self.file
             .write_all(buf.as_bytes())
             .and_then(|()| self.file.sync_data())
-            .map_err(|source| StateError::Io { path, source })?;
+            .map_err(|error| StateError::Io { path, error })?;
         self.lines += entries.len() + usize::from(cursor.is_some());
         Ok(())
     }
