@@ -279,6 +279,13 @@ pub fn init(
         false,
     )?;
     write(&config, &config_text(trust_domain, listen), false)?;
+    if workloads.iter().any(|w| w == "sidecar") {
+        write(
+            &dir.join("enforce.toml"),
+            &enforce_config_text(listen),
+            false,
+        )?;
+    }
     Ok(DevInit {
         config,
         workloads: written,
@@ -378,6 +385,39 @@ connection_timeout = "60s"
     );
     write(&config, &format!("{text}{section}"), false)?;
     Ok(url)
+}
+
+/// The config of `taskmint enforce` for the dev `sidecar` workload, next
+/// to the issuer's: it follows the issuer at `listen` and serves Envoy's
+/// ext_authz on 127.0.0.1:9191 for the audience `db`.
+pub fn enforce_config_text(listen: &str) -> String {
+    format!(
+        r#"# taskmint enforce configuration, written by `taskmint dev init`.
+# Paths are relative to this file. See README, "Enforcement".
+
+# The issuer replicas whose revocation feed is followed (one at a time).
+issuers = ["{listen}"]
+# The enforcer's own SVID (or: workload_api = "unix:///run/spire/agent.sock").
+svid = "sidecar.pem"
+svid_key = "sidecar.key"
+bundle = "bundle.pem"
+# Acknowledges under this name: an expected subscriber of the issuer.
+subscriber = "sidecar"
+# Envoy's ext_authz cluster points here (plain HTTP/2: keep it local).
+listen = "127.0.0.1:9191"
+# A bearer token must name one of these in `aud`.
+audiences = ["db"]
+leeway = "5s"
+# Tokens must be bound (cnf.x5t#S256) to the peer certificate Envoy passes.
+require_cnf = true
+# No event or heartbeat for this long: every check is refused with 503.
+max_staleness = "30s"
+# The cursor and deny entries, kept across restarts.
+state_dir = "data/enforce"
+# Remove the bearer token before the request reaches the service.
+strip_bearer = false
+"#
+    )
 }
 
 /// The `[store]` line of a dev config: the SQLite file.

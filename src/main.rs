@@ -14,9 +14,11 @@ async fn main() -> std::process::ExitCode {
     // An argument error is clap's whole rendering (usage, "did you mean"
     // hints) with status 2.
     let cli = Cli::parse();
-    // The server logs each request at info; client commands stay quiet
+    // The issuer and the enforcer log at info; client commands stay quiet
     // unless RUST_LOG asks for more.
-    let default = if matches!(cli.command, Command::Serve(_)) {
+    let default = if matches!(&cli.command, Command::Serve(_))
+        || matches!(&cli.command, Command::Enforce(a) if a.cmd.is_none())
+    {
         "info"
     } else {
         "warn"

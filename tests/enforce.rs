@@ -774,3 +774,89 @@ impl<F: std::future::Future<Output = i32>> MapEq for F {
         self.await == want
     }
 }
+
+/// The command line: `taskmint enforce --config` runs the sidecar, `taskmint
+/// enforce check` asks it as Envoy would, and a bad config is refused with
+/// a message naming the problem.
+#[tokio::test]
+async fn the_command_runs_the_sidecar_and_check_asks_it() {
+    let s = start().await;
+    let exe = env!("CARGO_BIN_EXE_taskmint");
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = s.path("enforce-test.toml");
+    std::fs::write(
+        &cfg,
+        taskmint::devca::enforce_config_text(&s.addr.to_string())
+            .replace("127.0.0.1:9191", &listen.to_string()),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(exe)
+        .args(["enforce", "--config"])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut agent = s.client("agent").await;
+    let token = agent.mint_jwt("cli-1", "db", None).await.unwrap().token;
+    let check = |token: &str, peer: &str| {
+        std::process::Command::new(exe)
+            .args([
+                "enforce",
+                "check",
+                "--enforcer",
+                &listen.to_string(),
+                "--token",
+                token,
+            ])
+            .arg("--peer-cert")
+            .arg(s.path(peer))
+            .output()
+            .unwrap()
+    };
+    let allowed = eventually(Duration::from_secs(10), || async {
+        check(&token, "agent.pem").status.code() == Some(0)
+    })
+    .await;
+    let out = check(&token, "agent.pem");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "allowed: spiffe://example.org/workload/agent (task cli-1)\n"
+    );
+    let out = check(&token, "sidecar.pem");
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "denied 403: token is bound to another certificate (cnf)\n"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(allowed, "the sidecar never allowed a valid token");
+
+    // Stopped: connection refused is a failure, not a decision.
+    let out = check(&token, "agent.pem");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to the enforcer"), "{err}");
+
+    // A config that cannot work.
+    std::fs::write(
+        &cfg,
+        taskmint::devca::enforce_config_text(&s.addr.to_string())
+            .replace(r#"audiences = ["db"]"#, "audiences = []"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["enforce", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid config: audiences must list at least one non-empty audience"),
+        "{err}"
+    );
+}

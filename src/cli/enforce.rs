@@ -1,26 +1,71 @@
 //! `taskmint enforce`: run the enforcement sidecar (Envoy ext_authz) until
-//! SIGINT or SIGTERM.
+//! SIGINT or SIGTERM; `taskmint enforce check`: ask a running one about a
+//! request, as Envoy would.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, Subcommand};
+use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 
+use super::out;
 use crate::enforce::EnforceConfig;
 
 /// Arguments of `enforce`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct EnforceArgs {
+    /// `check`: one Check against a running enforcer.
+    #[command(subcommand)]
+    pub cmd: Option<EnforceCommand>,
     /// The enforcer's config file (see README, "Enforcement").
-    #[arg(long)]
-    pub config: PathBuf,
+    #[arg(long, required = false)]
+    pub config: Option<PathBuf>,
     /// Listen address for ext_authz (overrides `listen`).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
 }
 
+/// `enforce` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EnforceCommand {
+    /// Send one Envoy-shaped Check to a running enforcer and print its
+    /// decision (exit 0 allowed, 3 denied, 8 feed stale).
+    Check(CheckArgs),
+}
+
+/// Arguments of `enforce check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The enforcer's ext_authz address.
+    #[arg(long, default_value = "127.0.0.1:9191")]
+    pub enforcer: String,
+    /// The bearer token (a JWT-SVID); `-` reads it from stdin.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// The client's certificate (PEM), as Envoy passes it with
+    /// `include_peer_certificate`.
+    #[arg(long, value_name = "FILE")]
+    pub peer_cert: Option<PathBuf>,
+    /// Print the decision as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 pub(super) async fn run(a: EnforceArgs) -> anyhow::Result<()> {
-    let mut cfg = EnforceConfig::load(&a.config)?;
+    if let Some(EnforceCommand::Check(c)) = a.cmd {
+        return check(c).await;
+    }
+    let Some(path) = a.config else {
+        return Err(out::usage(
+            "`enforce` needs --config FILE (or the `check` subcommand)",
+        ));
+    };
+    let mut cfg = EnforceConfig::load(&path)?;
     if let Some(addr) = a.listen {
         cfg.listen = addr;
     }
@@ -38,4 +83,105 @@ pub(super) async fn run(a: EnforceArgs) -> anyhow::Result<()> {
     crate::enforce::authz::serve(&cfg, listener, super::serve::shutdown_signal()).await?;
     tracing::info!("enforcer stopped");
     Ok(())
+}
+
+async fn check(a: CheckArgs) -> anyhow::Result<()> {
+    let token = match a.token.as_deref() {
+        Some("-") => {
+            let mut t = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)?;
+            Some(t.trim().to_owned())
+        }
+        other => other.map(str::to_owned),
+    };
+    let peer = a
+        .peer_cert
+        .as_ref()
+        .map(|p| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("`{}`: {e}", p.display())))
+        .transpose()?;
+    let mut headers = HashMap::from([
+        (":method".to_owned(), "GET".to_owned()),
+        (":path".to_owned(), "/".to_owned()),
+    ]);
+    if let Some(t) = token {
+        headers.insert("authorization".into(), format!("Bearer {t}"));
+    }
+    let req = CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                certificate: peer
+                    .map(|p| {
+                        percent_encoding::utf8_percent_encode(
+                            &p,
+                            percent_encoding::NON_ALPHANUMERIC,
+                        )
+                        .to_string()
+                    })
+                    .unwrap_or_default(),
+                ..Default::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", a.enforcer))
+        .map_err(|e| anyhow::anyhow!("--enforcer `{}`: {e}", a.enforcer))?
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to the enforcer at `{}`: {e}", a.enforcer))?;
+    let r = AuthorizationClient::new(channel)
+        .check(req)
+        .await
+        .map_err(|s| anyhow::Error::from(out::Rpc::from(s)))?
+        .into_inner();
+    let header_map = |h: &[envoy_types::ext_authz::v3::pb::HeaderValueOption]| {
+        h.iter()
+            .filter_map(|o| o.header.as_ref())
+            .map(|v| (v.key.clone(), v.value.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (status, headers) = match &r.http_response {
+        Some(HttpResponse::OkResponse(ok)) => (200, header_map(&ok.headers)),
+        Some(HttpResponse::DeniedResponse(d)) => (
+            d.status.as_ref().map(|s| s.code).unwrap_or(403),
+            header_map(&d.headers),
+        ),
+        _ => anyhow::bail!("the enforcer's answer has no HTTP response"),
+    };
+    if a.json {
+        out::json(&serde_json::json!({ "status": status, "headers": headers }))?;
+    } else if status == 200 {
+        out::line(format!(
+            "allowed: {} (task {})",
+            headers
+                .get("x-taskmint-spiffe-id")
+                .map(String::as_str)
+                .unwrap_or("-"),
+            headers
+                .get("x-taskmint-task")
+                .map(String::as_str)
+                .unwrap_or("-"),
+        ))?;
+    } else {
+        out::line(format!(
+            "denied {status}: {}",
+            headers
+                .get("x-taskmint-deny-reason")
+                .map(String::as_str)
+                .unwrap_or("-")
+        ))?;
+    }
+    match status {
+        200 => Ok(()),
+        503 => Err(out::Exit(out::code::NOT_SERVING).into()),
+        _ => Err(out::Exit(out::code::DENIED).into()),
+    }
 }
