@@ -1175,96 +1175,16 @@ fn policy_eval_fills_the_context_defaults() {
 #[cfg(unix)]
 #[test]
 fn the_readme_quick_start_runs_verbatim() {
-    use std::os::unix::process::CommandExt;
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let (_, rest) = readme
-        .split_once("<!-- quickstart:begin -->")
-        .expect("README.md marks its quick start");
-    let (section, _) = rest
-        .split_once("<!-- quickstart:end -->")
-        .expect("README.md closes its quick start");
-    let mut script = String::new();
-    let mut in_sh = false;
-    for line in section.lines() {
-        match (in_sh, line.trim_end()) {
-            (false, "```sh") => in_sh = true,
-            (true, "```") => in_sh = false,
-            (true, l) => {
-                script.push_str(l);
-                script.push('\n');
-            }
-            _ => {}
+    let (status, out, err) = run_readme_block("quickstart", &[], |script| {
+        for must in [
+            "cargo run --release -- serve",
+            "cargo test",
+            "task begin",
+            "mint jwt",
+        ] {
+            assert!(script.contains(must), "the quick start lost `{must}`");
         }
-    }
-    assert!(!in_sh, "an unclosed sh block");
-    for must in [
-        "cargo run --release -- serve",
-        "cargo test",
-        "task begin",
-        "mint jwt",
-    ] {
-        assert!(script.contains(must), "the quick start lost `{must}`");
-    }
-    let prelude = r#"set -euo pipefail
-shopt -s expand_aliases
-cargo() {
-  case "$*" in
-    test*) echo "(cargo test: skipped, the test suite is running)" ;;
-    "run --release -q -- "*) shift 4; "$TASKMINT_BIN" "$@" ;;
-    "run --release -- "*) shift 3; "$TASKMINT_BIN" "$@" ;;
-    *) echo "unexpected: cargo $*" >&2; return 64 ;;
-  esac
-}
-"#;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("quickstart.sh");
-    std::fs::write(&path, format!("{prelude}{script}")).unwrap();
-    let port = free_port();
-    let (stdout, stderr) = (dir.path().join("out.txt"), dir.path().join("err.txt"));
-    let mut cmd = Command::new("bash");
-    cmd.arg(&path)
-        .current_dir(dir.path())
-        .env("TASKMINT_BIN", BIN)
-        .env("TASKMINT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TASKMINT_SERVER", format!("127.0.0.1:{port}"))
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .process_group(0);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TASKMINT_") && k != "TASKMINT_BIN" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("TASKMINT_BIN", BIN)
-        .env("TASKMINT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TASKMINT_SERVER", format!("127.0.0.1:{port}"));
-    let mut child = cmd.spawn().unwrap();
-    let pgid = child.id();
-    // Whatever happens, the issuer it started goes with the script.
-    struct Group(u32);
-    impl Drop for Group {
-        fn drop(&mut self) {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", self.0)])
-                .status();
-        }
-    }
-    let _group = Group(pgid);
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the quick start hangs: {}",
-            std::fs::read_to_string(&stderr).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let out = std::fs::read_to_string(&stdout).unwrap();
-    let err = std::fs::read_to_string(&stderr).unwrap();
+    });
     assert!(
         status.success(),
         "the quick start failed ({status}):\n{out}\n{err}"
@@ -1286,4 +1206,136 @@ cargo() {
             "`{fragment}` missing from:\n{out}\n{err}"
         );
     }
+}
+
+/// The README's enforcement walkthrough, run as written (the issuer, the
+/// enforcer and the checks), with its own ports.
+#[test]
+fn the_readme_enforcement_walkthrough_runs_verbatim() {
+    let enforcer = format!("127.0.0.1:{}", free_port());
+    let (status, out, err) = run_readme_block(
+        "enforce-demo",
+        &[
+            ("TASKMINT_ENFORCE_LISTEN", enforcer.clone()),
+            ("TASKMINT_ENFORCER", enforcer),
+        ],
+        |script| {
+            for must in ["enforce --config certs/dev/enforce.toml", "enforce check"] {
+                assert!(script.contains(must), "the walkthrough lost `{must}`");
+            }
+        },
+    );
+    assert!(
+        status.success(),
+        "the walkthrough failed ({status}):\n{out}\n{err}"
+    );
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with("allowed") || l.starts_with("denied"))
+            .collect::<Vec<_>>(),
+        [
+            "allowed: spiffe://example.org/workload/agent (task demo-7)",
+            "denied 403: token is bound to another certificate (cnf)",
+            "denied 403: credential revoked",
+        ],
+        "{out}\n{err}"
+    );
+}
+
+/// Runs the `sh` blocks between `<!-- NAME:begin -->` and `<!-- NAME:end -->`
+/// in README.md as one bash script (`cargo run` standing for this build's
+/// binary) in a fresh directory, with the issuer on a free port, and returns
+/// its status, stdout and stderr. `check` sees the script first.
+fn run_readme_block(
+    name: &str,
+    env: &[(&str, String)],
+    check: impl FnOnce(&str),
+) -> (std::process::ExitStatus, String, String) {
+    use std::os::unix::process::CommandExt;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let (_, rest) = readme
+        .split_once(&format!("<!-- {name}:begin -->"))
+        .unwrap_or_else(|| panic!("README.md marks its {name} block"));
+    let (section, _) = rest
+        .split_once(&format!("<!-- {name}:end -->"))
+        .unwrap_or_else(|| panic!("README.md closes its {name} block"));
+    let mut script = String::new();
+    let mut in_sh = false;
+    for line in section.lines() {
+        match (in_sh, line.trim_end()) {
+            (false, "```sh") => in_sh = true,
+            (true, "```") => in_sh = false,
+            (true, l) => {
+                script.push_str(l);
+                script.push('\n');
+            }
+            _ => {}
+        }
+    }
+    assert!(!in_sh, "an unclosed sh block");
+    check(&script);
+    let prelude = r#"set -euo pipefail
+shopt -s expand_aliases
+cargo() {
+  case "$*" in
+    test*) echo "(cargo test: skipped, the test suite is running)" ;;
+    "run --release -q -- "*) shift 4; "$TASKMINT_BIN" "$@" ;;
+    "run --release -- "*) shift 3; "$TASKMINT_BIN" "$@" ;;
+    *) echo "unexpected: cargo $*" >&2; return 64 ;;
+  esac
+}
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{name}.sh"));
+    std::fs::write(&path, format!("{prelude}{script}")).unwrap();
+    let port = free_port();
+    let (stdout, stderr) = (dir.path().join("out.txt"), dir.path().join("err.txt"));
+    let mut cmd = Command::new("bash");
+    cmd.arg(&path)
+        .current_dir(dir.path())
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .process_group(0);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TASKMINT_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("TASKMINT_BIN", BIN)
+        .env("TASKMINT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TASKMINT_SERVER", format!("127.0.0.1:{port}"))
+        .env("TASKMINT_ENFORCE_ISSUERS", format!("127.0.0.1:{port}"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let pgid = child.id();
+    // Whatever happens, the processes it started go with the script.
+    struct Group(u32);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.0)])
+                .status();
+        }
+    }
+    let _group = Group(pgid);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the {name} block hangs: {}",
+            std::fs::read_to_string(&stderr).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (
+        status,
+        std::fs::read_to_string(&stdout).unwrap(),
+        std::fs::read_to_string(&stderr).unwrap(),
+    )
 }

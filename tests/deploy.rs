@@ -113,3 +113,60 @@ fn shipped_policies_validate_against_the_schema() {
         assert!(!doc.ids.is_empty(), "{rel} permits nothing");
     }
 }
+
+/// The Envoy examples and the enforcer configs beside them agree: the
+/// ext_authz filter sends the peer certificate and fails closed, its
+/// cluster reaches the enforcer's `listen` over HTTP/2 and health-checks
+/// the service the enforcer reports on.
+#[test]
+fn envoy_examples_match_the_enforcer() {
+    use taskmint::enforce::EnforceConfig;
+    let spire = EnforceConfig::from_toml(
+        &read("examples/envoy/enforce-spire.toml"),
+        Path::new("/etc/taskmint"),
+    )
+    .unwrap_or_else(|e| panic!("enforce-spire.toml does not load: {e}"));
+    let dev = EnforceConfig::from_toml(
+        &taskmint::devca::enforce_config_text("127.0.0.1:8443"),
+        Path::new("/x"),
+    )
+    .unwrap_or_else(|e| panic!("the dev enforce.toml does not load: {e}"));
+    for (file, enforcer) in [
+        ("examples/envoy/envoy.yaml", &dev),
+        ("examples/envoy/envoy-sds.yaml", &spire),
+    ] {
+        let y = read(file);
+        for must in [
+            "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version: V3",
+            "include_peer_certificate: true",
+            "failure_mode_allow: false",
+            "require_client_certificate: true",
+            "envoy_grpc: { cluster_name: taskmint-enforce }",
+            "http2_protocol_options: {}",
+        ] {
+            assert!(y.contains(must), "{file} lost `{must}`");
+        }
+        assert!(
+            y.contains(&format!(
+                "service_name: {}",
+                taskmint::enforce::authz::SERVICE
+            )),
+            "{file}: the health check names another service"
+        );
+        let endpoint = format!(
+            "socket_address: {{ address: {}, port_value: {} }}",
+            enforcer.listen.ip(),
+            enforcer.listen.port()
+        );
+        assert!(y.contains(&endpoint), "{file}: no endpoint `{endpoint}`");
+        // The filter comes before the router, or it checks nothing.
+        let (authz, router) = (
+            y.find("name: envoy.filters.http.ext_authz").unwrap(),
+            y.find("name: envoy.filters.http.router").unwrap(),
+        );
+        assert!(authz < router, "{file}: ext_authz after the router");
+    }
+    assert!(spire.workload_api.is_some());
+    assert_eq!(spire.issuers.len(), 3);
+}

@@ -25,8 +25,16 @@ pub struct EnforceArgs {
     /// The enforcer's config file (see README, "Enforcement").
     #[arg(long, required = false)]
     pub config: Option<PathBuf>,
+    /// Issuer addresses (overrides `issuers`; comma separated or repeated).
+    #[arg(
+        long = "issuer",
+        value_name = "HOST:PORT",
+        value_delimiter = ',',
+        env = "TASKMINT_ENFORCE_ISSUERS"
+    )]
+    pub issuers: Vec<String>,
     /// Listen address for ext_authz (overrides `listen`).
-    #[arg(long)]
+    #[arg(long, env = "TASKMINT_ENFORCE_LISTEN")]
     pub listen: Option<SocketAddr>,
 }
 
@@ -42,8 +50,12 @@ pub enum EnforceCommand {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// The enforcer's ext_authz address.
-    #[arg(long, default_value = "127.0.0.1:9191")]
+    #[arg(long, default_value = "127.0.0.1:9191", env = "TASKMINT_ENFORCER")]
     pub enforcer: String,
+    /// While the enforcer is unreachable or its feed stale (503), ask
+    /// again for up to this long.
+    #[arg(long, value_parser = super::parse_duration)]
+    pub wait: Option<std::time::Duration>,
     /// The bearer token (a JWT-SVID); `-` reads it from stdin.
     #[arg(long)]
     pub token: Option<String>,
@@ -68,6 +80,9 @@ pub(super) async fn run(a: EnforceArgs) -> anyhow::Result<()> {
     let mut cfg = EnforceConfig::load(&path)?;
     if let Some(addr) = a.listen {
         cfg.listen = addr;
+    }
+    if !a.issuers.is_empty() {
+        cfg.issuers = a.issuers;
     }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -132,16 +147,16 @@ async fn check(a: CheckArgs) -> anyhow::Result<()> {
             ..Default::default()
         }),
     };
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", a.enforcer))
-        .map_err(|e| anyhow::anyhow!("--enforcer `{}`: {e}", a.enforcer))?
-        .connect()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to the enforcer at `{}`: {e}", a.enforcer))?;
-    let r = AuthorizationClient::new(channel)
-        .check(req)
-        .await
-        .map_err(|s| anyhow::Error::from(out::Rpc::from(s)))?
-        .into_inner();
+    let deadline = std::time::Instant::now() + a.wait.unwrap_or_default();
+    let r = loop {
+        let answer = ask(&a.enforcer, req.clone()).await;
+        let stale = matches!(&answer, Ok(r) if r.status.as_ref().map(|s| s.code) == Some(tonic::Code::Unavailable as i32));
+        if (answer.is_err() || stale) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            continue;
+        }
+        break answer?;
+    };
     let header_map = |h: &[envoy_types::ext_authz::v3::pb::HeaderValueOption]| {
         h.iter()
             .filter_map(|o| o.header.as_ref())
@@ -184,4 +199,20 @@ async fn check(a: CheckArgs) -> anyhow::Result<()> {
         503 => Err(out::Exit(out::code::NOT_SERVING).into()),
         _ => Err(out::Exit(out::code::DENIED).into()),
     }
+}
+
+async fn ask(
+    enforcer: &str,
+    req: CheckRequest,
+) -> anyhow::Result<envoy_types::ext_authz::v3::pb::CheckResponse> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{enforcer}"))
+        .map_err(|e| anyhow::anyhow!("--enforcer `{enforcer}`: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to the enforcer at `{enforcer}`: {e}"))?;
+    Ok(AuthorizationClient::new(channel)
+        .check(req)
+        .await
+        .map_err(|s| anyhow::Error::from(out::Rpc::from(s)))?
+        .into_inner())
 }
