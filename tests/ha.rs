@@ -596,3 +596,76 @@ async fn feeds_resync_when_the_log_goes_back() {
     let e = next_event(&mut fresh, Duration::from_secs(5)).await;
     assert_eq!((e.seq, e.task_id.as_str()), (3, "r4"));
 }
+
+/// `taskmint enforce` given two replicas follows one; when it is killed,
+/// the enforcer goes on from the other, resuming from its cursor, and
+/// misses no revocation committed in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_enforcer_fails_over_to_another_replica_from_its_cursor() {
+    let Some(mut fleet) = Fleet::new().await else {
+        return;
+    };
+    fleet.start().await;
+    fleet.start().await;
+    let state = tempfile::tempdir().unwrap();
+    let text = format!(
+        "issuers = [\"{}\", \"{}\"]\nsvid = \"sidecar.pem\"\nsvid_key = \"sidecar.key\"\n\
+         bundle = \"bundle.pem\"\nsubscriber = \"sidecar\"\nlisten = \"127.0.0.1:0\"\n\
+         audiences = [\"db\"]\nmax_staleness = \"5s\"\nstate_dir = \"{}\"\n",
+        fleet.replicas[0].addr,
+        fleet.replicas[1].addr,
+        state.path().display()
+    );
+    let cfg = taskmint::enforce::EnforceConfig::from_toml(&text, fleet.dir()).unwrap();
+    let (enforcer, follower) = taskmint::enforce::Enforcer::start(&cfg).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            enforcer.freshness() == taskmint::enforce::Freshness::Fresh
+        })
+        .await
+    );
+    let mut b = fleet.client(1, "agent").await;
+    let first = b.mint_jwt("failover-1", "db", None).await.unwrap();
+    let second = b.mint_jwt("failover-2", "db", None).await.unwrap();
+    let (first, second) = (first.credential.unwrap().id, second.credential.unwrap().id);
+    // Committed through B, delivered by A (the replica followed first).
+    b.revoke(
+        pb::revoke_request::Target::CredentialId(first.clone()),
+        "done",
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            enforcer.is_denied(&first)
+        })
+        .await
+    );
+    let cursor = enforcer.cursor().expect("a cursor after an event");
+
+    fleet.replicas[0].kill();
+    b.revoke(
+        pb::revoke_request::Target::CredentialId(second.clone()),
+        "done",
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            enforcer.is_denied(&second)
+        })
+        .await,
+        "the revocation committed after the failover never arrived"
+    );
+    match enforcer.resumed_from() {
+        Some(Some(from)) => assert!(from >= cursor, "resumed from {from}, before {cursor}"),
+        other => panic!("the session on B did not resume from a cursor: {other:?}"),
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            enforcer.freshness() == taskmint::enforce::Freshness::Fresh
+        })
+        .await
+    );
+    follower.abort();
+}
