@@ -285,7 +285,13 @@ async fn request(
     let resp = send.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
     Answer {
         status,
         headers,
@@ -322,7 +328,10 @@ async fn metadata_names_the_issuer_and_a_polled_set_verifies_with_the_jwks_uri_k
     let suffixed = s.get("/.well-known/ssf-configuration/ssf").await;
     assert_eq!(suffixed.status, 200);
     assert_eq!(suffixed.json(), doc);
-    assert_eq!(s.get("/.well-known/ssf-configuration/other").await.status, 404);
+    assert_eq!(
+        s.get("/.well-known/ssf-configuration/other").await.status,
+        404
+    );
 
     s.revoke_n("meta", 1).await;
     let polled = s
@@ -367,9 +376,8 @@ async fn metadata_names_the_issuer_and_a_polled_set_verifies_with_the_jwks_uri_k
     );
     // A changed payload does not verify.
     let mut parts: Vec<&str> = compact.split('.').collect();
-    let forged = B64URL.encode(
-        serde_json::to_vec(&serde_json::json!({"iss": issuer, "jti": "x"})).unwrap(),
-    );
+    let forged =
+        B64URL.encode(serde_json::to_vec(&serde_json::json!({"iss": issuer, "jti": "x"})).unwrap());
     parts[1] = &forged;
     assert!(jsonwebtoken::decode::<serde_json::Value>(&parts.join("."), &key, &v).is_err());
 }
@@ -378,9 +386,7 @@ async fn metadata_names_the_issuer_and_a_polled_set_verifies_with_the_jwks_uri_k
 async fn polls_page_with_max_events_and_acks_move_the_cursor() {
     let s = Issuer::start(POLL_RECEIVERS, |t| t).await;
     s.revoke_n("page", 5).await;
-    let short = |max: u64, ack: Vec<String>| {
-        serde_json::json!({ "maxEvents": max, "returnImmediately": true, "ack": ack })
-    };
+    let short = |max: u64, ack: Vec<String>| serde_json::json!({ "maxEvents": max, "returnImmediately": true, "ack": ack });
 
     let first = s.poll(POLL_TOKEN, short(2, vec![])).await;
     let got = first.sets();
@@ -432,14 +438,14 @@ async fn polls_page_with_max_events_and_acks_move_the_cursor() {
     assert_eq!((r.acked_seq, r.ssf_delivery.as_str()), (5, "poll"));
     assert!(r.spiffe_id.is_empty());
     // Each receiver has its own cursor: the other one still has all five.
-    let crm = s
-        .poll(OTHER_POLL_TOKEN, short(10, vec![]))
-        .await
-        .sets();
+    let crm = s.poll(OTHER_POLL_TOKEN, short(10, vec![])).await.sets();
     assert_eq!(crm.len(), 5);
     // maxEvents 0 only acknowledges.
     let only_ack = s
-        .poll(OTHER_POLL_TOKEN, serde_json::json!({ "maxEvents": 0, "ack": [crm[0].0] }))
+        .poll(
+            OTHER_POLL_TOKEN,
+            serde_json::json!({ "maxEvents": 0, "ack": [crm[0].0] }),
+        )
         .await;
     assert!(only_ack.sets().is_empty());
     let status = admin.delivery_status().await.unwrap();
@@ -456,7 +462,10 @@ async fn a_long_poll_returns_when_a_revocation_commits() {
         tokio::spawn(async move { s.poll(POLL_TOKEN, serde_json::json!({})).await })
     };
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(!waiting.is_finished(), "nothing to send yet: the poll waits");
+    assert!(
+        !waiting.is_finished(),
+        "nothing to send yet: the poll waits"
+    );
     s.revoke_n("long", 1).await;
     let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
@@ -500,7 +509,10 @@ async fn a_missing_or_wrong_token_gets_401_without_naming_receivers() {
     for a in [&missing, &wrong, &basic] {
         assert_eq!(a.status, 401);
         assert!(a.header("www-authenticate").starts_with("Bearer"));
-        assert_eq!(a.body, missing.body, "the same answer whatever was presented");
+        assert_eq!(
+            a.body, missing.body,
+            "the same answer whatever was presented"
+        );
         let text = String::from_utf8_lossy(&a.body);
         assert!(!text.contains("idp") && !text.contains("crm"), "{text}");
     }
@@ -574,7 +586,11 @@ async fn receivers_show_in_the_delivery_evidence_and_go_overdue() {
     let mut sidecar = s.client("sidecar").await;
     let refused = sidecar.ack("crm", 1).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
-    assert!(refused.message().contains("SSF receiver"), "{}", refused.message());
+    assert!(
+        refused.message().contains("SSF receiver"),
+        "{}",
+        refused.message()
+    );
 }
 
 /// What the in-test push receiver saw.
@@ -641,38 +657,40 @@ impl PushReceiver {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                        let state = state.clone();
-                        async move {
-                            let header = |n: &str| {
-                                req.headers()
-                                    .get(n)
-                                    .map(|v| v.to_str().unwrap().to_owned())
-                                    .unwrap_or_default()
-                            };
-                            let (auth, ctype) = (header("authorization"), header("content-type"));
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let status = {
-                                let mut s = state.lock().unwrap();
-                                s.requests += 1;
-                                if s.fail > 0 {
-                                    s.fail -= 1;
-                                    503
-                                } else {
-                                    s.sets.push(String::from_utf8(body.to_vec()).unwrap());
-                                    s.authorization.push(auth);
-                                    s.content_type.push(ctype);
-                                    202
-                                }
-                            };
-                            Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .status(status)
-                                    .body(Full::new(Bytes::new()))
-                                    .unwrap(),
-                            )
-                        }
-                    });
+                    let service =
+                        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                            let state = state.clone();
+                            async move {
+                                let header = |n: &str| {
+                                    req.headers()
+                                        .get(n)
+                                        .map(|v| v.to_str().unwrap().to_owned())
+                                        .unwrap_or_default()
+                                };
+                                let (auth, ctype) =
+                                    (header("authorization"), header("content-type"));
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let status = {
+                                    let mut s = state.lock().unwrap();
+                                    s.requests += 1;
+                                    if s.fail > 0 {
+                                        s.fail -= 1;
+                                        503
+                                    } else {
+                                        s.sets.push(String::from_utf8(body.to_vec()).unwrap());
+                                        s.authorization.push(auth);
+                                        s.content_type.push(ctype);
+                                        202
+                                    }
+                                };
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .status(status)
+                                        .body(Full::new(Bytes::new()))
+                                        .unwrap(),
+                                )
+                            }
+                        });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), service)
                         .await;
@@ -727,13 +745,25 @@ ca = "{}"
     {
         let seen = receiver.seen.lock().unwrap();
         assert_eq!(seen.requests, 6, "3 refused with 503, then 3 accepted");
-        assert!(seen.authorization.iter().all(|a| *a == format!("Bearer {PUSH_TOKEN}")));
-        assert!(seen.content_type.iter().all(|c| c == "application/secevent+jwt"));
+        assert!(
+            seen.authorization
+                .iter()
+                .all(|a| *a == format!("Bearer {PUSH_TOKEN}"))
+        );
+        assert!(
+            seen.content_type
+                .iter()
+                .all(|c| c == "application/secevent+jwt")
+        );
         let jtis: std::collections::HashSet<_> =
             seen.sets.iter().map(|s| claims(s)["jti"].clone()).collect();
         assert_eq!(jtis.len(), 3);
         let iss = s.url();
-        assert!(seen.sets.iter().all(|set| claims(set)["iss"] == iss.as_str()));
+        assert!(
+            seen.sets
+                .iter()
+                .all(|set| claims(set)["iss"] == iss.as_str())
+        );
     }
     let admin = s.client("admin").await;
     let acked = eventually(Duration::from_secs(5), || {

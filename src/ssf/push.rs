@@ -329,12 +329,7 @@ async fn run(
         }
         // What is queued is in the log read below; what is published
         // after this wakes the wait.
-        loop {
-            match hub.try_recv() {
-                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
-                Err(_) => break,
-            }
-        }
+        while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = hub.try_recv() {}
         match deliver_pending(&mut p, &revs, &actor, &mut stop, &mut leading).await {
             Ok(()) => {}
             Err(Some(Stop::Shutdown)) => return,
