@@ -598,6 +598,8 @@ async fn receivers_show_in_the_delivery_evidence_and_go_overdue() {
 struct Seen {
     /// Answer 503 to this many more requests.
     fail: usize,
+    /// Refuse this many more SETs with an RFC 8935 error (400).
+    reject: usize,
     requests: usize,
     /// SETs accepted, in arrival order.
     sets: Vec<String>,
@@ -615,6 +617,16 @@ struct PushReceiver {
 
 impl PushReceiver {
     async fn start(fail: usize) -> Self {
+        Self::start_with(fail, 0, None).await
+    }
+
+    /// `fail` requests get 503, then `reject` SETs get an RFC 8935 400;
+    /// with `client_ca`, a client certificate it signed is required.
+    async fn start_with(
+        fail: usize,
+        reject: usize,
+        client_ca: Option<rustls::pki_types::CertificateDer<'static>>,
+    ) -> Self {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
         let dir = tempfile::tempdir().unwrap();
         let ca_key = KeyPair::generate().unwrap();
@@ -631,10 +643,25 @@ impl PushReceiver {
         let cert = p.signed_by(&key, &ca).unwrap();
         let ca_path = dir.path().join("receiver-ca.pem");
         std::fs::write(&ca_path, ca_cert.pem()).unwrap();
-        let mut tls = rustls::ServerConfig::builder_with_provider(taskmint::tls::provider())
+        let builder = rustls::ServerConfig::builder_with_provider(taskmint::tls::provider())
             .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
+            .unwrap();
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca).unwrap();
+                builder.with_client_cert_verifier(
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(
+                        Arc::new(roots),
+                        taskmint::tls::provider(),
+                    )
+                    .build()
+                    .unwrap(),
+                )
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut tls = builder
             .with_single_cert(
                 vec![cert.der().clone()],
                 PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
@@ -646,6 +673,7 @@ impl PushReceiver {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Seen {
             fail,
+            reject,
             ..Default::default()
         }));
         let state = seen.clone();
@@ -657,8 +685,8 @@ impl PushReceiver {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let service =
-                        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<Incoming>| {
                             let state = state.clone();
                             async move {
                                 let header = |n: &str| {
@@ -670,27 +698,33 @@ impl PushReceiver {
                                 let (auth, ctype) =
                                     (header("authorization"), header("content-type"));
                                 let body = req.into_body().collect().await.unwrap().to_bytes();
-                                let status = {
+                                let (status, answer) = {
                                     let mut s = state.lock().unwrap();
                                     s.requests += 1;
                                     if s.fail > 0 {
                                         s.fail -= 1;
-                                        503
+                                        (503, String::new())
+                                    } else if s.reject > 0 {
+                                        s.reject -= 1;
+                                        let e = r#"{"err": "invalid_audience", "description": "not for us"}"#;
+                                        (400, e.to_owned())
                                     } else {
                                         s.sets.push(String::from_utf8(body.to_vec()).unwrap());
                                         s.authorization.push(auth);
                                         s.content_type.push(ctype);
-                                        202
+                                        (202, String::new())
                                     }
                                 };
                                 Ok::<_, std::convert::Infallible>(
                                     hyper::Response::builder()
                                         .status(status)
-                                        .body(Full::new(Bytes::new()))
+                                        .header("content-type", "application/json")
+                                        .body(Full::new(Bytes::from(answer)))
                                         .unwrap(),
                                 )
                             }
-                        });
+                        },
+                    );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), service)
                         .await;
@@ -793,4 +827,117 @@ ca = "{}"
     assert_eq!(receiver.seen.lock().unwrap().requests, 7);
     drop(admin);
     s.stop().await;
+}
+
+/// A client certificate and its CA, written as PEM into `dir`.
+fn client_identity(dir: &Path) -> (rustls::pki_types::CertificateDer<'static>, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.distinguished_name
+        .push(DnType::CommonName, "test client CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = p.self_signed(&ca_key).unwrap();
+    let ca = rcgen::Issuer::new(p, ca_key);
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, "taskmint");
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &ca).unwrap();
+    let (cert_path, key_path) = (dir.join("client.pem"), dir.join("client.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (ca_cert.der().clone(), cert_path, key_path)
+}
+
+#[tokio::test]
+async fn a_push_with_a_client_certificate_and_a_refused_set_moves_on() {
+    let keys = tempfile::tempdir().unwrap();
+    let (client_ca, cert, key) = client_identity(keys.path());
+    let receiver = PushReceiver::start_with(0, 1, Some(client_ca)).await;
+    // mTLS alone: no token.
+    let ssf = format!(
+        r#"
+[ssf]
+issuer = "{{url}}"
+
+[[ssf.receivers]]
+name = "siem"
+delivery = "push"
+url = "https://{}/events"
+ca = "{}"
+client_cert = "{}"
+client_key = "{}"
+"#,
+        receiver.addr,
+        receiver.ca.display(),
+        cert.display(),
+        key.display()
+    );
+    let s = Issuer::start(&ssf, |t| t).await;
+    s.revoke_n("mtls", 2).await;
+    let delivered = eventually(Duration::from_secs(15), || async {
+        !receiver.seqs().is_empty()
+    })
+    .await;
+    assert!(delivered);
+    // The first was refused (400, RFC 8935 error) and counted as delivered:
+    // the second came next, and the cursor is past both.
+    assert_eq!(receiver.seqs(), [2]);
+    let mut admin = s.client("admin").await;
+    let acked = eventually(Duration::from_secs(5), || {
+        let mut admin = admin.clone();
+        async move {
+            let d = admin.delivery_status().await.unwrap();
+            d.subscribers
+                .iter()
+                .any(|r| r.name == "siem" && r.acked_seq == 2)
+        }
+    })
+    .await;
+    assert!(acked);
+    let d = admin.delivery_status().await.unwrap();
+    assert!(d.subscribers.iter().all(|r| r.name != "siem" || !r.overdue));
+    let seen = receiver.seen.lock().unwrap();
+    assert_eq!(seen.requests, 2);
+    assert_eq!(seen.authorization, [""], "no token configured, none sent");
+}
+
+#[tokio::test]
+async fn a_push_receiver_without_the_client_certificate_it_requires_gets_nothing() {
+    let keys = tempfile::tempdir().unwrap();
+    let (client_ca, _, _) = client_identity(keys.path());
+    let receiver = PushReceiver::start_with(0, 0, Some(client_ca)).await;
+    let ssf = format!(
+        r#"
+[ssf]
+issuer = "{{url}}"
+
+[[ssf.receivers]]
+name = "siem"
+delivery = "push"
+url = "https://{}/events"
+token = "{PUSH_TOKEN}"
+ca = "{}"
+"#,
+        receiver.addr,
+        receiver.ca.display()
+    );
+    let s = Issuer::start(&ssf, |t| t).await;
+    s.revoke_n("nocert", 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(receiver.seqs().is_empty());
+    assert_eq!(
+        receiver.seen.lock().unwrap().requests,
+        0,
+        "the handshake fails"
+    );
+    let mut admin = s.client("admin").await;
+    let d = admin.delivery_status().await.unwrap();
+    let siem = d.subscribers.iter().find(|r| r.name == "siem").unwrap();
+    assert_eq!(
+        (siem.acked_seq, siem.oldest_unacked_seq),
+        (0, 1),
+        "not skipped"
+    );
 }
