@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use common::pg::{self, Cluster};
 use common::{TD, eventually};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -33,7 +34,8 @@ const CREDENTIAL_CHANGE: &str =
 /// An issuer with [discovery] and [ssf], restartable on the same files and
 /// addresses.
 struct Issuer {
-    dir: tempfile::TempDir,
+    /// Shared by the replicas of one config.
+    dir: Arc<tempfile::TempDir>,
     grpc: SocketAddr,
     discovery: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -71,7 +73,7 @@ impl Issuer {
         let text = edit(text) + &ssf.replace("{url}", &url);
         std::fs::write(&path, text).unwrap();
         let mut s = Self {
-            dir,
+            dir: Arc::new(dir),
             grpc: "127.0.0.1:0".parse().unwrap(),
             discovery,
             stop: None,
@@ -109,6 +111,23 @@ impl Issuer {
         if let Some(j) = self.join.take() {
             j.await.unwrap();
         }
+    }
+
+    /// Another replica on the same config (and store), with listeners of
+    /// its own.
+    async fn replica(&self) -> Self {
+        let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let discovery = probe.local_addr().unwrap();
+        drop(probe);
+        let mut r = Self {
+            dir: self.dir.clone(),
+            grpc: "127.0.0.1:0".parse().unwrap(),
+            discovery,
+            stop: None,
+            join: None,
+        };
+        r.run().await;
+        r
     }
 
     async fn restart(&mut self) {
@@ -940,4 +959,90 @@ ca = "{}"
         (0, 1),
         "not skipped"
     );
+}
+
+#[tokio::test]
+async fn two_replicas_on_postgresql_share_each_receivers_cursor_and_push_each_set_once() {
+    let (_cluster, server) = match pg::server_from_env() {
+        Some(url) => (None, url),
+        None => match tokio::task::spawn_blocking(Cluster::start).await.unwrap() {
+            Some(c) => {
+                let url = c.url();
+                (Some(c), url)
+            }
+            None => return pg::skip(),
+        },
+    };
+    let url = pg::fresh_database(&server).await;
+    let receiver = PushReceiver::start(2).await;
+    let ssf = format!(
+        r#"
+[ssf]
+issuer = "{{url}}"
+
+[[ssf.receivers]]
+name = "idp"
+delivery = "poll"
+token = "{POLL_TOKEN}"
+
+[[ssf.receivers]]
+name = "siem"
+delivery = "push"
+url = "https://{}/events"
+token = "{PUSH_TOKEN}"
+ca = "{}"
+"#,
+        receiver.addr,
+        receiver.ca.display()
+    );
+    let mut a = Issuer::start(&ssf, |t| {
+        t.replace(
+            taskmint::devca::SQLITE_STORE_LINE,
+            &format!("url = \"{url}\""),
+        )
+        .replace("reaper_interval = \"1s\"", "reaper_interval = \"200ms\"")
+    })
+    .await;
+    let b = a.replica().await;
+    a.revoke_n("ha", 4).await;
+
+    // Polled from B, acknowledged through A: one cursor.
+    let first = b
+        .poll(
+            POLL_TOKEN,
+            serde_json::json!({ "maxEvents": 2, "returnImmediately": true }),
+        )
+        .await
+        .sets();
+    assert_eq!(first.iter().map(|s| s.1).collect::<Vec<_>>(), [1, 2]);
+    let acks: Vec<_> = first.iter().map(|s| s.0.clone()).collect();
+    let next = a
+        .poll(
+            POLL_TOKEN,
+            serde_json::json!({ "maxEvents": 2, "returnImmediately": true, "ack": acks }),
+        )
+        .await
+        .sets();
+    assert_eq!(next.iter().map(|s| s.1).collect::<Vec<_>>(), [3, 4]);
+
+    // Only the leader pushes: every SET once, in order, through the 503s.
+    let all = eventually(Duration::from_secs(20), || async {
+        receiver.seqs().len() >= 4
+    })
+    .await;
+    assert!(all, "{:?}", receiver.seqs());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(receiver.seqs(), [1, 2, 3, 4]);
+    assert_eq!(receiver.seen.lock().unwrap().requests, 6);
+
+    // Whichever led, with A gone B pushes what comes next, once.
+    a.stop().await;
+    b.revoke_n("after-a", 1).await;
+    let fifth = eventually(Duration::from_secs(20), || async {
+        receiver.seqs().len() >= 5
+    })
+    .await;
+    assert!(fifth, "{:?}", receiver.seqs());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(receiver.seqs(), [1, 2, 3, 4, 5]);
 }

@@ -176,12 +176,18 @@ impl SsfConfig {
                      each acknowledges under its own"
                 ));
             }
-            if let Some(t) = &r.token
-                && t.expose().len() < MIN_TOKEN_LEN
-            {
-                return Err(format!(
-                    "ssf.receivers `{n}`: token must be at least {MIN_TOKEN_LEN} characters"
-                ));
+            if let Some(t) = &r.token {
+                if t.expose().len() < MIN_TOKEN_LEN {
+                    return Err(format!(
+                        "ssf.receivers `{n}`: token must be at least {MIN_TOKEN_LEN} characters"
+                    ));
+                }
+                // It travels in an `Authorization: Bearer` header.
+                if !t.expose().bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(format!(
+                        "ssf.receivers `{n}`: token must be printable ASCII without spaces"
+                    ));
+                }
             }
             match r.delivery {
                 SsfDelivery::Poll => {
@@ -355,6 +361,8 @@ mod tests {
         assert!(e.contains("a poll receiver needs a token"), "{e}");
         let e = err(&ssf(vec![poll("rp", "short")]), &[]);
         assert!(e.contains("at least 16 characters"), "{e}");
+        let e = err(&ssf(vec![poll("rp", "0123456789 abcdef\n")]), &[]);
+        assert!(e.contains("printable ASCII without spaces"), "{e}");
         let e = err(&ssf(vec![poll("a", TOKEN), poll("b", TOKEN)]), &[]);
         assert!(
             e.contains("`b`: its token is another poll receiver's"),

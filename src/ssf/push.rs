@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_rustls::TlsConnector;
 
 use super::{SsfError, ack_through, cursor};
-use crate::config::{Config, ReceiverConfig, SecretToken, SsfDelivery};
+use crate::config::{Config, ReceiverConfig, SsfDelivery};
 use crate::revocation::Revocations;
 use crate::store::StoreError;
 
@@ -74,7 +74,8 @@ pub struct Pusher {
     host: String,
     port: u16,
     server_name: ServerName<'static>,
-    token: Option<SecretToken>,
+    /// `Bearer <token>`, marked sensitive.
+    authorization: Option<HeaderValue>,
     tls: TlsConnector,
     conn: Option<SendRequest<Full<Bytes>>>,
 }
@@ -161,6 +162,15 @@ impl Pusher {
             _ => builder.with_no_client_auth(),
         };
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let authorization = match &r.token {
+            Some(t) => {
+                let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+                    .map_err(|_| fail("token must be printable ASCII without spaces".into()))?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
         Ok(Self {
             name: r.name.clone(),
             path: uri
@@ -171,7 +181,7 @@ impl Pusher {
             authority,
             host,
             server_name,
-            token: r.token.clone(),
+            authorization,
             tls: TlsConnector::from(Arc::new(tls)),
             conn: None,
         })
@@ -215,11 +225,8 @@ impl Pusher {
             .header(header::HOST, self.authority.as_str())
             .header(header::CONTENT_TYPE, "application/secevent+jwt")
             .header(header::ACCEPT, "application/json");
-        if let Some(t) = &self.token {
-            let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
-                .unwrap_or_else(|_| HeaderValue::from_static(""));
-            v.set_sensitive(true);
-            req = req.header(header::AUTHORIZATION, v);
+        if let Some(v) = &self.authorization {
+            req = req.header(header::AUTHORIZATION, v.clone());
         }
         let req = req
             .body(Full::new(Bytes::copy_from_slice(set_jwt.as_bytes())))
@@ -432,6 +439,7 @@ async fn wait(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SecretToken;
 
     #[test]
     fn answers_map_to_delivered_refused_or_retry() {
