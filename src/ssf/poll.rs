@@ -46,6 +46,8 @@ pub const LONG_POLL: Duration = Duration::from_secs(30);
 /// Acknowledgements past a gap remembered per receiver; more are dropped
 /// (their SETs are sent again).
 const MAX_PENDING_ACKS: usize = 10_000;
+/// `setErrs` logged one by one per poll.
+const LOGGED_SET_ERRS: usize = 10;
 /// SETs after the cursor read per query.
 const PAGE: u32 = 512;
 /// SETs after the cursor looked at per poll, to match acknowledgements or
@@ -263,13 +265,22 @@ impl Poller {
         let max = poll
             .max_events
             .map_or(DEFAULT_EVENTS, |m| (m.min(MAX_EVENTS as u64)) as usize);
-        for (jti, e) in &poll.set_errs {
+        // A receiver chooses how many errors it reports: a few are logged
+        // each, the rest counted.
+        for (jti, e) in poll.set_errs.iter().take(LOGGED_SET_ERRS) {
             tracing::warn!(
                 receiver = %r.name,
                 jti = %truncate(jti, 64),
                 err = %truncate(&e.err, 64),
                 description = %truncate(&e.description, 256),
                 "ssf poll: the receiver could not use a SET (counted as delivered)"
+            );
+        }
+        if poll.set_errs.len() > LOGGED_SET_ERRS {
+            tracing::warn!(
+                receiver = %r.name,
+                more = poll.set_errs.len() - LOGGED_SET_ERRS,
+                "ssf poll: the receiver could not use more SETs (counted as delivered)"
             );
         }
         let delivered: HashSet<&str> = poll

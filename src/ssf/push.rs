@@ -402,7 +402,12 @@ async fn deliver_one(
 ) -> Result<(), Option<Stop>> {
     let mut failures = 0;
     loop {
-        match p.send(set_jwt).await {
+        // A push in flight does not hold up a shutdown.
+        let sent = tokio::select! {
+            o = p.send(set_jwt) => o,
+            _ = stop.changed() => return Err(Some(Stop::Shutdown)),
+        };
+        match sent {
             Outcome::Delivered => {
                 if failures > 0 {
                     tracing::info!(receiver = %p.name, seq, attempts = failures + 1, "ssf push: delivered after retries");
