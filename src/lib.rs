@@ -46,6 +46,9 @@
 //! - [`server`]: assembly from config; `serve` and the tests start here.
 //! - [`ops`]: the operations listener (metrics, `/healthz`, `/readyz`), the
 //!   log format, the caller's trace context.
+//! - [`enforce`]: `taskmint enforce`, the sidecar that follows the feed
+//!   into a deny set and answers Envoy's ext_authz `Check`, failing closed
+//!   when the feed is stale; embeddable as a library.
 //! - [`client`]: a Rust client for workloads (SVID from files or the Workload
 //!   API), with a resuming feed watcher.
 //! - [`devca`]: a development trust domain (used by `dev init` and tests).
@@ -62,6 +65,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod devca;
+pub mod enforce;
 mod error;
 pub mod grpc;
 pub mod identity;

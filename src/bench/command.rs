@@ -82,6 +82,24 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
             }
         }
+        Some(BenchCommand::Enforce(a)) => {
+            let report = bench::enforce::run(
+                &exe,
+                &bench::enforce::EnforceBench {
+                    concurrency: a.concurrency,
+                    window: a.window,
+                    enforcers: a.enforcers,
+                    events: a.events,
+                    entries: a.entries,
+                },
+                |step| eprintln!("bench: {step}"),
+            )
+            .await?;
+            taskmint::cli::out::text(&bench::enforce::render(&report))?;
+            if let Some(path) = a.json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+            }
+        }
         Some(BenchCommand::Hostile(a)) => {
             let exes = if a.exe.is_empty() {
                 vec![exe.clone()]

@@ -18,6 +18,7 @@
 pub mod cfssl;
 mod command;
 pub mod crypto;
+pub mod enforce;
 pub mod env;
 pub mod hostile;
 pub mod load;

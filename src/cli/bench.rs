@@ -36,6 +36,33 @@ pub enum BenchCommand {
     /// What one hostile caller can do to an issuer on its default dev
     /// configuration; with several --exe, builds side by side.
     Hostile(HostileArgs),
+    /// The enforcement sidecar: Check throughput and latency on one core,
+    /// Revoke returned -> Check denies with 1 and 100 enforcers, deny-set
+    /// memory per entry.
+    Enforce(EnforceBenchArgs),
+}
+
+/// Arguments of `bench enforce`.
+#[derive(Debug, Args)]
+pub struct EnforceBenchArgs {
+    /// Concurrent Check callers, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub concurrency: Vec<usize>,
+    /// Measured window per concurrency.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub window: Duration,
+    /// Enforcer counts for revocation -> denial, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,100")]
+    pub enforcers: Vec<usize>,
+    /// Revocations per enforcer count.
+    #[arg(long, default_value_t = 50)]
+    pub events: usize,
+    /// Deny-set entries for the memory figure.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub entries: usize,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// Arguments of `bench hostile`.

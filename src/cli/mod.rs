@@ -6,6 +6,7 @@ mod audit;
 pub mod bench;
 mod bundle;
 mod dev;
+mod enforce;
 mod health;
 mod mint;
 pub mod out;
@@ -91,6 +92,8 @@ pub enum Command {
     Health(health::HealthArgs),
     /// Print a shell completion script.
     Completions(health::CompletionsArgs),
+    /// Run the enforcement sidecar: Envoy ext_authz over the revocation feed.
+    Enforce(enforce::EnforceArgs),
 }
 
 /// `dev` subcommands.
@@ -182,5 +185,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delivery(a) => health::delivery(a).await,
         Command::Health(a) => health::health(a).await,
         Command::Completions(a) => health::completions(a),
+        Command::Enforce(a) => enforce::run(a).await,
     }
 }

@@ -304,7 +304,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Durations in the file are written as text (`5m`), like on the command line.
-mod humantime_serde_compat {
+pub(crate) mod humantime_serde_compat {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 

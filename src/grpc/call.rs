@@ -90,7 +90,10 @@ impl Calls {
             |_| String::new(),
             |_, _| async move {
                 let b = self.issuer.trust_bundle().await?;
-                Ok((super::convert::bundle_pb(b), String::new()))
+                Ok((
+                    super::convert::bundle_pb(b, self.issuer.jwt_issuer()),
+                    String::new(),
+                ))
             },
         )
         .await

@@ -283,8 +283,12 @@ pub fn event_pb(e: &RevocationEvent) -> pb::RevocationEvent {
     }
 }
 
-/// Converts the trust bundle document to its wire form.
-pub(super) fn bundle_pb(b: crate::trust::TrustBundleDoc) -> pb::GetTrustBundleResponse {
+/// Converts the trust bundle document to its wire form; `jwt_issuer` is the
+/// `iss` of the JWT-SVIDs the keys in it sign.
+pub(super) fn bundle_pb(
+    b: crate::trust::TrustBundleDoc,
+    jwt_issuer: &str,
+) -> pb::GetTrustBundleResponse {
     pb::GetTrustBundleResponse {
         trust_domain: b.trust_domain,
         x509_authorities: b.x509_authorities,
@@ -292,6 +296,7 @@ pub(super) fn bundle_pb(b: crate::trust::TrustBundleDoc) -> pb::GetTrustBundleRe
         spiffe_bundle_jwks: b.jwks,
         sequence: b.sequence,
         refresh_hint_seconds: crate::trust::REFRESH_HINT_SECS,
+        jwt_issuer: jwt_issuer.to_owned(),
     }
 }
 

@@ -250,6 +250,11 @@ impl Issuer {
         &self.feed
     }
 
+    /// The `iss` of the JWT-SVIDs it mints.
+    pub fn jwt_issuer(&self) -> &str {
+        &self.jwt_issuer
+    }
+
     /// The issuer's own name in the audit trail (expiry, reloads).
     pub fn system_actor(&self) -> &str {
         &self.jwt_issuer

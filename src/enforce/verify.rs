@@ -1,0 +1,238 @@
+//! The decision on one request, independent of Envoy: a bearer JWT-SVID
+//! (signature by `kid`, `typ`, `exp`/`nbf` with leeway, `aud`, `iss`, its
+//! `cnf.x5t#S256` against the peer certificate, the deny set), or, without
+//! one, a per-task X.509-SVID as the peer certificate (task extension,
+//! validity, serial against the deny set).
+//!
+//! The peer certificate's chain and the peer's possession of its key are
+//! proven by the proxy's TLS handshake before the request reaches here;
+//! what the enforcer adds is revocation and the binding of token to
+//! connection and of credential to task.
+
+use jsonwebtoken::Validation;
+use jsonwebtoken::errors::ErrorKind;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::deny::DenySet;
+use super::keys::KeySet;
+
+/// Longest bearer token looked at; a JWT-SVID is well under 2 KiB.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// An allowed request: who, for which task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed {
+    /// The credential's SPIFFE ID (`sub`, or the certificate's URI SAN).
+    pub spiffe_id: String,
+    /// Its task.
+    pub task_id: String,
+    /// The task's holder.
+    pub holder: String,
+    /// The task's accountable owner; empty when none.
+    pub owner: String,
+    /// `jti` or serial (hex).
+    pub credential_id: String,
+}
+
+/// Why a request is refused, in the three classes Envoy answers with
+/// different HTTP statuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// 401: no credential, or one that is not valid.
+    Unauthenticated(String),
+    /// 403: a valid credential that may not be used here: revoked, for
+    /// another audience, or not bound to this connection.
+    Forbidden(String),
+    /// 503: the enforcer cannot tell (the revocation feed is stale).
+    Unavailable(String),
+}
+
+impl Denial {
+    /// The reason, as sent in `x-taskmint-deny-reason`.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Unauthenticated(r) | Self::Forbidden(r) | Self::Unavailable(r) => r,
+        }
+    }
+}
+
+/// What every decision needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// `aud` must name one of these.
+    pub audiences: Vec<String>,
+    /// Seconds of skew on `exp`/`nbf` (and on certificate validity).
+    pub leeway: u64,
+    /// Tokens must be bound to the peer certificate.
+    pub require_cnf: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenClaims {
+    sub: String,
+    jti: Option<String>,
+    #[serde(default)]
+    task_id: String,
+    #[serde(default)]
+    task_holder: String,
+    #[serde(default)]
+    owner: String,
+    cnf: Option<Cnf>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Cnf {
+    #[serde(rename = "x5t#S256")]
+    x5t_s256: Option<String>,
+}
+
+/// `cnf.x5t#S256` of a certificate (RFC 8705 section 3.1).
+pub fn thumbprint(der: &[u8]) -> String {
+    crate::jwt::x5t_s256(&Sha256::digest(der).into())
+}
+
+/// The `kid` a token's header names, if it is a JWT with one.
+pub fn kid_of(token: &str) -> Option<String> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return None;
+    }
+    jsonwebtoken::decode_header(token).ok()?.kid
+}
+
+impl Rules {
+    /// Decides on a bearer token, with the peer certificate (DER) if the
+    /// proxy passed one.
+    pub fn bearer(
+        &self,
+        token: &str,
+        peer: Option<&[u8]>,
+        keys: &KeySet,
+        deny: &DenySet,
+    ) -> Result<Allowed, Denial> {
+        let invalid = |m: String| Denial::Unauthenticated(m);
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(invalid(format!(
+                "bearer token longer than {MAX_TOKEN_BYTES} bytes"
+            )));
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| invalid("bearer token is not a JWT".into()))?;
+        match header.typ.as_deref() {
+            None | Some("JWT") | Some("JOSE") => {}
+            Some(t) => {
+                return Err(invalid(format!(
+                    "token type `{}` is not a JWT-SVID",
+                    t.chars().take(40).collect::<String>()
+                )));
+            }
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| invalid("token has no `kid`".into()))?;
+        let (key, alg) = keys
+            .get(&kid)
+            .ok_or_else(|| invalid("token `kid` is not a key of the issuer's bundle".into()))?;
+        if header.alg != *alg {
+            return Err(invalid("token `alg` does not match its key".into()));
+        }
+        let mut v = Validation::new(*alg);
+        v.leeway = self.leeway;
+        v.validate_nbf = true;
+        v.set_audience(&self.audiences);
+        v.set_issuer(&[&keys.iss]);
+        v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        let claims = jsonwebtoken::decode::<TokenClaims>(token, key, &v)
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature => invalid("token signature does not verify".into()),
+                ErrorKind::ExpiredSignature => invalid("token expired".into()),
+                ErrorKind::ImmatureSignature => invalid("token not yet valid (nbf)".into()),
+                ErrorKind::InvalidIssuer => invalid("token issuer is not this issuer".into()),
+                ErrorKind::InvalidAudience => {
+                    Denial::Forbidden("token audience is not accepted here".into())
+                }
+                ErrorKind::MissingRequiredClaim(c) => invalid(format!("token has no `{c}`")),
+                _ => invalid("token claims are malformed".into()),
+            })?
+            .claims;
+        let jti = claims
+            .jti
+            .filter(|j| !j.is_empty())
+            .ok_or_else(|| invalid("token has no `jti`".into()))?;
+        if spiffe::SpiffeId::new(&claims.sub).is_err() {
+            return Err(invalid("token `sub` is not a SPIFFE ID".into()));
+        }
+        if claims.task_id.is_empty() {
+            return Err(invalid("token is not bound to a task".into()));
+        }
+        let bound = claims.cnf.and_then(|c| c.x5t_s256);
+        let unbound = match (bound, peer) {
+            (Some(want), Some(der)) if thumbprint(der) != want => {
+                Some("token is bound to another certificate (cnf)")
+            }
+            (Some(_), None) if self.require_cnf => {
+                Some("no peer certificate to check the token's binding (cnf) against")
+            }
+            (None, _) if self.require_cnf => Some("token is not bound to a certificate (no cnf)"),
+            _ => None,
+        };
+        if let Some(why) = unbound {
+            return Err(Denial::Forbidden(why.into()));
+        }
+        if deny.contains(&jti) {
+            return Err(Denial::Forbidden("credential revoked".into()));
+        }
+        Ok(Allowed {
+            spiffe_id: claims.sub,
+            task_id: claims.task_id,
+            holder: claims.task_holder,
+            owner: claims.owner,
+            credential_id: jti,
+        })
+    }
+
+    /// Decides on a request without a bearer token from its peer
+    /// certificate: it must be a per-task X.509-SVID, valid now, whose
+    /// serial is not denied.
+    pub fn certificate(&self, der: &[u8], now: i64, deny: &DenySet) -> Result<Allowed, Denial> {
+        let none = || Denial::Unauthenticated("no bearer token".into());
+        let (_, cert) = X509Certificate::from_der(der).map_err(|_| none())?;
+        let binding = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == crate::ca::TASK_EXTENSION_OID_STR)
+            .and_then(|e| crate::ca::parse_task_extension(e.value))
+            .ok_or_else(|| {
+                Denial::Unauthenticated(
+                    "no bearer token, and the peer certificate is not a per-task credential".into(),
+                )
+            })?;
+        let spiffe_id = crate::identity::spiffe_id_of_leaf(&cert)
+            .map_err(|_| {
+                Denial::Unauthenticated("the peer certificate has no single SPIFFE ID".into())
+            })?
+            .to_string();
+        let leeway = self.leeway as i64;
+        let validity = cert.validity();
+        if now > validity.not_after.timestamp() + leeway {
+            return Err(Denial::Unauthenticated("peer certificate expired".into()));
+        }
+        if now + leeway < validity.not_before.timestamp() {
+            return Err(Denial::Unauthenticated(
+                "peer certificate not yet valid".into(),
+            ));
+        }
+        let serial = hex::encode(cert.raw_serial());
+        if deny.contains(&serial) {
+            return Err(Denial::Forbidden("credential revoked".into()));
+        }
+        Ok(Allowed {
+            spiffe_id,
+            task_id: binding.task_id,
+            holder: binding.holder,
+            owner: binding.owner,
+            credential_id: serial,
+        })
+    }
+}

@@ -1,0 +1,776 @@
+//! `taskmint enforce`: a real issuer, a real enforcer following its feed,
+//! and Envoy-shaped `CheckRequest`s sent over gRPC to the enforcer's
+//! ext_authz listener, built as Envoy's ext_authz filter builds them
+//! (`check_request_utils.cc`): headers lower-cased in
+//! `attributes.request.http.headers`, the downstream peer's certificate as
+//! URL-encoded PEM in `attributes.source.certificate`
+//! (`include_peer_certificate: true`), its URI SAN in `source.principal`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use taskmint::enforce::{EnforceConfig, Enforcer};
+use taskmint::grpc::pb::revoke_request::Target;
+use taskmint::jwt::{Claims, Confirmation, JwtSigner};
+use tonic::transport::Channel;
+
+const AGENT: &str = "spiffe://example.org/workload/agent";
+
+/// A running enforcer: its handle, its ext_authz client, its shutdown.
+struct TestEnforcer {
+    enforcer: Enforcer,
+    authz: AuthorizationClient<Channel>,
+    health: tonic_health::pb::health_client::HealthClient<Channel>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    join: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestEnforcer {
+    async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(j) = self.join.take() {
+            j.await.unwrap();
+        }
+    }
+}
+
+/// An issuer whose feed sends a heartbeat every 300 ms.
+async fn start_heartbeating() -> TestServer {
+    start_with(|t| {
+        t.replace(
+            "heartbeat_interval = \"10s\"",
+            "heartbeat_interval = \"300ms\"",
+        )
+    })
+    .await
+}
+
+fn enforce_config(s: &TestServer, state: &std::path::Path, extra: &str) -> EnforceConfig {
+    let text = format!(
+        r#"
+        issuers = ["{addr}"]
+        svid = "sidecar.pem"
+        svid_key = "sidecar.key"
+        bundle = "bundle.pem"
+        subscriber = "sidecar"
+        listen = "127.0.0.1:0"
+        audiences = ["db", "db-replica"]
+        leeway = "5s"
+        state_dir = "{state}"
+        {extra}
+        "#,
+        addr = s.addr,
+        state = state.display(),
+    );
+    EnforceConfig::from_toml(&text, s.dir.path()).unwrap()
+}
+
+/// Starts `taskmint enforce` (the same entry point as the command) and waits
+/// until it has caught up with the feed.
+async fn enforcer(cfg: &EnforceConfig) -> TestEnforcer {
+    let e = enforcer_unsynced(cfg).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            e.enforcer.freshness() == taskmint::enforce::Freshness::Fresh
+        })
+        .await,
+        "the enforcer never caught up with the feed"
+    );
+    e
+}
+
+async fn enforcer_unsynced(cfg: &EnforceConfig) -> TestEnforcer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    // The test drives the enforcer through its library handle as well as
+    // over gRPC: start one, and serve the ext_authz service on it.
+    let (enforcer, follower) = Enforcer::start(cfg).unwrap();
+    let served = enforcer.clone();
+    let strip = cfg.strip_bearer;
+    let join = tokio::spawn(async move {
+        taskmint::enforce::authz::serve_enforcer(served, strip, listener, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+        follower.abort();
+    });
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    TestEnforcer {
+        enforcer,
+        authz: AuthorizationClient::new(channel.clone()),
+        health: tonic_health::pb::health_client::HealthClient::new(channel),
+        stop: Some(tx),
+        join: Some(join),
+    }
+}
+
+/// A `CheckRequest` as Envoy sends it for `GET /rows` on `db.internal`.
+fn check_request(authorization: Option<&str>, peer_pem: Option<&str>) -> CheckRequest {
+    let mut headers: HashMap<String, String> = [
+        (":authority", "db.internal"),
+        (":method", "GET"),
+        (":path", "/rows?limit=10"),
+        (":scheme", "https"),
+        ("user-agent", "curl/8.5.0"),
+        ("x-request-id", "6f1c2a47-5c9b-4a1e-9d0e-2f4b8f0d1c3a"),
+        ("x-forwarded-proto", "https"),
+        // A client trying to pass as another workload: overwritten.
+        (
+            "x-taskmint-spiffe-id",
+            "spiffe://example.org/workload/admin",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    if let Some(a) = authorization {
+        headers.insert("authorization".into(), a.into());
+    }
+    let socket = |ip: &str, port: u32| Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.into(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(socket("10.0.0.7", 43512)),
+                principal: peer_pem.map(|_| AGENT.to_owned()).unwrap_or_default(),
+                certificate: peer_pem
+                    .map(|p| {
+                        percent_encoding::utf8_percent_encode(p, percent_encoding::NON_ALPHANUMERIC)
+                            .to_string()
+                    })
+                    .unwrap_or_default(),
+                ..Default::default()
+            }),
+            destination: Some(Peer {
+                address: Some(socket("10.0.0.9", 8443)),
+                principal: "spiffe://example.org/workload/db".into(),
+                ..Default::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    id: "11734471532338516412".into(),
+                    method: "GET".into(),
+                    headers,
+                    path: "/rows?limit=10".into(),
+                    host: "db.internal".into(),
+                    scheme: "https".into(),
+                    protocol: "HTTP/2".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The decision: HTTP status (200 for OK), and the headers it sets.
+async fn check(
+    e: &mut TestEnforcer,
+    authorization: Option<&str>,
+    peer_pem: Option<&str>,
+) -> (i32, HashMap<String, String>, Vec<String>) {
+    let r = e
+        .authz
+        .check(check_request(authorization, peer_pem))
+        .await
+        .unwrap()
+        .into_inner();
+    let code = r.status.as_ref().map(|s| s.code).unwrap_or(-1);
+    match r.http_response {
+        Some(HttpResponse::OkResponse(ok)) => {
+            assert_eq!(code, 0);
+            let h = ok
+                .headers
+                .iter()
+                .map(|h| {
+                    let v = h.header.as_ref().unwrap();
+                    (v.key.clone(), v.value.clone())
+                })
+                .collect();
+            (200, h, ok.headers_to_remove)
+        }
+        Some(HttpResponse::DeniedResponse(d)) => {
+            let http = d.status.unwrap().code;
+            let grpc = match http {
+                401 => 16,
+                403 => 7,
+                503 => 14,
+                other => panic!("unexpected status {other}"),
+            };
+            assert_eq!(code, grpc, "gRPC status matches HTTP {http}");
+            let h: HashMap<_, _> = d
+                .headers
+                .iter()
+                .map(|h| {
+                    let v = h.header.as_ref().unwrap();
+                    (v.key.clone(), v.value.clone())
+                })
+                .collect();
+            assert_eq!(d.body.trim(), h["x-taskmint-deny-reason"]);
+            (http, h, vec![])
+        }
+        other => panic!("no http response: {other:?}"),
+    }
+}
+
+fn reason(h: &HashMap<String, String>) -> &str {
+    h.get("x-taskmint-deny-reason")
+        .map(String::as_str)
+        .unwrap_or("")
+}
+
+fn pem(s: &TestServer, name: &str) -> String {
+    std::fs::read_to_string(s.path(&format!("{name}.pem"))).unwrap()
+}
+
+/// A token signed with the issuer's own JWT key, with `edit` applied.
+fn forged(s: &TestServer, edit: impl FnOnce(&mut Claims)) -> String {
+    let signer = JwtSigner::load(&s.path("jwt.key")).unwrap();
+    let agent_der = taskmint::pem::certs(pem(s, "agent").as_bytes()).unwrap();
+    let now = now();
+    let mut c = Claims {
+        sub: AGENT.into(),
+        aud: "db".into(),
+        iat: now,
+        nbf: now,
+        exp: now + 300,
+        jti: "ab".repeat(16),
+        iss: "spiffe://example.org/taskmint".into(),
+        task_id: "forged".into(),
+        task_holder: AGENT.into(),
+        owner: String::new(),
+        break_glass: false,
+        act: None,
+        cnf: Confirmation {
+            x5t_s256: taskmint::enforce::verify::thumbprint(&agent_der[0]),
+        },
+    };
+    edit(&mut c);
+    signer.sign(&c).unwrap()
+}
+
+/// A token with exactly the claims `claims`, signed with the issuer's key
+/// under its `kid` (for claim sets `Claims` cannot express).
+fn forged_json(s: &TestServer, claims: serde_json::Value) -> String {
+    let signer = JwtSigner::load(&s.path("jwt.key")).unwrap();
+    let key =
+        jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(s.path("jwt.key")).unwrap()).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(signer.kid().to_owned());
+    header.typ = Some("JWT".into());
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+fn csr() -> (Vec<u8>, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let der = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .der()
+        .to_vec();
+    (der, key)
+}
+
+fn der_to_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_checked_as_the_issue_lists() {
+    let s = start().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut e = enforcer(&enforce_config(&s, state.path(), "strip_bearer = true")).await;
+    let mut agent = s.client("agent").await;
+    let minted = agent.mint_jwt("enforce-1", "db", None).await.unwrap();
+    let bearer = format!("Bearer {}", minted.token);
+    let agent_pem = pem(&s, "agent");
+
+    // Allowed: who, which task, the token stripped, client headers overwritten.
+    let (code, h, removed) = check(&mut e, Some(&bearer), Some(&agent_pem)).await;
+    assert_eq!(code, 200, "{h:?}");
+    assert_eq!(h["x-taskmint-spiffe-id"], AGENT);
+    assert_eq!(h["x-taskmint-task"], "enforce-1");
+    assert_eq!(h["x-taskmint-holder"], AGENT);
+    assert!(removed.contains(&"authorization".to_owned()));
+    // The dev agent's task has an owner from the dev ownership rules, or
+    // none; either way the header is set or removed, never passed through.
+    assert!(h.contains_key("x-taskmint-owner") || removed.contains(&"x-taskmint-owner".into()));
+
+    // Expired, beyond the 5 s leeway.
+    let t = forged(&s, |c| {
+        c.exp = now() - 60;
+        c.nbf = now() - 120;
+        c.iat = now() - 120;
+    });
+    let (code, h, _) = check(&mut e, Some(&format!("Bearer {t}")), Some(&agent_pem)).await;
+    assert_eq!((code, reason(&h)), (401, "token expired"));
+    assert_eq!(h["www-authenticate"], r#"Bearer error="invalid_token""#);
+    // Within the leeway: allowed.
+    let t = forged(&s, |c| c.exp = now() - 2);
+    let (code, h, _) = check(&mut e, Some(&format!("Bearer {t}")), Some(&agent_pem)).await;
+    assert_eq!(code, 200, "{h:?}");
+    // Not yet valid.
+    let t = forged(&s, |c| c.nbf = now() + 120);
+    let (code, h, _) = check(&mut e, Some(&format!("Bearer {t}")), Some(&agent_pem)).await;
+    assert_eq!((code, reason(&h)), (401, "token not yet valid (nbf)"));
+
+    // Wrong audience: a valid token for another service.
+    let t = forged(&s, |c| c.aud = "payments".into());
+    let (code, h, _) = check(&mut e, Some(&format!("Bearer {t}")), Some(&agent_pem)).await;
+    assert_eq!(
+        (code, reason(&h)),
+        (403, "token audience is not accepted here")
+    );
+    // The second configured audience is accepted.
+    let t = forged(&s, |c| c.aud = "db-replica".into());
+    let (code, _, _) = check(&mut e, Some(&format!("Bearer {t}")), Some(&agent_pem)).await;
+    assert_eq!(code, 200);
+
+    // Wrong issuer.
+    let t = forged(&s, |c| c.iss = "spiffe://example.org/not-taskmint".into());
+    let (code, h, _) = check(&mut e, Some(&format!("Bearer {t}")), Some(&agent_pem)).await;
+    assert_eq!((code, reason(&h)), (401, "token issuer is not this issuer"));
+
+    // Bad signature: the payload of one token under another's signature.
+    let other = forged(&s, |c| c.task_id = "other".into());
+    let mut parts: Vec<&str> = minted.token.split('.').collect();
+    let other_parts: Vec<&str> = other.split('.').collect();
+    parts[1] = other_parts[1];
+    let (code, h, _) = check(
+        &mut e,
+        Some(&format!("Bearer {}", parts.join("."))),
+        Some(&agent_pem),
+    )
+    .await;
+    assert_eq!((code, reason(&h)), (401, "token signature does not verify"));
+
+    // Unknown kid: signed with a key the issuer's bundle does not hold.
+    let stranger = rcgen::KeyPair::generate().unwrap();
+    let stranger = JwtSigner::from_pkcs8(&stranger.serialize_der()).unwrap();
+    let signer = JwtSigner::load(&s.path("jwt.key")).unwrap();
+    let claims: Claims = {
+        use base64::Engine;
+        let p = minted.token.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let t = stranger.sign(&claims).unwrap();
+    assert_ne!(stranger.kid(), signer.kid());
+    let (code, h, _) = check(&mut e, Some(&format!("Bearer {t}")), Some(&agent_pem)).await;
+    assert_eq!(
+        (code, reason(&h)),
+        (401, "token `kid` is not a key of the issuer's bundle")
+    );
+
+    // cnf mismatch: the agent's token presented by the sidecar's connection.
+    let (code, h, _) = check(&mut e, Some(&bearer), Some(&pem(&s, "sidecar"))).await;
+    assert_eq!(
+        (code, reason(&h)),
+        (403, "token is bound to another certificate (cnf)")
+    );
+    // No peer certificate while require_cnf.
+    let (code, h, _) = check(&mut e, Some(&bearer), None).await;
+    assert_eq!(
+        (code, reason(&h)),
+        (
+            403,
+            "no peer certificate to check the token's binding (cnf) against"
+        )
+    );
+
+    // A token without cnf, without jti, without a task.
+    let base = serde_json::json!({
+        "sub": AGENT, "aud": "db", "iss": "spiffe://example.org/taskmint",
+        "iat": now(), "nbf": now(), "exp": now() + 300,
+        "jti": "ef".repeat(16), "task_id": "t-1", "task_holder": AGENT,
+    });
+    let t = forged_json(&s, base.clone());
+    let (code, h, _) = check(&mut e, Some(&format!("Bearer {t}")), Some(&agent_pem)).await;
+    assert_eq!(
+        (code, reason(&h)),
+        (403, "token is not bound to a certificate (no cnf)")
+    );
+    for (field, why) in [
+        ("jti", "token has no `jti`"),
+        ("task_id", "token is not bound to a task"),
+        ("exp", "token has no `exp`"),
+    ] {
+        let mut c = base.clone();
+        c.as_object_mut().unwrap().remove(field);
+        let t = forged_json(&s, c);
+        let (code, h, _) = check(&mut e, Some(&format!("Bearer {t}")), Some(&agent_pem)).await;
+        assert_eq!((code, reason(&h)), (401, why), "without {field}");
+    }
+
+    // Not a bearer token, no token, a SET passed off as a token, garbage.
+    let (code, h, _) = check(&mut e, Some("Basic YWRtaW46YWRtaW4="), Some(&agent_pem)).await;
+    assert_eq!(
+        (code, reason(&h)),
+        (401, "authorization is not a bearer token")
+    );
+    let (code, h, _) = check(&mut e, None, None).await;
+    assert_eq!((code, reason(&h)), (401, "no bearer token"));
+    let (code, h, _) = check(&mut e, Some("Bearer not.a.jwt"), Some(&agent_pem)).await;
+    assert_eq!((code, reason(&h)), (401, "bearer token is not a JWT"));
+    let set = signer
+        .sign_set(&serde_json::json!({"iss": "spiffe://example.org/taskmint", "aud": "db", "exp": now() + 60, "sub": AGENT, "jti": "cd".repeat(16)}))
+        .unwrap();
+    let (code, h, _) = check(&mut e, Some(&format!("Bearer {set}")), Some(&agent_pem)).await;
+    assert_eq!(
+        (code, reason(&h)),
+        (401, "token type `secevent+jwt` is not a JWT-SVID")
+    );
+    // A peer certificate that is not a per-task credential, and no token.
+    let (code, h, _) = check(&mut e, None, Some(&agent_pem)).await;
+    assert_eq!(
+        (code, reason(&h)),
+        (
+            401,
+            "no bearer token, and the peer certificate is not a per-task credential"
+        )
+    );
+    let (code, h, _) = check(&mut e, Some(&bearer), Some("%2D%2D%2D garbage")).await;
+    assert_eq!(
+        (code, reason(&h)),
+        (401, "the peer certificate the proxy passed does not parse")
+    );
+    let stats = e.enforcer.stats();
+    assert_eq!(stats.allowed.load(std::sync::atomic::Ordering::Relaxed), 3);
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn without_require_cnf_an_unbound_request_passes_a_mismatch_does_not() {
+    let s = start().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut e = enforcer(&enforce_config(&s, state.path(), "require_cnf = false")).await;
+    let t = forged(&s, |_| {});
+    let (code, _, removed) = check(&mut e, Some(&format!("Bearer {t}")), None).await;
+    assert_eq!(code, 200);
+    assert!(
+        !removed.contains(&"authorization".to_owned()),
+        "not stripped unless asked"
+    );
+    let (code, h, _) = check(
+        &mut e,
+        Some(&format!("Bearer {t}")),
+        Some(&pem(&s, "sidecar")),
+    )
+    .await;
+    assert_eq!(
+        (code, reason(&h)),
+        (403, "token is bound to another certificate (cnf)")
+    );
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn a_revocation_is_denied_on_a_live_enforcer_and_acknowledged() {
+    let s = start().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut e = enforcer(&enforce_config(&s, state.path(), "")).await;
+    let mut agent = s.client("agent").await;
+    let agent_pem = pem(&s, "agent");
+
+    let jwt = agent.mint_jwt("live-1", "db", None).await.unwrap();
+    let (csr, _key) = csr();
+    let x509 = agent.mint_x509("live-1", csr, None).await.unwrap();
+    let leaf_pem = der_to_pem(&x509.cert_chain[0]);
+    let bearer = format!("Bearer {}", jwt.token);
+    assert_eq!(check(&mut e, Some(&bearer), Some(&agent_pem)).await.0, 200);
+    // The per-task certificate alone, no token: checked by serial.
+    let (code, h, _) = check(&mut e, None, Some(&leaf_pem)).await;
+    assert_eq!(code, 200, "{h:?}");
+    assert_eq!(h["x-taskmint-task"], "live-1");
+
+    // Revoke the token alone: denied, the certificate still allowed.
+    let jti = jwt.credential.unwrap().id;
+    agent
+        .revoke(Target::CredentialId(jti.clone()), "key leaked")
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            e.enforcer.is_denied(&jti)
+        })
+        .await
+    );
+    let (code, h, _) = check(&mut e, Some(&bearer), Some(&agent_pem)).await;
+    assert_eq!((code, reason(&h)), (403, "credential revoked"));
+    assert_eq!(check(&mut e, None, Some(&leaf_pem)).await.0, 200);
+
+    // Complete the task: the certificate's serial is denied too.
+    let serial = x509.credential.unwrap().id;
+    agent.complete_task("live-1").await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            e.enforcer.is_denied(&serial)
+        })
+        .await
+    );
+    let (code, h, _) = check(&mut e, None, Some(&leaf_pem)).await;
+    assert_eq!((code, reason(&h)), (403, "credential revoked"));
+
+    // The enforcer acknowledged under its subscriber name: the issuer's
+    // delivery evidence covers it.
+    let mut admin = s.client("admin").await;
+    let ok = eventually(Duration::from_secs(5), || {
+        let mut admin = admin.clone();
+        async move {
+            let d = admin.delivery_status().await.unwrap();
+            d.subscribers
+                .iter()
+                .any(|sub| sub.name == "sidecar" && sub.acked_seq >= 2)
+        }
+    })
+    .await;
+    let d = admin.delivery_status().await.unwrap();
+    assert!(ok, "sidecar never acknowledged both events: {d:?}");
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_resumes_from_the_cursor_and_misses_nothing() {
+    let s = start().await;
+    let state = tempfile::tempdir().unwrap();
+    let cfg = enforce_config(&s, state.path(), "");
+    let mut e = enforcer(&cfg).await;
+    assert_eq!(
+        e.enforcer.resumed_from(),
+        Some(None),
+        "first start: a snapshot"
+    );
+    let mut agent = s.client("agent").await;
+    let first = agent.mint_jwt("restart-1", "db", None).await.unwrap();
+    let second = agent.mint_jwt("restart-2", "db", None).await.unwrap();
+    let first_id = first.credential.unwrap().id;
+    let second_id = second.credential.unwrap().id;
+    agent
+        .revoke(Target::CredentialId(first_id.clone()), "done")
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            e.enforcer.is_denied(&first_id) && e.enforcer.cursor() >= Some(1)
+        })
+        .await
+    );
+    let cursor = e.enforcer.cursor();
+    e.stop().await;
+
+    // Revoked while the enforcer is down.
+    agent
+        .revoke(Target::CredentialId(second_id.clone()), "done")
+        .await
+        .unwrap();
+
+    let mut e = enforcer_unsynced(&cfg).await;
+    // What it had is enforced from disk, before it reaches the issuer.
+    assert!(e.enforcer.is_denied(&first_id));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            e.enforcer.freshness() == taskmint::enforce::Freshness::Fresh
+        })
+        .await
+    );
+    assert_eq!(
+        e.enforcer.resumed_from(),
+        Some(cursor),
+        "resumed from its cursor, not a snapshot"
+    );
+    assert!(
+        e.enforcer.is_denied(&second_id),
+        "the revocation made while down"
+    );
+    let agent_pem = pem(&s, "agent");
+    let (code, h, _) = check(
+        &mut e,
+        Some(&format!("Bearer {}", second.token)),
+        Some(&agent_pem),
+    )
+    .await;
+    assert_eq!((code, reason(&h)), (403, "credential revoked"));
+    let (code, h, _) = check(
+        &mut e,
+        Some(&format!("Bearer {}", first.token)),
+        Some(&agent_pem),
+    )
+    .await;
+    assert_eq!((code, reason(&h)), (403, "credential revoked"));
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn a_stale_feed_fails_closed_and_recovers() {
+    let mut s = start_heartbeating().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut e = enforcer(&enforce_config(&s, state.path(), "max_staleness = \"2s\"")).await;
+    let mut agent = s.client("agent").await;
+    let t = agent.mint_jwt("stale-1", "db", None).await.unwrap().token;
+    let bearer = format!("Bearer {t}");
+    let agent_pem = pem(&s, "agent");
+    assert_eq!(check(&mut e, Some(&bearer), Some(&agent_pem)).await.0, 200);
+    let health = e.health.clone();
+    let serving = |h: &tonic_health::pb::health_client::HealthClient<Channel>| {
+        let mut h = h.clone();
+        async move {
+            h.check(tonic_health::pb::HealthCheckRequest {
+                service: taskmint::enforce::authz::SERVICE.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(2), || serving(&health).map_eq(1)).await,
+        "health says SERVING"
+    );
+
+    // Heartbeats keep it fresh past max_staleness.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(check(&mut e, Some(&bearer), Some(&agent_pem)).await.0, 200);
+
+    s.stop().await;
+    let stale = eventually(Duration::from_secs(6), || {
+        let mut e2 = (e.authz.clone(), bearer.clone(), agent_pem.clone());
+        async move {
+            let r =
+                e2.0.check(check_request(Some(&e2.1), Some(&e2.2)))
+                    .await
+                    .unwrap()
+                    .into_inner();
+            r.status.unwrap().code == 14
+        }
+    })
+    .await;
+    assert!(stale, "never failed closed");
+    let (code, h, _) = check(&mut e, Some(&bearer), Some(&agent_pem)).await;
+    assert_eq!((code, reason(&h)), (503, "revocation feed stale"));
+    // Invalid requests are refused as unavailable too: nothing is decided.
+    assert_eq!(check(&mut e, None, None).await.0, 503);
+    assert!(
+        eventually(Duration::from_secs(2), || serving(&health).map_eq(2)).await,
+        "health says NOT_SERVING"
+    );
+
+    s.restart().await;
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let mut a = e.authz.clone();
+            let (b, p) = (bearer.clone(), agent_pem.clone());
+            async move {
+                let r = a
+                    .check(check_request(Some(&b), Some(&p)))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                r.status.unwrap().code == 0
+            }
+        })
+        .await,
+        "never allowed again after the issuer came back"
+    );
+    assert!(eventually(Duration::from_secs(2), || serving(&health).map_eq(1)).await);
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn the_insecure_setting_keeps_allowing_while_stale() {
+    let mut s = start_heartbeating().await;
+    let state = tempfile::tempdir().unwrap();
+    let cfg = enforce_config(
+        &s,
+        state.path(),
+        "max_staleness = \"1s\"\ninsecure_fail_open_when_stale = true",
+    );
+    let mut e = enforcer(&cfg).await;
+    let t = forged(&s, |_| {});
+    s.stop().await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            e.enforcer.freshness() != taskmint::enforce::Freshness::Fresh
+        })
+        .await
+    );
+    let (code, _, _) = check(
+        &mut e,
+        Some(&format!("Bearer {t}")),
+        Some(&pem(&s, "agent")),
+    )
+    .await;
+    assert_eq!(code, 200);
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_issuer_is_skipped_for_the_next() {
+    let s = start().await;
+    let state = tempfile::tempdir().unwrap();
+    // A port nothing listens on, first.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let mut cfg = enforce_config(&s, state.path(), "");
+    cfg.issuers.insert(0, dead.to_string());
+    let mut e = enforcer(&cfg).await;
+    let t = forged(&s, |_| {});
+    assert_eq!(
+        check(
+            &mut e,
+            Some(&format!("Bearer {t}")),
+            Some(&pem(&s, "agent"))
+        )
+        .await
+        .0,
+        200
+    );
+    e.stop().await;
+}
+
+trait MapEq {
+    fn map_eq(self, want: i32) -> impl std::future::Future<Output = bool>;
+}
+
+impl<F: std::future::Future<Output = i32>> MapEq for F {
+    async fn map_eq(self, want: i32) -> bool {
+        self.await == want
+    }
+}
