@@ -41,6 +41,8 @@
 //!   before it is decoded, the codec, the one Error -> Status map.
 //! - [`ops`]: what is served besides gRPC: the discovery listener (OIDC
 //!   discovery, JWKS, SPIFFE bundle endpoint).
+//! - [`ssf`]: the Shared Signals transmitter on the discovery listener:
+//!   SSF 1.0 metadata, RFC 8936 poll, RFC 8935 push to configured receivers.
 //! - [`server`]: assembly from config; `serve` and the tests start here.
 //! - [`ops`]: the operations listener (metrics, `/healthz`, `/readyz`), the
 //!   log format, the caller's trace context.
@@ -76,6 +78,7 @@ pub mod ratelimit;
 pub mod retention;
 pub mod revocation;
 pub mod server;
+pub mod ssf;
 pub mod store;
 pub mod tls;
 pub mod trust;

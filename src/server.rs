@@ -40,6 +40,9 @@ pub enum StartError {
     /// The discovery listener.
     #[error(transparent)]
     Discovery(#[from] crate::ops::discovery::DiscoveryError),
+    /// The SSF transmitter.
+    #[error(transparent)]
+    Ssf(#[from] crate::ssf::SsfError),
     /// The signing CA does not chain to the issuer's own trust domain.
     #[error("signing CA does not chain to a root of trust domain `{td}`: {reason}")]
     CaChain {
@@ -85,7 +88,8 @@ impl Server {
         // from the log.
         let feed_from = dyn_store.current_seq().await?;
         let revocations = Arc::new(
-            Revocations::new(dyn_store, jwt.clone(), cfg.jwt_issuer())
+            // With [ssf], SETs carry its issuer, as its metadata says.
+            Revocations::new(dyn_store, jwt.clone(), cfg.set_issuer())
                 .with_x509_issuer(ca.issuer_name()),
         );
         // Catch up on deadlines that passed while the issuer was down, before
@@ -158,6 +162,14 @@ impl Server {
             stop_rx.clone(),
         )
         .await?;
+        // Push receivers' clients are built (their TLS files read) before
+        // anything serves; they deliver while this process leads.
+        let pushers = crate::ssf::push::spawn_all(
+            &self.cfg,
+            self.issuer.revocations(),
+            self.issuer.system_actor(),
+            &stop_rx,
+        )?;
         let stop_rx_reaper = stop_rx.clone();
         let reload = tokio::spawn(crate::tls::reload_loop(
             self.material.clone(),
@@ -173,6 +185,7 @@ impl Server {
         let reaper = tokio::spawn(reaper::run(
             self.issuer.revocations().clone(),
             self.cfg.feed.clone(),
+            self.cfg.ssf_receivers().to_vec(),
             crate::retention::Retention::new(&self.cfg.store, self.issuer.system_actor()),
             self.issuer.system_actor().to_owned(),
             self.store.leadership(),
@@ -224,6 +237,9 @@ impl Server {
         let _ = flusher.await;
         if let Some(d) = discovery {
             let _ = d.await;
+        }
+        for p in pushers {
+            let _ = p.await;
         }
         // What was counted but not yet due is written on the way out.
         self.issuer.flush_refusals_now().await;

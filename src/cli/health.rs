@@ -100,6 +100,7 @@ pub(super) async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
                     "overdue": s.overdue,
                     "oldest_unacked_seq": (s.oldest_unacked_seq != 0).then_some(s.oldest_unacked_seq),
                     "overdue_since": when(s.overdue_since),
+                    "ssf_delivery": (!s.ssf_delivery.is_empty()).then_some(&s.ssf_delivery),
                 })
             })
             .collect();
@@ -124,10 +125,12 @@ pub(super) async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
             } else {
                 "ok".to_owned()
             };
-            out::line(format_args!(
-                "  {} ({}): {acked}; {state}",
-                s.name, s.spiffe_id
-            ))?;
+            let who = if s.ssf_delivery.is_empty() {
+                s.spiffe_id.clone()
+            } else {
+                format!("SSF {} receiver", s.ssf_delivery)
+            };
+            out::line(format_args!("  {} ({who}): {acked}; {state}", s.name))?;
         }
     }
     if d.subscribers.iter().any(|s| s.overdue) {

@@ -14,10 +14,12 @@ use spiffe::TrustDomain;
 mod discovery;
 mod limits;
 mod listen;
+mod ssf;
 mod store;
 pub use discovery::DiscoveryConfig;
 pub use limits::{LimitsConfig, RateConfig};
 pub use listen::{ListenConfig, OpsConfig};
+pub use ssf::{MIN_TOKEN_LEN, ReceiverConfig, SecretToken, SsfConfig, SsfDelivery};
 pub use store::{STORE_URL_ENV, StoreConfig};
 
 /// A configuration problem, found while reading or validating the file.
@@ -87,6 +89,10 @@ pub struct Config {
     /// The HTTPS listener for relying parties; off unless present.
     #[serde(default)]
     pub discovery: Option<DiscoveryConfig>,
+    /// The Shared Signals transmitter (served by `[discovery]`); off unless
+    /// present.
+    #[serde(default)]
+    pub ssf: Option<SsfConfig>,
     /// The directory relative paths were resolved against (not in the file).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -395,6 +401,9 @@ impl Config {
         if let Some(d) = &mut self.discovery {
             d.resolve_paths(&base);
         }
+        if let Some(s) = &mut self.ssf {
+            s.resolve_paths(&base);
+        }
     }
 
     /// `[server]`: PEM files or the Workload API, not both, and never half
@@ -591,6 +600,7 @@ impl Config {
         if let Some(d) = &self.discovery {
             d.validate().map_err(ConfigError::Invalid)?;
         }
+        self.validate_ssf().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -210,6 +210,7 @@ impl pb::admin_server::Admin for AdminService {
                             overdue: s.overdue_since.is_some(),
                             oldest_unacked_seq: s.oldest_unacked.map(|(q, _)| q).unwrap_or(0),
                             overdue_since: s.overdue_since.unwrap_or(0),
+                            ssf_delivery: s.ssf.map(|d| d.as_str().to_owned()).unwrap_or_default(),
                         })
                         .collect();
                     Ok((

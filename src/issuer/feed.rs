@@ -74,6 +74,17 @@ impl Issuer {
         // replicas racing for a new name cannot both have it).
         // The answer names no one: who holds a name is the trail's to
         // record, not another workload's to learn.
+        // An SSF receiver's acknowledgements are the transmitter's to
+        // record, as it delivers.
+        if self.ssf_receivers.iter().any(|r| r.name == subscriber) {
+            let e = Error::PermissionDenied(format!(
+                "`{subscriber}` is an SSF receiver's name; acknowledge under a name of your own"
+            ));
+            return Err(self
+                .gate
+                .refuse_as(draft, decision::DENY, e.to_string(), e)
+                .await);
+        }
         let configured = self.feed.subscribers.iter().find(|s| s.name == subscriber);
         let denied = || {
             Error::PermissionDenied(format!(
@@ -150,8 +161,13 @@ impl Issuer {
     ) -> Result<(u64, Vec<crate::revocation::delivery::SubscriberDelivery>), Error> {
         self.gate.admin(caller, "delivery_status").await?;
         let current = self.store.current_seq().await?;
-        let s = crate::revocation::delivery::status(self.store.as_ref(), &self.feed, now_unix())
-            .await?;
+        let s = crate::revocation::delivery::status(
+            self.store.as_ref(),
+            &self.feed,
+            &self.ssf_receivers,
+            now_unix(),
+        )
+        .await?;
         Ok((current, s))
     }
 }

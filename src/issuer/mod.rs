@@ -70,6 +70,9 @@ pub struct Issuer {
     jwt_issuer: String,
     limits: LimitsConfig,
     feed: FeedConfig,
+    /// `[[ssf.receivers]]`: expected to acknowledge too (by the
+    /// transmitter), and their names are not the workloads'.
+    ssf_receivers: Vec<crate::config::ReceiverConfig>,
     crl_validity: Duration,
     ca: SigningCa,
     jwt: Arc<JwtSigner>,
@@ -129,6 +132,7 @@ impl Issuer {
             jwt_issuer: cfg.jwt_issuer(),
             limits: cfg.limits.clone(),
             feed: cfg.feed.clone(),
+            ssf_receivers: cfg.ssf_receivers().to_vec(),
             crl_validity: cfg.ca.crl_validity,
             ca,
             jwt,

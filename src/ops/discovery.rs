@@ -20,6 +20,9 @@
 //! keys served here and over gRPC never differ; they are rebuilt when the
 //! bundles reload and at most a second after the served keys change.
 //!
+//! With `[ssf]` it also serves the Shared Signals transmitter's metadata
+//! and poll endpoint ([`crate::ssf::Transmitter`]).
+//!
 //! Bounded like the gRPC listener: a connection cap, handshake, header and
 //! connection timeouts, small request headers, GET and HEAD only (405
 //! otherwise, 404 for any other path). The server certificate and key are
@@ -102,6 +105,8 @@ pub struct Discovery {
     openid: Bytes,
     /// One builder at a time; the others wait for its result.
     cache: tokio::sync::Mutex<Option<Cached>>,
+    /// The SSF transmitter's paths, when `[ssf]` is configured.
+    ssf: Option<crate::ssf::Transmitter>,
 }
 
 /// The OpenID Connect discovery document for tokens whose `iss` is `issuer`
@@ -151,6 +156,22 @@ impl Discovery {
             material,
             openid: Bytes::from(serde_json::to_vec_pretty(&openid).expect("JSON serialises")),
             cache: tokio::sync::Mutex::new(None),
+            ssf: None,
+        }
+    }
+
+    /// Also answers the SSF transmitter's paths.
+    pub fn with_ssf(mut self, ssf: Option<crate::ssf::Transmitter>) -> Self {
+        self.ssf = ssf;
+        self
+    }
+
+    /// The answer to a request on the listener: the transmitter's paths go
+    /// to it (a poll has a body), the rest to [`Discovery::respond`].
+    async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        match &self.ssf {
+            Some(ssf) if ssf.serves(req.uri().path()) => ssf.respond(req).await,
+            _ => self.respond(&req).await,
         }
     }
 
@@ -381,7 +402,14 @@ pub async fn spawn(
         .with_no_client_auth()
         .with_cert_resolver(cert.clone());
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let discovery = Arc::new(Discovery::new(issuer, material, &jwt_issuer, &base_url));
+    let ssf = crate::ssf::Transmitter::new(
+        cfg,
+        issuer.revocations().clone(),
+        issuer.system_actor(),
+        &base_url,
+    );
+    let discovery =
+        Arc::new(Discovery::new(issuer, material, &jwt_issuer, &base_url).with_ssf(ssf));
     tracing::info!(addr = %bound, url = %base_url, "discovery is serving");
     let reload_every = cfg.trust.reload_interval;
     Ok(Some(tokio::spawn(serve(
@@ -448,7 +476,7 @@ async fn serve(
             };
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let discovery = discovery.clone();
-                async move { Ok::<_, std::convert::Infallible>(discovery.respond(&req).await) }
+                async move { Ok::<_, std::convert::Infallible>(discovery.route(req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -2,10 +2,14 @@
 //! revocations. An event not acknowledged by an expected subscriber within
 //! the ack deadline makes that subscriber overdue: the "cleanup failed"
 //! signal, reported in `GetDeliveryStatus` and logged at warn.
+//!
+//! The expected are the configured feed subscribers and the SSF receivers
+//! (`[[ssf.receivers]]`), whose acknowledgements the transmitter records
+//! under their names as they poll or as pushes are accepted.
 
 use std::collections::HashMap;
 
-use crate::config::FeedConfig;
+use crate::config::{FeedConfig, ReceiverConfig, SsfDelivery};
 use crate::store::{Store, StoreError};
 
 /// One expected subscriber's delivery state.
@@ -13,8 +17,10 @@ use crate::store::{Store, StoreError};
 pub struct SubscriberDelivery {
     /// Name.
     pub name: String,
-    /// Expected SPIFFE ID.
+    /// Expected SPIFFE ID; empty for an SSF receiver.
     pub spiffe_id: String,
+    /// How an SSF receiver gets its SETs; `None` for a feed subscriber.
+    pub ssf: Option<SsfDelivery>,
     /// Highest acknowledged sequence.
     pub acked_seq: u64,
     /// Unix seconds of the last acknowledgement; 0 if never.
@@ -25,10 +31,23 @@ pub struct SubscriberDelivery {
     pub overdue_since: Option<i64>,
 }
 
-/// The delivery state of every expected subscriber at `now`.
+impl SubscriberDelivery {
+    /// Who it is, for logs: its SPIFFE ID, or how an SSF receiver is
+    /// delivered to.
+    pub fn who(&self) -> String {
+        match self.ssf {
+            Some(d) => format!("SSF {} receiver", d.as_str()),
+            None => self.spiffe_id.clone(),
+        }
+    }
+}
+
+/// The delivery state of every expected subscriber and SSF receiver at
+/// `now`.
 pub async fn status(
     store: &dyn Store,
     feed: &FeedConfig,
+    receivers: &[ReceiverConfig],
     now: i64,
 ) -> Result<Vec<SubscriberDelivery>, StoreError> {
     let acks: HashMap<String, _> = store
@@ -39,10 +58,15 @@ pub async fn status(
         .collect();
     let deadline = feed.ack_deadline.as_secs() as i64;
     let pruned = store.pruned_through().await?;
-    let mut out = Vec::with_capacity(feed.subscribers.len());
-    for s in &feed.subscribers {
+    let expected = feed
+        .subscribers
+        .iter()
+        .map(|s| (&s.name, s.spiffe_id.as_str(), None))
+        .chain(receivers.iter().map(|r| (&r.name, "", Some(r.delivery))));
+    let mut out = Vec::with_capacity(feed.subscribers.len() + receivers.len());
+    for (name, spiffe_id, ssf) in expected {
         let (acked_seq, acked_at) = acks
-            .get(&s.name)
+            .get(name)
             .map(|a| (a.acked_seq, a.acked_at))
             .unwrap_or((0, 0));
         let (oldest, overdue_since) = if acked_seq < pruned {
@@ -67,8 +91,9 @@ pub async fn status(
             )
         };
         out.push(SubscriberDelivery {
-            name: s.name.clone(),
-            spiffe_id: s.spiffe_id.clone(),
+            name: name.clone(),
+            spiffe_id: spiffe_id.to_owned(),
+            ssf,
             acked_seq,
             acked_at,
             oldest_unacked: oldest,
@@ -102,7 +127,7 @@ impl OverdueLog {
                     let seq = s.oldest_unacked.map(|(q, _)| q).unwrap_or(0);
                     tracing::warn!(
                         subscriber = %s.name,
-                        spiffe_id = %s.spiffe_id,
+                        who = %s.who(),
                         oldest_unacked_seq = seq,
                         acked_seq = s.acked_seq,
                         "revocation not acknowledged within the ack deadline: cleanup may have failed"
@@ -116,7 +141,7 @@ impl OverdueLog {
                     .subject(&s.name)
                     .because(format!(
                         "`{}` ({}) has not acknowledged seq {seq} within the ack deadline (acknowledged through {})",
-                        s.name, s.spiffe_id, s.acked_seq
+                        s.name, s.who(), s.acked_seq
                     ));
                     e.ref_seq = Some(seq);
                     events.push(e);

@@ -81,6 +81,9 @@ pub struct Revocations {
     /// The log's head, sent when the log was found to have gone back.
     rewound: watch::Sender<u64>,
     closing: watch::Sender<bool>,
+    /// Whether this process leads the background duties (set by the
+    /// reaper).
+    leading: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Revocations {
@@ -105,6 +108,7 @@ impl Revocations {
             health: watch::channel(None).0,
             rewound: watch::channel(0).0,
             closing: watch::channel(false).0,
+            leading: watch::channel(false).0,
         }
     }
 
@@ -301,6 +305,18 @@ impl Revocations {
     /// Resolves once [`Revocations::close`] was called.
     pub fn closing(&self) -> watch::Receiver<bool> {
         self.closing.subscribe()
+    }
+
+    /// Records whether this process leads the background duties.
+    pub fn set_leading(&self, leading: bool) {
+        self.leading
+            .send_if_modified(|l| std::mem::replace(l, leading) != leading);
+    }
+
+    /// Whether this process leads the background duties, and its changes:
+    /// leader-only work (SSF pushes) runs while it is true.
+    pub fn leading(&self) -> watch::Receiver<bool> {
+        self.leading.subscribe()
     }
 
     /// A live receiver; subscribe before reading the log.

@@ -13,7 +13,7 @@ use super::Revocations;
 use super::delivery::{self, OverdueLog};
 use crate::audit::{self, AuditDraft};
 use crate::clock::now_unix;
-use crate::config::FeedConfig;
+use crate::config::{FeedConfig, ReceiverConfig};
 use crate::retention::Retention;
 use crate::store::{Leadership, RevokeRequest, RevokeScope, StoreError, TaskState};
 
@@ -52,12 +52,16 @@ pub async fn expire_due_tasks(revs: &Arc<Revocations>, actor: &str) -> Result<us
 }
 
 /// Runs until `shutdown` flips: deadlines every `feed.reaper_interval`,
-/// delivery every interval, pruning every minute — while this process
-/// leads. Every replica runs this loop; the one holding the lead does the
-/// work, and the others take over within an interval of its loss.
+/// delivery (of the feed's subscribers and the SSF `receivers`) every
+/// interval, pruning every minute — while this process leads. Every replica
+/// runs this loop; the one holding the lead does the work, and the others
+/// take over within an interval of its loss. Whether this process leads is
+/// published on [`Revocations::leading`], for the other leader-only work
+/// (SSF pushes).
 pub async fn run(
     revs: Arc<Revocations>,
     feed: FeedConfig,
+    receivers: Vec<ReceiverConfig>,
     retention: Retention,
     actor: String,
     mut lead: Leadership,
@@ -92,6 +96,7 @@ pub async fn run(
                 tracing::info!("another replica leads the background duties");
             }
             leading = now_leading;
+            revs.set_leading(leading);
         }
         if !leading {
             continue;
@@ -99,6 +104,7 @@ pub async fn run(
         duties(
             &revs,
             &feed,
+            &receivers,
             &retention,
             &actor,
             &mut overdue,
@@ -106,6 +112,7 @@ pub async fn run(
         )
         .await;
     }
+    revs.set_leading(false);
     lead.release().await;
 }
 
@@ -117,6 +124,7 @@ pub async fn run(
 async fn duties(
     revs: &Arc<Revocations>,
     feed: &FeedConfig,
+    receivers: &[ReceiverConfig],
     retention: &Retention,
     actor: &str,
     overdue: &mut OverdueLog,
@@ -125,7 +133,7 @@ async fn duties(
     if let Err(e) = expire_due_tasks(revs, actor).await {
         tracing::error!(error = %e, "deadline reaper failed");
     }
-    match delivery::status(revs.store().as_ref(), feed, now_unix()).await {
+    match delivery::status(revs.store().as_ref(), feed, receivers, now_unix()).await {
         Ok(state) => {
             for event in overdue.observe(&state, actor, now_unix()) {
                 if let Err(e) = revs.store().append_audit_once(event).await {
