@@ -65,7 +65,6 @@ fn enforce_config(s: &TestServer, state: &std::path::Path, extra: &str) -> Enfor
         subscriber = "sidecar"
         listen = "127.0.0.1:0"
         audiences = ["db", "db-replica"]
-        leeway = "5s"
         state_dir = "{state}"
         {extra}
         "#,
@@ -859,4 +858,28 @@ async fn the_command_runs_the_sidecar_and_check_asks_it() {
         err.contains("invalid config: audiences must list at least one non-empty audience"),
         "{err}"
     );
+}
+
+/// A token is verified once and then remembered; the time, binding and
+/// deny set are still checked on every request, so a remembered token that
+/// expires is refused.
+#[tokio::test]
+async fn a_remembered_token_still_expires() {
+    let s = start().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut e = enforcer(&enforce_config(&s, state.path(), "leeway = \"0s\"")).await;
+    let t = forged(&s, |c| c.exp = now() + 1);
+    let bearer = format!("Bearer {t}");
+    let agent_pem = pem(&s, "agent");
+    assert_eq!(check(&mut e, Some(&bearer), Some(&agent_pem)).await.0, 200);
+    // Remembered: the binding is still checked.
+    let (code, h, _) = check(&mut e, Some(&bearer), Some(&pem(&s, "sidecar"))).await;
+    assert_eq!(
+        (code, reason(&h)),
+        (403, "token is bound to another certificate (cnf)")
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (code, h, _) = check(&mut e, Some(&bearer), Some(&agent_pem)).await;
+    assert_eq!((code, reason(&h)), (401, "token expired"));
+    e.stop().await;
 }

@@ -53,6 +53,9 @@ pub struct EnforceBench {
 /// `Check` at one concurrency.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckRow {
+    /// The token was remembered after its first verification (the
+    /// default); otherwise every check verified its signature.
+    pub remembered: bool,
     /// Concurrent callers.
     pub concurrency: usize,
     /// HTTP/2 connections they used.
@@ -107,6 +110,15 @@ pub struct DenyMemory {
     pub state_file_bytes: f64,
 }
 
+/// The decision alone: `Enforcer::check_bearer` in process, one thread.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    /// Microseconds per check, token remembered.
+    pub remembered_us: f64,
+    /// Microseconds per check, signature verified every time.
+    pub verifying_us: f64,
+}
+
 /// Everything a run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct EnforceReport {
@@ -116,6 +128,8 @@ pub struct EnforceReport {
     pub generator_cpus: String,
     /// `Check`.
     pub checks: Vec<CheckRow>,
+    /// The decision alone.
+    pub decision: Decision,
     /// Revocation -> denial.
     pub denials: Vec<DenyRow>,
     /// Deny-set memory.
@@ -214,12 +228,66 @@ pub async fn run(
     let mut agent = env.connect(&addr, env.identity("agent")?).await?;
     let peer_pem = std::fs::read_to_string(env.dir.join("agent.pem"))?;
 
-    // 1. Check.
-    progress("Check throughput and latency");
+    // 1. Check: the token remembered after its first verification (a
+    // workload presents one token many times), then verified every time.
+    let token = agent
+        .mint_jwt("bench-enforce", "bench", None)
+        .await
+        .map_err(|s| anyhow::anyhow!("mint: {}", s.message()))?
+        .token;
+    progress("Check throughput and latency, token remembered");
+    let (placement, mut checks) =
+        check_rows(exe, &env, &addr, &token, &peer_pem, 16_384, b).await?;
+    progress("Check throughput and latency, every check verifying the signature");
+    checks.extend(
+        check_rows(exe, &env, &addr, &token, &peer_pem, 0, b)
+            .await?
+            .1,
+    );
+    progress("the decision alone, in process");
+    let decision = decision_cost(&env, &addr, &token, &peer_pem).await?;
+
+    // 2. Revocation -> denial.
+    let mut denials = Vec::new();
+    for &n in &b.enforcers {
+        progress(&format!("revocation -> denial with {n} enforcer(s)"));
+        denials.push(revoke_to_deny(&env, &addr, &mut agent, &peer_pem, n, b.events).await?);
+    }
+
+    // 3. Memory.
+    progress(&format!("deny-set memory at {} entries", b.entries));
+    let memory = deny_memory(b.entries, &env.dir.join("memory-state"))?;
+    Ok(EnforceReport {
+        placement,
+        generator_cpus: own_cpus(),
+        checks,
+        decision,
+        denials,
+        memory,
+    })
+}
+
+/// `Check` over gRPC against a `taskmint enforce` child with
+/// `verified_token_cache = cache`, at each concurrency.
+async fn check_rows(
+    exe: &Path,
+    env: &BenchEnv,
+    addr: &str,
+    token: &str,
+    peer_pem: &str,
+    cache: usize,
+    b: &EnforceBench,
+) -> anyhow::Result<(String, Vec<CheckRow>)> {
     let listen = free_addr()?;
-    let state = env.dir.join("enforce-state-child");
-    let cfg_path = env.dir.join("enforce.toml");
-    std::fs::write(&cfg_path, enforcer_config(&env, &addr, &listen, &state))?;
+    let state = env.dir.join(format!("enforce-state-child-{cache}"));
+    let cfg_path = env.dir.join(format!("enforce-{cache}.toml"));
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "{}verified_token_cache = {cache}\n",
+            enforcer_config(env, addr, &listen, &state)
+        ),
+    )?;
     let taskset = Command::new("taskset").arg("--version").output().is_ok();
     let mut cmd = if taskset {
         let mut c = Command::new("taskset");
@@ -245,12 +313,7 @@ pub async fn run(
     } else {
         "not pinned (no taskset), TOKIO_WORKER_THREADS=1".to_owned()
     };
-    let token = agent
-        .mint_jwt("bench-enforce", "bench", None)
-        .await
-        .map_err(|s| anyhow::anyhow!("mint: {}", s.message()))?
-        .token;
-    let req = check_request(&token, &peer_pem);
+    let req = check_request(token, peer_pem);
     let connect = || async {
         let ch = tonic::transport::Endpoint::from_shared(format!("http://{listen}"))?
             .tcp_nodelay(true)
@@ -315,6 +378,7 @@ pub async fn run(
         let cpu = cpu_seconds(pid.0).unwrap_or(f64::NAN) - cpu0;
         lat.sort_by(f64::total_cmp);
         checks.push(CheckRow {
+            remembered: cache > 0,
             concurrency: n,
             connections,
             checks: lat.len(),
@@ -326,23 +390,50 @@ pub async fn run(
         });
     }
     drop(enforcer);
+    Ok((placement, checks))
+}
 
-    // 2. Revocation -> denial.
-    let mut denials = Vec::new();
-    for &n in &b.enforcers {
-        progress(&format!("revocation -> denial with {n} enforcer(s)"));
-        denials.push(revoke_to_deny(&env, &addr, &mut agent, &peer_pem, n, b.events).await?);
+/// Microseconds per in-process `check_bearer` (no gRPC), remembered and
+/// verifying, on one thread.
+async fn decision_cost(
+    env: &BenchEnv,
+    addr: &str,
+    token: &str,
+    peer_pem: &str,
+) -> anyhow::Result<Decision> {
+    let peer = taskmint::pem::certs(peer_pem.as_bytes()).map_err(anyhow::Error::msg)?[0].to_vec();
+    let mut out = [0.0; 2];
+    for (i, cache) in [16_384usize, 0].into_iter().enumerate() {
+        let state = env.dir.join(format!("enforce-decision-{cache}"));
+        let text = format!(
+            "{}verified_token_cache = {cache}\n",
+            enforcer_config(env, addr, "127.0.0.1:0", &state)
+        );
+        let cfg = EnforceConfig::from_toml(&text, &env.dir)?;
+        let (e, f) = Enforcer::start(&cfg)?;
+        let started = Instant::now();
+        while e.freshness() != Freshness::Fresh {
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "no sync");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..100 {
+            e.check_bearer(token, Some(&peer))
+                .await
+                .map_err(|d| anyhow::anyhow!("{d:?}"))?;
+        }
+        let n = 20_000;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            e.check_bearer(token, Some(&peer))
+                .await
+                .map_err(|d| anyhow::anyhow!("{d:?}"))?;
+        }
+        out[i] = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
+        f.abort();
     }
-
-    // 3. Memory.
-    progress(&format!("deny-set memory at {} entries", b.entries));
-    let memory = deny_memory(b.entries, &env.dir.join("memory-state"))?;
-    Ok(EnforceReport {
-        placement,
-        generator_cpus: own_cpus(),
-        checks,
-        denials,
-        memory,
+    Ok(Decision {
+        remembered_us: out[0],
+        verifying_us: out[1],
     })
 }
 
@@ -471,13 +562,18 @@ fn deny_memory(entries: usize, state_dir: &Path) -> anyhow::Result<DenyMemory> {
 pub fn render(r: &EnforceReport) -> String {
     let mut out = format!(
         "## Check (enforcer: {}; load generator on CPUs {})\n\n\
-         | concurrency | connections | checks | checks/s | p50 us | p99 us | max us | enforcer CPU us/check |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | token | concurrency | connections | checks | checks/s | p50 us | p99 us | max us | enforcer CPU us/check |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         r.placement, r.generator_cpus
     );
     for c in &r.checks {
         out.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} |\n",
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} |\n",
+            if c.remembered {
+                "remembered"
+            } else {
+                "verified each time"
+            },
             c.concurrency,
             c.connections,
             c.checks,
@@ -488,6 +584,11 @@ pub fn render(r: &EnforceReport) -> String {
             c.enforcer_cpu_us
         ));
     }
+    out.push_str(&format!(
+        "\nThe decision alone (`Enforcer::check_bearer` in process, one thread): \
+         {:.1} us remembered, {:.1} us verifying the signature.\n",
+        r.decision.remembered_us, r.decision.verifying_us
+    ));
     out.push_str(
         "\n## Revoke RPC returned -> Check denies\n\n\
          | enforcers | events | denials | p50 ms | p99 ms | max ms | Revoke RPC p50 ms |\n\

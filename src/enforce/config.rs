@@ -66,6 +66,11 @@ pub struct EnforceConfig {
     /// is then not enforced: only for services that prefer availability.
     #[serde(default)]
     pub insecure_fail_open_when_stale: bool,
+    /// Verified tokens remembered (by SHA-256), so a token presented again
+    /// skips the signature; times, binding and the deny set are checked on
+    /// every request. 0 turns it off.
+    #[serde(default = "default_token_cache")]
+    pub verified_token_cache: usize,
     /// Base directory for relative paths (the config file's directory).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -76,6 +81,9 @@ fn default_leeway() -> Duration {
 }
 fn default_max_staleness() -> Duration {
     Duration::from_secs(30)
+}
+fn default_token_cache() -> usize {
+    16_384
 }
 fn yes() -> bool {
     true

@@ -337,6 +337,9 @@ async fn fetch_keys(shared: &Shared, mut client: Client) -> Result<(), Ended> {
                 held.sequence != set.sequence || held.is_empty()
             };
             if changed {
+                // A token verified with a key that is gone must not pass
+                // from the cache.
+                shared.verified.lock().expect("token cache lock").clear();
                 tracing::info!(keys = set.len(), sequence = set.sequence, iss = %set.iss, "JWT keys loaded");
             }
             shared.keys.send_replace(Arc::new(set));

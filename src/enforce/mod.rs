@@ -28,10 +28,12 @@ pub mod keys;
 pub mod state;
 pub mod verify;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use sha2::Digest as _;
 use tokio::sync::{Notify, watch};
 
 pub use config::EnforceConfig;
@@ -39,7 +41,7 @@ pub use verify::{Allowed, Denial};
 
 use deny::DenySet;
 use keys::KeySet;
-use verify::Rules;
+use verify::{Rules, VerifiedToken};
 
 /// Why the enforcer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +111,11 @@ struct Shared {
     session: Mutex<(Option<Option<u64>>, Option<u64>)>,
     /// The sequence of the last event in the deny set.
     applied: watch::Sender<u64>,
+    /// Tokens whose signature and claims verified, by SHA-256 of the token:
+    /// a workload presents one token for many requests, and the signature
+    /// is most of a check's cost. Emptied when the keys change.
+    verified: Mutex<HashMap<[u8; 32], Arc<VerifiedToken>>>,
+    cache_entries: usize,
     stats: Stats,
 }
 
@@ -154,6 +161,8 @@ impl Enforcer {
                 epoch: Instant::now(),
                 session: Mutex::new((None, None)),
                 applied: watch::channel(0).0,
+                verified: Mutex::new(HashMap::new()),
+                cache_entries: cfg.verified_token_cache,
                 stats: Stats::default(),
             }),
         }
@@ -196,15 +205,50 @@ impl Enforcer {
 
     async fn bearer(&self, token: &str, peer: Option<&[u8]>) -> Result<Allowed, Denial> {
         self.gate()?;
-        let mut keys = self.shared.keys.borrow().clone();
-        if let Some(kid) = verify::kid_of(token)
-            && keys.get(&kid).is_none()
-            && self.refresh_keys().await
-        {
-            keys = self.shared.keys.borrow().clone();
-        }
+        let now = crate::clock::now_unix();
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let cached = self
+            .shared
+            .verified
+            .lock()
+            .expect("token cache lock")
+            .get(&digest)
+            .cloned();
+        let verified = match cached {
+            Some(v) => v,
+            None => {
+                let mut keys = self.shared.keys.borrow().clone();
+                if let Some(kid) = verify::kid_of(token)
+                    && keys.get(&kid).is_none()
+                    && self.refresh_keys().await
+                {
+                    keys = self.shared.keys.borrow().clone();
+                }
+                let v = Arc::new(self.shared.rules.verify(token, &keys)?);
+                self.remember(digest, v.clone(), now);
+                v
+            }
+        };
         let deny = self.shared.deny.read().expect("deny set lock");
-        self.shared.rules.bearer(token, peer, &keys, &deny)
+        self.shared.rules.admit(&verified, peer, now, &deny)
+    }
+
+    /// Caches a verified token; when the cache is full, drops what expired,
+    /// and if that is not enough, everything.
+    fn remember(&self, digest: [u8; 32], v: Arc<VerifiedToken>, now: i64) {
+        let cap = self.shared.cache_entries;
+        if cap == 0 {
+            return;
+        }
+        let mut cache = self.shared.verified.lock().expect("token cache lock");
+        if cache.len() >= cap {
+            let leeway = self.shared.rules.leeway as i64;
+            cache.retain(|_, t| !t.expired(now, leeway));
+            if cache.len() >= cap {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, v);
     }
 
     /// Asks for the keys again if they were not fetched within

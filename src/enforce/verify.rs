@@ -101,16 +101,52 @@ pub fn kid_of(token: &str) -> Option<String> {
     jsonwebtoken::decode_header(token).ok()?.kid
 }
 
+/// What a bearer token proved once its signature, type, `iss`, `aud` and
+/// claims were checked: everything but the checks that depend on the time,
+/// the connection and the deny set, which [`Rules::admit`] makes on every
+/// request. Safe to cache by the token's exact bytes.
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    sub: String,
+    jti: String,
+    task_id: String,
+    holder: String,
+    owner: String,
+    cnf: Option<String>,
+    exp: i64,
+    nbf: Option<i64>,
+}
+
+impl VerifiedToken {
+    /// Whether it can no longer pass at `now`.
+    pub fn expired(&self, now: i64, leeway: i64) -> bool {
+        now > self.exp.saturating_add(leeway)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Times {
+    exp: i64,
+    nbf: Option<i64>,
+}
+
 impl Rules {
     /// Decides on a bearer token, with the peer certificate (DER) if the
-    /// proxy passed one.
+    /// proxy passed one, at `now`.
     pub fn bearer(
         &self,
         token: &str,
         peer: Option<&[u8]>,
         keys: &KeySet,
         deny: &DenySet,
+        now: i64,
     ) -> Result<Allowed, Denial> {
+        self.admit(&self.verify(token, keys)?, peer, now, deny)
+    }
+
+    /// Checks a bearer token's signature (by `kid`), type, `iss`, `aud` and
+    /// claims; not its times.
+    pub fn verify(&self, token: &str, keys: &KeySet) -> Result<VerifiedToken, Denial> {
         let invalid = |m: String| Denial::Unauthenticated(m);
         if token.len() > MAX_TOKEN_BYTES {
             return Err(invalid(format!(
@@ -138,24 +174,29 @@ impl Rules {
             return Err(invalid("token `alg` does not match its key".into()));
         }
         let mut v = Validation::new(*alg);
-        v.leeway = self.leeway;
-        v.validate_nbf = true;
+        // The times are checked per request, by `admit`.
+        v.validate_exp = false;
+        v.validate_nbf = false;
         v.set_audience(&self.audiences);
         v.set_issuer(&[&keys.iss]);
         v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
-        let claims = jsonwebtoken::decode::<TokenClaims>(token, key, &v)
-            .map_err(|e| match e.kind() {
-                ErrorKind::InvalidSignature => invalid("token signature does not verify".into()),
-                ErrorKind::ExpiredSignature => invalid("token expired".into()),
-                ErrorKind::ImmatureSignature => invalid("token not yet valid (nbf)".into()),
-                ErrorKind::InvalidIssuer => invalid("token issuer is not this issuer".into()),
-                ErrorKind::InvalidAudience => {
-                    Denial::Forbidden("token audience is not accepted here".into())
+        let malformed = || invalid("token claims are malformed".into());
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, key, &v).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::InvalidSignature => {
+                        invalid("token signature does not verify".into())
+                    }
+                    ErrorKind::InvalidIssuer => invalid("token issuer is not this issuer".into()),
+                    ErrorKind::InvalidAudience => {
+                        Denial::Forbidden("token audience is not accepted here".into())
+                    }
+                    ErrorKind::MissingRequiredClaim(c) => invalid(format!("token has no `{c}`")),
+                    _ => malformed(),
                 }
-                ErrorKind::MissingRequiredClaim(c) => invalid(format!("token has no `{c}`")),
-                _ => invalid("token claims are malformed".into()),
-            })?
-            .claims;
+            })?;
+        let times = Times::deserialize(&data.claims).map_err(|_| malformed())?;
+        let claims = TokenClaims::deserialize(data.claims).map_err(|_| malformed())?;
         let jti = claims
             .jti
             .filter(|j| !j.is_empty())
@@ -166,9 +207,37 @@ impl Rules {
         if claims.task_id.is_empty() {
             return Err(invalid("token is not bound to a task".into()));
         }
-        let bound = claims.cnf.and_then(|c| c.x5t_s256);
-        let unbound = match (bound, peer) {
-            (Some(want), Some(der)) if thumbprint(der) != want => {
+        Ok(VerifiedToken {
+            sub: claims.sub,
+            jti,
+            task_id: claims.task_id,
+            holder: claims.task_holder,
+            owner: claims.owner,
+            cnf: claims.cnf.and_then(|c| c.x5t_s256),
+            exp: times.exp,
+            nbf: times.nbf,
+        })
+    }
+
+    /// The checks of a verified token that hold for one request: `exp` and
+    /// `nbf` at `now` with the leeway, the binding to the peer certificate,
+    /// the deny set.
+    pub fn admit(
+        &self,
+        t: &VerifiedToken,
+        peer: Option<&[u8]>,
+        now: i64,
+        deny: &DenySet,
+    ) -> Result<Allowed, Denial> {
+        let leeway = self.leeway as i64;
+        if now > t.exp.saturating_add(leeway) {
+            return Err(Denial::Unauthenticated("token expired".into()));
+        }
+        if t.nbf.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
+            return Err(Denial::Unauthenticated("token not yet valid (nbf)".into()));
+        }
+        let unbound = match (&t.cnf, peer) {
+            (Some(want), Some(der)) if thumbprint(der) != *want => {
                 Some("token is bound to another certificate (cnf)")
             }
             (Some(_), None) if self.require_cnf => {
@@ -180,15 +249,15 @@ impl Rules {
         if let Some(why) = unbound {
             return Err(Denial::Forbidden(why.into()));
         }
-        if deny.contains(&jti) {
+        if deny.contains(&t.jti) {
             return Err(Denial::Forbidden("credential revoked".into()));
         }
         Ok(Allowed {
-            spiffe_id: claims.sub,
-            task_id: claims.task_id,
-            holder: claims.task_holder,
-            owner: claims.owner,
-            credential_id: jti,
+            spiffe_id: t.sub.clone(),
+            task_id: t.task_id.clone(),
+            holder: t.holder.clone(),
+            owner: t.owner.clone(),
+            credential_id: t.jti.clone(),
         })
     }
 
