@@ -662,6 +662,10 @@ async fn a_stale_feed_fails_closed_and_recovers() {
         eventually(Duration::from_secs(2), || serving(&health).map_eq(1)).await,
         "health says SERVING"
     );
+    use taskmint::ops::Endpoints as _;
+    let ops = taskmint::enforce::ops::EnforcerOps::new(e.enforcer.clone());
+    assert!(ops.problems().await.is_empty());
+    assert!(ops.metrics().contains("taskmint_enforce_feed_fresh 1\n"));
 
     // Heartbeats keep it fresh past max_staleness.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -685,6 +689,24 @@ async fn a_stale_feed_fails_closed_and_recovers() {
     assert_eq!((code, reason(&h)), (503, "revocation feed stale"));
     // Invalid requests are refused as unavailable too: nothing is decided.
     assert_eq!(check(&mut e, None, None).await.0, 503);
+    let problems = ops.problems().await;
+    assert!(
+        problems.len() == 1 && problems[0].starts_with("revocation feed stale: last current "),
+        "{problems:?}"
+    );
+    let metrics = ops.metrics();
+    assert!(
+        metrics.contains("taskmint_enforce_feed_fresh 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("taskmint_enforce_checks_total{decision=\"unavailable\"} 3\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("taskmint_enforce_checks_total{decision=\"allowed\"} "),
+        "{metrics}"
+    );
     assert!(
         eventually(Duration::from_secs(2), || serving(&health).map_eq(2)).await,
         "health says NOT_SERVING"
@@ -785,11 +807,18 @@ async fn the_command_runs_the_sidecar_and_check_asks_it() {
         .unwrap()
         .local_addr()
         .unwrap();
+    let ops = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let cfg = s.path("enforce-test.toml");
     std::fs::write(
         &cfg,
-        taskmint::devca::enforce_config_text(&s.addr.to_string())
-            .replace("127.0.0.1:9191", &listen.to_string()),
+        format!(
+            "{}ops_listen = \"{ops}\"\n",
+            taskmint::devca::enforce_config_text(&s.addr.to_string())
+                .replace("127.0.0.1:9191", &listen.to_string())
+        ),
     )
     .unwrap();
     let mut child = std::process::Command::new(exe)
@@ -830,9 +859,31 @@ async fn the_command_runs_the_sidecar_and_check_asks_it() {
         String::from_utf8_lossy(&out.stdout),
         "denied 403: token is bound to another certificate (cnf)\n"
     );
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(ops).unwrap();
+        write!(
+            c,
+            "GET {path} HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out
+    };
+    let ready = get("/readyz");
+    let metrics = get("/metrics");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(allowed, "the sidecar never allowed a valid token");
+    assert!(
+        ready.starts_with("HTTP/1.1 200") && ready.ends_with("ready\n"),
+        "{ready}"
+    );
+    assert!(
+        metrics.contains("taskmint_enforce_checks_total{decision=\"allowed\"}"),
+        "{metrics}"
+    );
 
     // Stopped: connection refused is a failure, not a decision.
     let out = check(&token, "agent.pem");

@@ -223,6 +223,26 @@ pub async fn serve(
 ) -> Result<(), EnforceError> {
     let (enforcer, follower) = Enforcer::start(cfg)?;
     let _follower = super::follower::AbortOnDrop(follower);
+    let _ops = match cfg.ops_listen {
+        Some(addr) => {
+            let l =
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| EnforceError::Listen {
+                        addr: format!("{addr} (ops_listen)"),
+                        reason: e.to_string(),
+                    })?;
+            tracing::info!(%addr, "operations listener: /metrics /healthz /readyz");
+            Some(super::follower::AbortOnDrop(tokio::spawn(
+                crate::ops::serve(
+                    l,
+                    super::ops::EnforcerOps::new(enforcer.clone()),
+                    std::future::pending(),
+                ),
+            )))
+        }
+        None => None,
+    };
     serve_enforcer(enforcer, cfg.strip_bearer, listener, shutdown).await
 }
 
@@ -274,7 +294,17 @@ pub async fn serve_enforcer(
             strip_bearer,
         )))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Small answers on a long-lived connection: without NODELAY,
+            // Nagle holds one back for the peer's delayed ACK (~40 ms).
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |s| {
+                    if let Ok(s) = &s {
+                        let _ = s.set_nodelay(true);
+                    }
+                    s
+                },
+            ),
             shutdown,
         )
         .await

@@ -42,6 +42,10 @@ pub struct EnforceConfig {
     /// Where Envoy's ext_authz filter reaches the `Check` service (plain
     /// HTTP/2: keep it on loopback or a pod-local address).
     pub listen: SocketAddr,
+    /// `/metrics`, `/healthz` and `/readyz` over plain HTTP, if set (e.g.
+    /// `127.0.0.1:9192`).
+    #[serde(default)]
+    pub ops_listen: Option<SocketAddr>,
     /// A bearer token must name one of these in `aud`.
     pub audiences: Vec<String>,
     /// Clock skew tolerated on `exp` and `nbf`.

@@ -14,6 +14,7 @@
 //!   X.509-SVID.
 //! - [`authz`]: Envoy's ext_authz v3 `Check` on top of it, and the
 //!   sidecar's gRPC server (with `grpc.health.v1`).
+//! - [`ops`]: its metrics and probes on the optional `ops_listen`.
 //!
 //! The enforcer fails closed: until it has caught up with the feed, and
 //! whenever it has heard nothing from it (no event, no heartbeat) for
@@ -25,6 +26,7 @@ pub mod config;
 pub mod deny;
 pub mod follower;
 pub mod keys;
+pub mod ops;
 pub mod state;
 pub mod verify;
 

@@ -88,61 +88,84 @@ impl Readiness {
         }
         out
     }
+}
 
-    async fn answer(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        let text = |status: StatusCode, body: String| {
-            Response::builder()
-                .status(status)
-                .header("content-type", "text/plain; charset=utf-8")
-                .header("cache-control", "no-store")
-                .body(Full::new(Bytes::from(body)))
-                .expect("static headers are valid")
-        };
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
-            r.headers_mut().insert(
-                "allow",
-                hyper::header::HeaderValue::from_static("GET, HEAD"),
-            );
-            return r;
-        }
-        match req.uri().path() {
-            "/metrics" => Response::builder()
-                .header(
-                    "content-type",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+/// What the operations listener serves: the metrics exposition and the
+/// readiness problems. The issuer's is [`Readiness`]; the enforcer has its
+/// own.
+pub trait Endpoints: Send + Sync + 'static {
+    /// The OpenMetrics text of `/metrics`.
+    fn metrics(&self) -> String;
+    /// Why the process is not ready, one reason a line; empty when it is.
+    fn problems(&self) -> impl Future<Output = Vec<String>> + Send;
+}
+
+impl Endpoints for Readiness {
+    fn metrics(&self) -> String {
+        metrics::get().encode()
+    }
+
+    async fn problems(&self) -> Vec<String> {
+        Readiness::problems(self).await
+    }
+}
+
+async fn answer<E: Endpoints>(
+    endpoints: &E,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", "text/plain; charset=utf-8")
+            .header("cache-control", "no-store")
+            .body(Full::new(Bytes::from(body)))
+            .expect("static headers are valid")
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
+        r.headers_mut().insert(
+            "allow",
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
+        return r;
+    }
+    match req.uri().path() {
+        "/metrics" => Response::builder()
+            .header(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .header("cache-control", "no-store")
+            .body(Full::new(Bytes::from(endpoints.metrics())))
+            .expect("static headers are valid"),
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => {
+            let problems = endpoints.problems().await;
+            if problems.is_empty() {
+                text(StatusCode::OK, "ready\n".into())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    problems.iter().map(|p| format!("{p}\n")).collect(),
                 )
-                .header("cache-control", "no-store")
-                .body(Full::new(Bytes::from(metrics::get().encode())))
-                .expect("static headers are valid"),
-            "/healthz" => text(StatusCode::OK, "ok\n".into()),
-            "/readyz" => {
-                let problems = self.problems().await;
-                if problems.is_empty() {
-                    text(StatusCode::OK, "ready\n".into())
-                } else {
-                    text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        problems.iter().map(|p| format!("{p}\n")).collect(),
-                    )
-                }
             }
-            _ => text(
-                StatusCode::NOT_FOUND,
-                "not found: try /metrics, /healthz or /readyz\n".into(),
-            ),
         }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz or /readyz\n".into(),
+        ),
     }
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` (plain HTTP/1.1)
 /// until `shutdown` resolves.
-pub async fn serve(
+pub async fn serve<E: Endpoints>(
     listener: TcpListener,
-    readiness: Readiness,
+    endpoints: E,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let readiness = Arc::new(readiness);
+    let endpoints = Arc::new(endpoints);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
@@ -161,11 +184,11 @@ pub async fn serve(
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             continue;
         };
-        let readiness = readiness.clone();
+        let endpoints = endpoints.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let readiness = readiness.clone();
-                async move { Ok::<_, Infallible>(readiness.answer(req).await) }
+                let endpoints = endpoints.clone();
+                async move { Ok::<_, Infallible>(answer(&*endpoints, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
