@@ -498,3 +498,48 @@ async fn serve_takes_spiffe_endpoint_socket_when_the_config_names_no_svid() {
     })
     .await;
 }
+
+/// `taskmint enforce` with `workload_api` and nothing else for its
+/// identity: its SVID and the roots that verify the issuer come from the
+/// agent, and it follows the feed and acknowledges as that SVID.
+#[tokio::test]
+async fn the_enforcer_takes_its_identity_from_the_workload_api() {
+    let s = common::start().await;
+    let root = s.root();
+    let sidecar = root.workload("sidecar").unwrap();
+    let agent = FakeAgent::start(view(
+        &root,
+        "spiffe://example.org/workload/sidecar",
+        &sidecar,
+    ))
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let text = format!(
+        "issuers = [\"{}\"]\nworkload_api = \"{}\"\nsubscriber = \"sidecar\"\n\
+         listen = \"127.0.0.1:0\"\naudiences = [\"db\"]\nstate_dir = \"{}\"\n",
+        s.addr,
+        agent.endpoint(),
+        state.path().display()
+    );
+    let cfg = taskmint::enforce::EnforceConfig::from_toml(&text, s.dir.path()).unwrap();
+    let (enforcer, follower) = taskmint::enforce::Enforcer::start(&cfg).unwrap();
+    let mut client = s.client("agent").await;
+    let minted = client.mint_jwt("wl-enforce", "db", None).await.unwrap();
+    let id = minted.credential.unwrap().id;
+    client.complete_task("wl-enforce").await.unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            enforcer.is_denied(&id)
+                && enforcer.freshness() == taskmint::enforce::Freshness::Fresh
+                && enforcer
+                    .stats()
+                    .acked_seq
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    >= 1
+        })
+        .await,
+        "the enforcer did not follow and acknowledge with the agent's SVID"
+    );
+    assert!(agent.served() >= 1);
+    follower.abort();
+}
