@@ -475,20 +475,38 @@ async fn bearer_tokens_are_checked_as_the_issue_lists() {
 }
 
 #[tokio::test]
-async fn without_require_cnf_an_unbound_request_passes_a_mismatch_does_not() {
+async fn without_require_cnf_an_unbound_token_passes_a_bound_one_still_needs_its_certificate() {
     let s = start().await;
     let state = tempfile::tempdir().unwrap();
     let mut e = enforcer(&enforce_config(&s, state.path(), "require_cnf = false")).await;
-    let t = forged(&s, |_| {});
-    let (code, _, removed) = check(&mut e, Some(&format!("Bearer {t}")), None).await;
-    assert_eq!(code, 200);
+    // No cnf: accepted without a certificate, and not stripped unless asked.
+    let unbound = forged_json(
+        &s,
+        serde_json::json!({
+            "sub": AGENT, "aud": "db", "iss": "spiffe://example.org/taskmint",
+            "iat": now(), "nbf": now(), "exp": now() + 300,
+            "jti": "ef".repeat(16), "task_id": "t-1", "task_holder": AGENT,
+        }),
+    );
+    let (code, h, removed) = check(&mut e, Some(&format!("Bearer {unbound}")), None).await;
+    assert_eq!(code, 200, "{h:?}");
     assert!(
         !removed.contains(&"authorization".to_owned()),
         "not stripped unless asked"
     );
+    // A bound token is only ever accepted from its certificate (RFC 8705).
+    let bound = forged(&s, |_| {});
+    let (code, h, _) = check(&mut e, Some(&format!("Bearer {bound}")), None).await;
+    assert_eq!(
+        (code, reason(&h)),
+        (
+            403,
+            "no peer certificate to check the token's binding (cnf) against"
+        )
+    );
     let (code, h, _) = check(
         &mut e,
-        Some(&format!("Bearer {t}")),
+        Some(&format!("Bearer {bound}")),
         Some(&pem(&s, "sidecar")),
     )
     .await;
@@ -534,6 +552,19 @@ async fn a_revocation_is_denied_on_a_live_enforcer_and_acknowledged() {
     assert_eq!((code, reason(&h)), (403, "credential revoked"));
     assert_eq!(check(&mut e, None, Some(&leaf_pem)).await.0, 200);
 
+    // A token bound to the per-task certificate, presented over it.
+    let x509_bound = forged(&s, |c| {
+        c.cnf.x5t_s256 = taskmint::enforce::verify::thumbprint(&x509.cert_chain[0]);
+        c.task_id = "live-1".into();
+    });
+    let (code, h, _) = check(
+        &mut e,
+        Some(&format!("Bearer {x509_bound}")),
+        Some(&leaf_pem),
+    )
+    .await;
+    assert_eq!(code, 200, "{h:?}");
+
     // Complete the task: the certificate's serial is denied too.
     let serial = x509.credential.unwrap().id;
     agent.complete_task("live-1").await.unwrap();
@@ -545,6 +576,17 @@ async fn a_revocation_is_denied_on_a_live_enforcer_and_acknowledged() {
     );
     let (code, h, _) = check(&mut e, None, Some(&leaf_pem)).await;
     assert_eq!((code, reason(&h)), (403, "credential revoked"));
+    // And a token presented over the revoked certificate is refused with it.
+    let (code, h, _) = check(
+        &mut e,
+        Some(&format!("Bearer {x509_bound}")),
+        Some(&leaf_pem),
+    )
+    .await;
+    assert_eq!(
+        (code, reason(&h)),
+        (403, "the peer certificate is a revoked credential")
+    );
 
     // The enforcer acknowledged under its subscriber name: the issuer's
     // delivery evidence covers it.
@@ -932,5 +974,37 @@ async fn a_remembered_token_still_expires() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let (code, h, _) = check(&mut e, Some(&bearer), Some(&agent_pem)).await;
     assert_eq!((code, reason(&h)), (401, "token expired"));
+    e.stop().await;
+}
+
+/// Without a token, a per-task certificate of another trust domain (one the
+/// proxy may trust through federation) is not this issuer's credential.
+#[tokio::test]
+async fn a_per_task_certificate_of_another_trust_domain_is_refused() {
+    let s = start().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut e = enforcer(&enforce_config(&s, state.path(), "")).await;
+    let other = taskmint::devca::DevRoot::new("other.org").unwrap();
+    let mut p =
+        taskmint::devca::DevRoot::svid_params("spiffe://other.org/workload/agent", 1).unwrap();
+    let oid: Vec<u64> = taskmint::ca::TASK_EXTENSION_OID.to_vec();
+    p.custom_extensions
+        .push(rcgen::CustomExtension::from_oid_content(
+            &oid,
+            taskmint::ca::task_extension_der(&taskmint::ca::TaskBinding {
+                task_id: "foreign-1".into(),
+                holder: "spiffe://other.org/workload/agent".into(),
+                ..Default::default()
+            }),
+        ));
+    let issued = other.sign(&p).unwrap();
+    let (code, h, _) = check(&mut e, None, Some(&der_to_pem(&issued.cert_der))).await;
+    assert_eq!(
+        (code, reason(&h)),
+        (
+            401,
+            "the peer certificate is not of the issuer's trust domain"
+        )
+    );
     e.stop().await;
 }

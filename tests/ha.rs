@@ -181,6 +181,31 @@ impl Fleet {
     fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// An enforcer following replicas 0 then 1, caught up.
+    async fn enforcer(
+        &self,
+        state: &Path,
+        max_staleness: &str,
+    ) -> (taskmint::enforce::Enforcer, tokio::task::JoinHandle<()>) {
+        let text = format!(
+            "issuers = [\"{}\", \"{}\"]\nsvid = \"sidecar.pem\"\nsvid_key = \"sidecar.key\"\n\
+             bundle = \"bundle.pem\"\nsubscriber = \"sidecar\"\nlisten = \"127.0.0.1:0\"\n\
+             audiences = [\"db\"]\nmax_staleness = \"{max_staleness}\"\nstate_dir = \"{}\"\n",
+            self.replicas[0].addr,
+            self.replicas[1].addr,
+            state.display()
+        );
+        let cfg = taskmint::enforce::EnforceConfig::from_toml(&text, self.dir()).unwrap();
+        let (enforcer, follower) = taskmint::enforce::Enforcer::start(&cfg).unwrap();
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                enforcer.freshness() == taskmint::enforce::Freshness::Fresh
+            })
+            .await
+        );
+        (enforcer, follower)
+    }
 }
 
 fn free_port() -> u16 {
@@ -608,22 +633,7 @@ async fn an_enforcer_fails_over_to_another_replica_from_its_cursor() {
     fleet.start().await;
     fleet.start().await;
     let state = tempfile::tempdir().unwrap();
-    let text = format!(
-        "issuers = [\"{}\", \"{}\"]\nsvid = \"sidecar.pem\"\nsvid_key = \"sidecar.key\"\n\
-         bundle = \"bundle.pem\"\nsubscriber = \"sidecar\"\nlisten = \"127.0.0.1:0\"\n\
-         audiences = [\"db\"]\nmax_staleness = \"5s\"\nstate_dir = \"{}\"\n",
-        fleet.replicas[0].addr,
-        fleet.replicas[1].addr,
-        state.path().display()
-    );
-    let cfg = taskmint::enforce::EnforceConfig::from_toml(&text, fleet.dir()).unwrap();
-    let (enforcer, follower) = taskmint::enforce::Enforcer::start(&cfg).unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            enforcer.freshness() == taskmint::enforce::Freshness::Fresh
-        })
-        .await
-    );
+    let (enforcer, follower) = fleet.enforcer(state.path(), "5s").await;
     let mut b = fleet.client(1, "agent").await;
     let first = b.mint_jwt("failover-1", "db", None).await.unwrap();
     let second = b.mint_jwt("failover-2", "db", None).await.unwrap();
@@ -667,5 +677,45 @@ async fn an_enforcer_fails_over_to_another_replica_from_its_cursor() {
         })
         .await
     );
+    follower.abort();
+}
+
+/// A replica that stops answering without closing its connections (here
+/// SIGSTOP: a hung process, a partition that drops packets) is left for
+/// the next one once nothing has come for `max_staleness`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_enforcer_leaves_a_replica_that_stalls() {
+    let Some(mut fleet) = Fleet::new().await else {
+        return;
+    };
+    fleet.start().await;
+    fleet.start().await;
+    let state = tempfile::tempdir().unwrap();
+    let (enforcer, follower) = fleet.enforcer(state.path(), "3s").await;
+    let pid = fleet.replicas[0].child.as_ref().unwrap().id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut b = fleet.client(1, "agent").await;
+    let id = b
+        .mint_jwt("stalled-1", "db", None)
+        .await
+        .unwrap()
+        .credential
+        .unwrap()
+        .id;
+    b.revoke(pb::revoke_request::Target::CredentialId(id.clone()), "done")
+        .await
+        .unwrap();
+    let moved = eventually(Duration::from_secs(20), || async {
+        enforcer.is_denied(&id) && enforcer.freshness() == taskmint::enforce::Freshness::Fresh
+    })
+    .await;
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    assert!(moved, "the enforcer stayed on the stalled replica");
     follower.abort();
 }

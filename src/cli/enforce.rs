@@ -84,6 +84,7 @@ pub(super) async fn run(a: EnforceArgs) -> anyhow::Result<()> {
     if !a.issuers.is_empty() {
         cfg.issuers = a.issuers;
     }
+    cfg.validate()?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (listen): {e}", cfg.listen))?;

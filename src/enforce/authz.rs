@@ -59,6 +59,12 @@ impl ExtAuthz {
     }
 
     async fn judge(&self, req: &CheckRequest) -> Result<Allowed, Denial> {
+        // Nothing is decided while the feed is stale, a malformed request
+        // included.
+        if let Err(d) = self.enforcer.gate() {
+            self.enforcer.count(&Err(d.clone()));
+            return Err(d);
+        }
         let attrs = req.attributes.as_ref();
         let http = attrs
             .and_then(|a| a.request.as_ref())

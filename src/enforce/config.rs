@@ -137,7 +137,8 @@ impl EnforceConfig {
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks the values (also after command-line overrides).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.issuers.is_empty() {
             return invalid("issuers must name at least one `host:port`".into());

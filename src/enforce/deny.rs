@@ -75,6 +75,11 @@ impl DenySet {
         before - self.len()
     }
 
+    /// Whether any X.509 serial is denied.
+    pub fn has_serials(&self) -> bool {
+        !self.serial.is_empty() || !self.other.is_empty()
+    }
+
     /// Entries held.
     pub fn len(&self) -> usize {
         self.jti.len() + self.serial.len() + self.other.len()

@@ -51,6 +51,12 @@ pub struct Follower {
     state: Arc<Mutex<State>>,
     /// Every event up to it is in the state file.
     cursor: Option<u64>,
+    /// A write failed: the file may lack entries (or end mid-line), so the
+    /// next write rewrites it whole from the deny set.
+    must_rewrite: bool,
+    /// A session that hears nothing (no event, no heartbeat) for this long
+    /// is given up for the next replica.
+    silence: Duration,
 }
 
 /// How a session ended.
@@ -79,8 +85,10 @@ impl Follower {
             Ok(l) => l,
             Err(e @ StateError::Corrupt { .. }) => {
                 // Never trust a cursor from a damaged file: start over from
-                // a snapshot, which holds every revocation still in force.
-                tracing::warn!(error = %e, "enforcer state unreadable; starting from a snapshot");
+                // a snapshot, which holds every revocation still in force,
+                // and keep the damaged file for a look.
+                let aside = State::set_aside(&cfg.state_dir);
+                tracing::warn!(error = %e, kept = %aside.display(), "enforcer state unreadable; starting from a snapshot");
                 Default::default()
             }
             Err(e) => return Err(e),
@@ -110,6 +118,8 @@ impl Follower {
             leeway,
             state: Arc::new(Mutex::new(state)),
             cursor: loaded.cursor,
+            must_rewrite: false,
+            silence: cfg.max_staleness,
         };
         Ok((enforcer, follower))
     }
@@ -161,21 +171,56 @@ impl Follower {
             subscriber: self.subscriber.clone(),
             ..Default::default()
         });
+        // The watcher is read in a task of its own, so the timers below
+        // never cancel it mid-step (a reconnect it made by itself would
+        // otherwise go unseen); it ends with the first item that ends the
+        // session.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let _reader = AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let item = watcher.next().await;
+                let last = !matches!(
+                    item,
+                    Ok(WatchItem::Event(_) | WatchItem::Synced(_) | WatchItem::Heartbeat(_))
+                );
+                if tx.send((item, watcher.cursor())).await.is_err() || last {
+                    break;
+                }
+            }
+        }));
+        let mut cursor_now = self.cursor;
         let mut in_sync = false;
         let mut pending = Pending::default();
         let mut last_written = Instant::now();
+        let mut last_heard = Instant::now();
         let mut acked: Option<u64> = None;
         loop {
             let flush_at = pending.since.map(|t| t + FLUSH_AFTER);
-            let item = tokio::select! {
-                item = watcher.next() => item,
+            let silent_at = last_heard + self.silence;
+            let got = tokio::select! {
+                got = rx.recv() => got,
                 () = sleep_until(flush_at) => {
-                    self.flush(&mut pending, watcher.cursor()).await;
+                    self.flush(&mut pending, cursor_now).await;
                     last_written = Instant::now();
                     self.ack(&mut ack_client, &mut acked).await;
                     continue;
                 }
+                () = tokio::time::sleep_until(silent_at.into()) => {
+                    // A replica that stalls without closing the connection
+                    // sends nothing; the next one may.
+                    self.flush(&mut pending, cursor_now).await;
+                    return Ended::Lost(format!(
+                        "no event or heartbeat within {}",
+                        humantime::format_duration(self.silence)
+                    ));
+                }
             };
+            let Some((item, cursor)) = got else {
+                self.flush(&mut pending, cursor_now).await;
+                return Ended::Lost("the feed reader ended".into());
+            };
+            last_heard = Instant::now();
+            cursor_now = cursor;
             match item {
                 Ok(WatchItem::Event(e)) => {
                     let until = e.expires_at.saturating_add(self.leeway);
@@ -196,7 +241,7 @@ impl Follower {
                     pending.since.get_or_insert_with(Instant::now);
                     pending.cursor_dirty = true;
                     if pending.entries.len() >= FLUSH_ENTRIES {
-                        self.flush(&mut pending, watcher.cursor()).await;
+                        self.flush(&mut pending, cursor_now).await;
                         last_written = Instant::now();
                     }
                 }
@@ -213,17 +258,15 @@ impl Follower {
                     if in_sync {
                         self.fresh();
                     }
-                    if watcher.cursor() != self.cursor
-                        && last_written.elapsed() >= IDLE_CURSOR_EVERY
-                    {
+                    if cursor_now != self.cursor && last_written.elapsed() >= IDLE_CURSOR_EVERY {
                         pending.cursor_dirty = true;
-                        self.flush(&mut pending, watcher.cursor()).await;
+                        self.flush(&mut pending, cursor_now).await;
                         last_written = Instant::now();
                         self.ack(&mut ack_client, &mut acked).await;
                     }
                 }
                 Ok(WatchItem::Reconnecting { reason, .. }) => {
-                    self.flush(&mut pending, watcher.cursor()).await;
+                    self.flush(&mut pending, cursor_now).await;
                     return Ended::Lost(reason);
                 }
                 Err(s) if s.code() == tonic::Code::OutOfRange => {
@@ -235,7 +278,7 @@ impl Follower {
                     return Ended::Lost("cursor older than the issuer's log (resync)".into());
                 }
                 Err(s) => {
-                    self.flush(&mut pending, watcher.cursor()).await;
+                    self.flush(&mut pending, cursor_now).await;
                     return Ended::Refused(s);
                 }
             }
@@ -258,29 +301,41 @@ impl Follower {
         pending.since = None;
         pending.cursor_dirty = false;
         let state = self.state.clone();
-        let live = self.shared.deny.read().expect("deny set lock").len();
-        let shared = self.shared.clone();
+        let (live, whole) = {
+            let deny = self.shared.deny.read().expect("deny set lock");
+            let live = deny.len();
+            let wants =
+                self.must_rewrite || self.state.lock().expect("state lock").wants_rewrite(live);
+            // Copied under the lock, written outside it: checks read the
+            // deny set while the file is synced.
+            (live, wants.then(|| deny.entries().collect::<Vec<_>>()))
+        };
         let result = tokio::task::spawn_blocking(move || {
             let mut st = state.lock().expect("state lock");
-            st.append(&entries, cursor)?;
-            if st.wants_rewrite(live) {
-                let deny = shared.deny.read().expect("deny set lock");
-                *st = State::rewrite(st.dir(), &deny, cursor)?;
+            match whole {
+                // The deny set holds every entry ever received (that has not
+                // expired), so it repairs whatever a failed write left out.
+                Some(all) => *st = State::rewrite_entries(st.dir(), &all, cursor)?,
+                None => st.append(&entries, cursor)?,
             }
-            Ok::<_, StateError>(entries)
+            Ok::<_, StateError>(())
         })
         .await
         .expect("state writer panicked");
         match result {
-            Ok(_) => {
+            Ok(()) => {
+                self.must_rewrite = false;
                 if cursor.is_some() {
                     self.cursor = cursor;
                 }
                 self.shared.session.lock().expect("session lock").1 = self.cursor;
+                tracing::trace!(live, "enforcer state written");
             }
             Err(e) => {
-                // Enforced in memory, not durable: not acknowledged; a
-                // restart replays it from the last durable cursor.
+                // Enforced in memory, not durable: not acknowledged, and the
+                // next write rewrites the whole file, so nothing received
+                // is left out of it.
+                self.must_rewrite = true;
                 tracing::error!(error = %e, "cannot write the enforcer state; not acknowledging");
             }
         }
@@ -339,7 +394,10 @@ async fn fetch_keys(shared: &Shared, mut client: Client) -> Result<(), Ended> {
             if changed {
                 // A token verified with a key that is gone must not pass
                 // from the cache.
-                shared.verified.lock().expect("token cache lock").clear();
+                let mut cache = shared.verified.lock().expect("token cache lock");
+                cache.clear();
+                shared.keys_generation.fetch_add(1, Ordering::AcqRel);
+                drop(cache);
                 tracing::info!(keys = set.len(), sequence = set.sequence, iss = %set.iss, "JWT keys loaded");
             }
             shared.keys.send_replace(Arc::new(set));

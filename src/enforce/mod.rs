@@ -102,8 +102,11 @@ struct Shared {
     /// Asks the follower to fetch the keys again (a token named an unknown
     /// `kid`).
     refresh_keys: Notify,
-    /// When the keys were last fetched.
+    /// When the keys were last fetched, or a fetch was asked for.
     keys_fetched: Mutex<Option<Instant>>,
+    /// Raised (under the token cache's lock) whenever the keys change, so
+    /// a token verified with the old keys is not cached after the clear.
+    keys_generation: AtomicU64,
     /// Milliseconds after `epoch` when the feed was last known current;
     /// 0: never since start.
     fresh_at_ms: AtomicU64,
@@ -159,6 +162,7 @@ impl Enforcer {
                 keys: watch::channel(Arc::new(KeySet::default())).0,
                 refresh_keys: Notify::new(),
                 keys_fetched: Mutex::new(None),
+                keys_generation: AtomicU64::new(0),
                 fresh_at_ms: AtomicU64::new(0),
                 epoch: Instant::now(),
                 session: Mutex::new((None, None)),
@@ -219,6 +223,7 @@ impl Enforcer {
         let verified = match cached {
             Some(v) => v,
             None => {
+                let generation = self.shared.keys_generation.load(Ordering::Acquire);
                 let mut keys = self.shared.keys.borrow().clone();
                 if let Some(kid) = verify::kid_of(token)
                     && keys.get(&kid).is_none()
@@ -227,7 +232,7 @@ impl Enforcer {
                     keys = self.shared.keys.borrow().clone();
                 }
                 let v = Arc::new(self.shared.rules.verify(token, &keys)?);
-                self.remember(digest, v.clone(), now);
+                self.remember(digest, v.clone(), now, generation);
                 v
             }
         };
@@ -237,12 +242,15 @@ impl Enforcer {
 
     /// Caches a verified token; when the cache is full, drops what expired,
     /// and if that is not enough, everything.
-    fn remember(&self, digest: [u8; 32], v: Arc<VerifiedToken>, now: i64) {
+    fn remember(&self, digest: [u8; 32], v: Arc<VerifiedToken>, now: i64, generation: u64) {
         let cap = self.shared.cache_entries;
         if cap == 0 {
             return;
         }
         let mut cache = self.shared.verified.lock().expect("token cache lock");
+        if self.shared.keys_generation.load(Ordering::Acquire) != generation {
+            return;
+        }
         if cache.len() >= cap {
             let leeway = self.shared.rules.leeway as i64;
             cache.retain(|_, t| !t.expired(now, leeway));
@@ -257,10 +265,13 @@ impl Enforcer {
     /// [`KID_REFRESH_EVERY`], and waits for them; whether new keys came.
     async fn refresh_keys(&self) -> bool {
         {
-            let fetched = self.shared.keys_fetched.lock().expect("keys lock");
+            // Counted when asked, not when fetched: an issuer that fails to
+            // answer is not asked again at every unknown `kid`.
+            let mut fetched = self.shared.keys_fetched.lock().expect("keys lock");
             if fetched.is_some_and(|t| t.elapsed() < KID_REFRESH_EVERY) {
                 return false;
             }
+            *fetched = Some(Instant::now());
         }
         let mut rx = self.shared.keys.subscribe();
         rx.mark_unchanged();
@@ -275,10 +286,11 @@ impl Enforcer {
     /// X.509-SVID (DER).
     pub fn check_certificate(&self, der: &[u8]) -> Result<Allowed, Denial> {
         let out = self.gate().and_then(|()| {
+            let keys = self.shared.keys.borrow().clone();
             let deny = self.shared.deny.read().expect("deny set lock");
             self.shared
                 .rules
-                .certificate(der, crate::clock::now_unix(), &deny)
+                .certificate(der, crate::clock::now_unix(), &deny, &keys.trust_domain)
         });
         self.count(&out);
         out

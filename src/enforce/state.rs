@@ -12,6 +12,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::deny::DenySet;
 
@@ -79,9 +80,12 @@ impl State {
             Err(e) => return Err(io(&path)(e)),
         };
         let mut loaded = Loaded::default();
-        let mut lines = BufReader::new(file).lines().enumerate().peekable();
+        // Lines as bytes: a byte that is not UTF-8 makes its line corrupt,
+        // not the file unreadable.
+        let mut lines = BufReader::new(file).split(b'\n').enumerate().peekable();
         while let Some((n, line)) = lines.next() {
-            let line = line.map_err(io(&path))?;
+            let line = String::from_utf8(line.map_err(io(&path))?)
+                .unwrap_or_else(|_| "(not UTF-8)".into());
             let last = lines.peek().is_none();
             let corrupt = || StateError::Corrupt {
                 path: path.clone(),
@@ -115,9 +119,32 @@ impl State {
         Ok(loaded)
     }
 
+    /// Renames a damaged state file to `feed.log.corrupt-<unix seconds>`;
+    /// the name it was given (or would have been).
+    pub fn set_aside(dir: &Path) -> PathBuf {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let aside = dir.join(format!("{FILE}.corrupt-{secs}"));
+        if let Err(e) = std::fs::rename(Self::path(dir), &aside) {
+            tracing::warn!(error = %e, "cannot set the damaged enforcer state aside");
+        }
+        aside
+    }
+
     /// Writes `deny` and `cursor` as the whole state of `dir`, replacing
     /// what was there, and opens it for appending.
     pub fn rewrite(dir: &Path, deny: &DenySet, cursor: Option<u64>) -> Result<Self, StateError> {
+        Self::rewrite_entries(dir, &deny.entries().collect::<Vec<_>>(), cursor)
+    }
+
+    /// [`State::rewrite`] from a copy of the entries.
+    pub fn rewrite_entries(
+        dir: &Path,
+        entries: &[(String, i64)],
+        cursor: Option<u64>,
+    ) -> Result<Self, StateError> {
         let path = Self::path(dir);
         let tmp = dir.join(format!("{FILE}.tmp"));
         let io = |p: &Path| {
@@ -129,7 +156,7 @@ impl State {
         {
             let mut w = std::io::BufWriter::new(File::create(&tmp).map_err(io(&tmp))?);
             writeln!(w, "{HEADER}").map_err(io(&tmp))?;
-            for (id, until) in deny.entries() {
+            for (id, until) in entries {
                 writeln!(w, "E {until} {id}").map_err(io(&tmp))?;
                 lines += 1;
             }
@@ -226,5 +253,43 @@ mod tests {
 
         std::fs::write(&path, "something else\n").unwrap();
         assert!(State::load(dir.path()).is_err());
+
+        // A byte that is not UTF-8 is a corrupt line, not an I/O error.
+        std::fs::write(
+            &path,
+            [format!("{HEADER}\nE 5 a").as_bytes(), &[0xff], b"b\nC 3\n"].concat(),
+        )
+        .unwrap();
+        let e = State::load(dir.path()).unwrap_err();
+        assert!(matches!(e, StateError::Corrupt { line: 2, .. }), "{e}");
+        let aside = State::set_aside(dir.path());
+        assert!(aside.exists() && !path.exists());
+        assert!(State::load(dir.path()).unwrap().cursor.is_none());
+    }
+
+    #[test]
+    fn a_rewrite_repairs_what_a_failed_append_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = State::rewrite_entries(dir.path(), &[("aa".repeat(16), 9)], Some(1)).unwrap();
+        // A write cut short mid-line, then more appended after it.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(FILE))
+            .unwrap()
+            .write_all(b"E 12 bb")
+            .unwrap();
+        s.append(&[("cc".repeat(16), 9)], Some(3)).unwrap();
+        assert!(
+            State::load(dir.path()).is_err(),
+            "the torn line is now in the middle"
+        );
+        let all = vec![
+            ("aa".repeat(16), 9),
+            ("bb".repeat(16), 12),
+            ("cc".repeat(16), 9),
+        ];
+        State::rewrite_entries(dir.path(), &all, Some(3)).unwrap();
+        let l = State::load(dir.path()).unwrap();
+        assert_eq!((l.cursor, l.entries.len()), (Some(3), 3));
     }
 }

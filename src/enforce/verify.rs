@@ -117,6 +117,14 @@ pub struct VerifiedToken {
     nbf: Option<i64>,
 }
 
+/// The task extension of a per-task X.509-SVID.
+fn task_binding(cert: &X509Certificate<'_>) -> Option<crate::ca::TaskBinding> {
+    cert.extensions()
+        .iter()
+        .find(|e| e.oid.to_id_string() == crate::ca::TASK_EXTENSION_OID_STR)
+        .and_then(|e| crate::ca::parse_task_extension(e.value))
+}
+
 impl VerifiedToken {
     /// Whether it can no longer pass at `now`.
     pub fn expired(&self, now: i64, leeway: i64) -> bool {
@@ -158,10 +166,14 @@ impl Rules {
         match header.typ.as_deref() {
             None | Some("JWT") | Some("JOSE") => {}
             Some(t) => {
-                return Err(invalid(format!(
-                    "token type `{}` is not a JWT-SVID",
-                    t.chars().take(40).collect::<String>()
-                )));
+                // The caller's text goes back in a header: printable ASCII
+                // only, and short.
+                let shown: String = t
+                    .chars()
+                    .filter(|c| c.is_ascii_graphic())
+                    .take(40)
+                    .collect();
+                return Err(invalid(format!("token type `{shown}` is not a JWT-SVID")));
             }
         }
         let kid = header
@@ -236,11 +248,14 @@ impl Rules {
         if t.nbf.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
             return Err(Denial::Unauthenticated("token not yet valid (nbf)".into()));
         }
+        // A bound token is only ever accepted from the certificate it is
+        // bound to (RFC 8705 section 3); `require_cnf` decides whether an
+        // unbound one is accepted at all.
         let unbound = match (&t.cnf, peer) {
             (Some(want), Some(der)) if thumbprint(der) != *want => {
                 Some("token is bound to another certificate (cnf)")
             }
-            (Some(_), None) if self.require_cnf => {
+            (Some(_), None) => {
                 Some("no peer certificate to check the token's binding (cnf) against")
             }
             (None, _) if self.require_cnf => Some("token is not bound to a certificate (no cnf)"),
@@ -251,6 +266,19 @@ impl Rules {
         }
         if deny.contains(&t.jti) {
             return Err(Denial::Forbidden("credential revoked".into()));
+        }
+        // A token presented over a per-task X.509-SVID that was revoked by
+        // itself is refused with it (only looked at once a serial is
+        // denied: the parse costs more than the rest of the check).
+        if let Some(der) = peer
+            && deny.has_serials()
+            && let Ok((_, cert)) = X509Certificate::from_der(der)
+            && task_binding(&cert).is_some()
+            && deny.contains(&hex::encode(cert.raw_serial()))
+        {
+            return Err(Denial::Forbidden(
+                "the peer certificate is a revoked credential".into(),
+            ));
         }
         Ok(Allowed {
             spiffe_id: t.sub.clone(),
@@ -264,24 +292,31 @@ impl Rules {
     /// Decides on a request without a bearer token from its peer
     /// certificate: it must be a per-task X.509-SVID, valid now, whose
     /// serial is not denied.
-    pub fn certificate(&self, der: &[u8], now: i64, deny: &DenySet) -> Result<Allowed, Denial> {
+    pub fn certificate(
+        &self,
+        der: &[u8],
+        now: i64,
+        deny: &DenySet,
+        trust_domain: &str,
+    ) -> Result<Allowed, Denial> {
         let none = || Denial::Unauthenticated("no bearer token".into());
         let (_, cert) = X509Certificate::from_der(der).map_err(|_| none())?;
-        let binding = cert
-            .extensions()
-            .iter()
-            .find(|e| e.oid.to_id_string() == crate::ca::TASK_EXTENSION_OID_STR)
-            .and_then(|e| crate::ca::parse_task_extension(e.value))
-            .ok_or_else(|| {
-                Denial::Unauthenticated(
-                    "no bearer token, and the peer certificate is not a per-task credential".into(),
-                )
-            })?;
-        let spiffe_id = crate::identity::spiffe_id_of_leaf(&cert)
-            .map_err(|_| {
-                Denial::Unauthenticated("the peer certificate has no single SPIFFE ID".into())
-            })?
-            .to_string();
+        let binding = task_binding(&cert).ok_or_else(|| {
+            Denial::Unauthenticated(
+                "no bearer token, and the peer certificate is not a per-task credential".into(),
+            )
+        })?;
+        let spiffe_id = crate::identity::spiffe_id_of_leaf(&cert).map_err(|_| {
+            Denial::Unauthenticated("the peer certificate has no single SPIFFE ID".into())
+        })?;
+        // The proxy may trust other CAs (federation): a per-task
+        // certificate is this issuer's only in its trust domain.
+        if spiffe_id.trust_domain().to_string() != trust_domain {
+            return Err(Denial::Unauthenticated(
+                "the peer certificate is not of the issuer's trust domain".into(),
+            ));
+        }
+        let spiffe_id = spiffe_id.to_string();
         let leeway = self.leeway as i64;
         let validity = cert.validity();
         if now > validity.not_after.timestamp() + leeway {
