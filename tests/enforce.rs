@@ -103,7 +103,9 @@ async fn enforcer_unsynced(cfg: &EnforceConfig) -> TestEnforcer {
         })
         .await
         .unwrap();
+        // Gone before `stop` returns: its state directory is free again.
         follower.abort();
+        let _ = follower.await;
     });
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()

@@ -23,7 +23,7 @@ use tokio::time::sleep;
 
 use super::deny::DenySet;
 use super::keys::KeySet;
-use super::state::{State, StateError};
+use super::state::{DirLock, State, StateError};
 use super::{EnforceConfig, Enforcer, Shared};
 use crate::client::{Client, IdentitySource, WatchItem};
 use crate::grpc::pb;
@@ -49,6 +49,8 @@ pub struct Follower {
     subscriber: String,
     leeway: i64,
     state: Arc<Mutex<State>>,
+    /// Held for the follower's life.
+    _lock: DirLock,
     /// Every event up to it is in the state file.
     cursor: Option<u64>,
     /// A write failed: the file may lack entries (or end mid-line), so the
@@ -81,6 +83,7 @@ impl Follower {
     /// follower that keeps it current.
     pub fn new(cfg: &EnforceConfig) -> Result<(Enforcer, Self), StateError> {
         let leeway = cfg.leeway.as_secs() as i64;
+        let lock = DirLock::take(&cfg.state_dir)?;
         let loaded = match State::load(&cfg.state_dir) {
             Ok(l) => l,
             Err(e @ StateError::Corrupt { .. }) => {
@@ -117,6 +120,7 @@ impl Follower {
             subscriber: cfg.subscriber.clone(),
             leeway,
             state: Arc::new(Mutex::new(state)),
+            _lock: lock,
             cursor: loaded.cursor,
             must_rewrite: false,
             silence: cfg.max_staleness,

@@ -30,6 +30,12 @@ pub enum StateError {
         /// Why.
         error: std::io::Error,
     },
+    /// Another process holds the directory.
+    #[error("`{path}` is in use by another enforcer (each needs its own state_dir)")]
+    InUse {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// A line other than the last cannot be read.
     #[error("`{path}` line {line}: not a state record (`{text}`)")]
     Corrupt {
@@ -50,6 +56,35 @@ pub struct Loaded {
     pub cursor: Option<u64>,
     /// The deny entries, expired ones included (the caller drops them).
     pub entries: Vec<(String, i64)>,
+}
+
+/// An exclusive lock on a state directory, held for as long as the value
+/// lives: two enforcers appending to one file would each acknowledge what
+/// the other may overwrite.
+#[derive(Debug)]
+pub struct DirLock(#[allow(dead_code)] File);
+
+impl DirLock {
+    /// Takes the lock of `dir` (creating it), or says who has it.
+    pub fn take(dir: &Path) -> Result<Self, StateError> {
+        let path = dir.join("lock");
+        let io = |error| StateError::Io {
+            path: path.clone(),
+            error,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        match f.try_lock() {
+            Ok(()) => Ok(Self(f)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StateError::InUse { path }),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+        }
+    }
 }
 
 /// The open state file.
@@ -265,6 +300,16 @@ mod tests {
         let aside = State::set_aside(dir.path());
         assert!(aside.exists() && !path.exists());
         assert!(State::load(dir.path()).unwrap().cursor.is_none());
+    }
+
+    #[test]
+    fn one_process_per_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = DirLock::take(dir.path()).unwrap();
+        let e = DirLock::take(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("is in use by another enforcer"), "{e}");
+        drop(held);
+        DirLock::take(dir.path()).unwrap();
     }
 
     #[test]
