@@ -284,6 +284,15 @@ fn forged_json(s: &TestServer, claims: serde_json::Value) -> String {
     jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
 
+/// A valid claim set without `cnf`.
+fn unbound_claims() -> serde_json::Value {
+    serde_json::json!({
+        "sub": AGENT, "aud": "db", "iss": "spiffe://example.org/taskmint",
+        "iat": now(), "nbf": now(), "exp": now() + 300,
+        "jti": "ef".repeat(16), "task_id": "t-1", "task_holder": AGENT,
+    })
+}
+
 fn csr() -> (Vec<u8>, rcgen::KeyPair) {
     let key = rcgen::KeyPair::generate().unwrap();
     let der = rcgen::CertificateParams::default()
@@ -416,11 +425,7 @@ async fn bearer_tokens_are_checked_as_the_issue_lists() {
     );
 
     // A token without cnf, without jti, without a task.
-    let base = serde_json::json!({
-        "sub": AGENT, "aud": "db", "iss": "spiffe://example.org/taskmint",
-        "iat": now(), "nbf": now(), "exp": now() + 300,
-        "jti": "ef".repeat(16), "task_id": "t-1", "task_holder": AGENT,
-    });
+    let base = unbound_claims();
     let t = forged_json(&s, base.clone());
     let (code, h, _) = check(&mut e, Some(&format!("Bearer {t}")), Some(&agent_pem)).await;
     assert_eq!(
@@ -482,14 +487,7 @@ async fn without_require_cnf_an_unbound_token_passes_a_bound_one_still_needs_its
     let state = tempfile::tempdir().unwrap();
     let mut e = enforcer(&enforce_config(&s, state.path(), "require_cnf = false")).await;
     // No cnf: accepted without a certificate, and not stripped unless asked.
-    let unbound = forged_json(
-        &s,
-        serde_json::json!({
-            "sub": AGENT, "aud": "db", "iss": "spiffe://example.org/taskmint",
-            "iat": now(), "nbf": now(), "exp": now() + 300,
-            "jti": "ef".repeat(16), "task_id": "t-1", "task_holder": AGENT,
-        }),
-    );
+    let unbound = forged_json(&s, unbound_claims());
     let (code, h, removed) = check(&mut e, Some(&format!("Bearer {unbound}")), None).await;
     assert_eq!(code, 200, "{h:?}");
     assert!(

@@ -17,15 +17,13 @@
 //!
 //! The issuer is a child `taskmint serve` on a fresh dev trust domain.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use serde::Serialize;
 
 use super::env::BenchEnv;
@@ -168,45 +166,8 @@ fn own_cpus() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// Envoy's `CheckRequest` for `GET /rows` with `authorization` and the
-/// peer certificate as URL-encoded PEM.
 fn check_request(token: &str, peer_pem: &str) -> CheckRequest {
-    let headers: HashMap<String, String> = [
-        (":authority", "db.internal"),
-        (":method", "GET"),
-        (":path", "/rows"),
-        (":scheme", "https"),
-        ("x-request-id", "6f1c2a47-5c9b-4a1e-9d0e-2f4b8f0d1c3a"),
-        ("authorization", &format!("Bearer {token}")),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                principal: "spiffe://example.org/workload/agent".into(),
-                certificate: percent_encoding::utf8_percent_encode(
-                    peer_pem,
-                    percent_encoding::NON_ALPHANUMERIC,
-                )
-                .to_string(),
-                ..Default::default()
-            }),
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    headers,
-                    path: "/rows".into(),
-                    host: "db.internal".into(),
-                    protocol: "HTTP/2".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    taskmint::enforce::authz::envoy_request("/rows", Some(token), Some(peer_pem))
 }
 
 /// Runs the three parts with a child issuer started from `exe`.

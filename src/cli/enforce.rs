@@ -2,14 +2,11 @@
 //! SIGINT or SIGTERM; `taskmint enforce check`: ask a running one about a
 //! request, as Envoy would.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 
 use super::out;
@@ -115,39 +112,7 @@ async fn check(a: CheckArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|p| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("`{}`: {e}", p.display())))
         .transpose()?;
-    let mut headers = HashMap::from([
-        (":method".to_owned(), "GET".to_owned()),
-        (":path".to_owned(), "/".to_owned()),
-    ]);
-    if let Some(t) = token {
-        headers.insert("authorization".into(), format!("Bearer {t}"));
-    }
-    let req = CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                certificate: peer
-                    .map(|p| {
-                        percent_encoding::utf8_percent_encode(
-                            &p,
-                            percent_encoding::NON_ALPHANUMERIC,
-                        )
-                        .to_string()
-                    })
-                    .unwrap_or_default(),
-                ..Default::default()
-            }),
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: "/".into(),
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    };
+    let req = crate::enforce::authz::envoy_request("/", token.as_deref(), peer.as_deref());
     let deadline = std::time::Instant::now() + a.wait.unwrap_or_default();
     let r = loop {
         let answer = ask(&a.enforcer, req.clone()).await;

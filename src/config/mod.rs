@@ -322,26 +322,36 @@ pub(crate) mod humantime_serde_compat {
     }
 }
 
+/// Reads the TOML file at `path` and hands its text and directory (what
+/// relative paths in it are relative to) to `parse`; a parse error names
+/// the file. The issuer's config and the enforcer's both load this way.
+pub(crate) fn load_file<T>(
+    path: &Path,
+    parse: impl FnOnce(&str, &Path) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    parse(&text, base).map_err(|e| match e {
+        ConfigError::Parse { message, .. } => ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        },
+        other => other,
+    })
+}
+
 impl Config {
     /// Reads, resolves and validates the config at `path`; a PostgreSQL URL
     /// in [`STORE_URL_ENV`] replaces `[store] url`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let base = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
         let env_url = std::env::var(STORE_URL_ENV).ok().filter(|u| !u.is_empty());
-        Self::from_toml_env(&text, base, env_url).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            },
-            other => other,
-        })
+        load_file(path, |text, base| Self::from_toml_env(text, base, env_url))
     }
 
     /// Parses TOML text, resolving relative paths against `base_dir`.

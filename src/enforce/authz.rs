@@ -52,7 +52,9 @@ impl ExtAuthz {
 
     /// The decision on `req`, as Envoy reads it.
     pub async fn decide(&self, req: &CheckRequest) -> CheckResponse {
-        match self.judge(req).await {
+        let out = self.judge(req).await;
+        self.enforcer.count(&out);
+        match out {
             Ok(a) => self.allow(a),
             Err(d) => deny(&d),
         }
@@ -61,10 +63,7 @@ impl ExtAuthz {
     async fn judge(&self, req: &CheckRequest) -> Result<Allowed, Denial> {
         // Nothing is decided while the feed is stale, a malformed request
         // included.
-        if let Err(d) = self.enforcer.gate() {
-            self.enforcer.count(&Err(d.clone()));
-            return Err(d);
-        }
+        self.enforcer.gate()?;
         let attrs = req.attributes.as_ref();
         let http = attrs
             .and_then(|a| a.request.as_ref())
@@ -90,33 +89,18 @@ impl ExtAuthz {
             .map(|s| s.certificate.as_str())
             .filter(|c| !c.is_empty())
         {
-            Some(encoded) => Some(peer_certificate(encoded).map_err(|m| {
-                self.enforcer
-                    .count(&Err(Denial::Unauthenticated(String::new())));
-                Denial::Unauthenticated(m)
-            })?),
+            Some(encoded) => Some(peer_certificate(encoded).map_err(Denial::Unauthenticated)?),
             None => None,
         };
-        match authorization {
-            Some(value) => {
+        match (authorization, peer) {
+            (Some(value), peer) => {
                 let token = bearer(&value).ok_or_else(|| {
-                    let d = Denial::Unauthenticated("authorization is not a bearer token".into());
-                    self.enforcer.count(&Err(d.clone()));
-                    d
+                    Denial::Unauthenticated("authorization is not a bearer token".into())
                 })?;
-                self.enforcer.check_bearer(token, peer.as_deref()).await
+                self.enforcer.bearer(token, peer.as_deref()).await
             }
-            None => match peer {
-                Some(der) => self.enforcer.check_certificate(&der),
-                None => {
-                    let d = self
-                        .enforcer
-                        .gate()
-                        .and(Err(Denial::Unauthenticated("no bearer token".into())));
-                    self.enforcer.count(&d);
-                    d
-                }
-            },
+            (None, Some(der)) => self.enforcer.certificate(&der),
+            (None, None) => Err(Denial::Unauthenticated("no bearer token".into())),
         }
     }
 
@@ -151,6 +135,49 @@ impl ExtAuthz {
             })),
             ..Default::default()
         }
+    }
+}
+
+/// A `CheckRequest` for `GET path` as Envoy's ext_authz filter sends it:
+/// `authorization: Bearer <token>` if given, and the peer certificate (PEM)
+/// URL-encoded in `source.certificate`, as with `include_peer_certificate`.
+/// For `enforce check`, the benchmark and tools that ask an enforcer
+/// without Envoy.
+pub fn envoy_request(path: &str, token: Option<&str>, peer_pem: Option<&str>) -> CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Peer, Request,
+    };
+    let mut headers = std::collections::HashMap::from([
+        (":method".to_owned(), "GET".to_owned()),
+        (":path".to_owned(), path.to_owned()),
+    ]);
+    if let Some(t) = token {
+        headers.insert("authorization".into(), format!("Bearer {t}"));
+    }
+    let certificate = peer_pem
+        .map(|p| {
+            percent_encoding::utf8_percent_encode(p, percent_encoding::NON_ALPHANUMERIC).to_string()
+        })
+        .unwrap_or_default();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                certificate,
+                ..Default::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: path.into(),
+                    headers,
+                    protocol: "HTTP/2".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
     }
 }
 

@@ -96,21 +96,7 @@ fn yes() -> bool {
 impl EnforceConfig {
     /// Reads, resolves and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let base = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        Self::from_toml(&text, base).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            },
-            other => other,
-        })
+        crate::config::load_file(path, Self::from_toml)
     }
 
     /// Parses TOML text, resolving relative paths against `base_dir`.

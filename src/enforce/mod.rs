@@ -285,15 +285,18 @@ impl Enforcer {
     /// Decides on a request without a bearer token from the peer's per-task
     /// X.509-SVID (DER).
     pub fn check_certificate(&self, der: &[u8]) -> Result<Allowed, Denial> {
-        let out = self.gate().and_then(|()| {
-            let keys = self.shared.keys.borrow().clone();
-            let deny = self.shared.deny.read().expect("deny set lock");
-            self.shared
-                .rules
-                .certificate(der, crate::clock::now_unix(), &deny, &keys.trust_domain)
-        });
+        let out = self.certificate(der);
         self.count(&out);
         out
+    }
+
+    fn certificate(&self, der: &[u8]) -> Result<Allowed, Denial> {
+        self.gate()?;
+        let keys = self.shared.keys.borrow().clone();
+        let deny = self.shared.deny.read().expect("deny set lock");
+        self.shared
+            .rules
+            .certificate(der, crate::clock::now_unix(), &deny, &keys.trust_domain)
     }
 
     fn count(&self, out: &Result<Allowed, Denial>) {

@@ -139,19 +139,6 @@ struct Times {
 }
 
 impl Rules {
-    /// Decides on a bearer token, with the peer certificate (DER) if the
-    /// proxy passed one, at `now`.
-    pub fn bearer(
-        &self,
-        token: &str,
-        peer: Option<&[u8]>,
-        keys: &KeySet,
-        deny: &DenySet,
-        now: i64,
-    ) -> Result<Allowed, Denial> {
-        self.admit(&self.verify(token, keys)?, peer, now, deny)
-    }
-
     /// Checks a bearer token's signature (by `kid`), type, `iss`, `aud` and
     /// claims; not its times.
     pub fn verify(&self, token: &str, keys: &KeySet) -> Result<VerifiedToken, Denial> {
