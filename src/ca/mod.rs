@@ -20,40 +20,13 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::config::CaConfig;
 use crate::identity::TaskId;
 
-/// [`TASK_EXTENSION_OID`] in dotted form.
-pub const TASK_EXTENSION_OID_STR: &str = "2.25.988614677842070252";
-
-/// OID of the private extension that binds a certificate to its task:
-/// `2.25.988614677842070252`, under the UUID arc (X.667) from 63 random bits
-/// (not a UUID: rcgen writes OID arcs of at most 64 bits, so a 128-bit UUID
-/// arc cannot be signed here). asn1-rs, OpenSSL and pyca/cryptography read
-/// it; Go's `crypto/x509` reads at most 31 bits per arc, so a Go parser
-/// refuses certificates carrying any arc this large.
-pub const TASK_EXTENSION_OID: &[u64] = &[2, 25, 988_614_677_842_070_252];
-
-/// Why a CSR was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CsrError {
-    /// The bytes are not a DER PKCS#10 request.
-    #[error("CSR is not a DER PKCS#10 certification request: {0}")]
-    Malformed(String),
-    /// The request's signature does not verify with its own key.
-    #[error("CSR signature does not verify with the CSR's public key")]
-    BadSignature,
-    /// The CSR is signed with SHA-1.
-    #[error("CSR is signed with `{0}` (SHA-1); use SHA-256 or stronger")]
-    WeakSignature(String),
-    /// The RSA key is too short.
-    #[error("CSR RSA key has {0} bits; at least 2048 are required")]
-    WeakKey(usize),
-    /// The RSA public exponent is not 65537 (small exponents invite
-    /// padding attacks on whoever encrypts or verifies with the key).
-    #[error("CSR RSA key's public exponent must be 65537")]
-    RsaExponent,
-    /// The key type is not one this CA certifies.
-    #[error("CSR public key algorithm is not supported (use P-256, P-384, Ed25519 or RSA >= 2048)")]
-    UnsupportedKey,
-}
+mod csr;
+mod extension;
+pub use csr::{CsrError, CsrKey, parse_csr};
+pub use extension::{
+    TASK_EXTENSION_OID, TASK_EXTENSION_OID_STR, TaskBinding, parse_task_extension,
+    task_extension_der,
+};
 
 /// A failure of the CA itself (never the caller's fault).
 #[derive(Debug, thiserror::Error)]
@@ -93,80 +66,6 @@ pub struct X509Template<'a> {
 
 /// RFC 5280's upper bound on a common name (`ub-common-name`).
 const MAX_COMMON_NAME: usize = 64;
-
-/// The one RSA public exponent accepted (F4).
-const RSA_EXPONENT: u64 = 65_537;
-
-/// sha1WithRSAEncryption, ecdsa-with-SHA1, dsa-with-sha1.
-const WEAK_SIGNATURE_ALGS: &[&str] = &[
-    "1.2.840.113549.1.1.5",
-    "1.2.840.10045.4.1",
-    "1.2.840.10040.4.3",
-];
-
-/// A verified CSR: only its public key survives.
-#[derive(Debug, Clone)]
-pub struct CsrKey {
-    spki_der: Vec<u8>,
-}
-
-/// Parses a CSR and verifies its signature (proof of possession).
-pub fn parse_csr(der: &[u8]) -> Result<CsrKey, CsrError> {
-    use x509_parser::certification_request::X509CertificationRequest;
-    // The parser's own error text is its Debug form: the caller gets ours.
-    let (rest, csr) = X509CertificationRequest::from_der(der).map_err(|e| {
-        CsrError::Malformed(
-            match e {
-                x509_parser::nom::Err::Incomplete(_) => "the request is truncated",
-                _ => "the bytes do not decode as a CertificationRequest",
-            }
-            .into(),
-        )
-    })?;
-    if !rest.is_empty() {
-        return Err(CsrError::Malformed(
-            "trailing bytes after the request".into(),
-        ));
-    }
-    let sig_alg = csr.signature_algorithm.algorithm.to_id_string();
-    if WEAK_SIGNATURE_ALGS.contains(&sig_alg.as_str()) {
-        return Err(CsrError::WeakSignature(sig_alg));
-    }
-    // The key first: a key too weak to verify with would otherwise be
-    // reported as a bad signature.
-    let spki = &csr.certification_request_info.subject_pki;
-    match spki.parsed() {
-        Ok(x509_parser::public_key::PublicKey::RSA(rsa)) if rsa.key_size() < 2048 => {
-            return Err(CsrError::WeakKey(rsa.key_size()));
-        }
-        Ok(x509_parser::public_key::PublicKey::RSA(rsa))
-            if rsa.try_exponent().ok() != Some(RSA_EXPONENT) =>
-        {
-            return Err(CsrError::RsaExponent);
-        }
-        Ok(x509_parser::public_key::PublicKey::EC(_)) => {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .map(|o| o.to_id_string())
-                .unwrap_or_default();
-            if !matches!(curve.as_str(), "1.2.840.10045.3.1.7" | "1.3.132.0.34") {
-                return Err(CsrError::UnsupportedKey);
-            }
-        }
-        Ok(_) => {}
-        Err(_) => return Err(CsrError::UnsupportedKey),
-    }
-    csr.verify_signature().map_err(|e| match e {
-        x509_parser::error::X509Error::SignatureUnsupportedAlgorithm => CsrError::UnsupportedKey,
-        _ => CsrError::BadSignature,
-    })?;
-    let spki_der = spki.raw.to_vec();
-    SubjectPublicKeyInfo::from_der(&spki_der).map_err(|_| CsrError::UnsupportedKey)?;
-    Ok(CsrKey { spki_der })
-}
 
 /// The signing CA.
 pub struct SigningCa {
@@ -566,115 +465,6 @@ fn escape_dn_value(v: &str) -> String {
     out
 }
 
-/// What the task extension says.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct TaskBinding {
-    /// The task id.
-    pub task_id: String,
-    /// SPIFFE ID of the task's holder.
-    pub holder: String,
-    /// Accountable owner; empty when none.
-    pub owner: String,
-    /// Begun through break-glass.
-    pub break_glass: bool,
-}
-
-/// ```text
-/// TaskBinding ::= SEQUENCE {
-///   taskId      UTF8String,
-///   taskHolder  UTF8String,                       -- SPIFFE ID
-///   owner       [0] IMPLICIT UTF8String OPTIONAL, -- accountable owner
-///   breakGlass  [1] IMPLICIT BOOLEAN DEFAULT FALSE }
-/// ```
-pub fn task_extension_der(b: &TaskBinding) -> Vec<u8> {
-    let mut body = der_tlv(0x0c, b.task_id.as_bytes());
-    body.extend(der_tlv(0x0c, b.holder.as_bytes()));
-    if !b.owner.is_empty() {
-        body.extend(der_tlv(0x80, b.owner.as_bytes()));
-    }
-    // DER omits a value equal to its DEFAULT.
-    if b.break_glass {
-        body.extend(der_tlv(0x81, &[0xff]));
-    }
-    der_tlv(0x30, &body)
-}
-
-/// Reads a `TaskBinding` extension value back.
-pub fn parse_task_extension(der: &[u8]) -> Option<TaskBinding> {
-    let (tag, body, rest) = read_tlv(der)?;
-    if tag != 0x30 || !rest.is_empty() {
-        return None;
-    }
-    let (t1, task, rest) = read_tlv(body)?;
-    let (t2, holder, mut rest) = read_tlv(rest)?;
-    if t1 != 0x0c || t2 != 0x0c {
-        return None;
-    }
-    let mut b = TaskBinding {
-        task_id: String::from_utf8(task.to_vec()).ok()?,
-        holder: String::from_utf8(holder.to_vec()).ok()?,
-        ..Default::default()
-    };
-    if let Some((0x80, owner, r)) = read_tlv(rest) {
-        // No owner is written as no field: a present one is never empty.
-        if owner.is_empty() {
-            return None;
-        }
-        b.owner = String::from_utf8(owner.to_vec()).ok()?;
-        rest = r;
-    }
-    if let Some((0x81, v, r)) = read_tlv(rest) {
-        if v != [0xff] {
-            return None;
-        }
-        b.break_glass = true;
-        rest = r;
-    }
-    rest.is_empty().then_some(b)
-}
-
-fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
-fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, mut rest) = rest.split_first()?;
-    let len = if first < 0x80 {
-        first as usize
-    } else {
-        let n = (first & 0x7f) as usize;
-        // DER (X.690 10.1) has one length encoding: the short form below
-        // 128, else the fewest octets, so no leading zero octet.
-        if n == 0 || n > 4 || rest.len() < n || rest[0] == 0 {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
-        if len < 0x80 {
-            return None;
-        }
-        rest = &rest[n..];
-        len
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -896,9 +686,9 @@ mod tests {
     /// (which a 1024-bit key could not even be verified with).
     #[test]
     fn weak_rsa_keys_are_refused_as_such() {
-        let short = include_bytes!("../tests/fixtures/csr-rsa1024.der");
+        let short = include_bytes!("../../tests/fixtures/csr-rsa1024.der");
         assert!(matches!(parse_csr(short), Err(CsrError::WeakKey(1024))));
-        let e3 = include_bytes!("../tests/fixtures/csr-rsa-e3.der");
+        let e3 = include_bytes!("../../tests/fixtures/csr-rsa-e3.der");
         assert!(matches!(parse_csr(e3), Err(CsrError::RsaExponent)));
         let good = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
         let csr = CertificateParams::new(Vec::<String>::new())
